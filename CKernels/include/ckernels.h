@@ -1,0 +1,107 @@
+// CKernels: the arithmetic of BiLRP in C11.
+//
+// Everything here is float32, C-contiguous, batch 1 per input. A "block" of n relevance maps is
+// stored map-major: map m of a (C, H, W) tensor starts at m * C * H * W.
+//
+// Parallelism: with `-fopenmp` (the Makefile's build) work is split with OpenMP; without it, with
+// libdispatch (`dispatch_apply_f`), so a plain `swift build` is parallel too and the manifest needs
+// no unsafe flags. Both schedule the same tasks; results are bitwise identical across thread counts
+// because every task owns its outputs.
+//
+// ISA: each entry point picks a micro-kernel once per call: AVX-512, AVX2+FMA or portable C. The
+// default is the best the CPU supports; `BILRP_ISA=avx512|avx2|portable` in the environment caps
+// it process-wide, and `ck_set_thread_isa` caps it for the calling thread (used by the tests to
+// cross-check every path in one process).
+#ifndef CKERNELS_H
+#define CKERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// MARK: - Machine
+
+enum { CK_ISA_PORTABLE = 0, CK_ISA_AVX2 = 1, CK_ISA_AVX512 = 2 };
+
+/// Best ISA this CPU supports.
+int ck_isa_supported(void);
+/// ISA used by calls from this thread: min(supported, BILRP_ISA, thread override).
+int ck_isa_active(void);
+/// Cap the ISA for the calling thread; -1 removes the cap. Returns the ISA now active.
+int ck_set_thread_isa(int isa);
+/// Re-read BILRP_ISA from the environment (tests set it with setenv). Returns the ISA now active.
+int ck_reload_env(void);
+const char *ck_isa_name(int isa);
+
+/// Worker threads for parallel kernels (default: online CPUs, or OMP_NUM_THREADS / BILRP_THREADS).
+void ck_set_num_threads(int n);
+int ck_get_num_threads(void);
+/// 1 when compiled with OpenMP, 0 when the libdispatch fallback is used.
+int ck_openmp_enabled(void);
+
+// MARK: - GEMM
+
+/// C(i, j) = [C(i, j) +] sum_k A(i, k) B(k, j), with A(i, k) = A[i * rsa + k * csa],
+/// B(k, j) = B[k * rsb + j * csb] and C(i, j) = C[i * ldc + j]. Any strides: transposes are free.
+/// Parallel over tiles of C.
+void ck_sgemm(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb,
+              long csb, float *C, long ldc, int accumulate);
+
+// MARK: - Convolution
+
+/// y (K, Ho, Wo) = conv2d(x (C, H, W), w (K, C, kh, kw)) + bias (nullable), cross-correlation as in
+/// PyTorch, zero padding. Ho = (H + 2 ph - kh) / sh + 1.
+void ck_conv2d_forward(const float *x, int C, int H, int W, const float *w, const float *bias, int K,
+                       int kh, int kw, int sh, int sw, int ph, int pw, float *y);
+
+/// The relevance backward of a convolution for a block of n maps: c (n, C, H, W) = conv2d^T(s (n, K,
+/// Ho, Wo), w), the adjoint of ck_conv2d_forward without bias (what autograd computes as the input
+/// gradient). Output positions of the forward that no window covers get 0.
+void ck_conv2d_backward(int n, const float *s, int K, int Ho, int Wo, const float *w, int C, int H,
+                        int W, int kh, int kw, int sh, int sw, int ph, int pw, float *c);
+
+// MARK: - LRP element-wise steps
+
+/// s[m, i] = R[m, i] / stab(z[i]) for m < n, i < len; stab(z) = z + eps * sign(z), sign(0) = +1.
+void ck_lrp_divide(int n, long len, const float *R, const float *z, float eps, float *s);
+/// R[m, i] = [R[m, i] +] scale * a[i] * c[m, i]; a == NULL means a = 1.
+void ck_lrp_product(int n, long len, const float *a, const float *c, float scale, float *R,
+                    int accumulate);
+/// y[i] = max(x[i], 0) (sign > 0), min(x[i], 0) (sign < 0), in place allowed.
+void ck_clamp(long len, const float *x, int sign, float *y);
+
+// MARK: - Pooling
+
+/// Max-pool (padding counts as -inf). argmax[c, o] = the winning index in the channel's H * W
+/// plane, the first maximum in row-major window order (as PyTorch).
+void ck_maxpool_forward(const float *x, int C, int H, int W, int kh, int kw, int sh, int sw, int ph,
+                        int pw, float *y, int32_t *argmax);
+/// Winner-take-all: Rin (n, C, H, W) = 0, then Rin[m, c, argmax[c, o]] += Rout[m, c, o].
+void ck_maxpool_backward(int n, const float *Rout, int C, int Ho, int Wo, const int32_t *argmax,
+                         int H, int W, float *Rin);
+/// Average pool, zero padding counted in the divisor (PyTorch's count_include_pad = True).
+void ck_avgpool_forward(const float *x, int C, int H, int W, int kh, int kw, int sh, int sw, int ph,
+                        int pw, float *y);
+/// Adjoint of ck_avgpool_forward for n maps: c[m, j] = sum over windows o containing j of s[m, o] / (kh kw).
+void ck_avgpool_backward(int n, const float *s, int C, int Ho, int Wo, int H, int W, int kh, int kw,
+                         int sh, int sw, int ph, int pw, float *c);
+/// Adaptive average pool with PyTorch's bins: rows [floor(i H / Ho), ceil((i + 1) H / Ho)).
+void ck_adaptive_avgpool_forward(const float *x, int C, int H, int W, int Ho, int Wo, float *y);
+void ck_adaptive_avgpool_backward(int n, const float *s, int C, int Ho, int Wo, int H, int W,
+                                  float *c);
+
+// MARK: - Pairs
+
+/// out (n, Ph, Pw) = sum over channels and over patch x patch windows of R (n, C, H, W);
+/// Ph = ceil(H / patch): border patches of a side that is not a multiple are smaller.
+void ck_patch_pool(int n, const float *R, int C, int H, int W, int patch, float *out);
+/// R (P, Q) = A (P, h) * B (Q, h)^T, both row-major.
+void ck_pair_product(int P, int Q, int h, const float *A, const float *B, float *R);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,26 @@
+// Internal helpers shared by the kernel files; not part of the C API.
+#ifndef CK_INTERNAL_H
+#define CK_INTERNAL_H
+
+#include "include/ckernels.h"
+#include <stdlib.h>
+
+/// One unit of parallel work: task index i of n.
+typedef void (*ck_task_fn)(void *ctx, long i);
+
+/// Runs fn(ctx, i) for i in [0, n) on up to ck_get_num_threads() threads (OpenMP when compiled
+/// with -fopenmp, libdispatch otherwise). Tasks are handed out from an atomic counter, so uneven
+/// tasks balance. Must not be nested: call serial code inside tasks.
+void ck_parallel_for(long n, void *ctx, ck_task_fn fn);
+
+/// 64-byte aligned thread-local scratch buffer, grown on demand; slot selects one of 4 buffers.
+float *ck_scratch(int slot, size_t floats);
+
+/// Single-threaded GEMM (same contract as ck_sgemm), for use inside parallel tasks.
+void ck_sgemm_serial(int isa, int M, int N, int K, const float *A, long rsa, long csa,
+                     const float *B, long rsb, long csb, float *C, long ldc, int accumulate);
+
+static inline long ck_min(long a, long b) { return a < b ? a : b; }
+static inline long ck_max(long a, long b) { return a > b ? a : b; }
+
+#endif

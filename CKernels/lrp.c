@@ -1,0 +1,59 @@
+// The element-wise steps of an LRP rule: s = R / stab(z) and R_in = a * c.
+//
+// Given x, a rule is linear in the relevance: z (the rule's denominators) and a (the layer input,
+// or its modified version) are computed once per input and shared by all n maps of a block.
+#include "internal.h"
+
+typedef struct {
+    long len;
+    const float *R, *z, *a, *c;
+    float eps, scale;
+    float *out;
+    int accumulate;
+} ew_job;
+
+enum { CHUNK = 1 << 14 };
+
+static void divide_task(void *p, long t) {
+    ew_job *e = p;
+    long chunks = (e->len + CHUNK - 1) / CHUNK;
+    long m = t / chunks, i0 = (t % chunks) * CHUNK, i1 = ck_min(e->len, i0 + CHUNK);
+    const float *R = e->R + m * e->len;
+    float *s = e->out + m * e->len;
+    for (long i = i0; i < i1; i++) {
+        float z = e->z[i];
+        s[i] = R[i] / (z + (z >= 0.0f ? e->eps : -e->eps));
+    }
+}
+
+void ck_lrp_divide(int n, long len, const float *R, const float *z, float eps, float *s) {
+    ew_job e = {len, R, z, NULL, NULL, eps, 0, s, 0};
+    ck_parallel_for((long)n * ((len + CHUNK - 1) / CHUNK), &e, divide_task);
+}
+
+static void product_task(void *p, long t) {
+    ew_job *e = p;
+    long chunks = (e->len + CHUNK - 1) / CHUNK;
+    long m = t / chunks, i0 = (t % chunks) * CHUNK, i1 = ck_min(e->len, i0 + CHUNK);
+    const float *c = e->c + m * e->len;
+    float *R = e->out + m * e->len;
+    float k = e->scale;
+    if (e->a) {
+        if (e->accumulate) for (long i = i0; i < i1; i++) R[i] += k * e->a[i] * c[i];
+        else for (long i = i0; i < i1; i++) R[i] = k * e->a[i] * c[i];
+    } else {
+        if (e->accumulate) for (long i = i0; i < i1; i++) R[i] += k * c[i];
+        else for (long i = i0; i < i1; i++) R[i] = k * c[i];
+    }
+}
+
+void ck_lrp_product(int n, long len, const float *a, const float *c, float scale, float *R,
+                    int accumulate) {
+    ew_job e = {len, NULL, NULL, a, c, 0, scale, R, accumulate};
+    ck_parallel_for((long)n * ((len + CHUNK - 1) / CHUNK), &e, product_task);
+}
+
+void ck_clamp(long len, const float *x, int sign, float *y) {
+    if (sign > 0) for (long i = 0; i < len; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    else for (long i = 0; i < len; i++) y[i] = x[i] < 0.0f ? x[i] : 0.0f;
+}

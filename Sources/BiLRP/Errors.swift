@@ -1,0 +1,32 @@
+/// Every error the library throws. Each message names the thing that is wrong.
+public enum BiLRPError: Error, Sendable, Equatable, CustomStringConvertible {
+    case shapeMismatch(what: String, expected: String, found: String)
+    case missingTensor(String)
+    case invalidLayerIndex(Int, count: Int)
+    case invalidComposite(String)
+    case unknownPreset(String)
+    case unsupported(String)
+    case invalidArgument(String)
+    case io(String)
+
+    public var description: String {
+        switch self {
+        case let .shapeMismatch(what, expected, found):
+            return "shape mismatch for \(what): expected \(expected), found \(found)"
+        case let .missingTensor(name):
+            return "missing tensor '\(name)' in the weights"
+        case let .invalidLayerIndex(index, count):
+            return "layer index \(index) is out of range: the model has layers 0..<\(count), so L must be in 1...\(count)"
+        case let .invalidComposite(message):
+            return "invalid rule composite: \(message)"
+        case let .unknownPreset(name):
+            return "unknown rule preset '\(name)' (known: \(Composite.presetNames.joined(separator: ", ")))"
+        case let .unsupported(message):
+            return "unsupported: \(message)"
+        case let .invalidArgument(message):
+            return message
+        case let .io(message):
+            return message
+        }
+    }
+}

@@ -1,0 +1,409 @@
+/// Explains a similarity model y(x, x') = <phi(x), phi(x')> with BiLRP.
+///
+/// Construction does the per-model work once: BatchNorm folding, rule selection, and the modified
+/// weights rho(W) of every rule term. Each explanation then runs one forward per input (keeping
+/// activations, max-pool winners and the rule denominators) and one backward for all h outputs at
+/// once, in blocks of maps so that memory stays bounded as h grows. Because LRP is linear in the
+/// relevance, the block backward is exactly h first-order LRP passes.
+///
+/// ```swift
+/// let model = try VGG.vgg16.features(layers: 31, weights: try SafetensorsFile(path: "vgg16.safetensors"))
+/// let explainer = try Explainer(model: model, head: .randomProjection(outputs: 100, seed: 0),
+///                               composite: try .preset("paper-vgg"), bounds: Preprocessing.torchvision.bounds)
+/// let pair = try explainer.explain(x1, x2, patch: 8)
+/// print(pair.similarity, pair.conservation.relativeError, pair.topPositive(5))
+/// ```
+///
+/// An `Explainer` is immutable and safe to share between threads.
+public final class Explainer: @unchecked Sendable {
+    public let head: SimilarityHead
+    public let similarity: Similarity
+    public let composite: Composite
+    public let bounds: InputBounds?
+    /// Maps per backward block; nil chooses from `memoryBudget`.
+    public let blockSize: Int?
+    /// Bytes the relevance blocks may use (default 512 MiB).
+    public let memoryBudget: Int
+    public let kernels: any Kernels
+    /// The rule chosen for each conv/linear layer of the model, by layer index.
+    public let rules: [Int: Rule]
+
+    let layers: [PreparedLayer]
+    let inputChannels: Int?
+
+    /// - Parameters:
+    ///   - model: the feature extractor F (already truncated).
+    ///   - head: the linear map H to the h outputs phi.
+    ///   - composite: rules per layer.
+    ///   - bounds: input domain bounds; required when the composite uses z^B.
+    ///   - kernels: the arithmetic (the C kernels by default; `ReferenceKernels` for checking).
+    public init(
+        model: SequentialModel, head: SimilarityHead = .randomProjection(outputs: 100, seed: 0),
+        similarity: Similarity = .dot, composite: Composite, bounds: InputBounds? = nil,
+        blockSize: Int? = nil, memoryBudget: Int = 512 << 20, kernels: any Kernels = CKernelsBackend()
+    ) throws {
+        let canon = try model.canonized()
+        guard !canon.isEmpty else { throw BiLRPError.invalidArgument("the model has no layers") }
+        if let blockSize, blockSize < 1 { throw BiLRPError.invalidArgument("block size must be at least 1") }
+        let firstIndex = canon.first { l in
+            if case .conv2d = l.layer { return true }
+            if case .linear = l.layer { return true }
+            return false
+        }?.index
+        var rules: [Int: Rule] = [:]
+        var prepared: [PreparedLayer] = []
+        var nonNegative = false
+        var channels: Int? = nil
+        for item in canon {
+            let rule = composite.rule(index: item.index, layer: item.layer, isFirst: item.index == firstIndex)
+            switch item.layer {
+            case let .conv2d(conv):
+                if channels == nil { channels = conv.inChannels }
+                if rule == .zBox {
+                    guard let bounds else {
+                        throw BiLRPError.invalidArgument(
+                            "rule zb at layer \(item.index) needs input bounds: give a preprocessing (torchvision or caffe) or explicit bounds")
+                    }
+                    guard bounds.lower.count == conv.inChannels else {
+                        throw BiLRPError.shapeMismatch(
+                            what: "input bounds for zb at layer \(item.index)", expected: "\(conv.inChannels) channels",
+                            found: "\(bounds.lower.count)")
+                    }
+                }
+                rules[item.index] = rule
+                prepared.append(.conv(PreparedConv(
+                    index: item.index, conv: conv, rule: rule, nonNegativeInput: nonNegative)))
+                nonNegative = false
+            case let .linear(lin):
+                if rule == .zBox { throw BiLRPError.unsupported("rule zb on linear layer \(item.index)") }
+                rules[item.index] = rule
+                prepared.append(.conv(PreparedConv(
+                    index: item.index, linear: lin, rule: rule, nonNegativeInput: nonNegative)))
+                nonNegative = false
+            case .relu:
+                prepared.append(.relu)
+                nonNegative = true
+            case let .maxPool2d(p):
+                prepared.append(.maxPool(p))
+            case let .avgPool2d(p):
+                prepared.append(.avgPool(p, epsilon: rule.poolingEpsilon))
+            case let .adaptiveAvgPool2d(h, w):
+                prepared.append(.adaptivePool(h, w, epsilon: rule.poolingEpsilon, sum: false))
+            case .flatten:
+                prepared.append(.flatten)
+            case .dropout, .batchNorm2d:
+                break  // removed by canonization
+            }
+        }
+        self.layers = prepared
+        self.inputChannels = channels
+        self.rules = rules
+        self.head = head
+        self.similarity = similarity
+        self.composite = composite
+        self.bounds = bounds
+        self.blockSize = blockSize
+        self.memoryBudget = memoryBudget
+        self.kernels = kernels
+    }
+
+    // MARK: - Public API
+
+    /// phi(x), the h outputs of the head.
+    public func embedding(_ x: Tensor) throws -> [Float] {
+        try forward(x).output.array
+    }
+
+    /// The relevance factors of one input: the h first-order maps LRP(phi_m, x), summed over color
+    /// channels and sum-pooled to `patch` x `patch` patches (patch 1: unpooled), as the P x h matrix A.
+    /// Depends on x alone, so it can be cached and reused against any other input.
+    public func factors(_ x: Tensor, patch: Int = 8) throws -> RelevanceFactors {
+        guard patch >= 1 else { throw BiLRPError.invalidArgument("patch size must be at least 1 (got \(patch))") }
+        let trace = try forward(x)
+        let h = trace.output.count
+        let shape = trace.inputShape
+        let grid = PatchGrid(height: shape.height, width: shape.width, patch: patch)
+        let P = grid.count
+        var A = [Float](repeating: 0, count: P * h)
+        let block = blockSize(for: trace, outputs: h)
+        let pooled = Buffer(count: block * P)
+        var m0 = 0
+        while m0 < h {
+            let n = min(block, h - m0)
+            let start = Buffer(zeros: n * h)
+            for i in 0..<n { start.pointer[i * h + m0 + i] = trace.output.pointer[m0 + i] }
+            let r = backward(trace, start, n: n)
+            kernels.patchPool(n: n, r.const, shape, patch: patch, pooled.pointer)
+            for i in 0..<n { for p in 0..<P { A[p * h + m0 + i] = pooled.pointer[i * P + p] } }
+            m0 += n
+        }
+        return RelevanceFactors(a: A, outputs: h, grid: grid, inputShape: shape, embedding: trace.output.array)
+    }
+
+    /// First-order LRP of one input for an output relevance vector r (length h; e.g. e_m phi_m, or
+    /// phi(x') to explain the similarity with x' held fixed), at full resolution: (C, H, W).
+    public func relevance(_ x: Tensor, outputRelevance r: [Float]) throws -> Tensor {
+        let trace = try forward(x)
+        guard r.count == trace.output.count else {
+            throw BiLRPError.shapeMismatch(
+                what: "output relevance", expected: "\(trace.output.count) values (h)", found: "\(r.count)")
+        }
+        let out = backward(trace, Buffer(r), n: 1)
+        return try Tensor(shape: [trace.inputShape.channels, trace.inputShape.height, trace.inputShape.width], data: out.array)
+    }
+
+    /// The BiLRP explanation of y(x, x'): R = A(x) A(x')^T over patch pairs, with the marginals,
+    /// the conservation report and the top pairs.
+    public func explain(_ x: Tensor, _ xPrime: Tensor, patch: Int = 8) throws -> PairExplanation {
+        try explain(factors(x, patch: patch), factors(xPrime, patch: patch))
+    }
+
+    /// The pair explanation from cached factors: one P x h by h x Q product.
+    public func explain(_ a: RelevanceFactors, _ b: RelevanceFactors) throws -> PairExplanation {
+        guard a.outputs == b.outputs else {
+            throw BiLRPError.shapeMismatch(what: "factors", expected: "the same h", found: "\(a.outputs) and \(b.outputs)")
+        }
+        let h = a.outputs, P = a.grid.count, Q = b.grid.count
+        var R = [Float](repeating: 0, count: P * Q)
+        a.a.withUnsafeBufferPointer { pa in
+            b.a.withUnsafeBufferPointer { pb in
+                R.withUnsafeMutableBufferPointer { pr in
+                    kernels.pairProduct(p: P, q: Q, h: h, pa.baseAddress!, pb.baseAddress!, pr.baseAddress!)
+                }
+            }
+        }
+        var dot: Double = 0, na: Double = 0, nb: Double = 0
+        for m in 0..<h {
+            dot += Double(a.embedding[m]) * Double(b.embedding[m])
+            na += Double(a.embedding[m]) * Double(a.embedding[m])
+            nb += Double(b.embedding[m]) * Double(b.embedding[m])
+        }
+        var scale: Double = 1
+        if similarity == .cosine {
+            let denom = (na * nb).squareRoot()
+            scale = denom > 0 ? 1 / denom : 0
+            let s = Float(scale)
+            for i in R.indices { R[i] *= s }
+        }
+        return PairExplanation(
+            relevance: R, first: a, second: b, dot: Float(dot), similarity: Float(dot * scale), scale: Float(scale))
+    }
+
+    // MARK: - Forward
+
+    struct Trace {
+        var inputShape: Shape3
+        /// Per layer: the activation entering it and its shape.
+        var inputs: [Buffer] = []
+        var shapes: [Shape3] = []
+        /// Per layer: conv denominators (one per pass) and modified inputs; pooling outputs; argmax.
+        var denominators: [[Buffer]] = []
+        var modifiedInputs: [[InputModifier: Buffer]] = []
+        var argmax: [IndexBuffer?] = []
+        var output: Buffer
+        var outputShape: Shape3
+    }
+
+    /// The layers that compute phi: the model's, then the head's.
+    func headLayers(after shape: Shape3) throws -> [PreparedLayer] {
+        switch head {
+        case .identity:
+            return [.flatten]
+        case .sumPool:
+            return [.adaptivePool(1, 1, epsilon: Rule.defaultEpsilon, sum: true)]
+        case .averagePool:
+            return [.adaptivePool(1, 1, epsilon: Rule.defaultEpsilon, sum: false)]
+        case let .randomProjection(h, seed):
+            let d = shape.count
+            let w = SimilarityHead.gaussianMatrix(outputs: h, inputs: d, seed: seed)
+            return [.flatten, .conv(PreparedConv(
+                index: -1, linear: try Linear(weight: w, bias: nil, inFeatures: d, outFeatures: h),
+                rule: .zero, nonNegativeInput: false))]
+        case let .projection(t):
+            let (m, _) = try SimilarityHead.orientProjection(t, featureCount: shape.count)
+            return [.flatten, .conv(PreparedConv(
+                index: -1, linear: try Linear(weight: m.data, bias: nil, inFeatures: shape.count, outFeatures: m.shape[0]),
+                rule: .zero, nonNegativeInput: false))]
+        }
+    }
+
+    /// Cache of head layers per feature shape (the random projection is drawn once per shape).
+    private let headCache = HeadCache()
+
+    func allLayers(for input: Shape3) throws -> [PreparedLayer] {
+        var s = input
+        for l in layers { s = try l.outputShape(s) }
+        if let cached = headCache.get(s) { return layers + cached }
+        let h = try headLayers(after: s)
+        headCache.set(s, h)
+        return layers + h
+    }
+
+    func forward(_ x: Tensor) throws -> Trace {
+        let shape = try x.shape3()
+        if let c = inputChannels, c != shape.channels {
+            throw BiLRPError.shapeMismatch(what: "input channels", expected: "\(c)", found: "\(shape.channels)")
+        }
+        guard shape.height > 0, shape.width > 0 else {
+            throw BiLRPError.shapeMismatch(what: "input", expected: "a non-empty image", found: "\(x.shape)")
+        }
+        let all = try allLayers(for: shape)
+        var a = Buffer(x.data)
+        var s = shape
+        var trace = Trace(inputShape: shape, output: a, outputShape: shape)
+        for layer in all {
+            let next = try layer.outputShape(s)
+            trace.inputs.append(a)
+            trace.shapes.append(s)
+            var dens: [Buffer] = []
+            var mods: [InputModifier: Buffer] = [:]
+            var arg: IndexBuffer? = nil
+            let y: Buffer
+            switch layer {
+            case let .conv(c):
+                let g = c.geometry(s)
+                y = Buffer(count: g.outCount)
+                kernels.convForward(a.const, g, weight: c.weights[.identity]!.const, bias: c.bias?.const, y.pointer)
+                for pass in c.passes {
+                    if pass.reusesForward { dens.append(y); continue }
+                    let z = Buffer(count: g.outCount)
+                    for (t, term) in pass.terms.enumerated() {
+                        let input = try modifiedInput(term.input, a, s, &mods)
+                        let tmp = t == 0 ? z : Buffer(count: g.outCount)
+                        kernels.convForward(input.const, g, weight: c.weights[term.weight]!.const,
+                                            bias: t == 0 ? pass.bias?.const : nil, tmp.pointer)
+                        if t > 0 { for i in 0..<g.outCount { z.pointer[i] += tmp.pointer[i] } }
+                    }
+                    dens.append(z)
+                }
+            case .relu:
+                y = Buffer(count: s.count)
+                kernels.clamp(count: s.count, a.const, positive: true, y.pointer)
+            case let .maxPool(p):
+                let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, pool: p)
+                y = Buffer(count: g.outCount)
+                let am = IndexBuffer(count: g.outCount)
+                kernels.maxPoolForward(a.const, g, y.pointer, argmax: am.pointer)
+                arg = am
+            case let .avgPool(p, _):
+                let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, pool: p)
+                y = Buffer(count: g.outCount)
+                kernels.avgPoolForward(a.const, g, y.pointer)
+                dens.append(y)
+            case let .adaptivePool(oh, ow, _, sum):
+                let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, adaptiveTo: oh, ow)
+                y = Buffer(count: g.outCount)
+                kernels.adaptiveAvgPoolForward(a.const, g, y.pointer)
+                if sum { let k = Float(s.height * s.width); for i in 0..<y.count { y.pointer[i] *= k } }
+                dens.append(y)
+            case .flatten:
+                y = a
+            }
+            trace.denominators.append(dens)
+            trace.modifiedInputs.append(mods)
+            trace.argmax.append(arg)
+            a = y
+            s = next
+        }
+        trace.output = a
+        trace.outputShape = s
+        return trace
+    }
+
+    private func modifiedInput(
+        _ m: InputModifier, _ a: Buffer, _ s: Shape3, _ cache: inout [InputModifier: Buffer]
+    ) throws -> Buffer {
+        if m == .identity { return a }
+        if let b = cache[m] { return b }
+        let b = Buffer(count: s.count)
+        let plane = s.height * s.width
+        switch m {
+        case .identity: break
+        case .positive: kernels.clamp(count: s.count, a.const, positive: true, b.pointer)
+        case .negative: kernels.clamp(count: s.count, a.const, positive: false, b.pointer)
+        case .ones: b.pointer.initialize(repeating: 1, count: s.count)
+        case .lowerBound, .upperBound:
+            guard let bounds else { throw BiLRPError.invalidArgument("rule zb needs input bounds") }
+            let v = m == .lowerBound ? bounds.lower : bounds.upper
+            for c in 0..<s.channels { (b.pointer + c * plane).initialize(repeating: v[c], count: plane) }
+        }
+        cache[m] = b
+        return b
+    }
+
+    // MARK: - Backward
+
+    func blockSize(for trace: Trace, outputs h: Int) -> Int {
+        if let blockSize { return min(blockSize, h) }
+        let largest = max(trace.shapes.map(\.count).max() ?? 1, trace.outputShape.count)
+        let perMap = 4 * MemoryLayout<Float>.size * largest
+        return max(1, min(h, memoryBudget / max(perMap, 1)))
+    }
+
+    /// Propagates a block of n output relevance vectors down to the input: (n, C, H, W).
+    func backward(_ trace: Trace, _ start: Buffer, n: Int) -> Buffer {
+        var R = start
+        let all = try! allLayers(for: trace.inputShape)
+        for l in stride(from: all.count - 1, through: 0, by: -1) {
+            let s = trace.shapes[l]
+            let a = trace.inputs[l]
+            switch all[l] {
+            case let .conv(c):
+                let g = c.geometry(s)
+                let Rin = Buffer(count: n * g.inCount)
+                let sBuf = Buffer(count: n * g.outCount)
+                let multiple = c.passes.count > 1 || c.passes[0].terms.count > 1
+                let cBuf = multiple ? Buffer(count: n * g.inCount) : Rin
+                var first = true
+                for (p, pass) in c.passes.enumerated() {
+                    kernels.lrpDivide(n: n, count: g.outCount, R.const, trace.denominators[l][p].const,
+                                      epsilon: pass.epsilon, sBuf.pointer)
+                    for term in pass.terms {
+                        kernels.convBackward(n: n, sBuf.const, g, weight: c.weights[term.weight]!.const, cBuf.pointer)
+                        let input: UnsafePointer<Float>? =
+                            term.input == .ones ? nil
+                            : term.input == .identity ? a.const : trace.modifiedInputs[l][term.input]!.const
+                        kernels.lrpProduct(n: n, count: g.inCount, input, cBuf.const, scale: pass.scale,
+                                           Rin.pointer, accumulate: !first)
+                        first = false
+                    }
+                }
+                R = Rin
+            case .relu, .flatten:
+                continue
+            case let .maxPool(p):
+                let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, pool: p)
+                let Rin = Buffer(count: n * g.inCount)
+                kernels.maxPoolBackward(n: n, R.const, g, argmax: UnsafePointer(trace.argmax[l]!.pointer), Rin.pointer)
+                R = Rin
+            case let .avgPool(p, eps):
+                let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, pool: p)
+                let sBuf = Buffer(count: n * g.outCount)
+                kernels.lrpDivide(n: n, count: g.outCount, R.const, trace.denominators[l][0].const, epsilon: eps, sBuf.pointer)
+                let Rin = Buffer(count: n * g.inCount)
+                kernels.avgPoolBackward(n: n, sBuf.const, g, Rin.pointer)
+                kernels.lrpProduct(n: n, count: g.inCount, a.const, Rin.const, scale: 1, Rin.pointer, accumulate: false)
+                R = Rin
+            case let .adaptivePool(oh, ow, eps, sum):
+                let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, adaptiveTo: oh, ow)
+                let sBuf = Buffer(count: n * g.outCount)
+                kernels.lrpDivide(n: n, count: g.outCount, R.const, trace.denominators[l][0].const, epsilon: eps, sBuf.pointer)
+                let Rin = Buffer(count: n * g.inCount)
+                kernels.adaptiveAvgPoolBackward(n: n, sBuf.const, g, Rin.pointer)
+                let k: Float = sum ? Float(s.height * s.width) : 1
+                kernels.lrpProduct(n: n, count: g.inCount, a.const, Rin.const, scale: k, Rin.pointer, accumulate: false)
+                R = Rin
+            }
+        }
+        return R
+    }
+}
+
+final class HeadCache: @unchecked Sendable {
+    private var entries: [Shape3: [PreparedLayer]] = [:]
+    private let lock = NSLock()
+    func get(_ s: Shape3) -> [PreparedLayer]? { lock.lock(); defer { lock.unlock() }; return entries[s] }
+    func set(_ s: Shape3, _ l: [PreparedLayer]) { lock.lock(); entries[s] = l; lock.unlock() }
+}
+
+import Foundation

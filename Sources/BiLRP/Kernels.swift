@@ -1,0 +1,157 @@
+import CKernels
+
+/// Geometry of a convolution (or a linear layer as a 1 x 1 convolution on a 1 x 1 map).
+public struct ConvGeometry: Sendable, Hashable {
+    public var inChannels: Int, height: Int, width: Int
+    public var outChannels: Int, kernelH: Int, kernelW: Int
+    public var strideH: Int, strideW: Int, padH: Int, padW: Int
+
+    public init(
+        inChannels: Int, height: Int, width: Int, outChannels: Int, kernelH: Int, kernelW: Int,
+        strideH: Int = 1, strideW: Int = 1, padH: Int = 0, padW: Int = 0
+    ) {
+        self.inChannels = inChannels; self.height = height; self.width = width
+        self.outChannels = outChannels; self.kernelH = kernelH; self.kernelW = kernelW
+        self.strideH = strideH; self.strideW = strideW; self.padH = padH; self.padW = padW
+    }
+
+    public var outHeight: Int { (height + 2 * padH - kernelH) / strideH + 1 }
+    public var outWidth: Int { (width + 2 * padW - kernelW) / strideW + 1 }
+    public var inCount: Int { inChannels * height * width }
+    public var outCount: Int { outChannels * outHeight * outWidth }
+}
+
+/// Geometry of a pooling layer; for adaptive pooling only the output size matters.
+public struct PoolGeometry: Sendable, Hashable {
+    public var channels: Int, height: Int, width: Int
+    public var kernelH: Int, kernelW: Int, strideH: Int, strideW: Int, padH: Int, padW: Int
+    public var outHeight: Int, outWidth: Int
+
+    public init(channels: Int, height: Int, width: Int, pool: Pool2d) {
+        self.channels = channels; self.height = height; self.width = width
+        kernelH = pool.kernelH; kernelW = pool.kernelW; strideH = pool.strideH; strideW = pool.strideW
+        padH = pool.padH; padW = pool.padW
+        outHeight = (height + 2 * padH - kernelH) / strideH + 1
+        outWidth = (width + 2 * padW - kernelW) / strideW + 1
+    }
+
+    public init(channels: Int, height: Int, width: Int, adaptiveTo outHeight: Int, _ outWidth: Int) {
+        self.channels = channels; self.height = height; self.width = width
+        kernelH = 0; kernelW = 0; strideH = 0; strideW = 0; padH = 0; padW = 0
+        self.outHeight = outHeight; self.outWidth = outWidth
+    }
+
+    public var inCount: Int { channels * height * width }
+    public var outCount: Int { channels * outHeight * outWidth }
+}
+
+/// The arithmetic an explanation needs. `CKernelsBackend` runs the C kernels; the
+/// `BiLRPReference` module implements the same contract with plain Swift loops. The contracts are
+/// those of `ckernels.h`: blocks of n maps are map-major.
+public protocol Kernels: Sendable {
+    func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, weight: UnsafePointer<Float>,
+                     bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>)
+    func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, weight: UnsafePointer<Float>,
+                      _ c: UnsafeMutablePointer<Float>)
+    func lrpDivide(n: Int, count: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float,
+                   _ s: UnsafeMutablePointer<Float>)
+    func lrpProduct(n: Int, count: Int, _ a: UnsafePointer<Float>?, _ c: UnsafePointer<Float>, scale: Float,
+                    _ R: UnsafeMutablePointer<Float>, accumulate: Bool)
+    func clamp(count: Int, _ x: UnsafePointer<Float>, positive: Bool, _ y: UnsafeMutablePointer<Float>)
+    func maxPoolForward(_ x: UnsafePointer<Float>, _ g: PoolGeometry, _ y: UnsafeMutablePointer<Float>,
+                        argmax: UnsafeMutablePointer<Int32>)
+    func maxPoolBackward(n: Int, _ R: UnsafePointer<Float>, _ g: PoolGeometry, argmax: UnsafePointer<Int32>,
+                         _ Rin: UnsafeMutablePointer<Float>)
+    func avgPoolForward(_ x: UnsafePointer<Float>, _ g: PoolGeometry, _ y: UnsafeMutablePointer<Float>)
+    func avgPoolBackward(n: Int, _ s: UnsafePointer<Float>, _ g: PoolGeometry, _ c: UnsafeMutablePointer<Float>)
+    func adaptiveAvgPoolForward(_ x: UnsafePointer<Float>, _ g: PoolGeometry, _ y: UnsafeMutablePointer<Float>)
+    func adaptiveAvgPoolBackward(n: Int, _ s: UnsafePointer<Float>, _ g: PoolGeometry,
+                                 _ c: UnsafeMutablePointer<Float>)
+    func patchPool(n: Int, _ R: UnsafePointer<Float>, _ shape: Shape3, patch: Int, _ out: UnsafeMutablePointer<Float>)
+    func pairProduct(p: Int, q: Int, h: Int, _ A: UnsafePointer<Float>, _ B: UnsafePointer<Float>,
+                     _ R: UnsafeMutablePointer<Float>)
+}
+
+/// The C kernels (OpenMP or libdispatch, runtime ISA dispatch).
+public struct CKernelsBackend: Kernels {
+    public init() {}
+
+    /// The instruction set the C kernels use on this thread: "avx512", "avx2" or "portable".
+    public static var activeISA: String { String(cString: ck_isa_name(ck_isa_active())) }
+    /// Whether the C kernels were compiled with OpenMP (else they use libdispatch).
+    public static var usesOpenMP: Bool { ck_openmp_enabled() != 0 }
+    /// Worker threads of the C kernels.
+    public static var threads: Int {
+        get { Int(ck_get_num_threads()) }
+        set { ck_set_num_threads(Int32(newValue)) }
+    }
+
+    public func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, weight: UnsafePointer<Float>,
+                            bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>) {
+        ck_conv2d_forward(x, c(g.inChannels), c(g.height), c(g.width), weight, bias, c(g.outChannels),
+                          c(g.kernelH), c(g.kernelW), c(g.strideH), c(g.strideW), c(g.padH), c(g.padW), y)
+    }
+
+    public func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, weight: UnsafePointer<Float>,
+                             _ cOut: UnsafeMutablePointer<Float>) {
+        ck_conv2d_backward(c(n), s, c(g.outChannels), c(g.outHeight), c(g.outWidth), weight, c(g.inChannels),
+                           c(g.height), c(g.width), c(g.kernelH), c(g.kernelW), c(g.strideH), c(g.strideW),
+                           c(g.padH), c(g.padW), cOut)
+    }
+
+    public func lrpDivide(n: Int, count: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float,
+                          _ s: UnsafeMutablePointer<Float>) {
+        ck_lrp_divide(c(n), count, R, z, epsilon, s)
+    }
+
+    public func lrpProduct(n: Int, count: Int, _ a: UnsafePointer<Float>?, _ cIn: UnsafePointer<Float>, scale: Float,
+                           _ R: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        ck_lrp_product(c(n), count, a, cIn, scale, R, accumulate ? 1 : 0)
+    }
+
+    public func clamp(count: Int, _ x: UnsafePointer<Float>, positive: Bool, _ y: UnsafeMutablePointer<Float>) {
+        ck_clamp(count, x, positive ? 1 : -1, y)
+    }
+
+    public func maxPoolForward(_ x: UnsafePointer<Float>, _ g: PoolGeometry, _ y: UnsafeMutablePointer<Float>,
+                               argmax: UnsafeMutablePointer<Int32>) {
+        ck_maxpool_forward(x, c(g.channels), c(g.height), c(g.width), c(g.kernelH), c(g.kernelW), c(g.strideH),
+                           c(g.strideW), c(g.padH), c(g.padW), y, argmax)
+    }
+
+    public func maxPoolBackward(n: Int, _ R: UnsafePointer<Float>, _ g: PoolGeometry, argmax: UnsafePointer<Int32>,
+                                _ Rin: UnsafeMutablePointer<Float>) {
+        ck_maxpool_backward(c(n), R, c(g.channels), c(g.outHeight), c(g.outWidth), argmax, c(g.height), c(g.width), Rin)
+    }
+
+    public func avgPoolForward(_ x: UnsafePointer<Float>, _ g: PoolGeometry, _ y: UnsafeMutablePointer<Float>) {
+        ck_avgpool_forward(x, c(g.channels), c(g.height), c(g.width), c(g.kernelH), c(g.kernelW), c(g.strideH),
+                           c(g.strideW), c(g.padH), c(g.padW), y)
+    }
+
+    public func avgPoolBackward(n: Int, _ s: UnsafePointer<Float>, _ g: PoolGeometry, _ cOut: UnsafeMutablePointer<Float>) {
+        ck_avgpool_backward(c(n), s, c(g.channels), c(g.outHeight), c(g.outWidth), c(g.height), c(g.width),
+                            c(g.kernelH), c(g.kernelW), c(g.strideH), c(g.strideW), c(g.padH), c(g.padW), cOut)
+    }
+
+    public func adaptiveAvgPoolForward(_ x: UnsafePointer<Float>, _ g: PoolGeometry, _ y: UnsafeMutablePointer<Float>) {
+        ck_adaptive_avgpool_forward(x, c(g.channels), c(g.height), c(g.width), c(g.outHeight), c(g.outWidth), y)
+    }
+
+    public func adaptiveAvgPoolBackward(n: Int, _ s: UnsafePointer<Float>, _ g: PoolGeometry,
+                                        _ cOut: UnsafeMutablePointer<Float>) {
+        ck_adaptive_avgpool_backward(c(n), s, c(g.channels), c(g.outHeight), c(g.outWidth), c(g.height), c(g.width), cOut)
+    }
+
+    public func patchPool(n: Int, _ R: UnsafePointer<Float>, _ shape: Shape3, patch: Int,
+                          _ out: UnsafeMutablePointer<Float>) {
+        ck_patch_pool(c(n), R, c(shape.channels), c(shape.height), c(shape.width), c(patch), out)
+    }
+
+    public func pairProduct(p: Int, q: Int, h: Int, _ A: UnsafePointer<Float>, _ B: UnsafePointer<Float>,
+                            _ R: UnsafeMutablePointer<Float>) {
+        ck_pair_product(c(p), c(q), c(h), A, B, R)
+    }
+
+    @inline(__always) private func c(_ v: Int) -> Int32 { Int32(truncatingIfNeeded: v) }
+}

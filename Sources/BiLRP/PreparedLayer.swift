@@ -1,0 +1,97 @@
+/// A layer ready for explanation: rule chosen, modified weights computed (once per model and rule).
+enum PreparedLayer: @unchecked Sendable {
+    case conv(PreparedConv)
+    case relu
+    case maxPool(Pool2d)
+    case avgPool(Pool2d, epsilon: Float)
+    /// Adaptive average pooling; `sum` multiplies by the window area (global sum pooling head).
+    case adaptivePool(Int, Int, epsilon: Float, sum: Bool)
+    case flatten
+
+    func outputShape(_ s: Shape3) throws -> Shape3 {
+        switch self {
+        case let .conv(c):
+            if c.isLinear {
+                guard s.count == c.inChannels else {
+                    throw BiLRPError.shapeMismatch(
+                        what: "linear layer \(c.index) input", expected: "\(c.inChannels) features", found: "\(s)")
+                }
+                return Shape3(c.outChannels, 1, 1)
+            }
+            return try Layer.conv2d(c.conv!).outputShape(s, index: c.index)
+        case .relu: return s
+        case let .maxPool(p), let .avgPool(p, _): return try Layer.maxPool2d(p).outputShape(s, index: -1)
+        case let .adaptivePool(h, w, _, _): return Shape3(s.channels, h, w)
+        case .flatten: return Shape3(s.count, 1, 1)
+        }
+    }
+}
+
+/// A convolution or linear layer with its rule expanded into passes and its weights modified.
+final class PreparedConv: @unchecked Sendable {
+    struct Pass {
+        var terms: [RuleTerm]
+        var bias: Buffer?
+        var epsilon: Float
+        var scale: Float
+        /// The pass is LRP-0 on the unmodified layer: its denominator is the forward output itself.
+        var reusesForward: Bool
+    }
+
+    let index: Int
+    let rule: Rule
+    let isLinear: Bool
+    let conv: Conv2d?
+    let inChannels: Int, outChannels: Int
+    let kernelH: Int, kernelW: Int, strideH: Int, strideW: Int, padH: Int, padW: Int
+    /// The layer's weights under every modifier the rule uses; `.identity` is always present.
+    let weights: [WeightModifier: Buffer]
+    let bias: Buffer?
+    let passes: [Pass]
+
+    convenience init(index: Int, conv: Conv2d, rule: Rule, nonNegativeInput: Bool) {
+        self.init(index: index, rule: rule, isLinear: false, conv: conv, weight: conv.weight, bias: conv.bias,
+                  inChannels: conv.inChannels, outChannels: conv.outChannels,
+                  geometry: (conv.kernelH, conv.kernelW, conv.strideH, conv.strideW, conv.padH, conv.padW),
+                  nonNegativeInput: nonNegativeInput)
+    }
+
+    convenience init(index: Int, linear: Linear, rule: Rule, nonNegativeInput: Bool) {
+        self.init(index: index, rule: rule, isLinear: true, conv: nil, weight: linear.weight, bias: linear.bias,
+                  inChannels: linear.inFeatures, outChannels: linear.outFeatures, geometry: (1, 1, 1, 1, 0, 0),
+                  nonNegativeInput: nonNegativeInput)
+    }
+
+    private init(
+        index: Int, rule: Rule, isLinear: Bool, conv: Conv2d?, weight: [Float], bias: [Float]?,
+        inChannels: Int, outChannels: Int, geometry g: (Int, Int, Int, Int, Int, Int), nonNegativeInput: Bool
+    ) {
+        self.index = index; self.rule = rule; self.isLinear = isLinear; self.conv = conv
+        self.inChannels = inChannels; self.outChannels = outChannels
+        (kernelH, kernelW, strideH, strideW, padH, padW) = g
+        let rulePasses = rule.passes(nonNegativeInput: nonNegativeInput)
+        var weights: [WeightModifier: Buffer] = [.identity: Buffer(weight)]
+        for pass in rulePasses {
+            for term in pass.terms where weights[term.weight] == nil {
+                weights[term.weight] = Buffer(weight.map(term.weight.apply))
+            }
+        }
+        self.weights = weights
+        self.bias = bias.map(Buffer.init)
+        passes = rulePasses.map { p in
+            let reuse = p.terms == [RuleTerm(input: .identity, weight: .identity)] && p.bias == .identity
+            let b = p.bias.flatMap { m in bias.map { Buffer($0.map(m.apply)) } }
+            return Pass(terms: p.terms, bias: b, epsilon: p.epsilon, scale: p.scale, reusesForward: reuse)
+        }
+    }
+
+    func geometry(_ s: Shape3) -> ConvGeometry {
+        if isLinear {
+            return ConvGeometry(inChannels: inChannels, height: 1, width: 1, outChannels: outChannels,
+                                kernelH: 1, kernelW: 1)
+        }
+        return ConvGeometry(inChannels: s.channels, height: s.height, width: s.width, outChannels: outChannels,
+                            kernelH: kernelH, kernelW: kernelW, strideH: strideH, strideW: strideW,
+                            padH: padH, padW: padW)
+    }
+}

@@ -1,0 +1,233 @@
+import BiLRP
+
+/// The arithmetic of `CKernelsBackend` in plain Swift loops: no SIMD, no threads, sums in the
+/// order the formulas are written, accumulated in Double where a sum is long. Slow and obviously
+/// correct; the tests compare every C kernel against it, and `bilrp explain --reference` runs a
+/// whole explanation on it.
+public struct ReferenceKernels: Kernels {
+    public init() {}
+
+    public func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, weight: UnsafePointer<Float>,
+                            bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>) {
+        let (Ho, Wo) = (g.outHeight, g.outWidth)
+        for k in 0..<g.outChannels {
+            for oy in 0..<Ho {
+                for ox in 0..<Wo {
+                    var sum: Double = bias.map { Double($0[k]) } ?? 0
+                    for c in 0..<g.inChannels {
+                        for i in 0..<g.kernelH {
+                            let iy = oy * g.strideH - g.padH + i
+                            if iy < 0 || iy >= g.height { continue }
+                            for j in 0..<g.kernelW {
+                                let ix = ox * g.strideW - g.padW + j
+                                if ix < 0 || ix >= g.width { continue }
+                                let w = weight[((k * g.inChannels + c) * g.kernelH + i) * g.kernelW + j]
+                                sum += Double(w) * Double(x[(c * g.height + iy) * g.width + ix])
+                            }
+                        }
+                    }
+                    y[(k * Ho + oy) * Wo + ox] = Float(sum)
+                }
+            }
+        }
+    }
+
+    /// The adjoint of `convForward`: every output position scatters s * w back to the inputs it read.
+    public func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, weight: UnsafePointer<Float>,
+                             _ c: UnsafeMutablePointer<Float>) {
+        let (Ho, Wo) = (g.outHeight, g.outWidth)
+        var acc = [Double](repeating: 0, count: g.inCount)
+        for m in 0..<n {
+            for i in acc.indices { acc[i] = 0 }
+            let sm = s + m * g.outCount
+            for k in 0..<g.outChannels {
+                for oy in 0..<Ho {
+                    for ox in 0..<Wo {
+                        let v = Double(sm[(k * Ho + oy) * Wo + ox])
+                        if v == 0 { continue }
+                        for ch in 0..<g.inChannels {
+                            for i in 0..<g.kernelH {
+                                let iy = oy * g.strideH - g.padH + i
+                                if iy < 0 || iy >= g.height { continue }
+                                for j in 0..<g.kernelW {
+                                    let ix = ox * g.strideW - g.padW + j
+                                    if ix < 0 || ix >= g.width { continue }
+                                    let w = weight[((k * g.inChannels + ch) * g.kernelH + i) * g.kernelW + j]
+                                    acc[(ch * g.height + iy) * g.width + ix] += v * Double(w)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for i in 0..<g.inCount { c[m * g.inCount + i] = Float(acc[i]) }
+        }
+    }
+
+    public func lrpDivide(n: Int, count: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float,
+                          _ s: UnsafeMutablePointer<Float>) {
+        for m in 0..<n {
+            for i in 0..<count {
+                let zi = z[i]
+                let stabilized = zi + (zi >= 0 ? epsilon : -epsilon)
+                s[m * count + i] = R[m * count + i] / stabilized
+            }
+        }
+    }
+
+    public func lrpProduct(n: Int, count: Int, _ a: UnsafePointer<Float>?, _ c: UnsafePointer<Float>, scale: Float,
+                           _ R: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        for m in 0..<n {
+            for i in 0..<count {
+                let v = scale * (a?[i] ?? 1) * c[m * count + i]
+                R[m * count + i] = accumulate ? R[m * count + i] + v : v
+            }
+        }
+    }
+
+    public func clamp(count: Int, _ x: UnsafePointer<Float>, positive: Bool, _ y: UnsafeMutablePointer<Float>) {
+        for i in 0..<count { y[i] = positive ? max(x[i], 0) : min(x[i], 0) }
+    }
+
+    public func maxPoolForward(_ x: UnsafePointer<Float>, _ g: PoolGeometry, _ y: UnsafeMutablePointer<Float>,
+                               argmax: UnsafeMutablePointer<Int32>) {
+        for c in 0..<g.channels {
+            for oy in 0..<g.outHeight {
+                for ox in 0..<g.outWidth {
+                    var best = -Float.infinity
+                    var arg = -1
+                    for i in 0..<g.kernelH {
+                        let iy = oy * g.strideH - g.padH + i
+                        if iy < 0 || iy >= g.height { continue }
+                        for j in 0..<g.kernelW {
+                            let ix = ox * g.strideW - g.padW + j
+                            if ix < 0 || ix >= g.width { continue }
+                            let v = x[(c * g.height + iy) * g.width + ix]
+                            if arg < 0 || v > best || v.isNaN { best = v; arg = iy * g.width + ix }
+                        }
+                    }
+                    let o = (c * g.outHeight + oy) * g.outWidth + ox
+                    y[o] = best
+                    argmax[o] = Int32(arg)
+                }
+            }
+        }
+    }
+
+    public func maxPoolBackward(n: Int, _ R: UnsafePointer<Float>, _ g: PoolGeometry, argmax: UnsafePointer<Int32>,
+                                _ Rin: UnsafeMutablePointer<Float>) {
+        let plane = g.height * g.width, oplane = g.outHeight * g.outWidth
+        Rin.initialize(repeating: 0, count: n * g.inCount)
+        for m in 0..<n {
+            for c in 0..<g.channels {
+                for o in 0..<oplane {
+                    let w = Int(argmax[c * oplane + o])
+                    if w >= 0 { Rin[m * g.inCount + c * plane + w] += R[m * g.outCount + c * oplane + o] }
+                }
+            }
+        }
+    }
+
+    /// Visits every (output, input) pair of a pooling window with the window's weight.
+    private func windows(_ g: PoolGeometry, adaptive: Bool, _ body: (_ o: Int, _ i: Int, _ weight: Float) -> Void) {
+        for c in 0..<g.channels {
+            for oy in 0..<g.outHeight {
+                for ox in 0..<g.outWidth {
+                    let o = (c * g.outHeight + oy) * g.outWidth + ox
+                    if adaptive {
+                        let y0 = oy * g.height / g.outHeight, y1 = ((oy + 1) * g.height + g.outHeight - 1) / g.outHeight
+                        let x0 = ox * g.width / g.outWidth, x1 = ((ox + 1) * g.width + g.outWidth - 1) / g.outWidth
+                        let w = 1 / Float((y1 - y0) * (x1 - x0))
+                        for iy in y0..<y1 { for ix in x0..<x1 { body(o, (c * g.height + iy) * g.width + ix, w) } }
+                    } else {
+                        let w = 1 / Float(g.kernelH * g.kernelW)
+                        for i in 0..<g.kernelH {
+                            let iy = oy * g.strideH - g.padH + i
+                            if iy < 0 || iy >= g.height { continue }
+                            for j in 0..<g.kernelW {
+                                let ix = ox * g.strideW - g.padW + j
+                                if ix < 0 || ix >= g.width { continue }
+                                body(o, (c * g.height + iy) * g.width + ix, w)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    private func poolForward(_ x: UnsafePointer<Float>, _ g: PoolGeometry, adaptive: Bool, _ y: UnsafeMutablePointer<Float>) {
+        var sums = [Double](repeating: 0, count: g.outCount)
+        var weight = [Float](repeating: 0, count: g.outCount)
+        windows(g, adaptive: adaptive) { o, i, w in sums[o] += Double(x[i]); weight[o] = w }
+        for o in 0..<g.outCount { y[o] = Float(sums[o] * Double(weight[o])) }
+    }
+
+    private func poolBackward(n: Int, _ s: UnsafePointer<Float>, _ g: PoolGeometry, adaptive: Bool,
+                              _ c: UnsafeMutablePointer<Float>) {
+        c.initialize(repeating: 0, count: n * g.inCount)
+        for m in 0..<n {
+            windows(g, adaptive: adaptive) { o, i, w in c[m * g.inCount + i] += s[m * g.outCount + o] * w }
+        }
+    }
+
+    public func avgPoolForward(_ x: UnsafePointer<Float>, _ g: PoolGeometry, _ y: UnsafeMutablePointer<Float>) {
+        poolForward(x, g, adaptive: false, y)
+    }
+
+    public func avgPoolBackward(n: Int, _ s: UnsafePointer<Float>, _ g: PoolGeometry, _ c: UnsafeMutablePointer<Float>) {
+        poolBackward(n: n, s, g, adaptive: false, c)
+    }
+
+    public func adaptiveAvgPoolForward(_ x: UnsafePointer<Float>, _ g: PoolGeometry, _ y: UnsafeMutablePointer<Float>) {
+        poolForward(x, g, adaptive: true, y)
+    }
+
+    public func adaptiveAvgPoolBackward(n: Int, _ s: UnsafePointer<Float>, _ g: PoolGeometry,
+                                        _ c: UnsafeMutablePointer<Float>) {
+        poolBackward(n: n, s, g, adaptive: true, c)
+    }
+
+    public func patchPool(n: Int, _ R: UnsafePointer<Float>, _ shape: Shape3, patch: Int,
+                          _ out: UnsafeMutablePointer<Float>) {
+        let rows = (shape.height + patch - 1) / patch, cols = (shape.width + patch - 1) / patch
+        for m in 0..<n {
+            var acc = [Double](repeating: 0, count: rows * cols)
+            for c in 0..<shape.channels {
+                for y in 0..<shape.height {
+                    for x in 0..<shape.width {
+                        acc[(y / patch) * cols + x / patch] += Double(R[m * shape.count + (c * shape.height + y) * shape.width + x])
+                    }
+                }
+            }
+            for p in 0..<rows * cols { out[m * rows * cols + p] = Float(acc[p]) }
+        }
+    }
+
+    public func pairProduct(p: Int, q: Int, h: Int, _ A: UnsafePointer<Float>, _ B: UnsafePointer<Float>,
+                            _ R: UnsafeMutablePointer<Float>) {
+        for i in 0..<p {
+            for j in 0..<q {
+                var sum: Double = 0
+                for m in 0..<h { sum += Double(A[i * h + m]) * Double(B[j * h + m]) }
+                R[i * q + j] = Float(sum)
+            }
+        }
+    }
+}
+
+extension ReferenceKernels {
+    /// The twin of `ck_sgemm`: C(i, j) = [C(i, j) +] sum_k A[i rsa + k csa] B[k rsb + j csb].
+    public static func gemm(
+        m: Int, n: Int, k: Int, _ a: [Float], rsa: Int, csa: Int, _ b: [Float], rsb: Int, csb: Int,
+        _ c: inout [Float], ldc: Int, accumulate: Bool
+    ) {
+        for i in 0..<m {
+            for j in 0..<n {
+                var sum: Double = 0
+                for l in 0..<k { sum += Double(a[i * rsa + l * csa]) * Double(b[l * rsb + j * csb]) }
+                c[i * ldc + j] = accumulate ? c[i * ldc + j] + Float(sum) : Float(sum)
+            }
+        }
+    }
+}

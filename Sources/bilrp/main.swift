@@ -1,0 +1,1 @@
+print("bilrp: the command-line interface is being built; see README")

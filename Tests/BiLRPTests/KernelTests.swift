@@ -1,0 +1,251 @@
+import Foundation
+import BiLRP
+import BiLRPReference
+import CKernels
+import Testing
+
+/// Every ISA path this CPU can run. Each test runs once per path with the path forced for the
+/// test's thread (`ck_set_thread_isa`), so the AVX2 and portable kernels are checked on an
+/// AVX-512 machine too.
+let isaPaths: [Int32] = Array(Int32(CK_ISA_PORTABLE)...ck_isa_supported())
+
+func random(_ count: Int, seed: UInt64, scale: Float = 1) -> [Float] {
+    var r = SplitMix64(seed: seed)
+    return (0..<count).map { _ in Float(r.nextNormal()) * scale }
+}
+
+/// |fast - reference| <= tol * max(|reference|, floor) element-wise in the max norm.
+func expectClose(_ fast: [Float], _ ref: [Float], tol: Float, _ what: String,
+                 sourceLocation: SourceLocation = #_sourceLocation) {
+    #expect(fast.count == ref.count, "\(what): sizes differ", sourceLocation: sourceLocation)
+    let scale = max(ref.map(abs).max() ?? 0, 1e-12)
+    let err = zip(fast, ref).map { abs($0 - $1) }.max() ?? 0
+    #expect(err <= tol * scale, "\(what): max error \(err) > \(tol) * \(scale)", sourceLocation: sourceLocation)
+}
+
+func withISA<T>(_ isa: Int32, _ body: () throws -> T) rethrows -> T {
+    ck_set_thread_isa(isa)
+    defer { ck_set_thread_isa(-1) }
+    #expect(ck_isa_active() == isa)
+    return try body()
+}
+
+/// Runs a kernel on both backends with fresh output buffers and returns (fast, reference).
+func both(_ outCount: Int, _ body: (any Kernels, UnsafeMutablePointer<Float>) -> Void) -> ([Float], [Float]) {
+    var a = [Float](repeating: .nan, count: outCount)
+    var b = [Float](repeating: .nan, count: outCount)
+    a.withUnsafeMutableBufferPointer { body(CKernelsBackend(), $0.baseAddress!) }
+    b.withUnsafeMutableBufferPointer { body(ReferenceKernels(), $0.baseAddress!) }
+    return (a, b)
+}
+
+// Conv shapes: odd sizes, stride 2, padding 0 and 1, channel counts off the vector width, 1x1, 5x3.
+let convCases: [ConvGeometry] = [
+    ConvGeometry(inChannels: 3, height: 9, width: 7, outChannels: 5, kernelH: 3, kernelW: 3, padH: 1, padW: 1),
+    ConvGeometry(inChannels: 7, height: 11, width: 13, outChannels: 17, kernelH: 3, kernelW: 3, strideH: 2, strideW: 2),
+    ConvGeometry(inChannels: 16, height: 8, width: 8, outChannels: 70, kernelH: 1, kernelW: 1),
+    ConvGeometry(inChannels: 5, height: 10, width: 9, outChannels: 13, kernelH: 5, kernelW: 3, strideH: 2, strideW: 1, padH: 2, padW: 1),
+    ConvGeometry(inChannels: 33, height: 1, width: 1, outChannels: 9, kernelH: 1, kernelW: 1),
+    ConvGeometry(inChannels: 64, height: 12, width: 12, outChannels: 67, kernelH: 3, kernelW: 3, padH: 1, padW: 1),
+]
+
+@Suite("C kernels against the pure-Swift reference", .serialized)
+struct KernelTests {
+    @Test("GEMM with transposes, edges and accumulation", arguments: isaPaths)
+    func gemm(isa: Int32) {
+        withISA(isa) {
+            // (M, N, K, transA, transB): sizes off every micro-tile (6x64, 6x16, 4x16) and KC = 256.
+            let cases = [(1, 1, 1, false, false), (7, 65, 3, false, true), (13, 130, 300, true, false),
+                         (100, 17, 257, true, true), (97, 771, 40, false, false)]
+            for (i, (m, n, k, ta, tb)) in cases.enumerated() {
+                let a = random(m * k, seed: UInt64(10 + i)), b = random(k * n, seed: UInt64(20 + i))
+                let (rsa, csa) = ta ? (1, m) : (k, 1)
+                let (rsb, csb) = tb ? (1, k) : (n, 1)
+                for acc in [false, true] {
+                    let start = random(m * n, seed: UInt64(30 + i))
+                    var fast = start, ref = start
+                    fast.withUnsafeMutableBufferPointer { c in
+                        ck_sgemm(Int32(m), Int32(n), Int32(k), a, rsa, csa, b, rsb, csb, c.baseAddress!, n, acc ? 1 : 0)
+                    }
+                    ReferenceKernels.gemm(m: m, n: n, k: k, a, rsa: rsa, csa: csa, b, rsb: rsb, csb: csb, &ref, ldc: n,
+                                          accumulate: acc)
+                    expectClose(fast, ref, tol: 1e-5, "gemm \(m)x\(n)x\(k) ta=\(ta) tb=\(tb) acc=\(acc)")
+                }
+            }
+        }
+    }
+
+    @Test("convolution forward", arguments: isaPaths)
+    func convForward(isa: Int32) {
+        withISA(isa) {
+            for (i, g) in convCases.enumerated() {
+                let x = random(g.inCount, seed: UInt64(i))
+                let w = random(g.outChannels * g.inChannels * g.kernelH * g.kernelW, seed: UInt64(100 + i))
+                let bias = random(g.outChannels, seed: UInt64(200 + i))
+                for withBias in [false, true] {
+                    let (f, r) = both(g.outCount) { k, y in
+                        k.convForward(x, g, weight: w, bias: withBias ? bias : nil, y)
+                    }
+                    expectClose(f, r, tol: 1e-5, "conv forward \(g) bias=\(withBias)")
+                }
+            }
+        }
+    }
+
+    @Test("convolution relevance backward (transposed), blocks of n maps", arguments: isaPaths)
+    func convBackward(isa: Int32) {
+        withISA(isa) {
+            for (i, g) in convCases.enumerated() {
+                let w = random(g.outChannels * g.inChannels * g.kernelH * g.kernelW, seed: UInt64(300 + i))
+                for n in [1, 3, 5] {
+                    let s = random(n * g.outCount, seed: UInt64(400 + i * 7 + n))
+                    let (f, r) = both(n * g.inCount) { k, c in k.convBackward(n: n, s, g, weight: w, c) }
+                    expectClose(f, r, tol: 1e-5, "conv backward n=\(n) \(g)")
+                }
+            }
+        }
+    }
+
+    @Test("the backward is the adjoint of the forward: <conv(x), s> == <x, conv^T(s)>")
+    func adjoint() {
+        let g = convCases[3]
+        let x = random(g.inCount, seed: 1), s = random(g.outCount, seed: 2)
+        let w = random(g.outChannels * g.inChannels * g.kernelH * g.kernelW, seed: 3)
+        var y = [Float](repeating: 0, count: g.outCount), c = [Float](repeating: 0, count: g.inCount)
+        let k = CKernelsBackend()
+        y.withUnsafeMutableBufferPointer { k.convForward(x, g, weight: w, bias: nil, $0.baseAddress!) }
+        c.withUnsafeMutableBufferPointer { k.convBackward(n: 1, s, g, weight: w, $0.baseAddress!) }
+        let lhs = zip(y, s).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+        let rhs = zip(x, c).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+        #expect(abs(lhs - rhs) <= 1e-4 * max(abs(lhs), 1))
+    }
+
+    @Test("LRP element-wise steps, including z = 0 and a = nil")
+    func elementwise() {
+        let n = 3, len = 1001
+        var z = random(len, seed: 5)
+        z[0] = 0; z[1] = -0.0; z[2] = 1e-12
+        let R = random(n * len, seed: 6), a = random(len, seed: 7), c = random(n * len, seed: 8)
+        for eps: Float in [1e-9, 0.25] {
+            let (f, r) = both(n * len) { k, s in k.lrpDivide(n: n, count: len, R, z, epsilon: eps, s) }
+            #expect(f == r, "divide eps=\(eps) must be bitwise identical")
+        }
+        for (useA, acc) in [(true, false), (false, false), (true, true), (false, true)] {
+            let start = random(n * len, seed: 9)
+            var f = start, r = start
+            f.withUnsafeMutableBufferPointer {
+                CKernelsBackend().lrpProduct(n: n, count: len, useA ? a : nil, c, scale: -0.5, $0.baseAddress!, accumulate: acc)
+            }
+            r.withUnsafeMutableBufferPointer {
+                ReferenceKernels().lrpProduct(n: n, count: len, useA ? a : nil, c, scale: -0.5, $0.baseAddress!, accumulate: acc)
+            }
+            #expect(f == r, "product a=\(useA) accumulate=\(acc)")
+        }
+        for positive in [true, false] {
+            let (f, r) = both(len) { k, y in k.clamp(count: len, z, positive: positive, y) }
+            #expect(f == r)
+        }
+    }
+
+    @Test("max-pool forward (argmax) and winner-take-all backward")
+    func maxPool() {
+        let geometries = [
+            PoolGeometry(channels: 3, height: 9, width: 7, pool: Pool2d(kernel: (2, 2))),
+            PoolGeometry(channels: 5, height: 10, width: 11, pool: Pool2d(kernel: (3, 3), stride: (2, 2), padding: (1, 1))),
+        ]
+        for (i, g) in geometries.enumerated() {
+            var x = random(g.inCount, seed: UInt64(50 + i))
+            x[0] = x[1]  // a tie: the first in window order wins in both
+            var af = [Int32](repeating: -7, count: g.outCount), ar = af
+            let (f, r) = both(g.outCount) { k, y in
+                if k is CKernelsBackend { af.withUnsafeMutableBufferPointer { k.maxPoolForward(x, g, y, argmax: $0.baseAddress!) } }
+                else { ar.withUnsafeMutableBufferPointer { k.maxPoolForward(x, g, y, argmax: $0.baseAddress!) } }
+            }
+            #expect(f == r)
+            #expect(af == ar)
+            let n = 4
+            let R = random(n * g.outCount, seed: UInt64(60 + i))
+            let (bf, br) = both(n * g.inCount) { k, Rin in k.maxPoolBackward(n: n, R, g, argmax: af, Rin) }
+            expectClose(bf, br, tol: 1e-6, "max-pool backward")
+            // Winner-take-all keeps the total of each map.
+            let total = R.reduce(0, +), back = bf.reduce(0, +)
+            #expect(abs(total - back) <= 1e-4 * max(abs(total), 1))
+        }
+    }
+
+    @Test("average and adaptive average pooling with their adjoints")
+    func avgPools() {
+        let g = PoolGeometry(channels: 4, height: 9, width: 8, pool: Pool2d(kernel: (3, 3), stride: (2, 2), padding: (1, 1)))
+        let ga = PoolGeometry(channels: 4, height: 9, width: 8, adaptiveTo: 4, 3)
+        let x = random(g.inCount, seed: 70)
+        var (f, r) = both(g.outCount) { k, y in k.avgPoolForward(x, g, y) }
+        expectClose(f, r, tol: 1e-6, "avgpool forward")
+        (f, r) = both(ga.outCount) { k, y in k.adaptiveAvgPoolForward(x, ga, y) }
+        expectClose(f, r, tol: 1e-6, "adaptive forward")
+        let n = 2
+        let s = random(n * g.outCount, seed: 71), sa = random(n * ga.outCount, seed: 72)
+        (f, r) = both(n * g.inCount) { k, c in k.avgPoolBackward(n: n, s, g, c) }
+        expectClose(f, r, tol: 1e-6, "avgpool backward")
+        (f, r) = both(n * ga.inCount) { k, c in k.adaptiveAvgPoolBackward(n: n, sa, ga, c) }
+        expectClose(f, r, tol: 1e-6, "adaptive backward")
+    }
+
+    @Test("channel sum and patch pooling, sides not multiples of the patch", arguments: [1, 3, 4, 8])
+    func patchPool(patch: Int) {
+        let shape = Shape3(3, 10, 13), n = 5
+        let R = random(n * shape.count, seed: 80)
+        let rows = (10 + patch - 1) / patch, cols = (13 + patch - 1) / patch
+        let (f, r) = both(n * rows * cols) { k, out in k.patchPool(n: n, R, shape, patch: patch, out) }
+        expectClose(f, r, tol: 1e-5, "patch pool \(patch)")
+        for m in 0..<n {
+            let total = R[(m * shape.count)..<((m + 1) * shape.count)].reduce(0, +)
+            let pooled = f[(m * rows * cols)..<((m + 1) * rows * cols)].reduce(0, +)
+            #expect(abs(total - pooled) <= 1e-4 * max(abs(total), 1), "pooling keeps the total")
+        }
+    }
+
+    @Test("pair product A A'^T, h = 1 and h off the block sizes", arguments: isaPaths)
+    func pair(isa: Int32) {
+        withISA(isa) {
+            for (p, q, h) in [(5, 3, 1), (64, 49, 13), (256, 256, 100)] {
+                let a = random(p * h, seed: 90), b = random(q * h, seed: 91)
+                let (f, r) = both(p * q) { k, R in k.pairProduct(p: p, q: q, h: h, a, b, R) }
+                expectClose(f, r, tol: 1e-5, "pair \(p)x\(q)x\(h)")
+            }
+        }
+    }
+
+    @Test("BILRP_ISA in the environment caps the ISA")
+    func environmentVariable() {
+        setenv("BILRP_ISA", "portable", 1)
+        #expect(ck_reload_env() == Int32(CK_ISA_PORTABLE))
+        #expect(CKernelsBackend.activeISA == "portable")
+        setenv("BILRP_ISA", "avx2", 1)
+        #expect(ck_reload_env() == min(Int32(CK_ISA_AVX2), ck_isa_supported()))
+        unsetenv("BILRP_ISA")
+        #expect(ck_reload_env() == ck_isa_supported())
+    }
+
+    @Test("results do not depend on the thread count")
+    func threadCounts() {
+        let g = convCases[5]
+        let w = random(g.outChannels * g.inChannels * 9, seed: 3), s = random(4 * g.outCount, seed: 4)
+        var outs: [[Float]] = []
+        let saved = CKernelsBackend.threads
+        for t in [1, 2, 3] {
+            CKernelsBackend.threads = t
+            var c = [Float](repeating: 0, count: 4 * g.inCount)
+            c.withUnsafeMutableBufferPointer { CKernelsBackend().convBackward(n: 4, s, g, weight: w, $0.baseAddress!) }
+            outs.append(c)
+        }
+        CKernelsBackend.threads = saved
+        #expect(outs[0] == outs[1] && outs[1] == outs[2])
+    }
+}
+
+/// `make test` says which build it runs (BILRP_EXPECT_OPENMP); a bare `swift test` skips this.
+@Test("the build uses OpenMP exactly when the Makefile asked for it",
+      .enabled(if: ProcessInfo.processInfo.environment["BILRP_EXPECT_OPENMP"] != nil))
+func openMPBuild() {
+    #expect(CKernelsBackend.usesOpenMP == (ProcessInfo.processInfo.environment["BILRP_EXPECT_OPENMP"] == "1"))
+}

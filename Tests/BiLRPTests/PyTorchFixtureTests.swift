@@ -1,0 +1,86 @@
+import BiLRP
+import BiLRPIO
+import Foundation
+import Testing
+
+/// Fixtures written by scripts/make-fixtures.py: PyTorch (float64) layer-by-layer LRP with
+/// autograd, and the Hessian x Product through double backward. Tolerance: 1e-4 of max |R| (and
+/// of max |A|), the engine issue's bound.
+func fixture(_ name: String) throws -> SafetensorsFile {
+    guard let url = Bundle.module.url(forResource: "Fixtures/\(name)", withExtension: "safetensors") else {
+        throw BiLRPError.io("fixture \(name) not found")
+    }
+    return try SafetensorsFile(path: url.path)
+}
+
+extension SafetensorsFile {
+    func t(_ name: String) throws -> Tensor {
+        guard let t = try tensor(named: name) else { throw BiLRPError.missingTensor(name) }
+        return t
+    }
+}
+
+/// The fixture script's small net, weights under `layers.N`.
+func fixtureSmallNet(_ f: SafetensorsFile) throws -> SequentialModel {
+    func conv(_ i: Int, stride: Int, pad: Int) throws -> Layer {
+        let w = try f.t("layers.\(i).weight"), b = try f.t("layers.\(i).bias")
+        return .conv2d(try Conv2d(weight: w.data, bias: b.data, outChannels: w.shape[0], inChannels: w.shape[1],
+                                  kernel: (w.shape[2], w.shape[3]), stride: (stride, stride), padding: (pad, pad)))
+    }
+    return SequentialModel([
+        try conv(0, stride: 1, pad: 1), .relu, try conv(2, stride: 2, pad: 1), .relu, .maxPool2d(Pool2d(kernel: (2, 2))),
+        try conv(5, stride: 2, pad: 0), .relu, .avgPool2d(Pool2d(kernel: (2, 2), stride: (1, 1))),
+    ])
+}
+
+func compareWithFixture(_ f: SafetensorsFile, model: SequentialModel, blockSize: Int? = nil) throws {
+    let composites = try JSONDecoder().decode([String].self, from: Data(f.metadata["composites"]!.utf8))
+    let patch = Int(f.metadata["patch"]!)!
+    let x1 = try f.t("x1"), x2 = try f.t("x2"), head = try f.t("head")
+    for spec in composites {
+        let ex = try Explainer(model: model, head: .projection(head), composite: try .named(spec),
+                               bounds: Preprocessing.torchvision.bounds, blockSize: blockSize)
+        let pair = try ex.explain(x1, x2, patch: patch)
+        expectClose(pair.first.a, try f.t("\(spec).A1").data, tol: 1e-4, "A(x) \(spec)")
+        expectClose(pair.second.a, try f.t("\(spec).A2").data, tol: 1e-4, "A(x') \(spec)")
+        expectClose(pair.relevance, try f.t("\(spec).R").data, tol: 1e-4, "R \(spec)")
+        let y = try f.t("\(spec).y").data[0]
+        #expect(abs(pair.similarity - y) <= 1e-5 * abs(y), "y \(spec): \(pair.similarity) vs \(y)")
+        expectClose(pair.first.embedding, try f.t("\(spec).phi1").data, tol: 1e-5, "phi \(spec)")
+    }
+    // BiLRP with the hp preset is the Hessian x Product (ReLU network, LRP-0 everywhere).
+    let hp = try Explainer(model: model, head: .projection(head), composite: try .preset("hp"), blockSize: blockSize)
+    let pair = try hp.explain(x1, x2, patch: patch)
+    expectClose(pair.relevance, try f.t("hessian.R").data, tol: 1e-4, "R hp vs true Hessian x Product")
+}
+
+@Suite("Agreement with PyTorch")
+struct PyTorchFixtureTests {
+    @Test("small net: paper-vgg, hp, alpha-beta, z^B + epsilon, w^2 + z+; with biases")
+    func smallNet() throws {
+        let f = try fixture("smallnet")
+        try compareWithFixture(f, model: try fixtureSmallNet(f), blockSize: 3)
+    }
+
+    @Test("VGG-16 features[:10] loaded by torchvision names: paper-vgg and hp, h = 12")
+    func vgg16() throws {
+        let f = try fixture("vgg16_l10")
+        try compareWithFixture(f, model: try VGG.vgg16.features(layers: 10, weights: f))
+    }
+
+    @Test("the Gaussian projection equals the Python twin of its generator")
+    func gaussianGenerator() throws {
+        let expected = try fixture("misc").t("gaussian_seed7_h4_d6")
+        let ours = SimilarityHead.gaussianMatrix(outputs: 4, inputs: 6, seed: 7)
+        #expect(expected.shape == [4, 6])
+        expectClose(ours, expected.data, tol: 1e-6, "gaussian seed 7")
+    }
+
+    @Test("safetensors bf16 and f16 decode to the values PyTorch gives")
+    func reducedPrecision() throws {
+        let f = try fixture("misc")
+        #expect(try f.t("probe_bf16").data == f.t("probe_bf16_as_f32").data)
+        #expect(try f.t("probe_f16").data == f.t("probe_f16_as_f32").data)
+        #expect(f.entries["probe_bf16"]?.dtype == "BF16" && f.entries["probe_f16"]?.dtype == "F16")
+    }
+}

@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""Writes the PyTorch reference fixtures the Swift tests compare against.
+
+Independent of the Swift code: LRP here is the layer-by-layer autograd recipe of the BiLRP
+authors (modified layer forward, z, s = R / stab(z), (z * s).sum().backward(), R = a * grad), and
+the Hessian x Product baseline is the true mixed second derivative through double backward, not
+the factorization the Swift code uses. Random weights have nonzero biases, so bias handling is
+tested. Run once; the outputs are committed (Tests/BiLRPTests/Fixtures, under 5 MiB).
+
+    python3 -m venv .venv-fixtures && .venv-fixtures/bin/pip install torch==2.13.0+cpu numpy safetensors
+    .venv-fixtures/bin/python scripts/make-fixtures.py
+"""
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+torch.set_default_dtype(torch.float64)  # the reference is computed in float64
+OUT = os.path.join(os.path.dirname(__file__), "..", "Tests", "BiLRPTests", "Fixtures")
+EPS = 1e-9
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+LOW, HIGH = (0 - MEAN) / STD, (1 - MEAN) / STD
+
+PRESETS = {
+    "paper-vgg": "0:zb;1-10:gamma=0.5;11-17:gamma=0.25;18-24:gamma=0.1;25-:zero",
+    "hp": "*:zero",
+}
+
+
+# ---------------------------------------------------------------- composites
+def parse_composite(spec):
+    spec = PRESETS.get(spec, spec)
+    entries = []
+    for item in spec.split(";"):
+        sel, rule = item.split(":", 1)
+        name, _, arg = rule.partition("=")
+        entries.append((sel, name, arg))
+    return entries
+
+
+def rule_for(entries, index, kind, is_first):
+    for sel, name, arg in entries:
+        hit = False
+        if sel == "*":
+            hit = True
+        elif sel == "first":
+            hit = is_first
+        elif sel in ("conv", "linear"):
+            hit = sel == kind
+        elif "-" in sel:
+            lo, hi = sel.split("-")
+            hit = (int(lo) if lo else 0) <= index <= (int(hi) if hi else 10**9)
+        else:
+            hit = int(sel) == index
+        if hit:
+            return name, arg
+    return "zero", ""
+
+
+# ---------------------------------------------------------------- LRP
+def stab(z, eps):
+    return z + eps * torch.where(z >= 0, 1.0, -1.0)
+
+
+def layer_with(layer, wfun, bfun):
+    """A copy of a conv/linear layer with modified weight and bias (bfun None: no bias)."""
+    new = type(layer).__new__(type(layer))
+    new.__dict__ = layer.__dict__.copy()
+    new._parameters = {"weight": nn.Parameter(wfun(layer.weight.detach()))}
+    b = layer.bias.detach() if layer.bias is not None else None
+    new._parameters["bias"] = nn.Parameter(bfun(b)) if (bfun is not None and b is not None) else None
+    return new
+
+
+def passes(name, arg, g=None):
+    """The rule as [(scale, [(input modifier, weight modifier)], bias modifier, eps)]."""
+    ident = lambda w: w
+    pos = lambda w: w.clamp(min=0)
+    neg = lambda w: w.clamp(max=0)
+    inp_id, inp_pos, inp_neg = (lambda a: a), (lambda a: a.clamp(min=0)), (lambda a: a.clamp(max=0))
+    if name == "zero":
+        return [(1.0, [(inp_id, ident)], ident, EPS)]
+    if name == "epsilon":
+        return [(1.0, [(inp_id, ident)], ident, float(arg))]
+    if name == "gamma":
+        gm = float(arg)
+        f = lambda w: w + gm * w.clamp(min=0)
+        return [(1.0, [(inp_id, f)], f, EPS)]
+    if name in ("zplus", "alphabeta"):
+        alpha, beta = (1.0, 0.0) if name == "zplus" else map(float, arg.split(","))
+        out = [(alpha, [(inp_pos, pos), (inp_neg, neg)], pos, EPS)]
+        if beta:
+            out.append((-beta, [(inp_pos, neg), (inp_neg, pos)], neg, EPS))
+        return out
+    if name == "wsquare":
+        return [(1.0, [(torch.ones_like, lambda w: w * w)], None, EPS)]
+    if name == "flat":
+        return [(1.0, [(torch.ones_like, torch.ones_like)], None, EPS)]
+    raise ValueError(name)
+
+
+def relevance_backward(layers, kinds, entries, acts, R):
+    """Propagates a batch of relevance maps R (n, ...) from the output of `layers` to the input."""
+    n = R.shape[0]
+    first = next(i for i, k in enumerate(kinds) if k in ("conv", "linear"))
+    for i in reversed(range(len(layers))):
+        layer, kind = layers[i], kinds[i]
+        a = acts[i].detach().expand(n, *acts[i].shape[1:])
+        if kind == "relu":
+            continue
+        if kind == "maxpool":
+            out, idx = F.max_pool2d(a, layer.kernel_size, layer.stride, layer.padding, return_indices=True)
+            Rin = torch.zeros_like(a).flatten(2)
+            Rin.scatter_add_(2, idx.flatten(2), R.flatten(2))
+            R = Rin.view_as(a)
+            continue
+        name, arg = rule_for(entries, i, kind, i == first)
+        if kind == "avgpool":
+            eps = float(arg) if name == "epsilon" else EPS
+            x = a.clone().requires_grad_(True)
+            z = layer(x)
+            s = (R / stab(z, eps)).detach()
+            (z * s).sum().backward()
+            R = (x * x.grad).detach()
+            continue
+        if name == "zb":
+            x = a.clone().requires_grad_(True)
+            lo = LOW.expand_as(a).clone().requires_grad_(True)
+            hi = HIGH.expand_as(a).clone().requires_grad_(True)
+            # biases cancel: (Wx + b) - (W+ l + b+) - (W- h + b-) with b+ + b- = b
+            z = (layer_with(layer, lambda w: w, None)(x)
+                 - layer_with(layer, lambda w: w.clamp(min=0), None)(lo)
+                 - layer_with(layer, lambda w: w.clamp(max=0), None)(hi))
+            s = (R / stab(z, EPS)).detach()
+            (z * s).sum().backward()
+            R = (x * x.grad + lo * lo.grad + hi * hi.grad).detach()
+            continue
+        Rin = torch.zeros_like(a)
+        for scale, terms, bmod, eps in passes(name, arg):
+            ins = [inmod(a).clone().requires_grad_(True) for inmod, _ in terms]
+            z = sum(layer_with(layer, wmod, bmod if t == 0 else None)(x) for t, ((_, wmod), x) in enumerate(zip(terms, ins)))
+            s = (R / stab(z, eps)).detach()
+            (z * s).sum().backward()
+            Rin = Rin + scale * sum(x * x.grad for x in ins).detach()
+        R = Rin
+    return R
+
+
+def forward(layers, x):
+    acts = [x]
+    for l in layers:
+        acts.append(l(acts[-1]))
+    return acts
+
+
+def factors(layers, kinds, entries, head, x, patch):
+    """A (P, h) and phi (h,) with LRP-0 on the bias-free linear head."""
+    acts = forward(layers, x)
+    feat = acts[-1].flatten(1)[0]
+    phi = head @ feat
+    h = phi.numel()
+    R = torch.diag(phi)  # map m starts from e_m phi_m
+    s = R / stab(phi, EPS)
+    Rfeat = (feat * (s @ head)).view(h, *acts[-1].shape[1:])
+    Rx = relevance_backward(layers, kinds, entries, acts, Rfeat)
+    return pool(Rx.sum(1), patch).T.contiguous(), phi
+
+
+def pool(maps, patch):
+    """(n, H, W) -> (n, P): sum over patch x patch squares, row-major, ragged borders kept."""
+    n, H, W = maps.shape
+    ph, pw = -(-H // patch), -(-W // patch)
+    padded = F.pad(maps, (0, pw * patch - W, 0, ph * patch - H))
+    return padded.view(n, ph, patch, pw, patch).sum((2, 4)).reshape(n, ph * pw)
+
+
+def hessian_product(layers, head, x1, x2, patch):
+    """HP[p, q] = sum_{i in p, j in q} x_i x'_j d2y / dx_i dx'_j, by double backward."""
+    x1 = x1.clone().requires_grad_(True)
+    x2 = x2.clone().requires_grad_(True)
+    y = (head @ forward(layers, x1)[-1].flatten()) @ (head @ forward(layers, x2)[-1].flatten())
+    (g2,) = torch.autograd.grad(y, x2, create_graph=True)
+    contrib = pool((x2 * g2).sum(1), patch)[0]  # per patch q of x2: sum of x' dy/dx'
+    cols = []
+    for q in range(contrib.numel()):
+        (g1,) = torch.autograd.grad(contrib[q], x1, retain_graph=True)
+        cols.append(pool((x1 * g1).detach().sum(1), patch)[0])
+    return torch.stack(cols, 1), y.detach()
+
+
+# ---------------------------------------------------------------- models
+def kinds_of(layers):
+    m = {nn.Conv2d: "conv", nn.ReLU: "relu", nn.MaxPool2d: "maxpool", nn.AvgPool2d: "avgpool", nn.Linear: "linear"}
+    return [m[type(l)] for l in layers]
+
+
+def randomize(layers, gen):
+    for l in layers:
+        if isinstance(l, nn.Conv2d):
+            fan = l.in_channels * l.kernel_size[0] * l.kernel_size[1]
+            l.weight.data = torch.randn(l.weight.shape, generator=gen) * math.sqrt(2 / fan)
+            l.bias.data = torch.randn(l.bias.shape, generator=gen) * 0.1
+
+
+def vgg16_features():
+    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+    layers, c = [], 3
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU()]
+            c = v
+    return layers
+
+
+def small_net():
+    return [nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 10, 3, stride=2, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Conv2d(10, 12, 3, stride=2, padding=0), nn.ReLU(), nn.AvgPool2d(2, stride=1)]
+
+
+def image(gen, h, w):
+    return (torch.rand(1, 3, h, w, generator=gen) - MEAN) / STD
+
+
+def f32(t):
+    return t.detach().to(torch.float32).contiguous()
+
+
+def make_case(name, layers, size, h, patch, composites, gen, weights_prefix="layers"):
+    kinds = kinds_of(layers)
+    x1, x2 = image(gen, *size), image(gen, *size)
+    with torch.no_grad():
+        d = forward(layers, x1)[-1].numel()
+    head = torch.randn(h, d, generator=gen) / math.sqrt(h)
+    tensors = {"x1": f32(x1[0]), "x2": f32(x2[0]), "head": f32(head)}
+    for i, l in enumerate(layers):
+        if isinstance(l, nn.Conv2d):
+            tensors[f"{weights_prefix}.{i}.weight"] = f32(l.weight)
+            tensors[f"{weights_prefix}.{i}.bias"] = f32(l.bias)
+    # Computation in float64 from the float32-rounded parameters and inputs the tests load.
+    for l in layers:
+        if isinstance(l, nn.Conv2d):
+            l.weight.data = l.weight.data.float().double()
+            l.bias.data = l.bias.data.float().double()
+    x1, x2, head = x1.float().double(), x2.float().double(), head.float().double()
+    for spec in composites:
+        entries = parse_composite(spec)
+        A1, phi1 = factors(layers, kinds, entries, head, x1, patch)
+        A2, phi2 = factors(layers, kinds, entries, head, x2, patch)
+        R = A1 @ A2.T
+        tensors[f"{spec}.A1"], tensors[f"{spec}.A2"], tensors[f"{spec}.R"] = f32(A1), f32(A2), f32(R)
+        tensors[f"{spec}.y"] = f32((phi1 @ phi2).reshape(1))
+        tensors[f"{spec}.phi1"] = f32(phi1)
+        print(f"{name} {spec}: y={float(phi1 @ phi2):.6g} sumR={float(R.sum()):.6g}")
+    hp, y = hessian_product(layers, head, x1, x2, patch)
+    tensors["hessian.R"], tensors["hessian.y"] = f32(hp), f32(y.reshape(1))
+    print(f"{name} hessian: y={float(y):.6g} sumHP={float(hp.sum()):.6g}")
+    meta = {"composites": json.dumps(composites), "h": str(h), "patch": str(patch),
+            "size": json.dumps(list(size)), "layers": str(len(layers))}
+    path = os.path.join(OUT, f"{name}.safetensors")
+    save_file(tensors, path, metadata=meta)
+    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+
+
+def splitmix_normals(seed, count):
+    """Python twin of SimilarityHead.gaussianMatrix's generator (SplitMix64 + Box-Muller, cos branch)."""
+    mask = (1 << 64) - 1
+    state, out = seed, []
+
+    def nxt():
+        nonlocal state
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    for _ in range(count):
+        u1 = (nxt() >> 11) * 2.0**-53
+        u2 = (nxt() >> 11) * 2.0**-53
+        out.append(math.sqrt(-2 * math.log(1 - u1)) * math.cos(2 * math.pi * u2))
+    return out
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    gen = torch.Generator().manual_seed(20260101)
+    small = small_net()
+    randomize(small, gen)
+    make_case("smallnet", small, (29, 27), 10, 4,
+              ["paper-vgg", "hp", "first:flat;conv:alphabeta=2,1", "0:zb;1-:epsilon=0.1", "first:wsquare;conv:zplus"], gen)
+    vgg = vgg16_features()[:10]
+    randomize(vgg, gen)
+    make_case("vgg16_l10", vgg, (32, 32), 12, 4, ["paper-vgg", "hp"], gen, weights_prefix="features")
+    # The projection generator, and reduced-precision safetensors decoding.
+    g = torch.tensor(splitmix_normals(7, 4 * 6)).view(4, 6) / math.sqrt(4)
+    probe = torch.randn(37, generator=gen) * 3
+    save_file({"gaussian_seed7_h4_d6": f32(g), "probe_bf16": probe.to(torch.bfloat16),
+               "probe_bf16_as_f32": probe.to(torch.bfloat16).float(), "probe_f16": probe.to(torch.float16),
+               "probe_f16_as_f32": probe.to(torch.float16).float()}, os.path.join(OUT, "misc.safetensors"))
+    print("torch", torch.__version__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
