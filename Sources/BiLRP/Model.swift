@@ -41,7 +41,7 @@ extension SequentialModel {
         var out: [IndexedLayer] = []
         for (i, layer) in layers.enumerated() {
             switch layer {
-            case .dropout:
+            case .dropout, .identity:
                 continue
             case let .batchNorm2d(bn):
                 guard let last = out.last, case var .conv2d(conv) = last.layer else {

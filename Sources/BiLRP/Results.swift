@@ -3,6 +3,9 @@
 /// remaining pixels, so every pixel belongs to exactly one patch and pooling keeps the total.
 public struct PatchGrid: Sendable, Equatable {
     public var height: Int, width: Int, patch: Int
+    public init(height: Int, width: Int, patch: Int) {
+        self.height = height; self.width = width; self.patch = patch
+    }
     public var rows: Int { (height + patch - 1) / patch }
     public var columns: Int { (width + patch - 1) / patch }
     public var count: Int { rows * columns }
@@ -54,6 +57,11 @@ public struct ConservationReport: Sendable, Codable, Equatable {
     /// max over m of |sum_p A[p, m] - phi_m| / max_m |phi_m|, for each input.
     public var maxMapErrorFirst: Double
     public var maxMapErrorSecond: Double
+
+    enum CodingKeys: String, CodingKey {
+        case relevanceSum = "relevance_sum", similarity, absorbed, relativeError = "relative_error"
+        case maxMapErrorFirst = "max_map_error_first", maxMapErrorSecond = "max_map_error_second"
+    }
 }
 
 /// One entry of R with the two patches it joins.

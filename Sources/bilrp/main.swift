@@ -1,1 +1,215 @@
-print("bilrp: the command-line interface is being built; see README")
+import ArgumentParser
+import BiLRP
+import BiLRPIO
+import BiLRPReference
+import Foundation
+
+@main
+struct BiLRPCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bilrp",
+        abstract: "Explain deep similarity models with BiLRP: which parts of two images match, and by how much.",
+        subcommands: [Explain.self, Heatmap.self, Inspect.self])
+}
+
+/// Options shared by the commands that build an explainer.
+struct ModelOptions: ParsableArguments {
+    @Option(help: "ONNX model file (sequential CNN).") var model: String?
+    @Option(help: "Safetensors weights with torchvision names (features.0.weight, ...).") var weights: String?
+    @Option(help: "Architecture for --weights: vgg11, vgg13, vgg16, vgg19, optionally -bn.") var arch = "vgg16"
+    @Option(help: "Keep layers [0, L) (features[:L]); 31 ends after pool5 of VGG-16. Required with --model.")
+    var layer: Int?
+    @Option(help: "Head: random:H[:SEED], identity, sumpool or avgpool.") var head = "random:100:0"
+    @Option(help: "Projection matrix file (NPY or safetensors), (h, D) or (D, h); replaces --head.")
+    var projection: String?
+    @Option(help: "dot or cosine.") var similarity = "dot"
+    @Option(help: "Rule preset (paper-vgg, hp, epsilon-gamma-box, epsilon-plus-flat) or composite string, e.g. '0:zb;1-10:gamma=0.5;11-:zero'.")
+    var rules = "paper-vgg"
+    @Option(help: "Patch size for pooling relevance (1: pixels).") var patch = 8
+    @Option(help: "Resize (shorter side) and center-crop images to N x N; 0 keeps them.") var size = 224
+    @Option(help: "torchvision, caffe, or auto (caffe for channels-last ONNX models).") var preprocess = "auto"
+    @Option(help: "Worker threads for the C kernels.") var threads: Int?
+    @Flag(help: "Compute with the slow pure-Swift reference kernels (for checking).") var reference = false
+    @Flag(help: "No progress on stderr.") var quiet = false
+
+    func settings(topK: Int = 10) -> ExplanationSettings {
+        var s = ExplanationSettings()
+        s.model = model; s.weights = weights; s.arch = arch; s.layer = layer; s.head = head
+        s.projection = projection; s.similarity = similarity; s.rules = rules; s.patch = patch
+        s.size = size; s.preprocess = preprocess; s.topK = topK
+        return s
+    }
+
+    func load(topK: Int = 10) throws -> LoadedExplainer {
+        if let threads {
+            guard threads >= 1 else { throw BiLRPError.invalidArgument("--threads must be at least 1") }
+            CKernelsBackend.threads = threads
+        }
+        return try LoadedExplainer.load(settings(topK: topK), kernels: reference ? ReferenceKernels() : CKernelsBackend())
+    }
+}
+
+/// Progress on stderr for steps that take a while.
+struct Progress {
+    var quiet: Bool
+    func step<T>(_ what: String, _ body: () throws -> T) rethrows -> (T, Double) {
+        let start = Date()
+        if !quiet { FileHandle.standardError.write(Data("bilrp: \(what)...".utf8)) }
+        let r = try body()
+        let t = Date().timeIntervalSince(start)
+        if !quiet { FileHandle.standardError.write(Data(String(format: " %.2f s\n", t).utf8)) }
+        return (r, t)
+    }
+}
+
+/// Runs a command body; library errors become one line on stderr and exit code 1.
+func reportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let e as BiLRPError {
+        FileHandle.standardError.write(Data("bilrp: error: \(e)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+struct Explain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Explain the similarity of two images: R over patch pairs, pictures, JSON and NPY.")
+
+    @Argument(help: "First image (PNG, JPEG, or .npy normalized (C, H, W)).") var first: String
+    @Argument(help: "Second image.") var second: String
+    @OptionGroup var options: ModelOptions
+    @Option(help: "Pair picture (PNG).") var out: String?
+    @Option(help: "Marginal heatmaps picture (PNG).") var heatmap: String?
+    @Option(help: "JSON report.") var json: String?
+    @Option(help: "R as a P x Q float32 NPY, row-major in patch order.") var npy: String?
+    @Option(help: "Top pairs to report (each sign).") var top = 10
+    @Option(help: "Pair picture: soft threshold t1.") var threshold: Float = 0.25
+    @Option(help: "Pair picture: clip t2.") var clip: Float = 12.75
+
+    func run() throws {
+        try reportingErrors {
+            let progress = Progress(quiet: options.quiet)
+            let total = Date()
+            let (loaded, tLoad) = try progress.step("loading model") { try options.load(topK: top) }
+            let a = try loaded.input(first), b = try loaded.input(second)
+            let ex = loaded.explainer
+            let (fa, t1) = try progress.step("relevance factors of \(first)") { try ex.factors(a.tensor, patch: options.patch) }
+            let (fb, t2) = try progress.step("relevance factors of \(second)") { try ex.factors(b.tensor, patch: options.patch) }
+            let (pair, t3) = try progress.step("pair explanation") { try ex.explain(fa, fb) }
+            var style = PairPictureStyle()
+            style.softThreshold = threshold
+            style.clip = clip
+            guard threshold >= 0, clip > 0 else { throw BiLRPError.invalidArgument("--threshold must be >= 0 and --clip > 0") }
+            if let out { try AtomicFile.write(try Pictures.pairPicture(pair, a.display, b.display, style: style), to: out) }
+            if let heatmap { try AtomicFile.write(try Pictures.heatmapPicture(pair, a.display, b.display), to: heatmap) }
+            if let npy { try NPY.write(try Tensor(shape: [pair.rows, pair.columns], data: pair.relevance), to: npy) }
+            let timings = ["load_seconds": tLoad, "factors_first_seconds": t1, "factors_second_seconds": t2,
+                           "pair_seconds": t3, "total_seconds": Date().timeIntervalSince(total)]
+            let report = ExplanationReport(pair, loaded: loaded, sources: (first, second), timings: timings)
+            if let json { try AtomicFile.write(try report.json(), to: json) }
+            let c = pair.conservation
+            print(String(format: "similarity %.6g   sum R %.6g   relative error %.3g   patches %d x %d",
+                         pair.similarity, c.relevanceSum, c.relativeError, pair.rows, pair.columns))
+            for (i, p) in pair.topPositive(min(top, 5)).enumerated() {
+                print(String(format: "  #%d  %+.4g  (%d,%d)-(%d,%d)  <->  (%d,%d)-(%d,%d)", i + 1, p.value,
+                             p.first.x0, p.first.y0, p.first.x1, p.first.y1, p.second.x0, p.second.y0, p.second.x1, p.second.y1))
+            }
+        }
+    }
+}
+
+struct Heatmap: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "First-order LRP of one image: for one output phi_m, or for the similarity to a second image.")
+
+    @Argument(help: "Image to explain.") var image: String
+    @Option(help: "Explain the similarity to this image (held fixed).") var to: String?
+    @Option(help: "Explain output m of the head (0-based).") var output: Int?
+    @OptionGroup var options: ModelOptions
+    @Option(help: "Heatmap picture (PNG).") var out: String?
+    @Option(help: "The channel-summed map as an H x W float32 NPY.") var npy: String?
+
+    func run() throws {
+        try reportingErrors {
+            guard (to == nil) != (output == nil) else {
+                throw BiLRPError.invalidArgument("give exactly one of --to IMAGE or --output M")
+            }
+            let progress = Progress(quiet: options.quiet)
+            let (loaded, _) = try progress.step("loading model") { try options.load() }
+            let x = try loaded.input(image)
+            let ex = loaded.explainer
+            let phi = try ex.embedding(x.tensor)
+            var r = [Float](repeating: 0, count: phi.count)
+            if let output {
+                guard output >= 0, output < phi.count else {
+                    throw BiLRPError.invalidArgument("--output \(output) is out of range: the head has \(phi.count) outputs")
+                }
+                r[output] = phi[output]
+            } else if let to {
+                let other = try ex.embedding(try loaded.input(to).tensor)
+                var scale: Float = 1
+                if ex.similarity == .cosine {
+                    let n = (phi.reduce(0) { $0 + $1 * $1 } * other.reduce(0) { $0 + $1 * $1 }).squareRoot()
+                    scale = n > 0 ? 1 / n : 0
+                }
+                // Output m contributes phi_m phi'_m to y: that is its relevance.
+                r = zip(phi, other).map { $0 * $1 * scale }
+            }
+            let (map, _) = try progress.step("relevance of \(image)") { try ex.relevance(x.tensor, outputRelevance: r) }
+            let s = try map.shape3()
+            let plane = s.height * s.width
+            let summed = (0..<plane).map { i in (0..<s.channels).reduce(Float(0)) { $0 + map.data[$1 * plane + i] } }
+            let grid = PatchGrid(height: s.height, width: s.width, patch: options.patch)
+            var pooled = [Float](repeating: 0, count: grid.count)
+            for y in 0..<s.height { for x in 0..<s.width { pooled[(y / options.patch) * grid.columns + x / options.patch] += summed[y * s.width + x] } }
+            if let out { try AtomicFile.write(try Pictures.heatmaps([(x.display, grid, pooled)]), to: out) }
+            if let npy { try NPY.write(try Tensor(shape: [s.height, s.width], data: summed), to: npy) }
+            print(String(format: "sum of relevance %.6g   explained value %.6g", summed.reduce(0, +), r.reduce(0, +)))
+        }
+    }
+}
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List a model's layers, shapes, parameters and the --layer value that cuts after each.")
+
+    @Argument(help: "ONNX model, or safetensors weights (with --arch).") var model: String
+    @Option(help: "Architecture for safetensors weights.") var arch = "vgg16"
+    @Option(help: "Input size N (N x N, 3 channels) for the shapes; default: the model's own, or 224.") var size: Int?
+
+    func run() throws {
+        try reportingErrors {
+            let layers: SequentialModel
+            var names: [String] = []
+            var unsupported: [String] = []
+            var inputSize = size
+            if model.lowercased().hasSuffix(".onnx") {
+                let m = try ONNXImporter.load(path: model)
+                layers = m.model; names = m.nodeNames; unsupported = m.unsupported
+                if inputSize == nil, let s = m.inputShape { inputSize = s.height }
+                print("ONNX model \(model): producer \(m.producer.isEmpty ? "-" : m.producer), input \(m.channelsLastInput ? "channels-last (N, H, W, C), transposed" : "(N, C, H, W)"), layers numbered by \(m.numbering)")
+            } else {
+                let (vgg, bn) = try LoadedExplainer.parseArch(arch)
+                layers = try vgg.features(batchNorm: bn, weights: try SafetensorsFile(path: model))
+                print("\(arch) features from \(model)")
+            }
+            let n = inputSize ?? 224
+            var shape = Shape3(3, n, n)
+            func pad(_ s: String, _ n: Int, left: Bool = false) -> String {
+                let fill = String(repeating: " ", count: max(0, n - s.count))
+                return left ? fill + s : s + fill
+            }
+            print(pad("index", 5, left: true) + "  " + pad("layer", 32) + pad("output shape", 18) + pad("parameters", 11, left: true) + "  --layer  node")
+            for (i, l) in layers.layers.enumerated() {
+                var shapeText = "-"
+                if let s = try? l.outputShape(shape, index: i) { shape = s; shapeText = s.description } else { shapeText = "does not fit" }
+                let node = i < names.count ? names[i] : ""
+                print(pad("\(i)", 5, left: true) + "  " + pad(l.name, 32) + pad(shapeText, 18)
+                      + pad("\(l.parameterCount)", 11, left: true) + "  " + pad("\(i + 1)", 7) + "  " + node)
+            }
+            print("parameters: \(layers.parameterCount)")
+            for u in unsupported { print("not supported: \(u) (layers after it cannot be used)") }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+import BiLRP
+import Foundation
+
+/// Everything that defines an explanation setup, as the CLI and the server take it.
+public struct ExplanationSettings: Sendable, Codable, Equatable {
+    /// An ONNX file (`--model`), or safetensors weights with a VGG architecture (`--weights`, `--arch`).
+    public var model: String?
+    public var weights: String?
+    /// vgg11, vgg13, vgg16, vgg19, with `-bn` for batch norm variants (e.g. `vgg16-bn`).
+    public var arch: String = "vgg16"
+    /// Keep layers [0, L) (`features[:L]`): 31 is after pool5 of VGG-16. nil: all of `features`
+    /// for --arch; required for ONNX models.
+    public var layer: Int?
+    /// `random:H[:SEED]`, `identity`, `sumpool`, `avgpool`; or a projection file with `projection`.
+    public var head: String = "random:100:0"
+    public var projection: String?
+    public var similarity: String = "dot"
+    /// A preset name or a composite string.
+    public var rules: String = "paper-vgg"
+    public var patch: Int = 8
+    /// Images are resized (shorter side) and center-cropped to size x size; 0 keeps them as they are.
+    public var size: Int = 224
+    /// torchvision, caffe, or auto (caffe for channels-last ONNX models exported from Keras, else torchvision).
+    public var preprocess: String = "auto"
+    public var topK: Int = 10
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case model, weights, arch, layer, head, projection, similarity, rules, patch, size, preprocess
+        case topK = "top_k"
+    }
+
+    public func validate() throws {
+        guard patch >= 1 else { throw BiLRPError.invalidArgument("--patch must be at least 1 (got \(patch))") }
+        guard size >= 0 else { throw BiLRPError.invalidArgument("--size must be 0 (keep) or positive (got \(size))") }
+        guard topK >= 0 else { throw BiLRPError.invalidArgument("--top must be >= 0 (got \(topK))") }
+        guard Similarity(rawValue: similarity) != nil else {
+            throw BiLRPError.invalidArgument("unknown similarity '\(similarity)' (expected dot or cosine)")
+        }
+        guard ["auto", "torchvision", "caffe"].contains(preprocess) else {
+            throw BiLRPError.invalidArgument("unknown preprocessing '\(preprocess)' (expected torchvision, caffe or auto)")
+        }
+        if model != nil && weights != nil {
+            throw BiLRPError.invalidArgument("give either --model (ONNX) or --weights (safetensors), not both")
+        }
+    }
+}
+
+/// A loaded model with its explainer and what it was built from.
+public struct LoadedExplainer: Sendable {
+    public var explainer: Explainer
+    public var settings: ExplanationSettings
+    public var preprocessing: Preprocessing
+    public var model: SequentialModel
+    public var source: String
+    /// For JSON output: what was loaded, in words.
+    public var notes: [String]
+
+    /// Builds the model, head and rules from settings. `kernels` selects the C or the reference path.
+    public static func load(_ s: ExplanationSettings, kernels: any Kernels = CKernelsBackend()) throws -> LoadedExplainer {
+        try s.validate()
+        var notes: [String] = []
+        let model: SequentialModel
+        let source: String
+        var preprocess = Preprocessing(rawValue: s.preprocess)
+        if let path = s.model {
+            guard let l = s.layer else {
+                throw BiLRPError.invalidArgument("--layer is required with an ONNX model (run `bilrp inspect \(path)` to see the indices)")
+            }
+            let onnx = try ONNXImporter.load(path: path, cut: .layers(l))
+            model = onnx.model
+            source = path
+            notes.append("ONNX model from \(onnx.producer.isEmpty ? "unknown producer" : onnx.producer), layers numbered by \(onnx.numbering)")
+            if onnx.channelsLastInput { notes.append("channels-last input transposed to (C, H, W)") }
+            if preprocess == nil { preprocess = onnx.channelsLastInput ? .caffe : .torchvision }
+        } else if let path = s.weights {
+            let (vgg, bn) = try parseArch(s.arch)
+            let file = try SafetensorsFile(path: path)
+            model = try vgg.features(layers: s.layer, batchNorm: bn, weights: file)
+            source = path
+        } else {
+            throw BiLRPError.invalidArgument("no model: give --model FILE.onnx or --weights FILE.safetensors --arch vgg16")
+        }
+        let pre = preprocess ?? .torchvision
+        let head: SimilarityHead
+        if let p = s.projection {
+            head = .projection(p.lowercased().hasSuffix(".npy") ? try NPY.read(path: p) : try projectionFromSafetensors(p))
+        } else {
+            head = try SimilarityHead(parsing: s.head)
+        }
+        let composite = try Composite.named(s.rules)
+        let explainer = try Explainer(
+            model: model, head: head, similarity: Similarity(rawValue: s.similarity)!, composite: composite,
+            bounds: pre.bounds, kernels: kernels)
+        return LoadedExplainer(explainer: explainer, settings: s, preprocessing: pre, model: model, source: source, notes: notes)
+    }
+
+    /// Parses `vgg16`, `vgg16-bn`, ... into the architecture and its batch-norm flag.
+    public static func parseArch(_ a: String) throws -> (VGG, Bool) {
+        let lower = a.lowercased()
+        let bn = lower.hasSuffix("-bn") || lower.hasSuffix("_bn")
+        let base = bn ? String(lower.dropLast(3)) : lower
+        guard let v = VGG(rawValue: base) else {
+            throw BiLRPError.invalidArgument("unknown architecture '\(a)' (expected vgg11, vgg13, vgg16, vgg19, optionally with -bn)")
+        }
+        return (v, bn)
+    }
+
+    static func projectionFromSafetensors(_ path: String) throws -> Tensor {
+        let f = try SafetensorsFile(path: path)
+        let names = f.names
+        guard let name = names.first(where: { $0.hasSuffix("weight") }) ?? (names.count == 1 ? names.first : nil),
+              let t = try f.tensor(named: name) else {
+            throw BiLRPError.invalidArgument("projection file '\(path)': expected one tensor (or one named '*weight'), found \(names)")
+        }
+        return t
+    }
+
+    /// Loads an input image (or .npy tensor) with these settings.
+    public func input(_ path: String, maxPixels: Int = RGBImage.defaultMaxPixels) throws -> PreparedInput {
+        try PreparedInput.load(path: path, size: settings.size == 0 ? nil : settings.size, preprocessing: preprocessing,
+                               maxPixels: maxPixels)
+    }
+
+    /// An input from image bytes (server).
+    public func input(data: Data, name: String, maxPixels: Int) throws -> PreparedInput {
+        var img = try RGBImage.decode(data, name: name, maxPixels: maxPixels)
+        if settings.size > 0 { img = img.resizedAndCropped(to: settings.size) }
+        return PreparedInput(tensor: try preprocessing.normalize(rgb: img.planar), display: img, source: name)
+    }
+}
+
+/// The JSON document of one pair explanation (`bilrp explain --json`, the server's answer).
+public struct ExplanationReport: Codable, Sendable {
+    public struct ModelInfo: Codable, Sendable {
+        public var source: String
+        public var layers: Int
+        public var head: String
+        public var outputs: Int
+        public var similarity: String
+        public var rules: String
+        public var preprocess: String
+        public var notes: [String]
+    }
+    public struct Input: Codable, Sendable {
+        public var source: String
+        public var shape: [Int]
+        public var patch_rows: Int
+        public var patch_columns: Int
+    }
+    public struct Pair: Codable, Sendable {
+        public var value: Float
+        public var first: PatchRectangle
+        public var second: PatchRectangle
+    }
+
+    public var similarity: Float
+    public var dot: Float
+    public var conservation: ConservationReport
+    public var model: ModelInfo
+    public var patch: Int
+    public var inputs: [Input]
+    /// How R is laid out in the NPY file and in patch indices.
+    public var matrix_layout: String
+    public var top_positive: [Pair]
+    public var top_negative: [Pair]
+    public var timings: [String: Double]
+
+    public init(_ e: PairExplanation, loaded: LoadedExplainer, sources: (String, String), timings: [String: Double]) {
+        let s = loaded.settings
+        similarity = e.similarity
+        dot = e.dot
+        conservation = e.conservation
+        model = ModelInfo(
+            source: loaded.source, layers: loaded.model.layers.count, head: loaded.explainer.head.description,
+            outputs: e.first.outputs, similarity: s.similarity, rules: loaded.explainer.composite.description,
+            preprocess: loaded.preprocessing.rawValue, notes: loaded.notes)
+        patch = e.first.grid.patch
+        func input(_ f: RelevanceFactors, _ src: String) -> Input {
+            Input(source: src, shape: [f.inputShape.channels, f.inputShape.height, f.inputShape.width],
+                  patch_rows: f.grid.rows, patch_columns: f.grid.columns)
+        }
+        inputs = [input(e.first, sources.0), input(e.second, sources.1)]
+        matrix_layout = "R is P x Q row-major (float32): R[p, q] at p * Q + q; patch p = row * patch_columns + column of the first input, q likewise of the second"
+        top_positive = e.topPositive(s.topK).map { Pair(value: $0.value, first: $0.first, second: $0.second) }
+        top_negative = e.topNegative(s.topK).map { Pair(value: $0.value, first: $0.first, second: $0.second) }
+        self.timings = timings
+    }
+
+    public func json() throws -> Data {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        return try enc.encode(self)
+    }
+}

@@ -1,0 +1,141 @@
+import BiLRP
+import BiLRPIO
+import Foundation
+import Testing
+
+/// The `bilrp` executable next to the test bundle (SwiftPM builds it with the tests).
+let bilrpBinary = Bundle.module.bundleURL.deletingLastPathComponent().appendingPathComponent("bilrp").path
+
+struct RunResult {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+func runBilrp(_ args: [String]) throws -> RunResult {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: bilrpBinary)
+    p.arguments = args
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return RunResult(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+}
+
+func temporaryDirectory() throws -> URL {
+    let u = FileManager.default.temporaryDirectory.appendingPathComponent("bilrp-test-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)
+    return u
+}
+
+/// A small setup every CLI test uses: VGG-16 features[:10] from the fixture weights, 32 x 32 inputs.
+let smallArgs = ["--weights", fixturePath("vgg16_l10.safetensors"), "--arch", "vgg16", "--layer", "10",
+                 "--size", "32", "--patch", "4", "--head", "random:8:3", "--preprocess", "torchvision", "--quiet"]
+
+@Suite("The bilrp command")
+struct CLITests {
+    @Test("explain: NPY equals the library's R, JSON is consistent with it, pictures are PNGs")
+    func explain() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let a = fixturePath("images/baseline.jpg"), b = fixturePath("images/progressive.jpg")
+        let r = try runBilrp(["explain", a, b] + smallArgs + [
+            "--out", dir.appendingPathComponent("pair.png").path, "--heatmap", dir.appendingPathComponent("heat.png").path,
+            "--json", dir.appendingPathComponent("pair.json").path, "--npy", dir.appendingPathComponent("R.npy").path, "--top", "3"])
+        #expect(r.status == 0, "\(r.stderr)")
+        // The library with the same settings.
+        var s = ExplanationSettings()
+        s.weights = fixturePath("vgg16_l10.safetensors"); s.layer = 10; s.size = 32; s.patch = 4; s.head = "random:8:3"
+        s.preprocess = "torchvision"
+        let loaded = try LoadedExplainer.load(s)
+        let pair = try loaded.explainer.explain(try loaded.input(a).tensor, try loaded.input(b).tensor, patch: 4)
+        let R = try NPY.read(path: dir.appendingPathComponent("R.npy").path)
+        #expect(R.shape == [64, 64])
+        #expect(R.data == pair.relevance, "the CLI and the library compute the same R")
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent("pair.json"))) as! [String: Any]
+        let conservation = json["conservation"] as! [String: Double]
+        let sumR = R.data.reduce(0.0) { $0 + Double($1) }
+        #expect(abs(conservation["relevance_sum"]! - sumR) <= 1e-9 * max(1, abs(sumR)))
+        #expect(abs((json["similarity"] as! Double) - Double(pair.similarity)) <= 1e-6 * abs(Double(pair.similarity)))
+        let top = (json["top_positive"] as! [[String: Any]])
+        #expect(top.count == 3)
+        let maxIndex = R.data.indices.max { R.data[$0] < R.data[$1] }!
+        let first = top[0]["first"] as! [String: Int], second = top[0]["second"] as! [String: Int]
+        #expect(first["index"]! * 64 + second["index"]! == maxIndex)
+        #expect(abs((top[0]["value"] as! Double) - Double(R.data[maxIndex])) <= 1e-6 * abs(Double(R.data[maxIndex])))
+        for key in ["model", "inputs", "timings", "matrix_layout", "top_negative", "patch", "dot"] { #expect(json[key] != nil, "\(key)") }
+        for name in ["pair.png", "heat.png"] {
+            let img = try RGBImage.load(path: dir.appendingPathComponent(name).path)
+            #expect(img.width > 64 && img.height > 32)
+        }
+    }
+
+    @Test("errors: one clear line, exit code 1, nothing written", arguments: [
+        (["explain", "/nonexistent.png", "B"], "no such file: '/nonexistent.png'"),
+        (["explain", "A", "CORRUPT"], "cannot decode image"),
+        (["explain", "A", "B", "--rules", "paper-vgggg"], "unknown rule preset 'paper-vgggg'"),
+        (["explain", "A", "B", "--rules", "0:zb;1-:gama=1"], "unknown rule 'gama=1'"),
+        (["explain", "A", "B", "--layer", "99"], "layer index 99 is out of range"),
+        (["explain", "A", "B", "--projection", "PROJ"], "projection matrix"),
+        (["explain", "A", "B", "--head", "random:x"], "head 'random:x'"),
+        (["explain", "A", "B", "--similarity", "euclid"], "unknown similarity 'euclid'"),
+        (["heatmap", "A", "--output", "8"], "--output 8 is out of range: the head has 8 outputs"),
+    ])
+    func errors(args: [String], message: String) throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let corrupt = dir.appendingPathComponent("corrupt.png")
+        try Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13]).write(to: corrupt)
+        let proj = dir.appendingPathComponent("proj.npy")
+        try NPY.encode(try Tensor(shape: [3, 5], data: [Float](repeating: 1, count: 15))).write(to: proj)
+        let json = dir.appendingPathComponent("out.json").path
+        let replaced = args.map { a -> String in
+            switch a {
+            case "A": return fixturePath("images/baseline.jpg")
+            case "B": return fixturePath("images/progressive.jpg")
+            case "CORRUPT": return corrupt.path
+            case "PROJ": return proj.path
+            default: return a
+            }
+        }
+        // The case's own options replace those of smallArgs.
+        var base = smallArgs
+        for opt in args where opt.hasPrefix("--") {
+            if let i = base.firstIndex(of: opt) { base.removeSubrange(i...(i + 1)) }
+        }
+        var full = replaced + base
+        if args.first == "explain" { full += ["--json", json] }
+        let r = try runBilrp(full)
+        #expect(r.status == 1, "status \(r.status), stderr \(r.stderr)")
+        let lines = r.stderr.split(separator: "\n")
+        #expect(lines.count == 1 && lines[0].hasPrefix("bilrp: error: ") && r.stderr.contains(message), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: json), "no output is written on error")
+    }
+
+    @Test("inspect lists the layers and the --layer value of each")
+    func inspect() throws {
+        let r = try runBilrp(["inspect", fixturePath("vgg16_l10.onnx"), "--size", "32"])
+        #expect(r.status == 0)
+        #expect(r.stdout.contains("layers numbered by module names"))
+        #expect(r.stdout.contains("MaxPool2d(2x2, s2)") && r.stdout.contains("[128, 8, 8]"))
+        let rows = r.stdout.split(separator: "\n").filter { $0.contains("Conv2d") }
+        #expect(rows.count == 4)
+    }
+
+    @Test("heatmap: the map sums to the explained output with a conservative preset")
+    func heatmap() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let npy = dir.appendingPathComponent("map.npy").path
+        let r = try runBilrp(["heatmap", fixturePath("images/baseline.jpg"), "--output", "2", "--npy", npy,
+                              "--out", dir.appendingPathComponent("h.png").path] + smallArgs)
+        #expect(r.status == 0, "\(r.stderr)")
+        let map = try NPY.read(path: npy)
+        #expect(map.shape == [32, 32])
+        let parts = r.stdout.split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Double($0) }
+        #expect(parts.count == 2 && abs(parts[0] - Double(map.data.reduce(0, +))) <= 1e-3 * max(1, abs(parts[0])))
+    }
+}
