@@ -13,7 +13,7 @@ OMP_BUILD  := --scratch-path .build-omp $(OMP_FLAGS)
 APT_DEPS   := libomp-19-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev python3-venv
 BIN        := .build-omp/release
 
-.PHONY: all setup assets build build-plain test test-omp test-plain demo bench fixtures proto clean
+.PHONY: all setup assets build build-plain test test-omp test-plain demo bench bench-peers fixtures proto clean
 
 all: build
 
@@ -60,6 +60,21 @@ demo: setup assets build
 	  --json $(DEMO_OUT)/chelsea_coffee.json --npy $(DEMO_OUT)/chelsea_coffee_R.npy
 	@echo "demo: pictures, JSON and NPY written to $(DEMO_OUT)/"
 
+# Speed and memory of a VGG-16 pair explanation (Benchmarks/bilrp-bench): per size and thread
+# count, per layer, kernel efficiency against the measured FMA peak, cached pairs, memory as h grows.
+bench: setup assets build
+	$(BIN)/bilrp-bench
+
+# The same, plus PyTorch side by side (batched modified gradients, and the authors' style), in a
+# local virtual environment with CPU wheels from PyPI. Takes about half an hour on 2 cores.
+bench-peers: setup assets build .venv-bench/ok
+	$(BIN)/bilrp-bench --peers --python .venv-bench/bin/python --author-runs 1
+
+.venv-bench/ok:
+	python3 -m venv .venv-bench
+	.venv-bench/bin/pip install -q "torch==2.13.0+cpu" numpy safetensors
+	touch $@
+
 # Regenerates onnx.pb.swift from proto/onnx.proto (needs protobuf-compiler).
 proto:
 	$(SWIFT) build -c release --product protoc-gen-swift --package-path .build/checkouts/swift-protobuf
@@ -73,4 +88,4 @@ fixtures:
 	.venv-fixtures/bin/python scripts/make-fixtures.py
 
 clean:
-	rm -rf .build .build-omp
+	rm -rf .build .build-omp .build-bench

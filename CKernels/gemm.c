@@ -227,3 +227,28 @@ void ck_sgemm(int M, int N, int K, const float *A, long rsa, long csa, const flo
     long tiles = tiles_m * ((N + g.nc - 1) / g.nc);
     ck_parallel_for(tiles, &g, gemm_task);
 }
+
+int ck_gemm_nr(int isa) { return describe(isa).nr; }
+
+void ck_sgemm_packed_b(int isa, int M, int N, int K, const float *A, long rsa, long csa, const float *Bp, float *C,
+                       long ldc, int accumulate) {
+    if (degenerate(M, N, K, C, ldc, accumulate)) return;
+    isa_desc d = describe(isa);
+    float *pa = ck_scratch(0, (size_t)((MC + d.mr - 1) / d.mr * d.mr) * KC);
+    for (long i0 = 0; i0 < M; i0 += MC) {
+        long mc = ck_min(MC, M - i0);
+        for (long k0 = 0; k0 < K; k0 += KC) {
+            long kc = ck_min(KC, K - k0);
+            int acc = accumulate || k0 > 0;
+            pack_a(d.mr, mc, kc, A + i0 * rsa + k0 * csa, rsa, csa, pa);
+            for (long jr = 0; jr < N; jr += d.nr) {
+                int nr = (int)ck_min(d.nr, N - jr);
+                const float *bs = Bp + (jr / d.nr) * (long)K * d.nr + k0 * d.nr;
+                for (long ir = 0; ir < mc; ir += d.mr) {
+                    int mr = (int)ck_min(d.mr, mc - ir);
+                    d.kernel(kc, pa + ir * kc, bs, C + (i0 + ir) * ldc + jr, ldc, acc, mr, nr);
+                }
+            }
+        }
+    }
+}

@@ -13,8 +13,17 @@ typedef void (*ck_task_fn)(void *ctx, long i);
 /// tasks balance. Must not be nested: call serial code inside tasks.
 void ck_parallel_for(long n, void *ctx, ck_task_fn fn);
 
-/// 64-byte aligned thread-local scratch buffer, grown on demand; slot selects one of 4 buffers.
+/// 64-byte aligned thread-local scratch buffer, grown on demand and kept; slots 0-1: GEMM packing,
+/// 2: conv columns and row buffers, 3: transform rows, 4-5: Winograd V and M (calling thread).
 float *ck_scratch(int slot, size_t floats);
+
+/// Column panel width of the GEMM micro-kernel for an ISA.
+int ck_gemm_nr(int isa);
+
+/// GEMM with B given pre-packed in the micro-kernel's layout: panels of nr columns (zero-padded),
+/// each K rows of nr values, panel p at Bp + p * K * nr. Serial.
+void ck_sgemm_packed_b(int isa, int M, int N, int K, const float *A, long rsa, long csa, const float *Bp, float *C,
+                       long ldc, int accumulate);
 
 /// Single-threaded GEMM (same contract as ck_sgemm), for use inside parallel tasks.
 void ck_sgemm_serial(int isa, int M, int N, int K, const float *A, long rsa, long csa,

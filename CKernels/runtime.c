@@ -130,8 +130,8 @@ void ck_parallel_for(long n, void *ctx, ck_task_fn fn) {
 
 // MARK: Scratch
 
-static _Thread_local float *scratch_ptr[4];
-static _Thread_local size_t scratch_len[4];
+static _Thread_local float *scratch_ptr[8];
+static _Thread_local size_t scratch_len[8];
 
 float *ck_scratch(int slot, size_t floats) {
     if (floats > scratch_len[slot]) {

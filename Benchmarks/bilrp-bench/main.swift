@@ -1,1 +1,343 @@
-print("bench")
+// bilrp-bench: the speed and memory of a VGG-16 pair explanation, measured here.
+//
+//   bilrp-bench                 ours: per size and thread count, seconds per pair (median, min),
+//                               effective GFLOP/s, peak RSS, backward time per layer, conv kernel
+//                               efficiency, cached-pair time, memory as h grows
+//   bilrp-bench --peers         also PyTorch (Benchmarks/peers/torch_bilrp.py), runs alternating with
+//                               ours, after checking that all agree
+//
+// Workload: VGG-16 features[:31] (pool5), Gaussian head h = 100, paper-vgg rules, 8 x 8 patches, one
+// image pair, 128 x 128 and 224 x 224. Real ImageNet weights and the motorcycle pair when
+// assets/ is present, seeded random weights and inputs otherwise (the arithmetic is the same).
+// Every configuration runs in a child process, so each peak RSS is its own.
+import BiLRP
+import BiLRPIO
+import CKernels
+import Foundation
+
+// MARK: - Arguments
+
+let args = Array(CommandLine.arguments.dropFirst())
+func option(_ name: String) -> String? {
+    guard let i = args.firstIndex(of: name), i + 1 < args.count else { return nil }
+    return args[i + 1]
+}
+func ints(_ name: String, _ fallback: [Int]) -> [Int] {
+    option(name).map { $0.split(separator: ",").compactMap { Int($0) } } ?? fallback
+}
+let assets = option("--assets") ?? "assets"
+let runs = Int(option("--runs") ?? "5") ?? 5
+let sizes = ints("--sizes", [128, 224])
+let threadCounts = ints("--threads", [1, 2])
+let memoryH = ints("--memory-h", [100, 400, 1600])
+let peers = args.contains("--peers")
+let python = option("--python") ?? ".venv-bench/bin/python"
+let outputs = 100
+let patch = 8
+
+func stderr(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }
+func seconds(_ body: () throws -> Void) rethrows -> Double {
+    let t = DispatchTime.now().uptimeNanoseconds
+    try body()
+    return Double(DispatchTime.now().uptimeNanoseconds - t) * 1e-9
+}
+func median(_ v: [Double]) -> Double {
+    let s = v.sorted()
+    return s.isEmpty ? .nan : (s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2)
+}
+func peakRSSKiB() -> Int {
+    var u = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &u)
+    return u.ru_maxrss
+}
+
+// MARK: - Workload
+
+let realModel = "\(assets)/models/vgg16_imagenet.onnx"
+let haveAssets = FileManager.default.fileExists(atPath: realModel)
+
+struct Workload {
+    var model: SequentialModel
+    var preprocessing: Preprocessing
+    var x1: Tensor, x2: Tensor
+    var source: String
+
+    init(size: Int) throws {
+        if haveAssets {
+            model = try ONNXImporter.load(path: realModel, cut: .layers(31)).model
+            preprocessing = .caffe
+            let load = { (name: String) in
+                try PreparedInput.load(path: "\(assets)/images/\(name)", size: size, preprocessing: .caffe).tensor
+            }
+            x1 = try load("motorcycle_left.png")
+            x2 = try load("motorcycle_right.png")
+            source = "ImageNet VGG-16 (assets), motorcycle stereo pair"
+        } else {
+            model = try VGG.vgg16.features(layers: 31, seed: 1)
+            preprocessing = .torchvision
+            var r = SplitMix64(seed: 2)
+            let rgb = { try Tensor(shape: [3, size, size], data: (0..<(3 * size * size)).map { _ in Float(r.nextUniform()) }) }
+            x1 = try preprocessing.normalize(rgb: try rgb())
+            x2 = try preprocessing.normalize(rgb: try rgb())
+            source = "seeded random VGG-16 weights and inputs (no assets)"
+        }
+    }
+
+    func explainer(h: Int) throws -> Explainer {
+        try Explainer(model: model, head: .randomProjection(outputs: h, seed: 0), composite: try .preset("paper-vgg"),
+                      bounds: preprocessing.bounds)
+    }
+
+    /// Direct-convolution FLOPs of one forward pass (2 per multiply-add), and of the head.
+    func forwardFLOPs(size: Int, h: Int) throws -> (convs: Double, head: Double) {
+        var s = Shape3(3, size, size)
+        var total = 0.0
+        for (i, l) in model.layers.enumerated() {
+            let o = try l.outputShape(s, index: i)
+            if case let .conv2d(c) = l {
+                total += 2.0 * Double(o.count) * Double(c.inChannels * c.kernelH * c.kernelW)
+            }
+            s = o
+        }
+        return (total, 2.0 * Double(s.count) * Double(h))
+    }
+}
+
+// MARK: - Child: one configuration
+
+struct ChildResult: Codable {
+    var size: Int, threads: Int, h: Int
+    var pairSeconds: [Double]
+    var rssKiB: Int
+    var forwardSeconds: Double
+    var layers: [String]
+    var layerSeconds: [Double]
+    var isa: String
+    var openmp: Bool
+    var source: String
+}
+
+func child(size: Int, threads: Int, h: Int, runs: Int, profile: Bool) throws {
+    CKernelsBackend.threads = threads
+    let w = try Workload(size: size)
+    let ex = try w.explainer(h: h)
+    var times: [Double] = []
+    if runs > 1 { _ = try ex.explain(w.x1, w.x2, patch: patch) }  // warm-up
+    for _ in 0..<runs { times.append(try seconds { _ = try ex.explain(w.x1, w.x2, patch: patch) }) }
+    var names: [String] = [], layerSeconds: [Double] = [], fwd = 0.0
+    if profile {
+        let (_, p) = try ex.profiledFactors(w.x1, patch: patch)
+        names = p.layers.map(\.name); layerSeconds = p.layers.map(\.seconds); fwd = p.forwardSeconds
+    }
+    let r = ChildResult(size: size, threads: threads, h: h, pairSeconds: times, rssKiB: peakRSSKiB(),
+                        forwardSeconds: fwd, layers: names, layerSeconds: layerSeconds,
+                        isa: CKernelsBackend.activeISA, openmp: CKernelsBackend.usesOpenMP, source: w.source)
+    print(String(decoding: try JSONEncoder().encode(r), as: UTF8.self))
+}
+
+if let spec = option("--child") {
+    let v = spec.split(separator: ",").map { Int($0)! }
+    try child(size: v[0], threads: v[1], h: v[2], runs: v[3], profile: v[4] == 1)
+    exit(0)
+}
+
+func runChild(size: Int, threads: Int, h: Int, runs: Int, profile: Bool) throws -> ChildResult {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
+    p.arguments = ["--child", "\(size),\(threads),\(h),\(runs),\(profile ? 1 : 0)", "--assets", assets]
+    let pipe = Pipe()
+    p.standardOutput = pipe
+    try p.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    guard p.terminationStatus == 0 else { throw BiLRPError.io("benchmark child failed (\(size), \(threads), \(h))") }
+    return try JSONDecoder().decode(ChildResult.self, from: data)
+}
+
+// MARK: - Report
+
+func pad(_ s: String, _ n: Int) -> String { String(repeating: " ", count: max(0, n - s.count)) + s }
+func f(_ v: Double, _ digits: Int = 2) -> String { String(format: "%.\(digits)f", v) }
+
+let nt = threadCounts.max() ?? 2
+let peak = Dictionary(uniqueKeysWithValues: threadCounts.map { ($0, ck_fma_peak_gflops(Int32($0))) })
+print("bilrp-bench  \(Date())")
+print("machine: \(ProcessInfo.processInfo.activeProcessorCount) CPUs, ISA \(CKernelsBackend.activeISA), OpenMP \(CKernelsBackend.usesOpenMP)")
+for t in threadCounts.sorted() { print("measured fp32 FMA peak, \(t) thread(s): \(f(peak[t]!, 0)) GFLOP/s") }
+print("workload: VGG-16 features[:31], head h = \(outputs), paper-vgg, patch \(patch), median and min of \(runs) runs after a warm-up")
+print("FLOPs per pair = 2 inputs x (1 + h) x direct-conv forward FLOPs (each of the h backward passes counted as one forward)")
+let kernelsOnly = args.contains("--kernels-only")
+print("")
+if !kernelsOnly { print("  size  threads   s/pair (median)    min   GFLOP/s  % of peak   peak RSS MB") }
+var results: [Int: ChildResult] = [:]
+for size in kernelsOnly ? [] : sizes {
+    let w = try Workload(size: size)
+    let flops = try w.forwardFLOPs(size: size, h: outputs)
+    let perPair = 2 * Double(1 + outputs) * flops.convs
+    for t in threadCounts.sorted() {
+        let r = try runChild(size: size, threads: t, h: outputs, runs: runs, profile: t == nt)
+        if t == nt { results[size] = r }
+        let med = median(r.pairSeconds)
+        let g = perPair / med * 1e-9
+        print(pad("\(size)", 6) + pad("\(t)", 9) + pad(f(med, 3), 18) + pad(f(r.pairSeconds.min()!, 3), 8)
+              + pad(f(g, 0), 10) + pad(f(100 * g / max(peak[t]!, 1), 1), 11) + pad(f(Double(r.rssKiB) / 1024, 0), 14))
+    }
+    print("        (\(f(perPair * 1e-12, 3)) TFLOP per pair at \(size) x \(size); \(results[size]?.source ?? ""))")
+}
+
+// Winograd (the default) against the direct path on the real workload.
+print("")
+for size in sizes where !kernelsOnly {
+    CKernelsBackend.threads = nt
+    let w = try Workload(size: size)
+    func pair(_ c: CKernelsBackend.Convolution) throws -> [Float] {
+        try Explainer(model: w.model, head: .randomProjection(outputs: outputs, seed: 0), composite: try .preset("paper-vgg"),
+                      bounds: w.preprocessing.bounds, kernels: CKernelsBackend(convolution: c))
+            .explain(w.x1, w.x2, patch: patch).relevance
+    }
+    let a = try pair(.winograd), b = try pair(.direct)
+    let scale = b.map(abs).max()!
+    let err = zip(a, b).map { abs($0 - $1) }.max()! / scale
+    print("Winograd vs direct at \(size) x \(size): max |R_winograd - R_direct| / max |R| = \(String(format: "%.2e", err))  (BILRP_CONV=direct selects direct)")
+}
+
+for size in sizes {
+    guard let r = results[size], !r.layers.isEmpty else { continue }
+    print("")
+    print("backward time per layer, one input, \(size) x \(size), \(nt) threads (forward: \(f(r.forwardSeconds, 3)) s)")
+    for (name, s) in zip(r.layers, r.layerSeconds) where s >= 0.0005 {
+        print("  " + name.padding(toLength: 52, withPad: " ", startingAt: 0) + pad(f(s, 3), 8) + " s")
+    }
+}
+
+// Dense convolution kernels on the VGG-16 shapes (im2col + packed GEMM), as a fraction of peak.
+print("")
+print("convolution forward on VGG-16 shapes, \(nt) threads")
+for (c, k, hw) in [(64, 64, 128), (128, 128, 64), (256, 256, 32), (512, 512, 16), (64, 64, 224), (256, 256, 56)] {
+    let g = ConvGeometry(inChannels: c, height: hw, width: hw, outChannels: k, kernelH: 3, kernelW: 3, padH: 1, padW: 1)
+    var r = SplitMix64(seed: 3)
+    let x = (0..<g.inCount).map { _ in Float(r.nextNormal()) }, wt = (0..<(k * c * 9)).map { _ in Float(r.nextNormal()) }
+    var y = [Float](repeating: 0, count: g.outCount)
+    CKernelsBackend.threads = nt
+    let kernels = CKernelsBackend()
+    y.withUnsafeMutableBufferPointer { p in kernels.convForward(x, g, weight: wt, bias: nil, p.baseAddress!) }
+    var times: [Double] = []
+    for _ in 0..<5 {
+        times.append(seconds { y.withUnsafeMutableBufferPointer { p in kernels.convForward(x, g, weight: wt, bias: nil, p.baseAddress!) } })
+    }
+    let gf = 2.0 * Double(g.outCount) * Double(c * 9) / median(times) * 1e-9
+    print("  \(c) -> \(k) at \(hw) x \(hw)".padding(toLength: 30, withPad: " ", startingAt: 0)
+          + pad(f(gf, 0), 6) + " GFLOP/s" + pad(f(100 * gf / max(peak[nt]!, 1), 1), 7) + " % of peak")
+}
+
+if kernelsOnly { exit(0) }
+
+// A pair from cached factors: 256 x 256 patches, h = 100.
+do {
+    var r = SplitMix64(seed: 4)
+    let a = (0..<(256 * outputs)).map { _ in Float(r.nextNormal()) }, b = (0..<(256 * outputs)).map { _ in Float(r.nextNormal()) }
+    var R = [Float](repeating: 0, count: 256 * 256)
+    let k = CKernelsBackend()
+    var times: [Double] = []
+    for _ in 0..<201 {
+        times.append(seconds { R.withUnsafeMutableBufferPointer { k.pairProduct(p: 256, q: 256, h: outputs, a, b, $0.baseAddress!) } })
+    }
+    print("")
+    print("pair from cached factors (256 x 256 patches, h = \(outputs)): median \(f(median(times) * 1e3, 3)) ms over 200 runs")
+}
+
+// Memory as h grows (one run each, blocks of maps keep it bounded).
+print("")
+print("peak RSS as h grows, 128 x 128, \(nt) threads:")
+for h in memoryH {
+    let r = try runChild(size: 128, threads: nt, h: h, runs: 1, profile: false)
+    print("  h = \(h)".padding(toLength: 12, withPad: " ", startingAt: 0) + pad(f(Double(r.rssKiB) / 1024, 0), 6) + " MB"
+          + "   (\(f(r.pairSeconds[0], 2)) s per pair)")
+}
+
+// MARK: - Peers
+
+guard peers else { exit(0) }
+
+struct Peer {
+    let process = Process()
+    let input = Pipe(), output = Pipe()
+    var buffer = Data()
+
+    init(dir: String, threads: Int) throws {
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("peers/torch_bilrp.py").path
+        process.executableURL = URL(fileURLWithPath: python)
+        process.arguments = [script, dir, "\(patch)", "\(threads)"]
+        process.standardInput = input
+        process.standardOutput = output
+        try process.run()
+        _ = try readLine()
+    }
+
+    mutating func readLine() throws -> [String: Any] {
+        while true {
+            if let nl = buffer.firstIndex(of: 10) {
+                let line = buffer[..<nl]
+                buffer = Data(buffer[(nl + 1)...])
+                return try JSONSerialization.jsonObject(with: Data(line)) as! [String: Any]
+            }
+            let d = output.fileHandleForReading.availableData
+            guard !d.isEmpty else { throw BiLRPError.io("the PyTorch peer stopped") }
+            buffer.append(d)
+        }
+    }
+
+    mutating func ask(_ command: String) throws -> [String: Any] {
+        input.fileHandleForWriting.write(Data((command + "\n").utf8))
+        return try readLine()
+    }
+}
+
+print("")
+print("side by side with PyTorch (\(nt) threads each; runs alternate ours, batched, authors' style)")
+let peerRuns = Int(option("--peer-runs") ?? "5") ?? 5
+let authorRuns = Int(option("--author-runs") ?? "2") ?? 2
+for size in sizes {
+    CKernelsBackend.threads = nt
+    let w = try Workload(size: size)
+    let ex = try w.explainer(h: outputs)
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("bilrp-bench-\(size)-\(getpid())")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    // Everything the peer needs, so it computes exactly our explanation.
+    var named: [String: Tensor] = [:]
+    for (i, l) in w.model.layers.enumerated() {
+        if case let .conv2d(c) = l {
+            named["features.\(i).weight"] = try Tensor(shape: [c.outChannels, c.inChannels, 3, 3], data: c.weight)
+            named["features.\(i).bias"] = try Tensor(shape: [c.outChannels], data: c.bias!)
+        }
+    }
+    try SafetensorsFile.write(named, to: dir.appendingPathComponent("model.safetensors").path)
+    let d = try w.model.shapes(for: Shape3(3, size, size)).last!.count
+    try NPY.write(try Tensor(shape: [outputs, d], data: SimilarityHead.gaussianMatrix(outputs: outputs, inputs: d, seed: 0)),
+                  to: dir.appendingPathComponent("projection.npy").path)
+    let b = w.preprocessing.bounds
+    try NPY.write(try Tensor(shape: [2, 3], data: b.lower + b.upper), to: dir.appendingPathComponent("bounds.npy").path)
+    try NPY.write(w.x1, to: dir.appendingPathComponent("x1.npy").path)
+    try NPY.write(w.x2, to: dir.appendingPathComponent("x2.npy").path)
+    let ours = try ex.explain(w.x1, w.x2, patch: patch)
+    try NPY.write(try Tensor(shape: [ours.rows, ours.columns], data: ours.relevance), to: dir.appendingPathComponent("R_ours.npy").path)
+    var peer = try Peer(dir: dir.path, threads: nt)
+    let check = try peer.ask("check")
+    print("  \(size) x \(size): max |R_torch - R_ours| / max |R_ours|: batched \(check["batched"]!), authors' style \(check["authors"]!)")
+    var tOurs: [Double] = [], tBatched: [Double] = [], tAuthors: [Double] = []
+    for i in 0..<max(peerRuns, authorRuns) {
+        if i < peerRuns {
+            tOurs.append(try seconds { _ = try ex.explain(w.x1, w.x2, patch: patch) })
+            tBatched.append(try peer.ask("time batched")["seconds"] as! Double)
+        }
+        if i < authorRuns { tAuthors.append(try peer.ask("time authors")["seconds"] as! Double) }
+    }
+    let rss = try peer.ask("rss")["rss_kib"] as! Int
+    _ = try? peer.ask("quit")
+    let o = median(tOurs), bt = median(tBatched), at = median(tAuthors)
+    print("    ours        \(f(o, 3)) s/pair (median of \(tOurs.count))")
+    print("    PyTorch batched  \(f(bt, 3)) s/pair (median of \(tBatched.count))   ratio \(f(bt / o, 2))x   PyTorch peak RSS \(f(Double(rss) / 1024, 0)) MB")
+    print("    authors' style   \(f(at, 3)) s/pair (median of \(tAuthors.count))   ratio \(f(at / o, 2))x")
+}

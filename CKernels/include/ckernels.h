@@ -41,6 +41,8 @@ void ck_set_num_threads(int n);
 int ck_get_num_threads(void);
 /// 1 when compiled with OpenMP, 0 when the libdispatch fallback is used.
 int ck_openmp_enabled(void);
+/// The measured fp32 FMA peak in GFLOP/s of `threads` threads with the active ISA (0 if portable).
+double ck_fma_peak_gflops(int threads);
 
 // MARK: - GEMM
 
@@ -62,6 +64,20 @@ void ck_conv2d_forward(const float *x, int C, int H, int W, const float *w, cons
 /// gradient). Output positions of the forward that no window covers get 0.
 void ck_conv2d_backward(int n, const float *s, int K, int Ho, int Wo, const float *w, int C, int H,
                         int W, int kh, int kw, int sh, int sw, int ph, int pw, float *c);
+
+/// Winograd F(4x4, 3x3) weights U (36 x K x C) for a 3x3 convolution. transpose = 0: w is (K, C, 3, 3)
+/// and U is for that convolution; transpose = 1: w is a forward weight (C, K, 3, 3) and U is for its
+/// adjoint (the relevance backward: K = the forward's input channels). Once per layer and rule.
+void ck_winograd_weights(const float *w, int K, int C, int transpose, float *U);
+/// y (n, K, H, W) = conv2d(x (n, C, H, W)) with a 3x3 kernel, stride 1, zero padding 1, by Winograd
+/// F(4x4, 3x3) from U of ck_winograd_weights. About 4x fewer multiplications than direct.
+void ck_winograd_conv3x3(int n, const float *x, int C, int H, int W, const float *U, int K, float *y);
+/// One LRP term through a 3x3/s1/p1 layer, fused: s = R / stab(z) on loading (z (C, H, W) shared by
+/// the n maps; R (n, C, H, W) is the relevance at the layer output), c = conv^T(s) by Winograd, and
+/// Rin (n, K, H, W) = [Rin +] scale * a * c on storing (a (K, H, W) shared, NULL for 1). Saves the
+/// separate element-wise passes over the whole block.
+void ck_winograd_lrp(int n, const float *R, const float *z, float eps, int C, int H, int W, const float *U, int K,
+                     const float *a, float scale, int accumulate, float *Rin);
 
 // MARK: - LRP element-wise steps
 

@@ -40,3 +40,19 @@ final class IndexBuffer: @unchecked Sendable {
     init(count: Int) { pointer = .allocate(capacity: Swift.max(count, 1)) }
     deinit { pointer.deallocate() }
 }
+
+/// Recycles buffers by size within one computation: the relevance blocks of every layer have the
+/// same sizes in every block of maps, and fresh large allocations cost page faults each time.
+final class BufferPool {
+    private var free: [Int: [Buffer]] = [:]
+
+    func take(_ count: Int) -> Buffer {
+        if var list = free[count], let b = list.popLast() {
+            free[count] = list
+            return b
+        }
+        return Buffer(count: count)
+    }
+
+    func give(_ b: Buffer) { free[b.count, default: []].append(b) }
+}

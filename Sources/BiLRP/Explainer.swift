@@ -22,7 +22,7 @@ public final class Explainer: @unchecked Sendable {
     public let bounds: InputBounds?
     /// Maps per backward block; nil chooses from `memoryBudget`.
     public let blockSize: Int?
-    /// Bytes the relevance blocks may use (default 512 MiB).
+    /// Bytes the relevance blocks may use (default 256 MiB).
     public let memoryBudget: Int
     public let kernels: any Kernels
     /// The rule chosen for each conv/linear layer of the model, by layer index.
@@ -40,7 +40,7 @@ public final class Explainer: @unchecked Sendable {
     public init(
         model: SequentialModel, head: SimilarityHead = .randomProjection(outputs: 100, seed: 0),
         similarity: Similarity = .dot, composite: Composite, bounds: InputBounds? = nil,
-        blockSize: Int? = nil, memoryBudget: Int = 512 << 20, kernels: any Kernels = CKernelsBackend()
+        blockSize: Int? = nil, memoryBudget: Int = 256 << 20, kernels: any Kernels = CKernelsBackend()
     ) throws {
         let canon = try model.canonized()
         guard !canon.isEmpty else { throw BiLRPError.invalidArgument("the model has no layers") }
@@ -72,13 +72,13 @@ public final class Explainer: @unchecked Sendable {
                 }
                 rules[item.index] = rule
                 prepared.append(.conv(PreparedConv(
-                    index: item.index, conv: conv, rule: rule, nonNegativeInput: nonNegative)))
+                    index: item.index, conv: conv, rule: rule, nonNegativeInput: nonNegative, kernels: kernels)))
                 nonNegative = false
             case let .linear(lin):
                 if rule == .zBox { throw BiLRPError.unsupported("rule zb on linear layer \(item.index)") }
                 rules[item.index] = rule
                 prepared.append(.conv(PreparedConv(
-                    index: item.index, linear: lin, rule: rule, nonNegativeInput: nonNegative)))
+                    index: item.index, linear: lin, rule: rule, nonNegativeInput: nonNegative, kernels: kernels)))
                 nonNegative = false
             case .relu:
                 prepared.append(.relu)
@@ -118,8 +118,22 @@ public final class Explainer: @unchecked Sendable {
     /// channels and sum-pooled to `patch` x `patch` patches (patch 1: unpooled), as the P x h matrix A.
     /// Depends on x alone, so it can be cached and reused against any other input.
     public func factors(_ x: Tensor, patch: Int = 8) throws -> RelevanceFactors {
+        try factors(x, patch: patch, profile: nil)
+    }
+
+    /// `factors` with wall-clock seconds per step: the forward pass, and the backward pass per layer
+    /// (summed over blocks). For the benchmark harness.
+    public func profiledFactors(_ x: Tensor, patch: Int = 8) throws -> (RelevanceFactors, ExplainerProfile) {
+        let profile = ExplainerProfile()
+        let f = try factors(x, patch: patch, profile: profile)
+        return (f, profile)
+    }
+
+    func factors(_ x: Tensor, patch: Int, profile: ExplainerProfile?) throws -> RelevanceFactors {
         guard patch >= 1 else { throw BiLRPError.invalidArgument("patch size must be at least 1 (got \(patch))") }
+        let t0 = DispatchTime.now().uptimeNanoseconds
         let trace = try forward(x)
+        profile?.forwardSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
         let h = trace.output.count
         let shape = trace.inputShape
         let grid = PatchGrid(height: shape.height, width: shape.width, patch: patch)
@@ -127,14 +141,17 @@ public final class Explainer: @unchecked Sendable {
         var A = [Float](repeating: 0, count: P * h)
         let block = blockSize(for: trace, outputs: h)
         let pooled = Buffer(count: block * P)
+        let pool = BufferPool()
         var m0 = 0
         while m0 < h {
             let n = min(block, h - m0)
-            let start = Buffer(zeros: n * h)
+            let start = pool.take(n * h)
+            start.pointer.initialize(repeating: 0, count: n * h)
             for i in 0..<n { start.pointer[i * h + m0 + i] = trace.output.pointer[m0 + i] }
-            let r = backward(trace, start, n: n)
+            let r = backward(trace, start, n: n, profile: profile, pool: pool)
             kernels.patchPool(n: n, r.const, shape, patch: patch, pooled.pointer)
             for i in 0..<n { for p in 0..<P { A[p * h + m0 + i] = pooled.pointer[i * P + p] } }
+            pool.give(r)
             m0 += n
         }
         return RelevanceFactors(a: A, outputs: h, grid: grid, inputShape: shape, embedding: trace.output.array)
@@ -218,12 +235,12 @@ public final class Explainer: @unchecked Sendable {
             let w = SimilarityHead.gaussianMatrix(outputs: h, inputs: d, seed: seed)
             return [.flatten, .conv(PreparedConv(
                 index: -1, linear: try Linear(weight: w, bias: nil, inFeatures: d, outFeatures: h),
-                rule: .zero, nonNegativeInput: false))]
+                rule: .zero, nonNegativeInput: false, kernels: kernels))]
         case let .projection(t):
             let (m, _) = try SimilarityHead.orientProjection(t, featureCount: shape.count)
             return [.flatten, .conv(PreparedConv(
                 index: -1, linear: try Linear(weight: m.data, bias: nil, inFeatures: shape.count, outFeatures: m.shape[0]),
-                rule: .zero, nonNegativeInput: false))]
+                rule: .zero, nonNegativeInput: false, kernels: kernels))]
         }
     }
 
@@ -340,63 +357,100 @@ public final class Explainer: @unchecked Sendable {
         return max(1, min(h, memoryBudget / max(perMap, 1)))
     }
 
-    /// Propagates a block of n output relevance vectors down to the input: (n, C, H, W).
-    func backward(_ trace: Trace, _ start: Buffer, n: Int) -> Buffer {
+    /// Propagates a block of n output relevance vectors down to the input: (n, C, H, W). Buffers come
+    /// from `pool` and every intermediate one goes back to it (the start buffer included).
+    func backward(_ trace: Trace, _ start: Buffer, n: Int, profile: ExplainerProfile? = nil,
+                  pool: BufferPool = BufferPool()) -> Buffer {
         var R = start
+        func replace(_ next: Buffer) {
+            pool.give(R)
+            R = next
+        }
         let all = try! allLayers(for: trace.inputShape)
+        if let profile, profile.layers.isEmpty {
+            profile.layers = all.enumerated().map { (i, l) in (l.name(trace.shapes[i]), 0) }
+        }
+        var tLayer = DispatchTime.now().uptimeNanoseconds
         for l in stride(from: all.count - 1, through: 0, by: -1) {
+            if let profile {
+                let t = DispatchTime.now().uptimeNanoseconds
+                if l + 1 < all.count { profile.layers[l + 1].seconds += Double(t - tLayer) * 1e-9 }
+                tLayer = t
+            }
             let s = trace.shapes[l]
             let a = trace.inputs[l]
             switch all[l] {
             case let .conv(c):
                 let g = c.geometry(s)
-                let Rin = Buffer(count: n * g.inCount)
-                let sBuf = Buffer(count: n * g.outCount)
+                let Rin = pool.take(n * g.inCount)
                 let multiple = c.passes.count > 1 || c.passes[0].terms.count > 1
-                let cBuf = multiple ? Buffer(count: n * g.inCount) : Rin
+                let fused = c.passes.allSatisfy { $0.terms.allSatisfy { c.backward[$0.weight] != nil } }
+                let sBuf = fused ? nil : pool.take(n * g.outCount)
+                let cBuf = fused ? nil : (multiple ? pool.take(n * g.inCount) : Rin)
                 var first = true
                 for (p, pass) in c.passes.enumerated() {
-                    kernels.lrpDivide(n: n, count: g.outCount, R.const, trace.denominators[l][p].const,
-                                      epsilon: pass.epsilon, sBuf.pointer)
+                    let z = trace.denominators[l][p].const
+                    if let sBuf {
+                        kernels.lrpDivide(n: n, count: g.outCount, R.const, z, epsilon: pass.epsilon, sBuf.pointer)
+                    }
                     for term in pass.terms {
-                        kernels.convBackward(n: n, sBuf.const, g, weight: c.weights[term.weight]!.const, cBuf.pointer)
                         let input: UnsafePointer<Float>? =
                             term.input == .ones ? nil
                             : term.input == .identity ? a.const : trace.modifiedInputs[l][term.input]!.const
-                        kernels.lrpProduct(n: n, count: g.inCount, input, cBuf.const, scale: pass.scale,
-                                           Rin.pointer, accumulate: !first)
+                        if let sBuf, let cBuf {
+                            kernels.convBackward(n: n, sBuf.const, g, weight: c.weights[term.weight]!.const, cBuf.pointer)
+                            kernels.lrpProduct(n: n, count: g.inCount, input, cBuf.const, scale: pass.scale,
+                                               Rin.pointer, accumulate: !first)
+                        } else {
+                            // Divide, Winograd backward and product in one pass over the block.
+                            kernels.lrpTerm(n: n, R.const, z, epsilon: pass.epsilon, g,
+                                            prepared: c.backward[term.weight]!.const, input, scale: pass.scale,
+                                            Rin.pointer, accumulate: !first)
+                        }
                         first = false
                     }
                 }
-                R = Rin
+                if let sBuf { pool.give(sBuf) }
+                if multiple, let cBuf { pool.give(cBuf) }
+                replace(Rin)
             case .relu, .flatten:
                 continue
             case let .maxPool(p):
                 let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, pool: p)
-                let Rin = Buffer(count: n * g.inCount)
+                let Rin = pool.take(n * g.inCount)
                 kernels.maxPoolBackward(n: n, R.const, g, argmax: UnsafePointer(trace.argmax[l]!.pointer), Rin.pointer)
-                R = Rin
+                replace(Rin)
             case let .avgPool(p, eps):
                 let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, pool: p)
-                let sBuf = Buffer(count: n * g.outCount)
+                let sBuf = pool.take(n * g.outCount)
                 kernels.lrpDivide(n: n, count: g.outCount, R.const, trace.denominators[l][0].const, epsilon: eps, sBuf.pointer)
-                let Rin = Buffer(count: n * g.inCount)
+                let Rin = pool.take(n * g.inCount)
                 kernels.avgPoolBackward(n: n, sBuf.const, g, Rin.pointer)
+                pool.give(sBuf)
                 kernels.lrpProduct(n: n, count: g.inCount, a.const, Rin.const, scale: 1, Rin.pointer, accumulate: false)
-                R = Rin
+                replace(Rin)
             case let .adaptivePool(oh, ow, eps, sum):
                 let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, adaptiveTo: oh, ow)
-                let sBuf = Buffer(count: n * g.outCount)
+                let sBuf = pool.take(n * g.outCount)
                 kernels.lrpDivide(n: n, count: g.outCount, R.const, trace.denominators[l][0].const, epsilon: eps, sBuf.pointer)
-                let Rin = Buffer(count: n * g.inCount)
+                let Rin = pool.take(n * g.inCount)
                 kernels.adaptiveAvgPoolBackward(n: n, sBuf.const, g, Rin.pointer)
+                pool.give(sBuf)
                 let k: Float = sum ? Float(s.height * s.width) : 1
                 kernels.lrpProduct(n: n, count: g.inCount, a.const, Rin.const, scale: k, Rin.pointer, accumulate: false)
-                R = Rin
+                replace(Rin)
             }
         }
+        if let profile { profile.layers[0].seconds += Double(DispatchTime.now().uptimeNanoseconds - tLayer) * 1e-9 }
         return R
     }
+}
+
+/// Seconds spent per step of a factor computation (see `Explainer.profiledFactors`).
+public final class ExplainerProfile: @unchecked Sendable {
+    public var forwardSeconds: Double = 0
+    /// Per layer of the model and head, in order: a label with its input shape, and backward seconds.
+    public var layers: [(name: String, seconds: Double)] = []
 }
 
 final class HeadCache: @unchecked Sendable {

@@ -8,6 +8,20 @@ enum PreparedLayer: @unchecked Sendable {
     case adaptivePool(Int, Int, epsilon: Float, sum: Bool)
     case flatten
 
+    /// A label for profiles: the layer and its input shape.
+    func name(_ s: Shape3) -> String {
+        switch self {
+        case let .conv(c):
+            return c.isLinear ? "Linear(\(c.inChannels), \(c.outChannels))"
+                : "Conv(\(c.inChannels), \(c.outChannels), \(c.kernelH)x\(c.kernelW)) \(c.rule) @\(s.height)x\(s.width)"
+        case .relu: return "ReLU"
+        case .maxPool: return "MaxPool @\(s.height)x\(s.width)"
+        case .avgPool: return "AvgPool @\(s.height)x\(s.width)"
+        case .adaptivePool: return "AdaptivePool @\(s.height)x\(s.width)"
+        case .flatten: return "Flatten"
+        }
+    }
+
     func outputShape(_ s: Shape3) throws -> Shape3 {
         switch self {
         case let .conv(c):
@@ -48,23 +62,26 @@ final class PreparedConv: @unchecked Sendable {
     let weights: [WeightModifier: Buffer]
     let bias: Buffer?
     let passes: [Pass]
+    /// Backend-prepared backward weights per modifier (Winograd), when the backend has a fast path.
+    let backward: [WeightModifier: Buffer]
 
-    convenience init(index: Int, conv: Conv2d, rule: Rule, nonNegativeInput: Bool) {
+    convenience init(index: Int, conv: Conv2d, rule: Rule, nonNegativeInput: Bool, kernels: any Kernels) {
         self.init(index: index, rule: rule, isLinear: false, conv: conv, weight: conv.weight, bias: conv.bias,
                   inChannels: conv.inChannels, outChannels: conv.outChannels,
                   geometry: (conv.kernelH, conv.kernelW, conv.strideH, conv.strideW, conv.padH, conv.padW),
-                  nonNegativeInput: nonNegativeInput)
+                  nonNegativeInput: nonNegativeInput, kernels: kernels)
     }
 
-    convenience init(index: Int, linear: Linear, rule: Rule, nonNegativeInput: Bool) {
+    convenience init(index: Int, linear: Linear, rule: Rule, nonNegativeInput: Bool, kernels: any Kernels) {
         self.init(index: index, rule: rule, isLinear: true, conv: nil, weight: linear.weight, bias: linear.bias,
                   inChannels: linear.inFeatures, outChannels: linear.outFeatures, geometry: (1, 1, 1, 1, 0, 0),
-                  nonNegativeInput: nonNegativeInput)
+                  nonNegativeInput: nonNegativeInput, kernels: kernels)
     }
 
     private init(
         index: Int, rule: Rule, isLinear: Bool, conv: Conv2d?, weight: [Float], bias: [Float]?,
-        inChannels: Int, outChannels: Int, geometry g: (Int, Int, Int, Int, Int, Int), nonNegativeInput: Bool
+        inChannels: Int, outChannels: Int, geometry g: (Int, Int, Int, Int, Int, Int), nonNegativeInput: Bool,
+        kernels: any Kernels
     ) {
         self.index = index; self.rule = rule; self.isLinear = isLinear; self.conv = conv
         self.inChannels = inChannels; self.outChannels = outChannels
@@ -78,6 +95,20 @@ final class PreparedConv: @unchecked Sendable {
         }
         self.weights = weights
         self.bias = bias.map(Buffer.init)
+        var backward: [WeightModifier: Buffer] = [:]
+        if !isLinear {
+            // Geometry without spatial size: only the kernel, stride and padding matter here.
+            let geo = ConvGeometry(inChannels: inChannels, height: 1, width: 1, outChannels: outChannels,
+                                   kernelH: g.0, kernelW: g.1, strideH: g.2, strideW: g.3, padH: g.4, padW: g.5)
+            for pass in rulePasses {
+                for term in pass.terms where backward[term.weight] == nil {
+                    if let u = kernels.prepareBackward(weight: weights[term.weight]!.array, geo) {
+                        backward[term.weight] = Buffer(u)
+                    }
+                }
+            }
+        }
+        self.backward = backward
         passes = rulePasses.map { p in
             let reuse = p.terms == [RuleTerm(input: .identity, weight: .identity)] && p.bias == .identity
             let b = p.bias.flatMap { m in bias.map { Buffer($0.map(m.apply)) } }

@@ -106,6 +106,68 @@ struct KernelTests {
         }
     }
 
+    /// Winograd changes rounding; measured against the float64 reference its max error stays below
+    /// 1e-5 of the largest value on these shapes (the bound asserted here).
+    @Test("Winograd F(4x4, 3x3) backward against the float64 reference", arguments: isaPaths)
+    func winogradBackward(isa: Int32) {
+        withISA(isa) {
+            // (16, 8, 6, 70): 18 tiles per row, so the 16-tile vector pass and its scalar tail both run.
+            let shapes = [(16, 5, 9, 7), (17, 70, 12, 13), (64, 67, 12, 12), (33, 9, 1, 5), (16, 3, 17, 4), (20, 16, 4, 8), (16, 8, 6, 70)]
+            for (i, (cin, cout, h, w)) in shapes.enumerated() {
+                let g = ConvGeometry(inChannels: cin, height: h, width: w, outChannels: cout, kernelH: 3, kernelW: 3,
+                                     padH: 1, padW: 1)
+                let wt = random(cout * cin * 9, seed: UInt64(700 + i))
+                let fast = CKernelsBackend(convolution: .winograd)
+                guard let u = fast.prepareBackward(weight: wt, g) else { Issue.record("no Winograd path"); return }
+                #expect(CKernelsBackend(convolution: .direct).prepareBackward(weight: wt, g) == nil)
+                for n in [1, 3] {
+                    let s = random(n * g.outCount, seed: UInt64(800 + i * 7 + n))
+                    var f = [Float](repeating: .nan, count: n * g.inCount), r = f
+                    f.withUnsafeMutableBufferPointer { fast.convBackward(n: n, s, g, prepared: u, $0.baseAddress!) }
+                    r.withUnsafeMutableBufferPointer { ReferenceKernels().convBackward(n: n, s, g, weight: wt, $0.baseAddress!) }
+                    expectClose(f, r, tol: 1e-5, "winograd backward n=\(n) \(g)")
+                }
+            }
+        }
+    }
+
+    @Test("fused LRP term (divide, Winograd backward, product) against the reference steps", arguments: isaPaths)
+    func fusedTerm(isa: Int32) {
+        withISA(isa) {
+            let g = ConvGeometry(inChannels: 24, height: 11, width: 67, outChannels: 19, kernelH: 3, kernelW: 3, padH: 1, padW: 1)
+            let wt = random(19 * 24 * 9, seed: 901), n = 3
+            let R = random(n * g.outCount, seed: 902), a = random(g.inCount, seed: 903)
+            var z = random(g.outCount, seed: 904)
+            z[0] = 0; z[5] = 1e-12
+            let u = CKernelsBackend(convolution: .winograd).prepareBackward(weight: wt, g)!
+            for (useA, acc) in [(true, false), (false, true)] {
+                let start = random(n * g.inCount, seed: 905)
+                var f = start, r = start
+                f.withUnsafeMutableBufferPointer {
+                    CKernelsBackend().lrpTerm(n: n, R, z, epsilon: 0.01, g, prepared: u, useA ? a : nil, scale: -2,
+                                              $0.baseAddress!, accumulate: acc)
+                }
+                let ref = ReferenceKernels()
+                var s = [Float](repeating: 0, count: n * g.outCount), c = [Float](repeating: 0, count: n * g.inCount)
+                s.withUnsafeMutableBufferPointer { ref.lrpDivide(n: n, count: g.outCount, R, z, epsilon: 0.01, $0.baseAddress!) }
+                c.withUnsafeMutableBufferPointer { ref.convBackward(n: n, s, g, weight: wt, $0.baseAddress!) }
+                r.withUnsafeMutableBufferPointer {
+                    ref.lrpProduct(n: n, count: g.inCount, useA ? a : nil, c, scale: -2, $0.baseAddress!, accumulate: acc)
+                }
+                expectClose(f, r, tol: 1e-5, "fused term a=\(useA) accumulate=\(acc)")
+            }
+        }
+    }
+
+    @Test("Winograd is only offered for 3x3, stride 1, padding 1")
+    func winogradScope() {
+        let k = CKernelsBackend(convolution: .winograd)
+        let w = random(4 * 3 * 9, seed: 1)
+        #expect(k.prepareBackward(weight: w, ConvGeometry(inChannels: 3, height: 8, width: 8, outChannels: 4, kernelH: 3, kernelW: 3, strideH: 2, strideW: 2, padH: 1, padW: 1)) == nil)
+        #expect(k.prepareBackward(weight: w, ConvGeometry(inChannels: 3, height: 8, width: 8, outChannels: 4, kernelH: 3, kernelW: 3)) == nil)
+        #expect(k.prepareBackward(weight: w, ConvGeometry(inChannels: 3, height: 8, width: 8, outChannels: 4, kernelH: 3, kernelW: 3, padH: 1, padW: 1)) == nil, "3 output channels: direct")
+    }
+
     @Test("the backward is the adjoint of the forward: <conv(x), s> == <x, conv^T(s)>")
     func adjoint() {
         let g = convCases[3]

@@ -33,13 +33,14 @@ func fixtureSmallNet(_ f: SafetensorsFile) throws -> SequentialModel {
     ])
 }
 
-func compareWithFixture(_ f: SafetensorsFile, model: SequentialModel, blockSize: Int? = nil) throws {
+func compareWithFixture(_ f: SafetensorsFile, model: SequentialModel, blockSize: Int? = nil,
+                        kernels: any Kernels = CKernelsBackend()) throws {
     let composites = try JSONDecoder().decode([String].self, from: Data(f.metadata["composites"]!.utf8))
     let patch = Int(f.metadata["patch"]!)!
     let x1 = try f.t("x1"), x2 = try f.t("x2"), head = try f.t("head")
     for spec in composites {
         let ex = try Explainer(model: model, head: .projection(head), composite: try .named(spec),
-                               bounds: Preprocessing.torchvision.bounds, blockSize: blockSize)
+                               bounds: Preprocessing.torchvision.bounds, blockSize: blockSize, kernels: kernels)
         let pair = try ex.explain(x1, x2, patch: patch)
         expectClose(pair.first.a, try f.t("\(spec).A1").data, tol: 1e-4, "A(x) \(spec)")
         expectClose(pair.second.a, try f.t("\(spec).A2").data, tol: 1e-4, "A(x') \(spec)")
@@ -49,23 +50,27 @@ func compareWithFixture(_ f: SafetensorsFile, model: SequentialModel, blockSize:
         expectClose(pair.first.embedding, try f.t("\(spec).phi1").data, tol: 1e-5, "phi \(spec)")
     }
     // BiLRP with the hp preset is the Hessian x Product (ReLU network, LRP-0 everywhere).
-    let hp = try Explainer(model: model, head: .projection(head), composite: try .preset("hp"), blockSize: blockSize)
+    let hp = try Explainer(model: model, head: .projection(head), composite: try .preset("hp"), blockSize: blockSize,
+                           kernels: kernels)
     let pair = try hp.explain(x1, x2, patch: patch)
     expectClose(pair.relevance, try f.t("hessian.R").data, tol: 1e-4, "R hp vs true Hessian x Product")
 }
 
 @Suite("Agreement with PyTorch")
 struct PyTorchFixtureTests {
-    @Test("small net: paper-vgg, hp, alpha-beta, z^B + epsilon, w^2 + z+; with biases")
-    func smallNet() throws {
+    @Test("small net: paper-vgg, hp, alpha-beta, z^B + epsilon, w^2 + z+; with biases",
+          arguments: [CKernelsBackend.Convolution.winograd, .direct])
+    func smallNet(convolution: CKernelsBackend.Convolution) throws {
         let f = try fixture("smallnet")
-        try compareWithFixture(f, model: try fixtureSmallNet(f), blockSize: 3)
+        try compareWithFixture(f, model: try fixtureSmallNet(f), blockSize: 3, kernels: CKernelsBackend(convolution: convolution))
     }
 
-    @Test("VGG-16 features[:10] loaded by torchvision names: paper-vgg and hp, h = 12")
-    func vgg16() throws {
+    @Test("VGG-16 features[:10] loaded by torchvision names: paper-vgg and hp, h = 12",
+          arguments: [CKernelsBackend.Convolution.winograd, .direct])
+    func vgg16(convolution: CKernelsBackend.Convolution) throws {
         let f = try fixture("vgg16_l10")
-        try compareWithFixture(f, model: try VGG.vgg16.features(layers: 10, weights: f))
+        try compareWithFixture(f, model: try VGG.vgg16.features(layers: 10, weights: f),
+                               kernels: CKernelsBackend(convolution: convolution))
     }
 
     @Test("the Gaussian projection equals the Python twin of its generator")

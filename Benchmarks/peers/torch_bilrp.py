@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""PyTorch peers for the BiLRP benchmark: the same explanation as bilrp-bench, two ways.
+
+batched  the fastest honest PyTorch way: one forward with modified-gradient layers (the gradient
+         trick: each layer outputs z_rho * (z / z_rho).detach(), so its value is z and its
+         gradient is that of the rule), then all h maps in one batched backward
+         (torch.autograd.grad(..., is_grads_batched=True)).
+authors  the authors' style: one forward and one backward per output phi_m, batch 1.
+
+Both use the paper-vgg rules (z^B at layer 0, gamma 0.5 / 0.25 / 0.1 / 0 by layer index, LRP-0
+head, winner-take-all max-pool), sum-pooled 8 x 8 patches, and R = A A'^T.
+
+Driven by bilrp-bench over stdin, one command per line, one JSON line back:
+  check             computes R both ways, compares with the R bilrp wrote (max |diff| / max |R|)
+  time batched      seconds for one pair, batched
+  time authors      seconds for one pair, authors' style
+  rss               peak resident memory of this process (KiB)
+  quit
+"""
+import json
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+EPS = 1e-9
+
+
+def stab(z):
+    return z + EPS * torch.where(z >= 0, 1.0, -1.0)
+
+
+def gamma_for(i):
+    if i <= 10:
+        return 0.5
+    if i <= 17:
+        return 0.25
+    if i <= 24:
+        return 0.1
+    return 0.0
+
+
+class Model:
+    def __init__(self, d, patch):
+        w = load_file(os.path.join(d, "model.safetensors"))
+        self.layers = []
+        i = 0
+        while f"features.{i}.weight" in w or i < 31:
+            if f"features.{i}.weight" in w:
+                conv = nn.Conv2d(w[f"features.{i}.weight"].shape[1], w[f"features.{i}.weight"].shape[0], 3, padding=1)
+                conv.weight.data = w[f"features.{i}.weight"]
+                conv.bias.data = w[f"features.{i}.bias"]
+                self.layers += [conv, nn.ReLU()]
+                i += 2
+            else:
+                self.layers.append(nn.MaxPool2d(2))
+                i += 1
+        self.layers = self.layers[:31]
+        self.head = torch.from_numpy(np.load(os.path.join(d, "projection.npy")))
+        b = np.load(os.path.join(d, "bounds.npy"))
+        self.low, self.high = torch.from_numpy(b[0]).view(1, 3, 1, 1), torch.from_numpy(b[1]).view(1, 3, 1, 1)
+        self.patch = patch
+        for p in self.parameters():
+            p.requires_grad_(False)
+        # rho(W) once per model, as a fair peer should.
+        self.mod = {}
+        for i, l in enumerate(self.layers):
+            if isinstance(l, nn.Conv2d) and i > 0:
+                g = gamma_for(i)
+                self.mod[i] = (l.weight + g * l.weight.clamp(min=0), l.bias + g * l.bias.clamp(min=0))
+        w0 = self.layers[0].weight
+        self.wpos, self.wneg = w0.clamp(min=0), w0.clamp(max=0)
+
+    def parameters(self):
+        for l in self.layers:
+            yield from l.parameters()
+
+    def forward(self, x):
+        """phi(x) with modified gradients; returns phi and the leaves (x, l, h) of the z^B rule."""
+        x = x.clone().requires_grad_(True)
+        lo = self.low.expand_as(x).clone().requires_grad_(True)
+        hi = self.high.expand_as(x).clone().requires_grad_(True)
+        a = x
+        for i, l in enumerate(self.layers):
+            if isinstance(l, nn.Conv2d):
+                z = F.conv2d(a, l.weight, l.bias, padding=1)
+                if i == 0:
+                    zr = F.conv2d(a, l.weight, None, padding=1) - F.conv2d(lo, self.wpos, None, padding=1) \
+                        - F.conv2d(hi, self.wneg, None, padding=1)
+                else:
+                    w, b = self.mod[i]
+                    zr = F.conv2d(a, w, b, padding=1)
+                a = zr * (z / stab(zr)).detach()
+            else:
+                a = l(a)
+        phi = a.flatten(1) @ self.head.T
+        return phi[0], (x, lo, hi)
+
+    def pool(self, leaves, grads):
+        maps = sum(v * g for v, g in zip(leaves, grads)).sum(1)  # (n, H, W)
+        n, H, W = maps.shape
+        p = self.patch
+        return maps.view(n, H // p, p, W // p, p).sum((2, 4)).reshape(n, -1).T  # (P, n)
+
+    def factors_batched(self, x):
+        phi, leaves = self.forward(x)
+        h = phi.numel()
+        grads = torch.autograd.grad(phi, leaves, grad_outputs=torch.eye(h), is_grads_batched=True)
+        return self.pool([v.detach() for v in leaves], [g[:, 0] for g in grads])
+
+    def factors_authors(self, x):
+        cols = []
+        h = self.head.shape[0]
+        for m in range(h):
+            phi, leaves = self.forward(x)
+            grads = torch.autograd.grad(phi[m], leaves)
+            cols.append(self.pool([v.detach() for v in leaves], grads)[:, 0])
+        return torch.stack(cols, 1)
+
+
+def main():
+    d, patch, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    torch.set_num_threads(threads)
+    model = Model(d, patch)
+    x1 = torch.from_numpy(np.load(os.path.join(d, "x1.npy")))[None]
+    x2 = torch.from_numpy(np.load(os.path.join(d, "x2.npy")))[None]
+
+    def pair(kind):
+        f = model.factors_batched if kind == "batched" else model.factors_authors
+        return f(x1) @ f(x2).T
+
+    print(json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "quit":
+            break
+        if cmd[0] == "check":
+            ours = torch.from_numpy(np.load(os.path.join(d, "R_ours.npy")))
+            scale = float(ours.abs().max())
+            out = {}
+            for kind in ("batched", "authors"):
+                with torch.no_grad():
+                    pass
+                R = pair(kind)
+                out[kind] = float((R - ours).abs().max()) / scale
+            print(json.dumps(out), flush=True)
+        elif cmd[0] == "time":
+            t = time.perf_counter()
+            pair(cmd[1])
+            print(json.dumps({"seconds": time.perf_counter() - t}), flush=True)
+        elif cmd[0] == "rss":
+            print(json.dumps({"rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
