@@ -12,11 +12,15 @@ let package = Package(
         .library(name: "BiLRP", targets: ["BiLRP"]),
         .library(name: "BiLRPIO", targets: ["BiLRPIO"]),
         .library(name: "BiLRPReference", targets: ["BiLRPReference"]),
+        .library(name: "BiLRPServer", targets: ["BiLRPServer"]),
         .executable(name: "bilrp", targets: ["bilrp"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // MARK: - Arithmetic (C, OpenMP or libdispatch)
@@ -44,10 +48,20 @@ let package = Package(
         ),
 
         // MARK: - Ways in
+        .target(
+            name: "BiLRPServer",
+            dependencies: [
+                "BiLRP", "BiLRPIO",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         .executableTarget(
             name: "bilrp",
             dependencies: [
-                "BiLRP", "BiLRPIO", "BiLRPReference",
+                "BiLRP", "BiLRPIO", "BiLRPReference", "BiLRPServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -62,6 +76,13 @@ let package = Package(
             name: "BiLRPTests",
             dependencies: ["BiLRP", "BiLRPIO", "BiLRPReference", "CKernels"],
             resources: [.copy("Fixtures")]
+        ),
+        .testTarget(
+            name: "BiLRPServerTests",
+            dependencies: [
+                "BiLRP", "BiLRPIO", "BiLRPServer",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -57,6 +57,12 @@ public struct LoadedExplainer: Sendable {
     /// For JSON output: what was loaded, in words.
     public var notes: [String]
 
+    public init(explainer: Explainer, settings: ExplanationSettings, preprocessing: Preprocessing,
+                model: SequentialModel, source: String, notes: [String]) {
+        self.explainer = explainer; self.settings = settings; self.preprocessing = preprocessing
+        self.model = model; self.source = source; self.notes = notes
+    }
+
     /// Builds the model, head and rules from settings. `kernels` selects the C or the reference path.
     public static func load(_ s: ExplanationSettings, kernels: any Kernels = CKernelsBackend()) throws -> LoadedExplainer {
         try s.validate()
@@ -166,6 +172,10 @@ public struct ExplanationReport: Codable, Sendable {
     public var top_positive: [Pair]
     public var top_negative: [Pair]
     public var timings: [String: Double]
+    /// Server extras (absent from the CLI's JSON): the pictures as base64 PNG, R as base64 NPY.
+    public var pair_png: String? = nil
+    public var heatmap_png: String? = nil
+    public var matrix_npy: String? = nil
 
     public init(_ e: PairExplanation, loaded: LoadedExplainer, sources: (String, String), timings: [String: Double]) {
         let s = loaded.settings

@@ -2,14 +2,81 @@ import ArgumentParser
 import BiLRP
 import BiLRPIO
 import BiLRPReference
+import BiLRPServer
 import Foundation
 
 @main
-struct BiLRPCommand: ParsableCommand {
+struct BiLRPCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bilrp",
         abstract: "Explain deep similarity models with BiLRP: which parts of two images match, and by how much.",
-        subcommands: [Explain.self, Heatmap.self, Inspect.self])
+        subcommands: [Explain.self, Heatmap.self, Inspect.self, Serve.self])
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The explanation server (HTTP, JSON). Default: the fetched ImageNet VGG-16 with the paper's settings.")
+
+    @Option(help: "JSON configuration file (limits and settings; options below override it).") var config: String?
+    @Option(help: "Address to listen on.") var host: String?
+    @Option(help: "Port (0: any free port, printed at start).") var port: Int?
+    @Option(help: "ONNX model (default assets/models/vgg16_imagenet.onnx).") var model: String?
+    @Option(help: "Safetensors weights with torchvision names (with --arch).") var weights: String?
+    @Option(help: "Architecture for --weights.") var arch: String?
+    @Option(help: "Keep layers [0, L) (default 31).") var layer: Int?
+    @Option(help: "Head (default random:100:0).") var head: String?
+    @Option(help: "Rules (default paper-vgg).") var rules: String?
+    @Option(help: "Patch size (default 8).") var patch: Int?
+    @Option(help: "Image size (default 128).") var size: Int?
+    @Option(help: "torchvision, caffe or auto.") var preprocess: String?
+    @Option(help: "Bearer token for /v1 and /metrics (or BILRP_TOKEN).") var token: String?
+    @Option(help: "Maximum request body in bytes.") var maxBody: Int?
+    @Option(help: "Maximum image pixels.") var maxPixels: Int?
+    @Option(help: "Maximum items per batch.") var maxBatch: Int?
+    @Option(help: "Request timeout in seconds.") var timeout: Double?
+    @Option(help: "Requests that may wait for a compute slot before 429.") var queue: Int?
+    @Option(help: "Explanations computed at once.") var slots: Int?
+    @Option(help: "Factor cache size in MiB.") var cacheMb: Int?
+    @Option(help: "Worker threads for the C kernels.") var threads: Int?
+
+    func run() async throws {
+        do {
+            var c = ServerConfiguration()
+            if let config {
+                guard let d = FileManager.default.contents(atPath: config) else { throw BiLRPError.io("cannot read config '\(config)'") }
+                do { c = try JSONDecoder().decode(ServerConfiguration.self, from: d) } catch {
+                    throw BiLRPError.invalidArgument("config '\(config)': \(error)")
+                }
+            }
+            if let host { c.host = host }
+            if let port { c.port = port }
+            if let model { c.settings.model = model; c.settings.weights = nil }
+            if let weights { c.settings.weights = weights; c.settings.model = nil }
+            if let arch { c.settings.arch = arch }
+            if let layer { c.settings.layer = layer }
+            if let head { c.settings.head = head }
+            if let rules { c.settings.rules = rules }
+            if let patch { c.settings.patch = patch }
+            if let size { c.settings.size = size }
+            if let preprocess { c.settings.preprocess = preprocess }
+            c.token = token ?? ProcessInfo.processInfo.environment["BILRP_TOKEN"] ?? c.token
+            if let maxBody { c.maxBodyBytes = maxBody }
+            if let maxPixels { c.maxImagePixels = maxPixels }
+            if let maxBatch { c.maxBatch = maxBatch }
+            if let timeout { c.timeoutSeconds = timeout }
+            if let queue { c.queueLimit = queue }
+            if let slots { c.computeSlots = slots }
+            if let cacheMb { c.cacheBytes = cacheMb << 20 }
+            if let threads { CKernelsBackend.threads = threads }
+            let host = c.host
+            try await BiLRPServer.run(c) { port in
+                FileHandle.standardOutput.write(Data("bilrp: serving on http://\(host):\(port)\n".utf8))
+            }
+        } catch let e as BiLRPError {
+            FileHandle.standardError.write(Data("bilrp: error: \(e)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
 }
 
 /// Options shared by the commands that build an explainer.
