@@ -13,7 +13,7 @@ OMP_BUILD  := --scratch-path .build-omp $(OMP_FLAGS)
 APT_DEPS   := libomp-19-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev python3-venv
 BIN        := .build-omp/release
 
-.PHONY: all setup assets build build-plain test test-omp test-plain demo bench bench-peers fixtures proto clean
+.PHONY: all setup assets build build-plain test test-omp test-plain demo serve bench bench-peers bench-server fixtures proto clean
 
 all: build
 
@@ -69,6 +69,14 @@ bench: setup assets build
 # local virtual environment with CPU wheels from PyPI. Takes about half an hour on 2 cores.
 bench-peers: setup assets build .venv-bench/ok
 	$(BIN)/bilrp-bench --peers --python .venv-bench/bin/python --author-runs 1
+
+# Load on bilrp serve over loopback: pairs/s and p50/p99 at 1, 4, 16 clients, uncached and cached.
+bench-server: setup assets build
+	$(BIN)/bilrp-server-bench --bilrp $(BIN)/bilrp
+
+# The explanation server with its default model (the fetched ImageNet VGG-16), on 127.0.0.1:8080.
+serve: setup assets build
+	$(BIN)/bilrp serve
 
 .venv-bench/ok:
 	python3 -m venv .venv-bench

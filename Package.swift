@@ -21,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         // MARK: - Arithmetic (C, OpenMP or libdispatch)
@@ -69,6 +70,15 @@ let package = Package(
             name: "bilrp-bench",
             dependencies: ["BiLRP", "BiLRPIO", "CKernels"],
             path: "Benchmarks/bilrp-bench"
+        ),
+        .executableTarget(
+            name: "bilrp-server-bench",
+            dependencies: [
+                "BiLRP", "BiLRPIO",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "Benchmarks/bilrp-server-bench"
         ),
 
         // MARK: - Tests

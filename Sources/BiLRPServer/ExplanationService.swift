@@ -213,6 +213,12 @@ public final class ExplanationService: @unchecked Sendable {
         base = try LoadedExplainer.load(configuration.settings)
         pool = ComputePool(slots: configuration.computeSlots, queueLimit: configuration.queueLimit)
         cache = FactorCache(capacity: configuration.cacheBytes)
+        explainers[Self.key(base.settings)] = (base, 0)
+    }
+
+    /// What makes an explainer different (patch and top_k do not).
+    static func key(_ s: ExplanationSettings) -> String {
+        "\(s.layer ?? -1)|\(s.head)|\(s.projection ?? "")|\(s.rules)|\(s.similarity)"
     }
 
     public func shutdown() async throws { try await pool.shutdown() }
@@ -249,7 +255,7 @@ public final class ExplanationService: @unchecked Sendable {
 
     /// The explainer for settings (model, head, rules; patch, top_k and similarity do not need a new one).
     func explainer(_ s: ExplanationSettings) throws -> LoadedExplainer {
-        let key = "\(s.layer ?? -1)|\(s.head)|\(s.projection ?? "")|\(s.rules)|\(s.similarity)"
+        let key = Self.key(s)
         lock.lock()
         if let e = explainers[key] {
             tick += 1
@@ -274,7 +280,13 @@ public final class ExplanationService: @unchecked Sendable {
         lock.lock()
         tick += 1
         explainers[key] = (loaded, tick)
-        if explainers.count > 4, let oldest = explainers.min(by: { $0.value.1 < $1.value.1 }) { explainers[oldest.key] = nil }
+        // A VGG-16 explainer holds its modified and Winograd weights (about 350 MB): keep the loaded
+        // one and at most two variants.
+        let base = Self.key(self.base.settings)
+        if explainers.count > 3,
+           let oldest = explainers.filter({ $0.key != base }).min(by: { $0.value.1 < $1.value.1 }) {
+            explainers[oldest.key] = nil
+        }
         lock.unlock()
         return loaded
     }

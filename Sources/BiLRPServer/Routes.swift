@@ -107,6 +107,10 @@ extension ExplanationService {
                     throw ServiceError(413, "the request body is larger than the limit of \(configuration.maxBodyBytes) bytes")
                 }
                 body = Data(buffer.readableBytesView)
+                // multipart/form-data: the same request, with files as parts.
+                if let boundary = Multipart.boundary(contentType: request.headers[.contentType]) {
+                    body = try Multipart.json(try Multipart.parse(body, boundary: boundary))
+                }
             }
             let timeout = configuration.timeoutSeconds
             let payload = body

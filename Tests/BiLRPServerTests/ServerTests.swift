@@ -264,6 +264,41 @@ struct ServerTests {
         }
     }
 
+    @Test("multipart form parts give the same answer as base64 JSON; malformed multipart is a 400")
+    func multipart() async throws {
+        let service = try ExplanationService(configuration: configuration())
+        let a = try imageData("baseline.jpg"), b = try imageData("progressive.jpg")
+        let boundary = "XyZ-boundary-123"
+        func part(_ name: String, _ filename: String?, _ data: Data) -> Data {
+            var d = Data("--\(boundary)\r\nContent-Disposition: form-data; name=\"\(name)\"".utf8)
+            if let filename { d += Data("; filename=\"\(filename)\"\r\nContent-Type: application/octet-stream".utf8) }
+            d += Data("\r\n\r\n".utf8) + data + Data("\r\n".utf8)
+            return d
+        }
+        let form = part("first", "a.jpg", a) + part("second", "b.jpg", b) + part("matrix", nil, Data("true".utf8))
+            + part("settings", nil, Data("{\"top_k\": 2}".utf8)) + Data("--\(boundary)--\r\n".utf8)
+        let headers: HTTPFields = [.contentType: "multipart/form-data; boundary=\(boundary)"]
+        try await makeApp(service).test(.router) { client in
+            var viaForm = "", viaJSON = ""
+            try await client.execute(uri: "/v1/explain", method: .post, headers: headers, body: ByteBuffer(bytes: form)) { r in
+                #expect(r.status == .ok)
+                let o = try object(r.body)
+                viaForm = o["matrix_npy"] as? String ?? ""
+                #expect((o["top_positive"] as? [Any])?.count == 2)
+            }
+            try await client.execute(uri: "/v1/explain", method: .post, body: try body([
+                "first": ["image": a.base64EncodedString()], "second": ["image": b.base64EncodedString()], "matrix": true])) { r in
+                viaJSON = try object(r.body)["matrix_npy"] as? String ?? ""
+            }
+            #expect(!viaForm.isEmpty && viaForm == viaJSON)
+            try await client.execute(uri: "/v1/explain", method: .post, headers: headers,
+                                     body: ByteBuffer(bytes: form.prefix(form.count / 2))) { r in
+                #expect(r.status == .badRequest)
+                try #expect((object(r.body)["error"] as? String)?.contains("multipart") == true)
+            }
+        }
+    }
+
     @Test("live: a real HTTP server on loopback answers and explains")
     func live() async throws {
         let service = try ExplanationService(configuration: configuration())
