@@ -10,7 +10,7 @@
 SWIFT      ?= swift
 OMP_FLAGS  := -Xcc -fopenmp -Xlinker -lomp5
 OMP_BUILD  := --scratch-path .build-omp $(OMP_FLAGS)
-APT_DEPS   := libomp-19-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev python3-venv
+APT_DEPS   := libomp-19-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev python3-venv jq
 BIN        := .build-omp/release
 
 .PHONY: all setup assets build build-plain test test-omp test-plain demo serve bench bench-peers bench-server fixtures proto clean
