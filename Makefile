@@ -42,6 +42,10 @@ test: setup assets test-omp test-plain
 
 test-omp:
 	BILRP_EXPECT_OPENMP=1 $(SWIFT) test -c release $(OMP_BUILD)
+	@for isa in avx2 portable; do \
+	  echo "engine suite with BILRP_ISA=$$isa:"; \
+	  BILRP_ISA=$$isa BILRP_EXPECT_OPENMP=1 $(SWIFT) test -c release $(OMP_BUILD) --skip-build --filter BiLRPTests || exit 1; \
+	done
 
 test-plain:
 	BILRP_EXPECT_OPENMP=0 $(SWIFT) test -c release
