@@ -199,13 +199,17 @@ struct ServerTests {
 
     @Test("a full queue answers 429 with Retry-After, and the server keeps serving")
     func queueFull() async throws {
-        let service = try ExplanationService(configuration: configuration(queue: 0))
+        // One slot, no queue, 128 x 128 inputs: a computation takes long enough that most of the
+        // eight concurrent requests find the slot busy.
+        var c = configuration(queue: 0)
+        c.settings.size = 128
+        let service = try ExplanationService(configuration: c)
         try await makeApp(service).test(.router) { client in
             var statuses: [Int] = []
             try await withThrowingTaskGroup(of: (Int, String?).self) { g in
-                for i in 0..<4 {
+                for i in 0..<8 {
                     g.addTask {
-                        let img = try pngImage(seed: UInt64(100 + i), size: 64).base64EncodedString()
+                        let img = try pngImage(seed: UInt64(100 + i), size: 128).base64EncodedString()
                         return try await client.execute(uri: "/v1/factors", method: .post, body: try body(["image": img])) { r in
                             (Int(r.status.code), r.headers[.retryAfter])
                         }
