@@ -9,29 +9,15 @@ final class Buffer: @unchecked Sendable {
         pointer = .allocate(capacity: Swift.max(count, 1))
     }
 
-    convenience init(zeros count: Int) {
-        self.init(count: count)
-        pointer.initialize(repeating: 0, count: count)
-    }
-
     convenience init(_ values: [Float]) {
         self.init(count: values.count)
         values.withUnsafeBufferPointer { pointer.initialize(from: $0.baseAddress!, count: values.count) }
-    }
-
-    convenience init(repeating value: Float, count: Int) {
-        self.init(count: count)
-        pointer.initialize(repeating: value, count: count)
     }
 
     deinit { pointer.deallocate() }
 
     var array: [Float] { Array(UnsafeBufferPointer(start: pointer, count: count)) }
     var const: UnsafePointer<Float> { UnsafePointer(pointer) }
-
-    func slice(_ start: Int, _ length: Int) -> [Float] {
-        Array(UnsafeBufferPointer(start: pointer + start, count: length))
-    }
 }
 
 /// An owned Int32 buffer (max-pool argmax).

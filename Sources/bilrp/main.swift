@@ -224,12 +224,14 @@ struct Heatmap: ParsableCommand {
                 r = zip(phi, other).map { $0 * $1 * scale }
             }
             let (map, _) = try progress.step("relevance of \(image)") { try ex.relevance(x.tensor, outputRelevance: r) }
+            // Channel sum (patch 1) for the NPY, and patch sums for the picture: the library's pooling.
             let s = try map.shape3()
-            let plane = s.height * s.width
-            let summed = (0..<plane).map { i in (0..<s.channels).reduce(Float(0)) { $0 + map.data[$1 * plane + i] } }
             let grid = PatchGrid(height: s.height, width: s.width, patch: options.patch)
+            var summed = [Float](repeating: 0, count: s.height * s.width)
             var pooled = [Float](repeating: 0, count: grid.count)
-            for y in 0..<s.height { for x in 0..<s.width { pooled[(y / options.patch) * grid.columns + x / options.patch] += summed[y * s.width + x] } }
+            let kernels = CKernelsBackend()
+            summed.withUnsafeMutableBufferPointer { kernels.patchPool(n: 1, map.data, s, patch: 1, $0.baseAddress!) }
+            pooled.withUnsafeMutableBufferPointer { kernels.patchPool(n: 1, map.data, s, patch: options.patch, $0.baseAddress!) }
             if let out { try AtomicFile.write(try Pictures.heatmaps([(x.display, grid, pooled)]), to: out) }
             if let npy { try NPY.write(try Tensor(shape: [s.height, s.width], data: summed), to: npy) }
             print(String(format: "sum of relevance %.6g   explained value %.6g", summed.reduce(0, +), r.reduce(0, +)))
