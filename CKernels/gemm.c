@@ -230,6 +230,42 @@ void ck_sgemm(int M, int N, int K, const float *A, long rsa, long csa, const flo
 
 int ck_gemm_nr(int isa) { return describe(isa).nr; }
 
+int ck_gemm_mr(int isa) { return describe(isa).mr; }
+
+long ck_gemm_packed_a_size(int isa, int M, int K) {
+    int mr = describe(isa).mr;
+    return (long)(M + mr - 1) / mr * mr * K;
+}
+
+// Layout: K in blocks of KC; block k0 at dst + k0 * Mp holds the Mp / mr slivers of the rows, each
+// kc x mr (k-major), rows past M zero. The micro-kernel reads a sliver as pack_a writes it.
+void ck_gemm_pack_a(int isa, int M, int K, const float *A, long rsa, long csa, float *dst) {
+    int mr = describe(isa).mr;
+    long Mp = (long)(M + mr - 1) / mr * mr;
+    for (long k0 = 0; k0 < K; k0 += KC)
+        pack_a(mr, M, ck_min(KC, K - k0), A + k0 * csa, rsa, csa, dst + k0 * Mp);
+}
+
+void ck_gemm_prepacked(int isa, int s0, int s1, int M, int N, int K, const float *Ap, const float *Bp, float *C,
+                       long ldc, int accumulate) {
+    isa_desc d = describe(isa);
+    long Mp = (long)(M + d.mr - 1) / d.mr * d.mr;
+    for (long k0 = 0; k0 < K; k0 += KC) {
+        long kc = ck_min(KC, K - k0);
+        int acc = accumulate || k0 > 0;
+        const float *ab = Ap + k0 * Mp;
+        for (long jr = 0; jr < N; jr += d.nr) {
+            int nr = (int)ck_min(d.nr, N - jr);
+            const float *bs = Bp + (jr / d.nr) * (long)K * d.nr + k0 * d.nr;
+            for (long s = s0; s < s1; s++) {
+                long i = s * d.mr;
+                int mr = (int)ck_min(d.mr, M - i);
+                d.kernel(kc, ab + i * kc, bs, C + (i - (long)s0 * d.mr) * ldc + jr, ldc, acc, mr, nr);
+            }
+        }
+    }
+}
+
 void ck_sgemm_packed_b(int isa, int M, int N, int K, const float *A, long rsa, long csa, const float *Bp, float *C,
                        long ldc, int accumulate) {
     if (degenerate(M, N, K, C, ldc, accumulate)) return;

@@ -14,6 +14,7 @@ typedef void (*ck_task_fn)(void *ctx, long i);
 void ck_parallel_for(long n, void *ctx, ck_task_fn fn);
 
 /// 64-byte aligned thread-local scratch buffer, grown on demand and kept; slots 0-1: GEMM packing,
+/// 6-7: Winograd 1 / stab(z) and packed U (calling thread),
 /// 2: conv columns and row buffers, 3: transform rows, 4-5: Winograd V and M (calling thread).
 float *ck_scratch(int slot, size_t floats);
 
@@ -23,6 +24,17 @@ int ck_gemm_nr(int isa);
 /// GEMM with B given pre-packed in the micro-kernel's layout: panels of nr columns (zero-padded),
 /// each K rows of nr values, panel p at Bp + p * K * nr. Serial.
 void ck_sgemm_packed_b(int isa, int M, int N, int K, const float *A, long rsa, long csa, const float *Bp, float *C,
+                       long ldc, int accumulate);
+
+/// Row sliver height of the GEMM micro-kernel for an ISA.
+int ck_gemm_mr(int isa);
+/// Floats of a fully packed A (M x K) for ck_gemm_prepacked: M rounded up to mr, times K.
+long ck_gemm_packed_a_size(int isa, int M, int K);
+/// Packs all of A (M x K, strides rsa, csa) for the micro-kernel of isa. Serial.
+void ck_gemm_pack_a(int isa, int M, int K, const float *A, long rsa, long csa, float *dst);
+/// C (rows s0 mr .. min(s1 mr, M), N) [+]= A B with A packed by ck_gemm_pack_a and B packed as for
+/// ck_sgemm_packed_b; C points at row s0 mr. Serial, no scratch: safe inside any task.
+void ck_gemm_prepacked(int isa, int s0, int s1, int M, int N, int K, const float *Ap, const float *Bp, float *C,
                        long ldc, int accumulate);
 
 /// Single-threaded GEMM (same contract as ck_sgemm), for use inside parallel tasks.

@@ -79,6 +79,17 @@ void ck_winograd_conv3x3(int n, const float *x, int C, int H, int W, const float
 void ck_winograd_lrp(int n, const float *R, const float *z, float eps, int C, int H, int W, const float *U, int K,
                      const float *a, float scale, int accumulate, float *Rin);
 
+/// Schedules of the Winograd kernels (same arithmetic, same results): FUSED runs transform, GEMMs
+/// and output transform per 64 tiles on one thread (V and M stay in L2); CHUNKED runs each step over
+/// big super-chunks, parallel over channels. By default FUSED up to 256 relevance channels, else
+/// CHUNKED (measured on VGG-16 layers); BILRP_WINOGRAD=fused|chunked in the environment forces one.
+enum { CK_WINOGRAD_AUTO = -1, CK_WINOGRAD_CHUNKED = 0, CK_WINOGRAD_FUSED = 1 };
+/// Forces a schedule for calls made from this thread (CK_WINOGRAD_AUTO: back to the default);
+/// returns the previous setting. For tests and benchmarks.
+int ck_winograd_set_schedule(int schedule);
+/// The schedule used for C relevance channels in and K out.
+int ck_winograd_schedule(int C, int K);
+
 // MARK: - LRP element-wise steps
 
 /// s[m, i] = R[m, i] / stab(z[i]) for m < n, i < len; stab(z) = z + eps * sign(z), sign(0) = +1.

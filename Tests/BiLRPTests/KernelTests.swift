@@ -32,6 +32,16 @@ func withISA<T>(_ isa: Int32, _ body: () throws -> T) rethrows -> T {
     return try body()
 }
 
+/// Both Winograd schedules: fused (64 tiles per unit, through L2) and chunked (super-chunks).
+let winogradSchedules: [Int32] = [Int32(CK_WINOGRAD_FUSED), Int32(CK_WINOGRAD_CHUNKED)]
+
+func withSchedule<T>(_ schedule: Int32, _ body: () throws -> T) rethrows -> T {
+    let old = ck_winograd_set_schedule(schedule)
+    defer { ck_winograd_set_schedule(old) }
+    #expect(ck_winograd_schedule(16, 16) == schedule)
+    return try body()
+}
+
 /// Runs a kernel on both backends with fresh output buffers and returns (fast, reference).
 func both(_ outCount: Int, _ body: (any Kernels, UnsafeMutablePointer<Float>) -> Void) -> ([Float], [Float]) {
     var a = [Float](repeating: .nan, count: outCount)
@@ -110,9 +120,9 @@ struct KernelTests {
 
     /// Winograd changes rounding; measured against the float64 reference its max error stays below
     /// 1e-5 of the largest value on these shapes (the bound asserted here).
-    @Test("Winograd F(4x4, 3x3) backward against the float64 reference", arguments: isaPaths)
-    func winogradBackward(isa: Int32) {
-        withISA(isa) {
+    @Test("Winograd F(4x4, 3x3) backward against the float64 reference", arguments: isaPaths, winogradSchedules)
+    func winogradBackward(isa: Int32, schedule: Int32) {
+        withISA(isa) { withSchedule(schedule) {
             // (16, 8, 6, 70): 18 tiles per row, so the 16-tile vector pass and its scalar tail both run.
             let shapes = [(16, 5, 9, 7), (17, 70, 12, 13), (64, 67, 12, 12), (33, 9, 1, 5), (16, 3, 17, 4), (20, 16, 4, 8), (16, 8, 6, 70)]
             for (i, (cin, cout, h, w)) in shapes.enumerated() {
@@ -130,13 +140,17 @@ struct KernelTests {
                     expectClose(f, r, tol: 1e-5, "winograd backward n=\(n) \(g)")
                 }
             }
-        }
+        } }
     }
 
-    @Test("fused LRP term (divide, Winograd backward, product) against the reference steps", arguments: isaPaths)
-    func fusedTerm(isa: Int32) {
-        withISA(isa) {
-            let g = ConvGeometry(inChannels: 24, height: 11, width: 67, outChannels: 19, kernelH: 3, kernelW: 3, padH: 1, padW: 1)
+    @Test("fused LRP term (divide, Winograd backward, product) against the reference steps",
+          arguments: isaPaths, winogradSchedules)
+    func fusedTerm(isa: Int32, schedule: Int32) {
+        withISA(isa) { withSchedule(schedule) {
+          // 11 x 67: row-wise transforms; 9 x 14: at most 4 tiles per row, the 16-tiles-per-vector
+          // variants on AVX-512, with 3 maps of 12 tiles so vectors and 64-tile units span maps.
+          for (h, w) in [(11, 67), (9, 14)] {
+            let g = ConvGeometry(inChannels: 24, height: h, width: w, outChannels: 19, kernelH: 3, kernelW: 3, padH: 1, padW: 1)
             let wt = random(19 * 24 * 9, seed: 901), n = 3
             let R = random(n * g.outCount, seed: 902), a = random(g.inCount, seed: 903)
             var z = random(g.outCount, seed: 904)
@@ -156,9 +170,10 @@ struct KernelTests {
                 r.withUnsafeMutableBufferPointer {
                     ref.lrpProduct(n: n, count: g.inCount, useA ? a : nil, c, scale: -2, $0.baseAddress!, accumulate: acc)
                 }
-                expectClose(f, r, tol: 1e-5, "fused term a=\(useA) accumulate=\(acc)")
+                expectClose(f, r, tol: 1e-5, "fused term \(h)x\(w) a=\(useA) accumulate=\(acc)")
             }
-        }
+          }
+        } }
     }
 
     @Test("Winograd is only offered for 3x3, stride 1, padding 1")
