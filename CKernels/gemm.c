@@ -1,4 +1,5 @@
-// Packed SGEMM with AVX-512 (6 x 64), AVX2+FMA (6 x 16) and portable (4 x 16) micro-kernels.
+// Packed SGEMM with AVX-512 (6 x 64), AVX2+FMA (6 x 16) and portable (6 x 16) micro-kernels. All
+// three have 6-row slivers, so an A packed once (ck_gemm_pack_a) serves every ISA.
 //
 // Blocking follows the BLIS scheme: a KC x NR sliver of B and an MR x KC sliver of A meet in a
 // register tile. Parallel work is a 2-D grid of MC x NC tiles of C; each task packs its own A and B
@@ -29,15 +30,15 @@ static inline void store_tile(const float *t, int ldt, float *c, long ldc, int a
     }
 }
 
-// MARK: Portable 4 x 16
+// MARK: Portable 6 x 16
 
 static void uk_portable(long kc, const float *a, const float *b, float *c, long ldc, int acc, int mr,
                         int nr) {
-    float t[4][16] = {{0}};
+    float t[6][16] = {{0}};
     for (long k = 0; k < kc; k++) {
         const float *bk = b + k * 16;
-        for (int i = 0; i < 4; i++) {
-            float ai = a[k * 4 + i];
+        for (int i = 0; i < 6; i++) {
+            float ai = a[k * 6 + i];
             for (int j = 0; j < 16; j++) t[i][j] += ai * bk[j];
         }
     }
@@ -116,7 +117,7 @@ static isa_desc describe(int isa) {
     switch (isa) {
     case CK_ISA_AVX512: return (isa_desc){6, 64, uk_avx512};
     case CK_ISA_AVX2: return (isa_desc){6, 16, uk_avx2};
-    default: return (isa_desc){4, 16, uk_portable};
+    default: return (isa_desc){6, 16, uk_portable};
     }
 }
 
@@ -154,14 +155,15 @@ static void pack_b(int nr, long kc, long nc, const float *B, long rsb, long csb,
 // One MC x NC tile of C over the whole K, serial.
 static void gemm_tile(isa_desc d, long i0, long mc, long j0, long nc, long K, const float *A,
                       long rsa, long csa, const float *B, long rsb, long csb, float *C, long ldc,
-                      int accumulate) {
+                      int accumulate, ck_pack_b_fn packer, const void *pctx) {
     long mcp = (mc + d.mr - 1) / d.mr * d.mr, ncp = (nc + d.nr - 1) / d.nr * d.nr;
     float *pa = ck_scratch(0, (size_t)mcp * KC);
     float *pb = ck_scratch(1, (size_t)ncp * KC);
     for (long k0 = 0; k0 < K; k0 += KC) {
         long kc = ck_min(KC, K - k0);
         int acc = accumulate || k0 > 0;
-        pack_b(d.nr, kc, nc, B + k0 * rsb + j0 * csb, rsb, csb, pb);
+        if (packer) packer(pctx, d.nr, k0, kc, j0, nc, pb);
+        else pack_b(d.nr, kc, nc, B + k0 * rsb + j0 * csb, rsb, csb, pb);
         pack_a(d.mr, mc, kc, A + i0 * rsa + k0 * csa, rsa, csa, pa);
         for (long jr = 0; jr < nc; jr += d.nr) {
             int nr = (int)ck_min(d.nr, nc - jr);
@@ -191,7 +193,7 @@ void ck_sgemm_serial(int isa, int M, int N, int K, const float *A, long rsa, lon
     for (long j0 = 0; j0 < N; j0 += NC)
         for (long i0 = 0; i0 < M; i0 += MC)
             gemm_tile(d, i0, ck_min(MC, M - i0), j0, ck_min(NC, N - j0), K, A, rsa, csa, B, rsb,
-                      csb, C, ldc, accumulate);
+                      csb, C, ldc, accumulate, NULL, NULL);
 }
 
 typedef struct {
@@ -201,20 +203,27 @@ typedef struct {
     long rsa, csa, rsb, csb, ldc;
     float *C;
     int accumulate;
+    ck_pack_b_fn packer;
+    const void *pctx;
 } gemm_job;
 
 static void gemm_task(void *p, long t) {
     gemm_job *g = p;
     long i0 = (t % g->tiles_m) * g->mc, j0 = (t / g->tiles_m) * g->nc;
     gemm_tile(g->d, i0, ck_min(g->mc, g->M - i0), j0, ck_min(g->nc, g->N - j0), g->K, g->A, g->rsa,
-              g->csa, g->B, g->rsb, g->csb, g->C, g->ldc, g->accumulate);
+              g->csa, g->B, g->rsb, g->csb, g->C, g->ldc, g->accumulate, g->packer, g->pctx);
 }
 
 void ck_sgemm(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb,
               long csb, float *C, long ldc, int accumulate) {
+    ck_sgemm_packer(M, N, K, A, rsa, csa, B, rsb, csb, NULL, NULL, C, ldc, accumulate);
+}
+
+void ck_sgemm_packer(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb,
+                     long csb, ck_pack_b_fn packer, const void *pctx, float *C, long ldc, int accumulate) {
     if (degenerate(M, N, K, C, ldc, accumulate)) return;
     gemm_job g = {describe(ck_isa_active()), M, N, K, MC, NC, 0, A, B, rsa, csa, rsb, csb, ldc, C,
-                  accumulate};
+                  accumulate, packer, pctx};
     // Enough tiles for every thread: shrink NC (in NR steps) when N alone gives too few.
     int nt = ck_get_num_threads();
     long tiles_m = (M + MC - 1) / MC;

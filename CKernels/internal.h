@@ -14,7 +14,7 @@ typedef void (*ck_task_fn)(void *ctx, long i);
 void ck_parallel_for(long n, void *ctx, ck_task_fn fn);
 
 /// 64-byte aligned thread-local scratch buffer, grown on demand and kept; slots 0-1: GEMM packing,
-/// 6-7: Winograd 1 / stab(z) and packed U (calling thread),
+/// 6: Winograd 1 / stab(z) (calling thread),
 /// 2: conv columns and row buffers, 3: transform rows, 4-5: Winograd V and M (calling thread).
 float *ck_scratch(int slot, size_t floats);
 
@@ -25,6 +25,15 @@ int ck_gemm_nr(int isa);
 /// each K rows of nr values, panel p at Bp + p * K * nr. Serial.
 void ck_sgemm_packed_b(int isa, int M, int N, int K, const float *A, long rsa, long csa, const float *Bp, float *C,
                        long ldc, int accumulate);
+
+/// Packs B(k0 .. k0 + kc, j0 .. j0 + nc) into panels of nr columns (each kc rows of nr values,
+/// columns past nc zero), as pack_b in gemm.c does from a stored B.
+typedef void (*ck_pack_b_fn)(const void *ctx, int nr, long k0, long kc, long j0, long nc, float *dst);
+
+/// ck_sgemm with B produced by a packer instead of read from memory (B, rsb, csb unused when
+/// packer is not NULL): the forward convolution packs its im2col panels straight from the image.
+void ck_sgemm_packer(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb,
+                     long csb, ck_pack_b_fn packer, const void *pctx, float *C, long ldc, int accumulate);
 
 /// Row sliver height of the GEMM micro-kernel for an ISA.
 int ck_gemm_mr(int isa);

@@ -4,8 +4,8 @@
 // instead of 144 (Lavin and Gray, 2016). The transforms change rounding: the tests compare this path
 // with the float64 reference and the explainer keeps the direct path behind a switch.
 //
-// Layout: U[xi][k][c] (36 x K x C) are the transformed weights, computed once per layer and rule,
-// and packed for the GEMM micro-kernel once per call. The tiles of all n maps are numbered in one
+// Layout: U[xi][k][c] (36 x K x C) are the transformed weights, computed and packed for the GEMM
+// micro-kernel once per layer and rule. The tiles of all n maps are numbered in one
 // sequence (map, tile row, tile column) and processed in ranges: V[xi][c][t] = B^T d B of each input
 // tile, 36 GEMMs M[xi] (K x T) = U[xi] (K x C) V[xi] (C x T), then Y = A^T m A per output tile.
 //
@@ -27,9 +27,13 @@ static const float G[6][3] = {
     {1.0f / 24, 1.0f / 12, 1.0f / 6}, {1.0f / 24, -1.0f / 12, 1.0f / 6}, {0, 0, 1},
 };
 
+long ck_winograd_weights_size(int K, int C) { return 36L * ck_gemm_packed_a_size(CK_ISA_PORTABLE, K, C); }
+
 void ck_winograd_weights(const float *w, int K, int C, int transpose, float *U) {
     // transpose: w is a forward weight (Kf, Cf, 3, 3) and U is for its adjoint: K = Cf outputs,
     // C = Kf inputs, kernel flipped in both axes.
+    float *u = malloc(36 * (size_t)K * C * sizeof(float));  // U[xi][k][c], then packed per xi
+    if (!u) abort();
     for (int k = 0; k < K; k++)
         for (int c = 0; c < C; c++) {
             float g[3][3];
@@ -42,14 +46,20 @@ void ck_winograd_weights(const float *w, int K, int C, int transpose, float *U) 
                 for (int j = 0; j < 3; j++) t[a][j] = G[a][0] * g[0][j] + G[a][1] * g[1][j] + G[a][2] * g[2][j];
             for (int a = 0; a < 6; a++)
                 for (int b = 0; b < 6; b++)
-                    U[((long)(a * 6 + b) * K + k) * C + c] = t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2];
+                    u[((long)(a * 6 + b) * K + k) * C + c] = t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2];
         }
+    // Packed for the GEMM micro-kernels once here (every ISA's kernel takes 6-row slivers), not
+    // per call: the explainer calls once per block of maps, and a 512-channel U is 38 MB.
+    long per = ck_gemm_packed_a_size(CK_ISA_PORTABLE, K, C);
+    for (int xi = 0; xi < 36; xi++)
+        ck_gemm_pack_a(CK_ISA_PORTABLE, K, C, u + (long)xi * K * C, C, 1, U + xi * per);
+    free(u);
 }
 
 typedef struct {
     int isa;
     const float *x;
-    const float *Up;  // U packed for the micro-kernel (ck_gemm_pack_a per xi)
+    const float *Up;  // U as packed by ck_winograd_weights
     float *y;
     float *V, *M;
     int C, K, H, W, th, tw;
@@ -466,17 +476,11 @@ static void fused_unit(void *p, long u) {
 }
 
 typedef struct {
-    const float *U, *z;
-    float *Up, *rz;
-    int isa, K, C, H, W;
-    long Mp;
+    const float *z;
+    float *rz;
+    int H, W;
     float eps;
 } prep_job;
-
-static void pack_task(void *p, long xi) {
-    prep_job *q = p;
-    ck_gemm_pack_a(q->isa, q->K, q->C, q->U + xi * (long)q->K * q->C, q->C, 1, q->Up + xi * q->Mp * q->C);
-}
 
 static void recip_task(void *p, long c) {
     prep_job *q = p;
@@ -493,15 +497,14 @@ static void winograd(int n, const float *x, const float *z, float eps, int C, in
     int isa = ck_isa_active();
     int nr = ck_gemm_nr(isa), mr = ck_gemm_mr(isa);
     long Mp = (K + mr - 1) / mr * mr;
-    // U packed for the micro-kernel, and 1 / stab(z) (a multiply per element instead of a divide),
-    // both once per call and shared by all maps. Kept between calls (thread-local to the caller).
-    prep_job q = {U, z, ck_scratch(7, 36 * (size_t)Mp * C), NULL, isa, K, C, H, W, Mp, eps};
-    ck_parallel_for(36, &q, pack_task);
+    // 1 / stab(z) once per call, shared by all maps: a multiply per element instead of a divide.
+    // Kept between calls (thread-local to the caller).
+    prep_job q = {z, NULL, H, W, eps};
     if (z) {
         q.rz = ck_scratch(6, (size_t)C * H * W);
         ck_parallel_for(C, &q, recip_task);
     }
-    wino_job j = {isa, x, q.Up, y, NULL, NULL, C, K, H, W, th, tw, 0, 0, 0, 0, K, q.rz, a, eps, scale, accumulate,
+    wino_job j = {isa, x, U, y, NULL, NULL, C, K, H, W, th, tw, 0, 0, 0, 0, K, q.rz, a, eps, scale, accumulate,
                   nr, mr, Mp};
     ck_task_fn in = isa == CK_ISA_AVX512 ? input_avx512 : isa == CK_ISA_AVX2 ? input_avx2 : input_portable;
     ck_task_fn out = isa == CK_ISA_AVX512 ? output_avx512 : isa == CK_ISA_AVX2 ? output_avx2 : output_portable;

@@ -65,7 +65,10 @@ void ck_conv2d_forward(const float *x, int C, int H, int W, const float *w, cons
 void ck_conv2d_backward(int n, const float *s, int K, int Ho, int Wo, const float *w, int C, int H,
                         int W, int kh, int kw, int sh, int sw, int ph, int pw, float *c);
 
-/// Winograd F(4x4, 3x3) weights U (36 x K x C) for a 3x3 convolution. transpose = 0: w is (K, C, 3, 3)
+/// Floats of U from ck_winograd_weights: 36 x K x C, K rounded up to the GEMM's 6-row slivers.
+long ck_winograd_weights_size(int K, int C);
+/// Winograd F(4x4, 3x3) weights U (36 x K x C, packed for the GEMM micro-kernels; size from
+/// ck_winograd_weights_size) for a 3x3 convolution. transpose = 0: w is (K, C, 3, 3)
 /// and U is for that convolution; transpose = 1: w is a forward weight (C, K, 3, 3) and U is for its
 /// adjoint (the relevance backward: K = the forward's input channels). Once per layer and rule.
 void ck_winograd_weights(const float *w, int K, int C, int transpose, float *U);

@@ -127,7 +127,7 @@ public struct CKernelsBackend: Kernels {
         // for the transforms: direct is faster there.
         guard convolution == .winograd, g.kernelH == 3, g.kernelW == 3, g.strideH == 1, g.strideW == 1,
               g.padH == 1, g.padW == 1, g.inChannels >= 16 else { return nil }
-        var u = [Float](repeating: 0, count: 36 * g.inChannels * g.outChannels)
+        var u = [Float](repeating: 0, count: ck_winograd_weights_size(c(g.inChannels), c(g.outChannels)))
         u.withUnsafeMutableBufferPointer {
             ck_winograd_weights(weight, c(g.inChannels), c(g.outChannels), 1, $0.baseAddress!)
         }
