@@ -57,9 +57,11 @@ static void pack_im2col(const void *p, int nr, long k0, long kc, long j0, long n
     for (long jr = 0; jr < nc; jr += nr) {
         long cols = ck_min(nr, nc - jr), jstart = j0 + jr;
         int oy0 = (int)(jstart / q->Wo), ox0 = (int)(jstart % q->Wo);
+        // Row k = (c kh + i) kw + j, stepped without divisions (three per row cost as much as
+        // the copy itself).
+        long c = k0 / ((long)q->kw * q->kh);
+        int i = (int)((k0 / q->kw) % q->kh), j = (int)(k0 % q->kw);
         for (long k = k0; k < k0 + kc; k++) {
-            int j = (int)(k % q->kw), i = (int)((k / q->kw) % q->kh);
-            long c = k / ((long)q->kw * q->kh);
             const float *xc = q->x + c * (long)q->H * q->W;
             float *d = dst;
             int oy = oy0, ox = ox0;
@@ -89,8 +91,106 @@ static void pack_im2col(const void *p, int nr, long k0, long kc, long j0, long n
             }
             for (long t = cols; t < nr; t++) d[t] = 0.0f;
             dst += nr;
+            if (++j == q->kw) {
+                j = 0;
+                if (++i == q->kh) { i = 0; c++; }
+            }
         }
     }
+}
+
+// MARK: Implicit GEMM (AVX-512, stride 1)
+
+// With stride 1 the im2col matrix needs no copy at all: pad the image once to Hp x Wp and number
+// the output positions o' = oy Wp + ox over padded rows. Row k = (c kh + i) kw + j of column o' is
+// then xp[c Hp Wp + i Wp + j + o'], so a 64-column panel of it is 64 consecutive floats of xp and
+// the micro-kernel reads it in place (ck_ukernel_offsets_avx512). Columns with ox >= Wo are the
+// kw - 1 wrap-around positions per row: computed into the task's buffer and dropped on the copy to
+// y. Packing cost nothing but the padded copy; packing panels cost up to a quarter of the time.
+typedef struct {
+    const float *Ap, *xp;
+    const long *koff;
+    float *y;
+    long M, K, Np, Mp, Wp, Wo, N, nct, mct, tiles_n;
+    int accumulate;
+} implicit_job;
+
+static void implicit_task(void *p, long t) {
+    implicit_job *g = p;
+    long j0 = (t % g->tiles_n) * g->nct, i0 = (t / g->tiles_n) * g->mct;
+    long nc = ck_min(g->nct, g->Np - j0), i1 = ck_min(i0 + g->mct, g->M);
+    float *buf = ck_scratch(1, (size_t)g->mct * g->nct);
+    for (long k0 = 0, ks = ck_gemm_kc_step(g->K); k0 < g->K; k0 += ks) {
+        long kc = ck_min(ks, g->K - k0);
+        const float *ab = g->Ap + k0 * g->Mp;
+        for (long jr = j0; jr < j0 + nc; jr += 64) {
+            int nr = (int)ck_min(64, j0 + nc - jr);
+            for (long ir = i0; ir < i1; ir += 6)
+                ck_ukernel_offsets_avx512(kc, ab + ir * kc, g->xp + jr, g->koff + k0, buf + (ir - i0) * g->nct + (jr - j0),
+                                          g->nct, k0 > 0, (int)ck_min(6, i1 - ir), nr);
+        }
+    }
+    // Valid columns to y, row run by row run.
+    for (long i = i0; i < i1; i++) {
+        const float *b = buf + (i - i0) * g->nct;
+        float *yi = g->y + i * g->N;
+        for (long o = j0; o < j0 + nc;) {
+            long oy = o / g->Wp, ox = o % g->Wp;
+            long run = ck_min(j0 + nc - o, g->Wp - ox);
+            long valid = ck_max(0, ck_min(run, g->Wo - ox));
+            float *dst = yi + oy * g->Wo + ox;
+            const float *src = b + (o - j0);
+            if (g->accumulate) for (long r = 0; r < valid; r++) dst[r] += src[r];
+            else for (long r = 0; r < valid; r++) dst[r] = src[r];
+            o += run;
+        }
+    }
+}
+
+typedef struct {
+    const float *x;
+    float *xp;
+    int H, W, ph, pw;
+    long Hp, Wp;
+} pad_job;
+
+static void pad_channel(void *p, long c) {
+    pad_job *q = p;
+    float *d = q->xp + c * q->Hp * q->Wp;
+    memset(d, 0, (size_t)(q->Hp * q->Wp) * sizeof(float));
+    for (int y = 0; y < q->H; y++)
+        memcpy(d + (y + q->ph) * q->Wp + q->pw, q->x + (c * q->H + y) * (long)q->W, (size_t)q->W * sizeof(float));
+}
+
+static void conv_implicit(const float *x, int C, int H, int W, const float *w, int K, int kh, int kw, int ph, int pw,
+                          int Ho, int Wo, int accumulate, float *y) {
+    long Hp = H + 2L * ph, Wp = W + 2L * pw, CKK = (long)C * kh * kw;
+    // Every row read is 64 floats from its start: slack past the last plane (see the header).
+    float *xp = ck_scratch(2, (size_t)(C * Hp * Wp + kw + 64));
+    pad_job pj = {x, xp, H, W, ph, pw, Hp, Wp};
+    ck_parallel_for(C, &pj, pad_channel);
+    memset(xp + C * Hp * Wp, 0, (size_t)(kw + 64) * sizeof(float));
+    long *koff = malloc((size_t)CKK * sizeof(long));
+    if (!koff) abort();
+    for (long k = 0; k < CKK; k++) {
+        long c = k / (kh * kw), i = (k / kw) % kh, j = k % kw;
+        koff[k] = c * Hp * Wp + i * Wp + j;
+    }
+    const float *Ap = ck_gemm_pack_a_shared(CK_ISA_AVX512, K, (int)CKK, w, CKK, 1);
+    long Np = (long)Ho * Wp, Mp = (K + 5) / 6 * 6;
+    int nt = ck_get_num_threads();
+    // Column blocks as wide as an L2-sized buffer allows (M x nc <= 1 MiB, nc <= 768), then row
+    // blocks until there are about 8 tasks per thread. Splitting rows costs nothing here (B is
+    // read in place, A is shared), and wide column blocks reuse each A block across panels.
+    long panels = (Np + 63) / 64;
+    long ppt = ck_max(1, ck_min(12, 262144 / (ck_max(K, 1) * 64L)));
+    long tiles_n = (panels + ppt - 1) / ppt, slivers = Mp / 6, tiles_m = 1;
+    if (tiles_n < 8L * nt) tiles_m = ck_min(slivers, (8L * nt + tiles_n - 1) / tiles_n);
+    implicit_job g = {Ap, xp, koff, y, K, CKK, Np, Mp, Wp, Wo, (long)Ho * Wo, ppt * 64,
+                      (slivers + tiles_m - 1) / tiles_m * 6, tiles_n, accumulate};
+    tiles_m = (K + g.mct - 1) / g.mct;
+    ck_parallel_for(tiles_m * tiles_n, &g, implicit_task);
+    free(koff);
 }
 
 void ck_conv2d_forward(const float *x, int C, int H, int W, const float *w, const float *bias, int K,
@@ -104,9 +204,23 @@ void ck_conv2d_forward(const float *x, int C, int H, int W, const float *w, cons
         ck_sgemm(K, (int)N, (int)CKK, w, CKK, 1, x, N, 1, y, N, bias != NULL);
         return;
     }
+    if (sh == 1 && sw == 1 && ck_isa_active() == CK_ISA_AVX512 && ck_conv_implicit_enabled()) {
+        conv_implicit(x, C, H, W, w, K, kh, kw, ph, pw, Ho, Wo, bias != NULL, y);
+        return;
+    }
     cols_job q = {x, NULL, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo};
     ck_sgemm_packer(K, (int)N, (int)CKK, w, CKK, 1, NULL, 0, 0, pack_im2col, &q, y, N, bias != NULL);
 }
+
+static _Thread_local int implicit_off = 0;
+
+int ck_conv_set_implicit(int enabled) {
+    int old = !implicit_off;
+    implicit_off = !enabled;
+    return old;
+}
+
+int ck_conv_implicit_enabled(void) { return !implicit_off; }
 
 typedef struct {
     int isa;

@@ -2,15 +2,24 @@
 // three have 6-row slivers, so an A packed once (ck_gemm_pack_a) serves every ISA.
 //
 // Blocking follows the BLIS scheme: a KC x NR sliver of B and an MR x KC sliver of A meet in a
-// register tile. Parallel work is a 2-D grid of MC x NC tiles of C; each task packs its own A and B
-// blocks. That repacks B ceil(M / MC) times and A ceil(N / NC) times, which costs about 1 / MC and
-// 1 / NC of the arithmetic (under 1 %) and keeps the parallel scheme a plain parallel-for.
+// register tile. ck_sgemm packs A once (shared) and gives each task a column block of C whose B it
+// packs once (see the parallel driver below): packing is memory traffic, and packing either operand
+// more than once cost up to a third of the time on VGG's shapes. ck_sgemm_serial (inside other
+// tasks) packs per MC x NC tile.
 #include "internal.h"
 
 #include <immintrin.h>
 #include <string.h>
 
 enum { KC = 256, MC = 96, NC = 768 };
+
+// The K step: at most KC, and equal steps (K = 576 runs as 3 x 192, not 256 + 256 + 64: a short
+// last step pays the C tile's load and store for little arithmetic). Every packing of A and every
+// GEMM over a packed A uses this same step.
+static inline long kc_step(long K) {
+    long steps = (K + KC - 1) / KC;
+    return (K + steps - 1) / steps;
+}
 
 typedef void (*ukernel_fn)(long kc, const float *a, const float *b, float *c, long ldc, int acc,
                            int mr, int nr);
@@ -113,6 +122,52 @@ __attribute__((target("avx512f"))) static void uk_avx512(long kc, const float *a
     store_tile(&t[0][0], 64, c, ldc, acc, mr, nr);
 }
 
+// The same register tile with B read in place: row k of the panel is the nr floats at base +
+// koff[k] (unaligned, and the caller guarantees nr readable floats there even past the last
+// column). The forward convolution uses it to read im2col rows straight from a padded image.
+__attribute__((target("avx512f"))) static void uk_avx512_offsets(long kc, const float *a, const float *base,
+                                                                 const long *koff, float *c, long ldc, int acc,
+                                                                 int mr, int nr) {
+#define DECL(i) __m512 t##i##0 = _mm512_setzero_ps(), t##i##1 = t##i##0, t##i##2 = t##i##0, t##i##3 = t##i##0;
+    ROW6(DECL)
+#undef DECL
+    for (long k = 0; k < kc; k++) {
+        const float *bk = base + koff[k];
+        __m512 b0 = _mm512_loadu_ps(bk), b1 = _mm512_loadu_ps(bk + 16);
+        __m512 b2 = _mm512_loadu_ps(bk + 32), b3 = _mm512_loadu_ps(bk + 48);
+        const float *ak = a + k * 6;
+        __m512 x;
+#define FMA(i) x = _mm512_set1_ps(ak[i]); \
+        t##i##0 = _mm512_fmadd_ps(x, b0, t##i##0); t##i##1 = _mm512_fmadd_ps(x, b1, t##i##1); \
+        t##i##2 = _mm512_fmadd_ps(x, b2, t##i##2); t##i##3 = _mm512_fmadd_ps(x, b3, t##i##3);
+        ROW6(FMA)
+#undef FMA
+    }
+    if (mr == 6 && nr == 64) {
+#define OUT(i) { float *ci = c + i * ldc; \
+        if (acc) { t##i##0 = _mm512_add_ps(t##i##0, _mm512_loadu_ps(ci)); \
+                   t##i##1 = _mm512_add_ps(t##i##1, _mm512_loadu_ps(ci + 16)); \
+                   t##i##2 = _mm512_add_ps(t##i##2, _mm512_loadu_ps(ci + 32)); \
+                   t##i##3 = _mm512_add_ps(t##i##3, _mm512_loadu_ps(ci + 48)); } \
+        _mm512_storeu_ps(ci, t##i##0); _mm512_storeu_ps(ci + 16, t##i##1); \
+        _mm512_storeu_ps(ci + 32, t##i##2); _mm512_storeu_ps(ci + 48, t##i##3); }
+        ROW6(OUT)
+#undef OUT
+        return;
+    }
+    _Alignas(64) float t[6][64];
+#define SPILL(i) _mm512_store_ps(t[i], t##i##0); _mm512_store_ps(t[i] + 16, t##i##1); \
+    _mm512_store_ps(t[i] + 32, t##i##2); _mm512_store_ps(t[i] + 48, t##i##3);
+    ROW6(SPILL)
+#undef SPILL
+    store_tile(&t[0][0], 64, c, ldc, acc, mr, nr);
+}
+
+void ck_ukernel_offsets_avx512(long kc, const float *a, const float *base, const long *koff, float *c, long ldc,
+                               int acc, int mr, int nr) {
+    uk_avx512_offsets(kc, a, base, koff, c, ldc, acc, mr, nr);
+}
+
 static isa_desc describe(int isa) {
     switch (isa) {
     case CK_ISA_AVX512: return (isa_desc){6, 64, uk_avx512};
@@ -159,8 +214,8 @@ static void gemm_tile(isa_desc d, long i0, long mc, long j0, long nc, long K, co
     long mcp = (mc + d.mr - 1) / d.mr * d.mr, ncp = (nc + d.nr - 1) / d.nr * d.nr;
     float *pa = ck_scratch(0, (size_t)mcp * KC);
     float *pb = ck_scratch(1, (size_t)ncp * KC);
-    for (long k0 = 0; k0 < K; k0 += KC) {
-        long kc = ck_min(KC, K - k0);
+    for (long k0 = 0, ks = kc_step(K); k0 < K; k0 += ks) {
+        long kc = ck_min(ks, K - k0);
         int acc = accumulate || k0 > 0;
         if (packer) packer(pctx, d.nr, k0, kc, j0, nc, pb);
         else pack_b(d.nr, kc, nc, B + k0 * rsb + j0 * csb, rsb, csb, pb);
@@ -196,22 +251,69 @@ void ck_sgemm_serial(int isa, int M, int N, int K, const float *A, long rsa, lon
                       csb, C, ldc, accumulate, NULL, NULL);
 }
 
+// MARK: Parallel driver
+
+// A is packed once per call into a buffer all threads read (ck_gemm_pack_a layout). Tasks own
+// column blocks of C (all rows, unless there are too few columns for the threads): each packs its
+// own B block once per KC step and runs it against every row block, so neither operand is packed
+// twice. Inside a task: KC step -> MC row block (A block in L2) -> NR panel -> MR sliver.
 typedef struct {
     isa_desc d;
-    long M, N, K, mc, nc, tiles_m;
-    const float *A, *B;
-    long rsa, csa, rsb, csb, ldc;
+    long M, N, K, Mp, mct, nct, tiles_n;
+    const float *Ap, *B;
+    long rsb, csb, ldc;
     float *C;
     int accumulate;
     ck_pack_b_fn packer;
     const void *pctx;
 } gemm_job;
 
+typedef struct {
+    int mr;
+    long M, K, Mp, row_blocks;
+    const float *A;
+    long rsa, csa;
+    float *dst;
+} pack_job;
+
+static void pack_a_task(void *p, long t) {
+    pack_job *q = p;
+    long ks = kc_step(q->K), k0 = (t / q->row_blocks) * ks, i0 = (t % q->row_blocks) * MC;
+    long kc = ck_min(ks, q->K - k0), mc = ck_min(MC, q->M - i0);
+    pack_a(q->mr, mc, kc, q->A + i0 * q->rsa + k0 * q->csa, q->rsa, q->csa, q->dst + k0 * q->Mp + i0 * kc);
+}
+
+float *ck_gemm_pack_a_shared(int isa, int M, int K, const float *A, long rsa, long csa) {
+    isa_desc d = describe(isa);
+    long Mp = (long)(M + d.mr - 1) / d.mr * d.mr;
+    pack_job q = {d.mr, M, K, Mp, (M + MC - 1) / MC, A, rsa, csa, ck_scratch(7, (size_t)Mp * K)};
+    ck_parallel_for(q.row_blocks * ((K + kc_step(K) - 1) / kc_step(K)), &q, pack_a_task);
+    return q.dst;
+}
+
+long ck_gemm_kc_step(long K) { return kc_step(K); }
+
 static void gemm_task(void *p, long t) {
     gemm_job *g = p;
-    long i0 = (t % g->tiles_m) * g->mc, j0 = (t / g->tiles_m) * g->nc;
-    gemm_tile(g->d, i0, ck_min(g->mc, g->M - i0), j0, ck_min(g->nc, g->N - j0), g->K, g->A, g->rsa,
-              g->csa, g->B, g->rsb, g->csb, g->C, g->ldc, g->accumulate, g->packer, g->pctx);
+    isa_desc d = g->d;
+    long j0 = (t % g->tiles_n) * g->nct, i0 = (t / g->tiles_n) * g->mct;
+    long nc = ck_min(g->nct, g->N - j0), i1 = ck_min(i0 + g->mct, g->M);
+    float *pb = ck_scratch(1, (size_t)d.nr * KC);
+    for (long k0 = 0, ks = kc_step(g->K); k0 < g->K; k0 += ks) {
+        long kc = ck_min(ks, g->K - k0);
+        int acc = g->accumulate || k0 > 0;
+        const float *ab = g->Ap + k0 * g->Mp;
+        for (long jr = j0; jr < j0 + nc; jr += d.nr) {
+            int nr = (int)ck_min(d.nr, j0 + nc - jr);
+            // One panel, packed right before the whole row range uses it (it stays in L1/L2).
+            if (g->packer) g->packer(g->pctx, d.nr, k0, kc, jr, nr, pb);
+            else pack_b(d.nr, kc, nr, g->B + k0 * g->rsb + jr * g->csb, g->rsb, g->csb, pb);
+            for (long ir = i0; ir < i1; ir += d.mr) {
+                int mr = (int)ck_min(d.mr, i1 - ir);
+                d.kernel(kc, ab + ir * kc, pb, g->C + ir * g->ldc + jr, g->ldc, acc, mr, nr);
+            }
+        }
+    }
 }
 
 void ck_sgemm(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb,
@@ -222,19 +324,22 @@ void ck_sgemm(int M, int N, int K, const float *A, long rsa, long csa, const flo
 void ck_sgemm_packer(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb,
                      long csb, ck_pack_b_fn packer, const void *pctx, float *C, long ldc, int accumulate) {
     if (degenerate(M, N, K, C, ldc, accumulate)) return;
-    gemm_job g = {describe(ck_isa_active()), M, N, K, MC, NC, 0, A, B, rsa, csa, rsb, csb, ldc, C,
-                  accumulate, packer, pctx};
-    // Enough tiles for every thread: shrink NC (in NR steps) when N alone gives too few.
+    isa_desc d = describe(ck_isa_active());
     int nt = ck_get_num_threads();
-    long tiles_m = (M + MC - 1) / MC;
-    while (tiles_m * ((N + g.nc - 1) / g.nc) < 4L * nt) {
-        long half = (g.nc / 2 + g.d.nr - 1) / g.d.nr * g.d.nr;
-        if (half >= g.nc) break;
-        g.nc = half;
-    }
-    g.tiles_m = tiles_m;
-    long tiles = tiles_m * ((N + g.nc - 1) / g.nc);
-    ck_parallel_for(tiles, &g, gemm_task);
+    long Mp = (long)(M + d.mr - 1) / d.mr * d.mr;
+    // A packed once, shared (thread-local scratch of the caller; tasks only read it).
+    const float *Ap = ck_gemm_pack_a_shared(ck_isa_active(), M, K, A, rsa, csa);
+    // Column blocks of 1 to NC / NR panels, about 8 per thread so uneven tails balance; rows are
+    // split only when there are too few columns for the threads.
+    long panels = (N + d.nr - 1) / d.nr;
+    long ppt = ck_max(1, ck_min(NC / d.nr, (panels + 8L * nt - 1) / (8L * nt)));
+    long tiles_n = (panels + ppt - 1) / ppt;
+    long slivers = Mp / d.mr, tiles_m = 1;
+    if (tiles_n < 2L * nt) tiles_m = ck_min(slivers, (2L * nt + tiles_n - 1) / tiles_n);
+    gemm_job g = {d, M, N, K, Mp, (slivers + tiles_m - 1) / tiles_m * d.mr, ppt * d.nr, tiles_n, Ap, B, rsb, csb,
+                  ldc, C, accumulate, packer, pctx};
+    tiles_m = (M + g.mct - 1) / g.mct;
+    ck_parallel_for(tiles_m * tiles_n, &g, gemm_task);
 }
 
 int ck_gemm_nr(int isa) { return describe(isa).nr; }
@@ -246,21 +351,21 @@ long ck_gemm_packed_a_size(int isa, int M, int K) {
     return (long)(M + mr - 1) / mr * mr * K;
 }
 
-// Layout: K in blocks of KC; block k0 at dst + k0 * Mp holds the Mp / mr slivers of the rows, each
-// kc x mr (k-major), rows past M zero. The micro-kernel reads a sliver as pack_a writes it.
+// Layout: K in steps of kc_step(K); the step at k0 is at dst + k0 * Mp and holds the Mp / mr
+// slivers of the rows, each kc x mr (k-major), rows past M zero. The micro-kernel reads a sliver as pack_a writes it.
 void ck_gemm_pack_a(int isa, int M, int K, const float *A, long rsa, long csa, float *dst) {
     int mr = describe(isa).mr;
-    long Mp = (long)(M + mr - 1) / mr * mr;
-    for (long k0 = 0; k0 < K; k0 += KC)
-        pack_a(mr, M, ck_min(KC, K - k0), A + k0 * csa, rsa, csa, dst + k0 * Mp);
+    long Mp = (long)(M + mr - 1) / mr * mr, ks = kc_step(K);
+    for (long k0 = 0; k0 < K; k0 += ks)
+        pack_a(mr, M, ck_min(ks, K - k0), A + k0 * csa, rsa, csa, dst + k0 * Mp);
 }
 
 void ck_gemm_prepacked(int isa, int s0, int s1, int M, int N, int K, const float *Ap, const float *Bp, float *C,
                        long ldc, int accumulate) {
     isa_desc d = describe(isa);
-    long Mp = (long)(M + d.mr - 1) / d.mr * d.mr;
-    for (long k0 = 0; k0 < K; k0 += KC) {
-        long kc = ck_min(KC, K - k0);
+    long Mp = (long)(M + d.mr - 1) / d.mr * d.mr, ks = kc_step(K);
+    for (long k0 = 0; k0 < K; k0 += ks) {
+        long kc = ck_min(ks, K - k0);
         int acc = accumulate || k0 > 0;
         const float *ab = Ap + k0 * Mp;
         for (long jr = 0; jr < N; jr += d.nr) {
@@ -270,29 +375,6 @@ void ck_gemm_prepacked(int isa, int s0, int s1, int M, int N, int K, const float
                 long i = s * d.mr;
                 int mr = (int)ck_min(d.mr, M - i);
                 d.kernel(kc, ab + i * kc, bs, C + (i - (long)s0 * d.mr) * ldc + jr, ldc, acc, mr, nr);
-            }
-        }
-    }
-}
-
-void ck_sgemm_packed_b(int isa, int M, int N, int K, const float *A, long rsa, long csa, const float *Bp, float *C,
-                       long ldc, int accumulate) {
-    if (degenerate(M, N, K, C, ldc, accumulate)) return;
-    isa_desc d = describe(isa);
-    float *pa = ck_scratch(0, (size_t)((MC + d.mr - 1) / d.mr * d.mr) * KC);
-    for (long i0 = 0; i0 < M; i0 += MC) {
-        long mc = ck_min(MC, M - i0);
-        for (long k0 = 0; k0 < K; k0 += KC) {
-            long kc = ck_min(KC, K - k0);
-            int acc = accumulate || k0 > 0;
-            pack_a(d.mr, mc, kc, A + i0 * rsa + k0 * csa, rsa, csa, pa);
-            for (long jr = 0; jr < N; jr += d.nr) {
-                int nr = (int)ck_min(d.nr, N - jr);
-                const float *bs = Bp + (jr / d.nr) * (long)K * d.nr + k0 * d.nr;
-                for (long ir = 0; ir < mc; ir += d.mr) {
-                    int mr = (int)ck_min(d.mr, mc - ir);
-                    d.kernel(kc, pa + ir * kc, bs, C + (i0 + ir) * ldc + jr, ldc, acc, mr, nr);
-                }
             }
         }
     }

@@ -14,17 +14,12 @@ typedef void (*ck_task_fn)(void *ctx, long i);
 void ck_parallel_for(long n, void *ctx, ck_task_fn fn);
 
 /// 64-byte aligned thread-local scratch buffer, grown on demand and kept; slots 0-1: GEMM packing,
-/// 6: Winograd 1 / stab(z) (calling thread),
+/// 6: Winograd 1 / stab(z), 7: ck_sgemm's packed A (both of the calling thread),
 /// 2: conv columns and row buffers, 3: transform rows, 4-5: Winograd V and M (calling thread).
 float *ck_scratch(int slot, size_t floats);
 
 /// Column panel width of the GEMM micro-kernel for an ISA.
 int ck_gemm_nr(int isa);
-
-/// GEMM with B given pre-packed in the micro-kernel's layout: panels of nr columns (zero-padded),
-/// each K rows of nr values, panel p at Bp + p * K * nr. Serial.
-void ck_sgemm_packed_b(int isa, int M, int N, int K, const float *A, long rsa, long csa, const float *Bp, float *C,
-                       long ldc, int accumulate);
 
 /// Packs B(k0 .. k0 + kc, j0 .. j0 + nc) into panels of nr columns (each kc rows of nr values,
 /// columns past nc zero), as pack_b in gemm.c does from a stored B.
@@ -35,14 +30,24 @@ typedef void (*ck_pack_b_fn)(const void *ctx, int nr, long k0, long kc, long j0,
 void ck_sgemm_packer(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb,
                      long csb, ck_pack_b_fn packer, const void *pctx, float *C, long ldc, int accumulate);
 
+/// Packs all of A (M x K) as ck_gemm_pack_a does, in parallel, into the caller's scratch slot 7;
+/// valid until the caller's next ck_sgemm.
+float *ck_gemm_pack_a_shared(int isa, int M, int K, const float *A, long rsa, long csa);
+/// The K step of every packed-A GEMM (at most 256, equal steps).
+long ck_gemm_kc_step(long K);
+/// The AVX-512 6 x 64 micro-kernel reading B in place: row k of the panel is base + koff[k].
+void ck_ukernel_offsets_avx512(long kc, const float *a, const float *base, const long *koff, float *c, long ldc,
+                               int acc, int mr, int nr);
+
 /// Row sliver height of the GEMM micro-kernel for an ISA.
 int ck_gemm_mr(int isa);
 /// Floats of a fully packed A (M x K) for ck_gemm_prepacked: M rounded up to mr, times K.
 long ck_gemm_packed_a_size(int isa, int M, int K);
 /// Packs all of A (M x K, strides rsa, csa) for the micro-kernel of isa. Serial.
 void ck_gemm_pack_a(int isa, int M, int K, const float *A, long rsa, long csa, float *dst);
-/// C (rows s0 mr .. min(s1 mr, M), N) [+]= A B with A packed by ck_gemm_pack_a and B packed as for
-/// ck_sgemm_packed_b; C points at row s0 mr. Serial, no scratch: safe inside any task.
+/// C (rows s0 mr .. min(s1 mr, M), N) [+]= A B with A packed by ck_gemm_pack_a and B pre-packed in
+/// the micro-kernel's layout: panels of nr columns (zero-padded), each K rows of nr values, panel p
+/// at Bp + p * K * nr. C points at row s0 mr. Serial, no scratch: safe inside any task.
 void ck_gemm_prepacked(int isa, int s0, int s1, int M, int N, int K, const float *Ap, const float *Bp, float *C,
                        long ldc, int accumulate);
 

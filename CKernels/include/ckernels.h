@@ -59,6 +59,12 @@ void ck_sgemm(int M, int N, int K, const float *A, long rsa, long csa, const flo
 void ck_conv2d_forward(const float *x, int C, int H, int W, const float *w, const float *bias, int K,
                        int kh, int kw, int sh, int sw, int ph, int pw, float *y);
 
+/// Stride-1 convolutions on AVX-512 run as an implicit GEMM (the micro-kernel reads im2col rows in
+/// place from a padded copy of the image); elsewhere, and when disabled for the calling thread
+/// here, the GEMM packs im2col panels. Returns the previous setting. For tests and benchmarks.
+int ck_conv_set_implicit(int enabled);
+int ck_conv_implicit_enabled(void);
+
 /// The relevance backward of a convolution for a block of n maps: c (n, C, H, W) = conv2d^T(s (n, K,
 /// Ho, Wo), w), the adjoint of ck_conv2d_forward without bias (what autograd computes as the input
 /// gradient). Output positions of the forward that no window covers get 0.

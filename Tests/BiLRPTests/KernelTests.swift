@@ -59,6 +59,9 @@ let convCases: [ConvGeometry] = [
     ConvGeometry(inChannels: 5, height: 10, width: 9, outChannels: 13, kernelH: 5, kernelW: 3, strideH: 2, strideW: 1, padH: 2, padW: 1),
     ConvGeometry(inChannels: 33, height: 1, width: 1, outChannels: 9, kernelH: 1, kernelW: 1),
     ConvGeometry(inChannels: 64, height: 12, width: 12, outChannels: 67, kernelH: 3, kernelW: 3, padH: 1, padW: 1),
+    // Stride 1, rows wider than a 64-column panel, two K steps (40 x 3 x 3 = 360), no column padding.
+    ConvGeometry(inChannels: 40, height: 7, width: 45, outChannels: 13, kernelH: 3, kernelW: 3, padH: 1, padW: 0),
+    ConvGeometry(inChannels: 6, height: 6, width: 70, outChannels: 8, kernelH: 5, kernelW: 3, padH: 2, padW: 1),
 ]
 
 @Suite("C kernels against the pure-Swift reference", .serialized)
@@ -87,8 +90,11 @@ struct KernelTests {
         }
     }
 
-    @Test("convolution forward", arguments: isaPaths)
-    func convForward(isa: Int32) {
+    /// implicit: stride-1 convolutions read im2col rows in place on AVX-512; off, every ISA packs.
+    @Test("convolution forward", arguments: isaPaths, [true, false])
+    func convForward(isa: Int32, implicit: Bool) {
+        let old = ck_conv_set_implicit(implicit ? 1 : 0)
+        defer { ck_conv_set_implicit(old) }
         withISA(isa) {
             for (i, g) in convCases.enumerated() {
                 let x = random(g.inCount, seed: UInt64(i))
