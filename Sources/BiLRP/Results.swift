@@ -123,12 +123,44 @@ public struct PairExplanation: Sendable {
     /// The k most negative entries of R (most negative first).
     public func topNegative(_ k: Int) -> [PatchPair] { top(k, positive: false) }
 
+    /// For small k, one pass keeping the k best in a sorted array (ties: lower index first): a pair
+    /// has 65,536 entries at 256 x 256 patches, and sorting them all cost the server most of a
+    /// cached request.
     private func top(_ k: Int, positive: Bool) -> [PatchPair] {
-        let idx = relevance.indices.filter { positive ? relevance[$0] > 0 : relevance[$0] < 0 }
-        let sorted = idx.sorted { positive ? relevance[$0] > relevance[$1] : relevance[$0] < relevance[$1] }
-        return sorted.prefix(max(k, 0)).map { i in
+        guard k > 0 else { return [] }
+        let sign: Float = positive ? 1 : -1
+        let chosen = k > 256 ? sortAll(k, sign) : select(k, sign)
+        return chosen.map { i in
             PatchPair(value: relevance[i], first: first.grid.rectangle(i / columns),
                       second: second.grid.rectangle(i % columns))
         }
+    }
+
+    /// Indices of the k largest sign * R (all of them sorted, for large k).
+    private func sortAll(_ k: Int, _ sign: Float) -> [Int] {
+        let idx = relevance.indices.filter { sign * relevance[$0] > 0 }
+        return Array(idx.sorted { a, b in
+            let va = sign * relevance[a], vb = sign * relevance[b]
+            return va != vb ? va > vb : a < b
+        }.prefix(k))
+    }
+
+    private func select(_ k: Int, _ sign: Float) -> [Int] {
+        var best: [(v: Float, i: Int)] = []  // by v descending, then i ascending
+        best.reserveCapacity(k + 1)
+        relevance.withUnsafeBufferPointer { r in
+            for i in r.indices {
+                let v = sign * r[i]
+                guard v > 0, best.count < k || v > best[best.count - 1].v else { continue }
+                var lo = 0, hi = best.count  // first position whose value is below v
+                while lo < hi {
+                    let mid = (lo + hi) / 2
+                    if best[mid].v >= v { lo = mid + 1 } else { hi = mid }
+                }
+                best.insert((v, i), at: lo)
+                if best.count > k { best.removeLast() }
+            }
+        }
+        return best.map(\.i)
     }
 }

@@ -56,6 +56,29 @@ struct ExplainerTests {
         #expect(abs(a.similarity - b.similarity) <= 1e-5 * abs(b.similarity))
     }
 
+    @Test("top pairs equal the first k of a full sort (ties by index), both signs, both methods, k past the count")
+    func topPairs() throws {
+        let model = try smallNet(seed: 4, bias: false)
+        let ex = try Explainer(model: model, head: .randomProjection(outputs: 6, seed: 2), composite: try .preset("paper-vgg"),
+                               bounds: bounds)
+        let x = try image(Shape3(3, 35, 33), seed: 41), x2 = try image(Shape3(3, 35, 33), seed: 42)
+        let pair = try ex.explain(x, x2, patch: 2)
+        let R = pair.relevance
+        #expect(R.count > 1000)
+        for (positive, k) in [(true, 1), (true, 17), (false, 17), (true, 256), (false, 257), (true, R.count + 5), (false, 0)] {
+            let want = R.indices.filter { positive ? R[$0] > 0 : R[$0] < 0 }
+                .sorted { a, b in
+                    let va = positive ? R[a] : -R[a], vb = positive ? R[b] : -R[b]
+                    return va != vb ? va > vb : a < b
+                }
+                .prefix(k)
+            let got = positive ? pair.topPositive(k) : pair.topNegative(k)
+            #expect(got.map(\.value) == want.map { R[$0] }, "positive \(positive) k \(k)")
+            #expect(got.map(\.first) == want.map { pair.first.grid.rectangle($0 / pair.columns) })
+            #expect(got.map(\.second) == want.map { pair.second.grid.rectangle($0 % pair.columns) })
+        }
+    }
+
     @Test("cosine similarity scales R by 1 / (|phi| |phi'|) and stays conservative")
     func cosine() throws {
         let model = try smallNet(seed: 3, bias: false)
