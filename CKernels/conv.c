@@ -120,6 +120,17 @@ static void implicit_task(void *p, long t) {
     long j0 = (t % g->tiles_n) * g->nct, i0 = (t / g->tiles_n) * g->mct;
     long nc = ck_min(g->nct, g->Np - j0), i1 = ck_min(i0 + g->mct, g->M);
     float *buf = ck_scratch(1, (size_t)g->mct * g->nct);
+    // With accumulate (the bias), start from y as the packed path does, so that both sum in the
+    // same order and give the same bits: R is sensitive to rounding in z where z is small.
+    if (g->accumulate)
+        for (long i = i0; i < i1; i++) {
+            float *b = buf + (i - i0) * g->nct;
+            const float *yi = g->y + i * g->N;
+            for (long o = j0; o < j0 + nc; o++) {
+                long oy = o / g->Wp, ox = o % g->Wp;
+                b[o - j0] = ox < g->Wo ? yi[oy * g->Wo + ox] : 0.0f;
+            }
+        }
     for (long k0 = 0, ks = ck_gemm_kc_step(g->K); k0 < g->K; k0 += ks) {
         long kc = ck_min(ks, g->K - k0);
         const float *ab = g->Ap + k0 * g->Mp;
@@ -127,7 +138,7 @@ static void implicit_task(void *p, long t) {
             int nr = (int)ck_min(64, j0 + nc - jr);
             for (long ir = i0; ir < i1; ir += 6)
                 ck_ukernel_offsets_avx512(kc, ab + ir * kc, g->xp + jr, g->koff + k0, buf + (ir - i0) * g->nct + (jr - j0),
-                                          g->nct, k0 > 0, (int)ck_min(6, i1 - ir), nr);
+                                          g->nct, g->accumulate || k0 > 0, (int)ck_min(6, i1 - ir), nr);
         }
     }
     // Valid columns to y, row run by row run.
@@ -140,8 +151,7 @@ static void implicit_task(void *p, long t) {
             long valid = ck_max(0, ck_min(run, g->Wo - ox));
             float *dst = yi + oy * g->Wo + ox;
             const float *src = b + (o - j0);
-            if (g->accumulate) for (long r = 0; r < valid; r++) dst[r] += src[r];
-            else for (long r = 0; r < valid; r++) dst[r] = src[r];
+            for (long r = 0; r < valid; r++) dst[r] = src[r];
             o += run;
         }
     }

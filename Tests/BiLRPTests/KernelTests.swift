@@ -90,6 +90,26 @@ struct KernelTests {
         }
     }
 
+    /// The implicit GEMM sums in the packed path's order (bias first, then the same K steps), so
+    /// both give the same bits; the explanations' agreement with PyTorch depends on it (R amplifies
+    /// rounding in z where z is small: 2.7e-5 of max |R| at 224 x 224 when the bias came last).
+    @Test("forward: implicit GEMM and packed panels give identical results")
+    func implicitBitwise() {
+        for (i, g) in convCases.enumerated() where g.strideH == 1 && g.strideW == 1 {
+            let x = random(g.inCount, seed: UInt64(50 + i))
+            let w = random(g.outChannels * g.inChannels * g.kernelH * g.kernelW, seed: UInt64(60 + i))
+            let bias = random(g.outChannels, seed: UInt64(70 + i))
+            func run(_ implicit: Bool) -> [Float] {
+                let old = ck_conv_set_implicit(implicit ? 1 : 0)
+                defer { ck_conv_set_implicit(old) }
+                var y = [Float](repeating: .nan, count: g.outCount)
+                y.withUnsafeMutableBufferPointer { CKernelsBackend().convForward(x, g, weight: w, bias: bias, $0.baseAddress!) }
+                return y
+            }
+            #expect(run(true) == run(false), "\(g)")
+        }
+    }
+
     /// implicit: stride-1 convolutions read im2col rows in place on AVX-512; off, every ISA packs.
     @Test("convolution forward", arguments: isaPaths, [true, false])
     func convForward(isa: Int32, implicit: Bool) {
