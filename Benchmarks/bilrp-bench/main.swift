@@ -45,7 +45,15 @@ func median(_ v: [Double]) -> Double {
     let s = v.sorted()
     return s.isEmpty ? .nan : (s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2)
 }
+/// Peak resident memory of this process: VmHWM from /proc/self/status. Not getrusage's ru_maxrss,
+/// which Linux carries across execve: a child spawned by a parent that had grown to 1.1 GB reported
+/// 1.1 GB whatever it used itself.
 func peakRSSKiB() -> Int {
+    if let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+       let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+       let kib = Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") {
+        return kib
+    }
     var u = rusage()
     getrusage(RUSAGE_SELF.rawValue, &u)
     return u.ru_maxrss

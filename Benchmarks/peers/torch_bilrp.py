@@ -29,6 +29,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+
+def peak_rss_kib():
+    """Peak resident memory of this process: VmHWM, not ru_maxrss (which Linux carries across
+    execve, so a child of a large parent would report the parent's peak)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 EPS = 1e-9
 
 
@@ -155,7 +169,7 @@ def main():
             pair(cmd[1])
             print(json.dumps({"seconds": time.perf_counter() - t}), flush=True)
         elif cmd[0] == "rss":
-            print(json.dumps({"rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
+            print(json.dumps({"rss_kib": peak_rss_kib()}), flush=True)
 
 
 if __name__ == "__main__":
