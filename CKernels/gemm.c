@@ -85,54 +85,16 @@ __attribute__((target("avx2,fma"))) static void uk_avx2(long kc, const float *a,
 
 #define ROW6(M) M(0) M(1) M(2) M(3) M(4) M(5)
 
-__attribute__((target("avx512f"))) static void uk_avx512(long kc, const float *a, const float *b,
-                                                         float *c, long ldc, int acc, int mr, int nr) {
+// B rows: the packed panel (koff NULL: row k at b + 64 k) or rows read in place (row k at
+// b + koff[k], unaligned, with 64 readable floats there even past the last column; the forward
+// convolution reads im2col rows straight from a padded image). Specialized per call site.
+__attribute__((target("avx512f"), always_inline)) static inline void uk_avx512_body(
+    long kc, const float *a, const float *b, const long *koff, float *c, long ldc, int acc, int mr, int nr) {
 #define DECL(i) __m512 t##i##0 = _mm512_setzero_ps(), t##i##1 = t##i##0, t##i##2 = t##i##0, t##i##3 = t##i##0;
     ROW6(DECL)
 #undef DECL
     for (long k = 0; k < kc; k++) {
-        const float *bk = b + k * 64;
-        __m512 b0 = _mm512_load_ps(bk), b1 = _mm512_load_ps(bk + 16);
-        __m512 b2 = _mm512_load_ps(bk + 32), b3 = _mm512_load_ps(bk + 48);
-        const float *ak = a + k * 6;
-        __m512 x;
-#define FMA(i) x = _mm512_set1_ps(ak[i]); \
-        t##i##0 = _mm512_fmadd_ps(x, b0, t##i##0); t##i##1 = _mm512_fmadd_ps(x, b1, t##i##1); \
-        t##i##2 = _mm512_fmadd_ps(x, b2, t##i##2); t##i##3 = _mm512_fmadd_ps(x, b3, t##i##3);
-        ROW6(FMA)
-#undef FMA
-    }
-    if (mr == 6 && nr == 64) {
-#define OUT(i) { float *ci = c + i * ldc; \
-        if (acc) { t##i##0 = _mm512_add_ps(t##i##0, _mm512_loadu_ps(ci)); \
-                   t##i##1 = _mm512_add_ps(t##i##1, _mm512_loadu_ps(ci + 16)); \
-                   t##i##2 = _mm512_add_ps(t##i##2, _mm512_loadu_ps(ci + 32)); \
-                   t##i##3 = _mm512_add_ps(t##i##3, _mm512_loadu_ps(ci + 48)); } \
-        _mm512_storeu_ps(ci, t##i##0); _mm512_storeu_ps(ci + 16, t##i##1); \
-        _mm512_storeu_ps(ci + 32, t##i##2); _mm512_storeu_ps(ci + 48, t##i##3); }
-        ROW6(OUT)
-#undef OUT
-        return;
-    }
-    _Alignas(64) float t[6][64];
-#define SPILL(i) _mm512_store_ps(t[i], t##i##0); _mm512_store_ps(t[i] + 16, t##i##1); \
-    _mm512_store_ps(t[i] + 32, t##i##2); _mm512_store_ps(t[i] + 48, t##i##3);
-    ROW6(SPILL)
-#undef SPILL
-    store_tile(&t[0][0], 64, c, ldc, acc, mr, nr);
-}
-
-// The same register tile with B read in place: row k of the panel is the nr floats at base +
-// koff[k] (unaligned, and the caller guarantees nr readable floats there even past the last
-// column). The forward convolution uses it to read im2col rows straight from a padded image.
-__attribute__((target("avx512f"))) static void uk_avx512_offsets(long kc, const float *a, const float *base,
-                                                                 const long *koff, float *c, long ldc, int acc,
-                                                                 int mr, int nr) {
-#define DECL(i) __m512 t##i##0 = _mm512_setzero_ps(), t##i##1 = t##i##0, t##i##2 = t##i##0, t##i##3 = t##i##0;
-    ROW6(DECL)
-#undef DECL
-    for (long k = 0; k < kc; k++) {
-        const float *bk = base + koff[k];
+        const float *bk = koff ? b + koff[k] : b + k * 64;
         __m512 b0 = _mm512_loadu_ps(bk), b1 = _mm512_loadu_ps(bk + 16);
         __m512 b2 = _mm512_loadu_ps(bk + 32), b3 = _mm512_loadu_ps(bk + 48);
         const float *ak = a + k * 6;
@@ -163,9 +125,15 @@ __attribute__((target("avx512f"))) static void uk_avx512_offsets(long kc, const 
     store_tile(&t[0][0], 64, c, ldc, acc, mr, nr);
 }
 
-void ck_ukernel_offsets_avx512(long kc, const float *a, const float *base, const long *koff, float *c, long ldc,
-                               int acc, int mr, int nr) {
-    uk_avx512_offsets(kc, a, base, koff, c, ldc, acc, mr, nr);
+__attribute__((target("avx512f"))) static void uk_avx512(long kc, const float *a, const float *b, float *c, long ldc,
+                                                         int acc, int mr, int nr) {
+    uk_avx512_body(kc, a, b, NULL, c, ldc, acc, mr, nr);
+}
+
+__attribute__((target("avx512f"))) void ck_ukernel_offsets_avx512(long kc, const float *a, const float *base,
+                                                                   const long *koff, float *c, long ldc, int acc,
+                                                                   int mr, int nr) {
+    uk_avx512_body(kc, a, base, koff, c, ldc, acc, mr, nr);
 }
 
 static isa_desc describe(int isa) {

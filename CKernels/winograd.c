@@ -219,21 +219,13 @@ static void lanes_at(const wino_job *j, long g, int cnt, long mapStride, int cor
     }
 }
 
-// Lanes whose row y0 + r (r relative to the tile corner) lies inside the map.
-__attribute__((target("avx512f"))) static inline __mmask16 row_mask(const tile_lanes *L, int corner, int r, int H) {
+// Lanes whose coordinate 4 t + corner + d (t: each lane's tile row or column) lies in [0, limit).
+__attribute__((target("avx512f"))) static inline __mmask16 edge_mask(const tile_lanes *L, const int *t, int corner,
+                                                                     int d, int limit) {
     __mmask16 m = 0;
     for (int i = 0; i < L->lanes; i++) {
-        int y = 4 * L->ty[i] + corner + r;
-        if (y >= 0 && y < H) m |= (__mmask16)(1u << i);
-    }
-    return m;
-}
-
-__attribute__((target("avx512f"))) static inline __mmask16 col_mask(const tile_lanes *L, int corner, int b, int W) {
-    __mmask16 m = 0;
-    for (int i = 0; i < L->lanes; i++) {
-        int x = 4 * L->tx[i] + corner + b;
-        if (x >= 0 && x < W) m |= (__mmask16)(1u << i);
+        int v = 4 * t[i] + corner + d;
+        if (v >= 0 && v < limit) m |= (__mmask16)(1u << i);
     }
     return m;
 }
@@ -250,7 +242,7 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void input_lanes_avx
         lanes_at(j, g, cnt, (long)j->C * plane, -1, &L);
         __m512i off = _mm512_loadu_si512(L.off), pos = _mm512_loadu_si512(L.pos);
         __mmask16 rows[6], cols[6];
-        for (int a = 0; a < 6; a++) { rows[a] = row_mask(&L, -1, a, j->H); cols[a] = col_mask(&L, -1, a, j->W); }
+        for (int a = 0; a < 6; a++) { rows[a] = edge_mask(&L, L.ty, -1, a, j->H); cols[a] = edge_mask(&L, L.tx, -1, a, j->W); }
         __m512 e[6][6];
         for (int b = 0; b < 6; b++) {
             __m512 d[6];
@@ -313,9 +305,9 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void output_lanes_av
             f[a][3] = _mm512_add_ps(_mm512_fmadd_ps(f8, d3, d1), q5);
         }
         __mmask16 cols[4];
-        for (int x = 0; x < 4; x++) cols[x] = col_mask(&L, 0, x, j->W);
+        for (int x = 0; x < 4; x++) cols[x] = edge_mask(&L, L.tx, 0, x, j->W);
         for (int r = 0; r < 4; r++) {
-            __mmask16 rm = row_mask(&L, 0, r, j->H);
+            __mmask16 rm = edge_mask(&L, L.ty, 0, r, j->H);
             if (!rm) continue;
             for (int x = 0; x < 4; x++) {
                 __m512 p1 = _mm512_add_ps(f[1][x], f[2][x]), d1 = _mm512_sub_ps(f[1][x], f[2][x]);
