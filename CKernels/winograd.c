@@ -208,14 +208,21 @@ typedef struct {
     int lanes;
 } tile_lanes;
 
+// Runs once per 16 tiles and channel: the divisions for the first tile only, then the tile
+// column, row and map step on (lanes past cnt run on past the range; their masks are off, so
+// nothing is read or written for them).
 static void lanes_at(const wino_job *j, long g, int cnt, long mapStride, int corner, tile_lanes *L) {
     L->lanes = cnt;
+    long gr = g / j->tw, m = gr / j->th;
+    int ty = (int)(gr % j->th), tx = (int)(g % j->tw);
     for (int i = 0; i < 16; i++) {
-        long gi = g + (i < cnt ? i : 0), gr = gi / j->tw, m = gr / j->th;
-        int ty = (int)(gr % j->th), tx = (int)(gi % j->tw);
         L->ty[i] = ty; L->tx[i] = tx;
         L->pos[i] = (4 * ty + corner) * j->W + 4 * tx + corner;
         L->off[i] = (int)(m * mapStride) + L->pos[i];
+        if (++tx == j->tw) {
+            tx = 0;
+            if (++ty == j->th) { ty = 0; m++; }
+        }
     }
 }
 
