@@ -101,49 +101,71 @@ static void pack_im2col(const void *p, int nr, long k0, long kc, long j0, long n
 
 // MARK: Implicit GEMM (AVX-512, stride 1)
 
-// With stride 1 the im2col matrix needs no copy at all: pad the image once to Hp x Wp and number
-// the output positions o' = oy Wp + ox over padded rows. Row k = (c kh + i) kw + j of column o' is
-// then xp[c Hp Wp + i Wp + j + o'], so a 64-column panel of it is 64 consecutive floats of xp and
-// the micro-kernel reads it in place (ck_ukernel_offsets_avx512). Columns with ox >= Wo are the
-// kw - 1 wrap-around positions per row: computed into the task's buffer and dropped on the copy to
-// y. Packing cost nothing but the padded copy; packing panels cost up to a quarter of the time.
+// With stride 1 the im2col matrix needs no copy at all: pad the image once to Hp x Wp; row
+// k = (c kh + i) kw + j of the column of output (oy, ox) is then xp[koff[k] + oy Wp + ox] with
+// koff[k] = c Hp Wp + i Wp + j, and 16 outputs of a row are 16 consecutive floats of xp. The
+// micro-kernel reads its four 16-column quarters in place (ck_ukernel_offsets_avx512). Two layouts
+// of the columns:
+// - Wo a multiple of 16 (every VGG map at 128 x 128, 224 and 112 at 224): the columns are y's own,
+//   quarters never straddle a row, and the kernel writes y directly. No wasted column.
+// - otherwise: columns o' = oy Wp + ox over padded rows, so panels run across row ends; the kw - 1
+//   wrap-around columns per row are computed into the task's buffer and dropped on the copy to y
+//   (2 of 16 at 14 x 14, fewer for wider maps).
+// Packing cost nothing but the padded copy; packing im2col panels cost up to a quarter of the time.
 typedef struct {
     const float *Ap, *xp;
     const long *koff;
     float *y;
-    long M, K, Np, Mp, Wp, Wo, N, nct, mct, tiles_n;
-    int accumulate;
+    long M, K, Ncols, Mp, Wp, Wo, N, nct, mct, tiles_n;
+    int accumulate, direct;
 } implicit_job;
+
+// Where the four quarters of the panel at column jr start in the padded image.
+static void panel_quarters(const implicit_job *g, long jr, long seg[4]) {
+    for (int q = 0; q < 4; q++) {
+        long col = jr + 16 * q;
+        if (!g->direct) seg[q] = col;
+        else seg[q] = col < g->Ncols ? col / g->Wo * g->Wp + col % g->Wo : seg[0];
+    }
+}
 
 static void implicit_task(void *p, long t) {
     implicit_job *g = p;
     long j0 = (t % g->tiles_n) * g->nct, i0 = (t / g->tiles_n) * g->mct;
-    long nc = ck_min(g->nct, g->Np - j0), i1 = ck_min(i0 + g->mct, g->M);
-    float *buf = ck_scratch(1, (size_t)g->mct * g->nct);
-    // With accumulate (the bias), start from y as the packed path does, so that both sum in the
-    // same order and give the same bits: R is sensitive to rounding in z where z is small.
-    if (g->accumulate)
-        for (long i = i0; i < i1; i++) {
-            float *b = buf + (i - i0) * g->nct;
-            const float *yi = g->y + i * g->N;
-            for (long o = j0; o < j0 + nc; o++) {
-                long oy = o / g->Wp, ox = o % g->Wp;
-                b[o - j0] = ox < g->Wo ? yi[oy * g->Wo + ox] : 0.0f;
+    long nc = ck_min(g->nct, g->Ncols - j0), i1 = ck_min(i0 + g->mct, g->M);
+    float *out = g->y + i0 * g->N + j0;
+    long ldo = g->N;
+    if (!g->direct) {
+        out = ck_scratch(1, (size_t)g->mct * g->nct);
+        ldo = g->nct;
+        // With accumulate (the bias), start from y as the packed path does, so that both sum in
+        // the same order and give the same bits: R is sensitive to rounding in z where z is small.
+        if (g->accumulate)
+            for (long i = i0; i < i1; i++) {
+                float *b = out + (i - i0) * ldo;
+                const float *yi = g->y + i * g->N;
+                for (long o = j0; o < j0 + nc; o++) {
+                    long oy = o / g->Wp, ox = o % g->Wp;
+                    b[o - j0] = ox < g->Wo ? yi[oy * g->Wo + ox] : 0.0f;
+                }
             }
-        }
+    }
     for (long k0 = 0, ks = ck_gemm_kc_step(g->K); k0 < g->K; k0 += ks) {
         long kc = ck_min(ks, g->K - k0);
         const float *ab = g->Ap + k0 * g->Mp;
         for (long jr = j0; jr < j0 + nc; jr += 64) {
             int nr = (int)ck_min(64, j0 + nc - jr);
+            long seg[4];
+            panel_quarters(g, jr, seg);
             for (long ir = i0; ir < i1; ir += 6)
-                ck_ukernel_offsets_avx512(kc, ab + ir * kc, g->xp + jr, g->koff + k0, buf + (ir - i0) * g->nct + (jr - j0),
-                                          g->nct, g->accumulate || k0 > 0, (int)ck_min(6, i1 - ir), nr);
+                ck_ukernel_offsets_avx512(kc, ab + ir * kc, g->xp, g->koff + k0, seg, out + (ir - i0) * ldo + (jr - j0),
+                                          ldo, g->accumulate || k0 > 0, (int)ck_min(6, i1 - ir), nr);
         }
     }
+    if (g->direct) return;
     // Valid columns to y, row run by row run.
     for (long i = i0; i < i1; i++) {
-        const float *b = buf + (i - i0) * g->nct;
+        const float *b = out + (i - i0) * ldo;
         float *yi = g->y + i * g->N;
         for (long o = j0; o < j0 + nc;) {
             long oy = o / g->Wp, ox = o % g->Wp;
@@ -167,12 +189,20 @@ typedef struct {
 static void pad_channel(void *p, long c) {
     pad_job *q = p;
     float *d = q->xp + c * q->Hp * q->Wp;
-    memset(d, 0, (size_t)(q->Hp * q->Wp) * sizeof(float));
-    for (int y = 0; y < q->H; y++)
-        memcpy(d + (y + q->ph) * q->Wp + q->pw, q->x + (c * q->H + y) * (long)q->W, (size_t)q->W * sizeof(float));
+    long right = q->Wp - q->pw - q->W;
+    // Only the border is zeroed: zeroing the whole plane first was a third of the copy's traffic.
+    memset(d, 0, (size_t)(q->ph * q->Wp + q->pw) * sizeof(float));
+    for (int y = 0; y < q->H; y++) {
+        float *row = d + (y + q->ph) * q->Wp + q->pw;
+        memcpy(row, q->x + (c * q->H + y) * (long)q->W, (size_t)q->W * sizeof(float));
+        // The right pad of this row and the left pad of the next are adjacent (a few floats: a
+        // memset call per row cost more than the stores).
+        for (long r = 0, n = right + (y + 1 < q->H ? q->pw : 0); r < n; r++) row[q->W + r] = 0.0f;
+    }
+    memset(d + (q->H + q->ph) * q->Wp, 0, (size_t)((q->Hp - q->H - q->ph) * q->Wp) * sizeof(float));
 }
 
-static void conv_implicit(const float *x, int C, int H, int W, const float *w, int K, int kh, int kw, int ph, int pw,
+static void conv_implicit(const float *x, int C, int H, int W, const float *Ap, int K, int kh, int kw, int ph, int pw,
                           int Ho, int Wo, int accumulate, float *y) {
     long Hp = H + 2L * ph, Wp = W + 2L * pw, CKK = (long)C * kh * kw;
     // Every row read is 64 floats from its start: slack past the last plane (see the header).
@@ -186,40 +216,64 @@ static void conv_implicit(const float *x, int C, int H, int W, const float *w, i
         long c = k / (kh * kw), i = (k / kw) % kh, j = k % kw;
         koff[k] = c * Hp * Wp + i * Wp + j;
     }
-    const float *Ap = ck_gemm_pack_a_shared(CK_ISA_AVX512, K, (int)CKK, w, CKK, 1);
-    long Np = (long)Ho * Wp, Mp = (K + 5) / 6 * 6;
+    int direct = Wo % 16 == 0;
+    long Ncols = direct ? (long)Ho * Wo : (long)Ho * Wp, Mp = (K + 5) / 6 * 6;
     int nt = ck_get_num_threads();
     // Column blocks as wide as an L2-sized buffer allows (M x nc <= 1 MiB, nc <= 768), then row
     // blocks until there are about 8 tasks per thread. Splitting rows costs nothing here (B is
     // read in place, A is shared), and wide column blocks reuse each A block across panels.
-    long panels = (Np + 63) / 64;
+    long panels = (Ncols + 63) / 64;
     long ppt = ck_max(1, ck_min(12, 262144 / (ck_max(K, 1) * 64L)));
     long tiles_n = (panels + ppt - 1) / ppt, slivers = Mp / 6, tiles_m = 1;
+    ppt = (panels + tiles_n - 1) / tiles_n;  // equal blocks (16 panels: 8 + 8, not 12 + 4)
     if (tiles_n < 8L * nt) tiles_m = ck_min(slivers, (8L * nt + tiles_n - 1) / tiles_n);
-    implicit_job g = {Ap, xp, koff, y, K, CKK, Np, Mp, Wp, Wo, (long)Ho * Wo, ppt * 64,
-                      (slivers + tiles_m - 1) / tiles_m * 6, tiles_n, accumulate};
+    implicit_job g = {Ap, xp, koff, y, K, CKK, Ncols, Mp, Wp, Wo, (long)Ho * Wo, ppt * 64,
+                      (slivers + tiles_m - 1) / tiles_m * 6, tiles_n, accumulate, direct};
     tiles_m = (K + g.mct - 1) / g.mct;
     ck_parallel_for(tiles_m * tiles_n, &g, implicit_task);
     free(koff);
 }
 
-void ck_conv2d_forward(const float *x, int C, int H, int W, const float *w, const float *bias, int K,
-                       int kh, int kw, int sh, int sw, int ph, int pw, float *y) {
+// Every ISA's micro-kernel has 6-row slivers (gemm.c), so the portable packing serves all of them.
+long ck_conv_weights_size(int K, int C, int kh, int kw) {
+    return ck_gemm_packed_a_size(CK_ISA_PORTABLE, K, C * kh * kw);
+}
+
+void ck_conv_weights(const float *w, int K, int C, int kh, int kw, float *packed) {
+    long CKK = (long)C * kh * kw;
+    ck_gemm_pack_a(CK_ISA_PORTABLE, K, (int)CKK, w, CKK, 1, packed);
+}
+
+static void forward(const float *x, int C, int H, int W, const float *Ap, const float *bias, int K, int kh, int kw,
+                    int sh, int sw, int ph, int pw, float *y) {
     int Ho = out_size(H, kh, sh, ph), Wo = out_size(W, kw, sw, pw);
     long N = (long)Ho * Wo, CKK = (long)C * kh * kw;
     if (bias)
         for (int k = 0; k < K; k++)
             for (long i = 0; i < N; i++) y[k * N + i] = bias[k];
     if (is_pointwise(kh, kw, sh, sw, ph, pw)) {
-        ck_sgemm(K, (int)N, (int)CKK, w, CKK, 1, x, N, 1, y, N, bias != NULL);
+        ck_sgemm_prepacked_a(K, (int)N, (int)CKK, Ap, x, N, 1, NULL, NULL, y, N, bias != NULL);
         return;
     }
-    if (sh == 1 && sw == 1 && ck_isa_active() == CK_ISA_AVX512 && ck_conv_implicit_enabled()) {
-        conv_implicit(x, C, H, W, w, K, kh, kw, ph, pw, Ho, Wo, bias != NULL, y);
+    if (sh == 1 && sw == 1 && CKK > 0 && K > 0 && N > 0 && ck_isa_active() == CK_ISA_AVX512 &&
+        ck_conv_implicit_enabled()) {
+        conv_implicit(x, C, H, W, Ap, K, kh, kw, ph, pw, Ho, Wo, bias != NULL, y);
         return;
     }
     cols_job q = {x, NULL, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo};
-    ck_sgemm_packer(K, (int)N, (int)CKK, w, CKK, 1, NULL, 0, 0, pack_im2col, &q, y, N, bias != NULL);
+    ck_sgemm_prepacked_a(K, (int)N, (int)CKK, Ap, NULL, 0, 0, pack_im2col, &q, y, N, bias != NULL);
+}
+
+void ck_conv2d_forward_packed(const float *x, int C, int H, int W, const float *packed, const float *bias, int K,
+                              int kh, int kw, int sh, int sw, int ph, int pw, float *y) {
+    forward(x, C, H, W, packed, bias, K, kh, kw, sh, sw, ph, pw, y);
+}
+
+void ck_conv2d_forward(const float *x, int C, int H, int W, const float *w, const float *bias, int K,
+                       int kh, int kw, int sh, int sw, int ph, int pw, float *y) {
+    long CKK = (long)C * kh * kw;
+    const float *Ap = K > 0 && CKK > 0 ? ck_gemm_pack_a_shared(ck_isa_active(), K, (int)CKK, w, CKK, 1) : NULL;
+    forward(x, C, H, W, Ap, bias, K, kh, kw, sh, sw, ph, pw, y);
 }
 
 static _Thread_local int implicit_off = 0;

@@ -86,17 +86,20 @@ __attribute__((target("avx2,fma"))) static void uk_avx2(long kc, const float *a,
 #define ROW6(M) M(0) M(1) M(2) M(3) M(4) M(5)
 
 // B rows: the packed panel (koff NULL: row k at b + 64 k) or rows read in place (row k at
-// b + koff[k], unaligned, with 64 readable floats there even past the last column; the forward
-// convolution reads im2col rows straight from a padded image). Specialized per call site.
+// b + koff[k], unaligned; the forward convolution reads im2col rows straight from a padded image).
+// In place, the four 16-column quarters of a row start at seg[0..3] from it (16 readable floats
+// each): a panel may join pieces of four image rows. Specialized per call site.
 __attribute__((target("avx512f"), always_inline)) static inline void uk_avx512_body(
-    long kc, const float *a, const float *b, const long *koff, float *c, long ldc, int acc, int mr, int nr) {
+    long kc, const float *a, const float *b, const long *koff, const long *seg, float *c, long ldc, int acc, int mr,
+    int nr) {
+    long s0 = koff ? seg[0] : 0, s1 = koff ? seg[1] : 16, s2 = koff ? seg[2] : 32, s3 = koff ? seg[3] : 48;
 #define DECL(i) __m512 t##i##0 = _mm512_setzero_ps(), t##i##1 = t##i##0, t##i##2 = t##i##0, t##i##3 = t##i##0;
     ROW6(DECL)
 #undef DECL
     for (long k = 0; k < kc; k++) {
         const float *bk = koff ? b + koff[k] : b + k * 64;
-        __m512 b0 = _mm512_loadu_ps(bk), b1 = _mm512_loadu_ps(bk + 16);
-        __m512 b2 = _mm512_loadu_ps(bk + 32), b3 = _mm512_loadu_ps(bk + 48);
+        __m512 b0 = _mm512_loadu_ps(bk + s0), b1 = _mm512_loadu_ps(bk + s1);
+        __m512 b2 = _mm512_loadu_ps(bk + s2), b3 = _mm512_loadu_ps(bk + s3);
         const float *ak = a + k * 6;
         __m512 x;
 #define FMA(i) x = _mm512_set1_ps(ak[i]); \
@@ -127,13 +130,13 @@ __attribute__((target("avx512f"), always_inline)) static inline void uk_avx512_b
 
 __attribute__((target("avx512f"))) static void uk_avx512(long kc, const float *a, const float *b, float *c, long ldc,
                                                          int acc, int mr, int nr) {
-    uk_avx512_body(kc, a, b, NULL, c, ldc, acc, mr, nr);
+    uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr);
 }
 
 __attribute__((target("avx512f"))) void ck_ukernel_offsets_avx512(long kc, const float *a, const float *base,
-                                                                   const long *koff, float *c, long ldc, int acc,
-                                                                   int mr, int nr) {
-    uk_avx512_body(kc, a, base, koff, c, ldc, acc, mr, nr);
+                                                                   const long *koff, const long *seg, float *c,
+                                                                   long ldc, int acc, int mr, int nr) {
+    uk_avx512_body(kc, a, base, koff, seg, c, ldc, acc, mr, nr);
 }
 
 static isa_desc describe(int isa) {
@@ -292,11 +295,17 @@ void ck_sgemm(int M, int N, int K, const float *A, long rsa, long csa, const flo
 void ck_sgemm_packer(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb,
                      long csb, ck_pack_b_fn packer, const void *pctx, float *C, long ldc, int accumulate) {
     if (degenerate(M, N, K, C, ldc, accumulate)) return;
+    // A packed once, shared (thread-local scratch of the caller; tasks only read it).
+    const float *Ap = ck_gemm_pack_a_shared(ck_isa_active(), M, K, A, rsa, csa);
+    ck_sgemm_prepacked_a(M, N, K, Ap, B, rsb, csb, packer, pctx, C, ldc, accumulate);
+}
+
+void ck_sgemm_prepacked_a(int M, int N, int K, const float *Ap, const float *B, long rsb, long csb,
+                          ck_pack_b_fn packer, const void *pctx, float *C, long ldc, int accumulate) {
+    if (degenerate(M, N, K, C, ldc, accumulate)) return;
     isa_desc d = describe(ck_isa_active());
     int nt = ck_get_num_threads();
     long Mp = (long)(M + d.mr - 1) / d.mr * d.mr;
-    // A packed once, shared (thread-local scratch of the caller; tasks only read it).
-    const float *Ap = ck_gemm_pack_a_shared(ck_isa_active(), M, K, A, rsa, csa);
     // Column blocks of 1 to NC / NR panels, about 8 per thread so uneven tails balance; rows are
     // split only when there are too few columns for the threads.
     long panels = (N + d.nr - 1) / d.nr;

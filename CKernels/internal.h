@@ -30,14 +30,20 @@ typedef void (*ck_pack_b_fn)(const void *ctx, int nr, long k0, long kc, long j0,
 void ck_sgemm_packer(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb,
                      long csb, ck_pack_b_fn packer, const void *pctx, float *C, long ldc, int accumulate);
 
+/// ck_sgemm_packer with A already packed by ck_gemm_pack_a (every ISA's micro-kernel has 6-row
+/// slivers, so one packing serves all): the forward convolution keeps its packed weights per layer.
+void ck_sgemm_prepacked_a(int M, int N, int K, const float *Ap, const float *B, long rsb, long csb,
+                          ck_pack_b_fn packer, const void *pctx, float *C, long ldc, int accumulate);
+
 /// Packs all of A (M x K) as ck_gemm_pack_a does, in parallel, into the caller's scratch slot 7;
 /// valid until the caller's next ck_sgemm.
 float *ck_gemm_pack_a_shared(int isa, int M, int K, const float *A, long rsa, long csa);
 /// The K step of every packed-A GEMM (at most 256, equal steps).
 long ck_gemm_kc_step(long K);
-/// The AVX-512 6 x 64 micro-kernel reading B in place: row k of the panel is base + koff[k].
-void ck_ukernel_offsets_avx512(long kc, const float *a, const float *base, const long *koff, float *c, long ldc,
-                               int acc, int mr, int nr);
+/// The AVX-512 6 x 64 micro-kernel reading B in place: columns 16 q .. 16 q + 15 of panel row k
+/// are the 16 floats at base + koff[k] + seg[q].
+void ck_ukernel_offsets_avx512(long kc, const float *a, const float *base, const long *koff, const long *seg,
+                               float *c, long ldc, int acc, int mr, int nr);
 
 /// Row sliver height of the GEMM micro-kernel for an ISA.
 int ck_gemm_mr(int isa);

@@ -225,8 +225,8 @@ for size in sizes {
     }
 }
 
-// Dense convolution kernels on the VGG-16 shapes (packed GEMM, im2col panels packed from the image),
-// as a fraction of the FMA peak. The machine is shared: each round measures the peak right before
+// Dense convolution kernels on the VGG-16 shapes (weights packed once per layer, as explanations
+// do; im2col rows read in place from a padded image on AVX-512), as a fraction of the FMA peak. The machine is shared: each round measures the peak right before
 // the kernel, and the table gives medians over the rounds of both and of their ratio.
 print("")
 print("convolution forward on VGG-16 shapes (median of 7 rounds, each: FMA peak, then the kernel)")
@@ -238,13 +238,13 @@ for t in threadCounts.sorted() {
         let x = (0..<g.inCount).map { _ in Float(r.nextNormal()) }, wt = (0..<(k * c * 9)).map { _ in Float(r.nextNormal()) }
         var y = [Float](repeating: 0, count: g.outCount)
         CKernelsBackend.threads = t
-        let kernels = CKernelsBackend()
-        y.withUnsafeMutableBufferPointer { p in kernels.convForward(x, g, weight: wt, bias: nil, p.baseAddress!) }
+        let kernels = CKernelsBackend(), packed = kernels.prepareForward(weight: wt, g)!
+        y.withUnsafeMutableBufferPointer { p in kernels.convForward(x, g, prepared: packed, bias: nil, p.baseAddress!) }
         let flops = 2.0 * Double(g.outCount) * Double(c * 9)
         var rates: [Double] = [], peaks: [Double] = [], ratios: [Double] = []
         for _ in 0..<7 {
             let pk = ck_fma_peak_gflops(Int32(t))
-            let s = seconds { y.withUnsafeMutableBufferPointer { p in kernels.convForward(x, g, weight: wt, bias: nil, p.baseAddress!) } }
+            let s = seconds { y.withUnsafeMutableBufferPointer { p in kernels.convForward(x, g, prepared: packed, bias: nil, p.baseAddress!) } }
             rates.append(flops / s * 1e-9); peaks.append(pk); ratios.append(flops / s * 1e-9 / max(pk, 1))
         }
         print("  \(c) -> \(k) at \(hw) x \(hw)".padding(toLength: 29, withPad: " ", startingAt: 0) + pad("\(t)", 7)

@@ -59,6 +59,16 @@ void ck_sgemm(int M, int N, int K, const float *A, long rsa, long csa, const flo
 void ck_conv2d_forward(const float *x, int C, int H, int W, const float *w, const float *bias, int K,
                        int kh, int kw, int sh, int sw, int ph, int pw, float *y);
 
+/// Floats of a convolution weight (K, C, kh, kw) packed by ck_conv_weights.
+long ck_conv_weights_size(int K, int C, int kh, int kw);
+/// Packs a forward weight (K, C, kh, kw) for the GEMM micro-kernels (every ISA), once per layer:
+/// ck_conv2d_forward packs it on every call (9.4 MB for 512 x 512 x 3 x 3, as much memory traffic
+/// as the whole product on a 16 x 16 map).
+void ck_conv_weights(const float *w, int K, int C, int kh, int kw, float *packed);
+/// ck_conv2d_forward with the weight packed by ck_conv_weights. Same bits.
+void ck_conv2d_forward_packed(const float *x, int C, int H, int W, const float *packed, const float *bias, int K,
+                              int kh, int kw, int sh, int sw, int ph, int pw, float *y);
+
 /// Stride-1 convolutions on AVX-512 run as an implicit GEMM (the micro-kernel reads im2col rows in
 /// place from a padded copy of the image); elsewhere, and when disabled for the calling thread
 /// here, the GEMM packs im2col panels. Returns the previous setting. For tests and benchmarks.

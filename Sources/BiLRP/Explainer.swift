@@ -280,15 +280,15 @@ public final class Explainer: @unchecked Sendable {
             case let .conv(c):
                 let g = c.geometry(s)
                 y = Buffer(count: g.outCount)
-                kernels.convForward(a.const, g, weight: c.weights[.identity]!.const, bias: c.bias?.const, y.pointer)
+                c.forward(a.const, g, .identity, bias: c.bias?.const, y.pointer, kernels)
                 for pass in c.passes {
                     if pass.reusesForward { dens.append(y); continue }
                     let z = Buffer(count: g.outCount)
                     for (t, term) in pass.terms.enumerated() {
                         let input = try modifiedInput(term.input, a, s, &mods)
                         let tmp = t == 0 ? z : Buffer(count: g.outCount)
-                        kernels.convForward(input.const, g, weight: c.weights[term.weight]!.const,
-                                            bias: t == 0 ? pass.bias?.const : nil, tmp.pointer)
+                        c.forward(input.const, g, term.weight, bias: t == 0 ? pass.bias?.const : nil, tmp.pointer,
+                                  kernels)
                         if t > 0 { for i in 0..<g.outCount { z.pointer[i] += tmp.pointer[i] } }
                     }
                     dens.append(z)
@@ -384,7 +384,7 @@ public final class Explainer: @unchecked Sendable {
                 let g = c.geometry(s)
                 let Rin = pool.take(n * g.inCount)
                 let multiple = c.passes.count > 1 || c.passes[0].terms.count > 1
-                let fused = c.passes.allSatisfy { $0.terms.allSatisfy { c.backward[$0.weight] != nil } }
+                let fused = c.fusedBackward
                 let sBuf = fused ? nil : pool.take(n * g.outCount)
                 let cBuf = fused ? nil : (multiple ? pool.take(n * g.inCount) : Rin)
                 var first = true

@@ -58,12 +58,19 @@ final class PreparedConv: @unchecked Sendable {
     let conv: Conv2d?
     let inChannels: Int, outChannels: Int
     let kernelH: Int, kernelW: Int, strideH: Int, strideW: Int, padH: Int, padW: Int
-    /// The layer's weights under every modifier the rule uses; `.identity` is always present.
+    /// The layer's weights under the modifiers the rule uses, where the backend has no prepared
+    /// form of them: a layer keeps its weights once in each form it runs (VGG-16 under the paper's
+    /// rules: 2 x 59 MB fewer with packed forward weights and Winograd backward weights).
     let weights: [WeightModifier: Buffer]
     let bias: Buffer?
     let passes: [Pass]
     /// Backend-prepared backward weights per modifier (Winograd), when the backend has a fast path.
     let backward: [WeightModifier: Buffer]
+    /// Every term of the backward has prepared weights (one fused kernel per term).
+    let fusedBackward: Bool
+    /// Backend-prepared forward weights per modifier (packed), convolutions only: a linear layer's
+    /// forward is one matrix-vector product, and a packed copy of a classifier's weight is 400 MB.
+    let forward: [WeightModifier: Buffer]
 
     convenience init(index: Int, conv: Conv2d, rule: Rule, nonNegativeInput: Bool, kernels: any Kernels) {
         self.init(index: index, rule: rule, isLinear: false, conv: conv, weight: conv.weight, bias: conv.bias,
@@ -93,13 +100,15 @@ final class PreparedConv: @unchecked Sendable {
                 weights[term.weight] = Buffer(weight.map(term.weight.apply))
             }
         }
-        self.weights = weights
         self.bias = bias.map(Buffer.init)
-        var backward: [WeightModifier: Buffer] = [:]
+        var backward: [WeightModifier: Buffer] = [:], forward: [WeightModifier: Buffer] = [:]
         if !isLinear {
             // Geometry without spatial size: only the kernel, stride and padding matter here.
             let geo = ConvGeometry(inChannels: inChannels, height: 1, width: 1, outChannels: outChannels,
                                    kernelH: g.0, kernelW: g.1, strideH: g.2, strideW: g.3, padH: g.4, padW: g.5)
+            for (m, w) in weights {
+                if let p = kernels.prepareForward(weight: w.array, geo) { forward[m] = Buffer(p) }
+            }
             for pass in rulePasses {
                 for term in pass.terms where backward[term.weight] == nil {
                     if let u = kernels.prepareBackward(weight: weights[term.weight]!.array, geo) {
@@ -109,10 +118,25 @@ final class PreparedConv: @unchecked Sendable {
             }
         }
         self.backward = backward
+        self.forward = forward
+        let backwardModifiers = Set(rulePasses.flatMap { $0.terms.map(\.weight) })
+        let fused = !backwardModifiers.isEmpty && backwardModifiers.allSatisfy { backward[$0] != nil }
+        fusedBackward = fused
+        self.weights = weights.filter { m, _ in forward[m] == nil || (!fused && backwardModifiers.contains(m)) }
         passes = rulePasses.map { p in
             let reuse = p.terms == [RuleTerm(input: .identity, weight: .identity)] && p.bias == .identity
             let b = p.bias.flatMap { m in bias.map { Buffer($0.map(m.apply)) } }
             return Pass(terms: p.terms, bias: b, epsilon: p.epsilon, scale: p.scale, reusesForward: reuse)
+        }
+    }
+
+    /// The layer's forward under a weight modifier, with the prepared weight when there is one.
+    func forward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, _ m: WeightModifier, bias: UnsafePointer<Float>?,
+                 _ y: UnsafeMutablePointer<Float>, _ kernels: any Kernels) {
+        if let p = forward[m] {
+            kernels.convForward(x, g, prepared: p.const, bias: bias, y)
+        } else {
+            kernels.convForward(x, g, weight: weights[m]!.const, bias: bias, y)
         }
     }
 

@@ -62,6 +62,11 @@ let convCases: [ConvGeometry] = [
     // Stride 1, rows wider than a 64-column panel, two K steps (40 x 3 x 3 = 360), no column padding.
     ConvGeometry(inChannels: 40, height: 7, width: 45, outChannels: 13, kernelH: 3, kernelW: 3, padH: 1, padW: 0),
     ConvGeometry(inChannels: 6, height: 6, width: 70, outChannels: 8, kernelH: 5, kernelW: 3, padH: 2, padW: 1),
+    // Stride 1 with rows a multiple of 16 wide: the implicit GEMM's panels join pieces of rows and
+    // write y directly (1, 2 and 4 quarters per row; 5 rows of 32 leave a half panel at the end).
+    ConvGeometry(inChannels: 30, height: 7, width: 16, outChannels: 19, kernelH: 3, kernelW: 3, padH: 1, padW: 1),
+    ConvGeometry(inChannels: 24, height: 5, width: 32, outChannels: 13, kernelH: 3, kernelW: 3, padH: 1, padW: 1),
+    ConvGeometry(inChannels: 5, height: 6, width: 66, outChannels: 7, kernelH: 3, kernelW: 3),
 ]
 
 @Suite("C kernels against the pure-Swift reference", .serialized)
@@ -93,20 +98,27 @@ struct KernelTests {
     /// The implicit GEMM sums in the packed path's order (bias first, then the same K steps), so
     /// both give the same bits; the explanations' agreement with PyTorch depends on it (R amplifies
     /// rounding in z where z is small: 2.7e-5 of max |R| at 224 x 224 when the bias came last).
-    @Test("forward: implicit GEMM and packed panels give identical results")
+    @Test("forward: implicit GEMM, packed panels and prepared weights give identical results")
     func implicitBitwise() {
         for (i, g) in convCases.enumerated() where g.strideH == 1 && g.strideW == 1 {
             let x = random(g.inCount, seed: UInt64(50 + i))
             let w = random(g.outChannels * g.inChannels * g.kernelH * g.kernelW, seed: UInt64(60 + i))
             let bias = random(g.outChannels, seed: UInt64(70 + i))
-            func run(_ implicit: Bool) -> [Float] {
+            let k = CKernelsBackend(), packed = k.prepareForward(weight: w, g)!
+            func run(_ implicit: Bool, prepared: Bool) -> [Float] {
                 let old = ck_conv_set_implicit(implicit ? 1 : 0)
                 defer { ck_conv_set_implicit(old) }
                 var y = [Float](repeating: .nan, count: g.outCount)
-                y.withUnsafeMutableBufferPointer { CKernelsBackend().convForward(x, g, weight: w, bias: bias, $0.baseAddress!) }
+                y.withUnsafeMutableBufferPointer {
+                    if prepared { k.convForward(x, g, prepared: packed, bias: bias, $0.baseAddress!) }
+                    else { k.convForward(x, g, weight: w, bias: bias, $0.baseAddress!) }
+                }
                 return y
             }
-            #expect(run(true) == run(false), "\(g)")
+            let packedPanels = run(false, prepared: false)
+            #expect(run(true, prepared: false) == packedPanels, "\(g)")
+            #expect(run(true, prepared: true) == packedPanels, "prepared weights \(g)")
+            #expect(run(false, prepared: true) == packedPanels, "prepared weights, packed panels \(g)")
         }
     }
 
@@ -125,6 +137,16 @@ struct KernelTests {
                         k.convForward(x, g, weight: w, bias: withBias ? bias : nil, y)
                     }
                     expectClose(f, r, tol: 1e-5, "conv forward \(g) bias=\(withBias)")
+                    // Weights packed once per layer (what explanations use), on this ISA too.
+                    let k = CKernelsBackend()
+                    guard let packed = k.prepareForward(weight: w, g) else {
+                        Issue.record("no packed forward weights for \(g)"); continue
+                    }
+                    var y = [Float](repeating: .nan, count: g.outCount)
+                    y.withUnsafeMutableBufferPointer {
+                        k.convForward(x, g, prepared: packed, bias: withBias ? bias : nil, $0.baseAddress!)
+                    }
+                    expectClose(y, r, tol: 1e-5, "conv forward, prepared weights \(g) bias=\(withBias)")
                 }
             }
         }
