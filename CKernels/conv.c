@@ -337,3 +337,146 @@ void ck_conv2d_backward(int n, const float *s, int K, int Ho, int Wo, const floa
     }
     free(cols);
 }
+
+// MARK: Fused direct LRP pass
+
+// One LRP pass through a convolution by the direct path, for layers without Winograd (the input
+// layer's z^B rule with its three terms, strided and non-3x3 convolutions). Per map: s = R / stab(z)
+// is packed straight into the GEMM's panels (no s block is stored), the T terms' products
+// W_t^T s run from the same panels, col2im adds each column block into the map's c_t, and
+// Rin = [Rin +] scale * sum_t a_t c_t. The separate steps read and wrote the whole block of maps
+// once per step and packed s once per term.
+typedef struct {
+    int isa, T, mr, nr;
+    const float *R, *rz;
+    const float **Ap;      // T packed weights, each (C kh kw) x K as ck_gemm_pack_a packs W^T
+    const float *const *a; // T inputs (C, H, W), NULL entries for 1
+    float scale;
+    int accumulate;
+    float *Rin;
+    int K, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo;
+    long nc;  // output columns per block
+} direct_job;
+
+// x[c, iy, ix] += the columns j0 .. j0 + cnt of cols (row stride ldc) that read it.
+static void col2im_block(const direct_job *q, const float *cols, long ldc, long j0, long cnt, float *x) {
+    long CKK = (long)q->C * q->kh * q->kw, HW = (long)q->H * q->W;
+    for (long ck = 0; ck < CKK; ck++) {
+        long c = ck / (q->kh * q->kw);
+        int i = (int)((ck / q->kw) % q->kh), j = (int)(ck % q->kw);
+        // Output columns ox whose input column ox sw - pw + j lies in [0, W).
+        long oxmin = q->pw - j <= 0 ? 0 : (q->pw - j + q->sw - 1) / q->sw;
+        long oxmax = q->W - 1 + q->pw - j < 0 ? 0 : (q->W - 1 + q->pw - j) / q->sw + 1;
+        float *xc = x + c * HW;
+        const float *row = cols + ck * ldc;
+        for (long o = j0; o < j0 + cnt;) {
+            long oy = o / q->Wo, ox0 = o % q->Wo;
+            long run = ck_min(j0 + cnt - o, q->Wo - ox0);
+            long iy = oy * q->sh - q->ph + i;
+            if (iy >= 0 && iy < q->H) {
+                long lo = ck_max(oxmin, ox0), hi = ck_min(oxmax, ox0 + run);
+                float *xr = xc + iy * q->W;
+                const float *r = row + (o - j0) - ox0;  // r[ox] is column (oy, ox)
+                if (q->sw == 1) {
+                    float *d = xr - q->pw + j;
+                    for (long ox = lo; ox < hi; ox++) d[ox] += r[ox];
+                } else {
+                    for (long ox = lo; ox < hi; ox++) xr[ox * q->sw - q->pw + j] += r[ox];
+                }
+            }
+            o += run;
+        }
+    }
+}
+
+static void direct_map(void *p, long m) {
+    direct_job *q = p;
+    long N = (long)q->Ho * q->Wo, CKK = (long)q->C * q->kh * q->kw, CHW = (long)q->C * q->H * q->W;
+    long ncp = (q->nc + q->nr - 1) / q->nr * q->nr;
+    float *Bp = ck_scratch(0, (size_t)q->K * ncp);
+    float *cols = ck_scratch(1, (size_t)q->T * CKK * q->nc);
+    float *acc = ck_scratch(2, (size_t)q->T * CHW);
+    memset(acc, 0, (size_t)(q->T * CHW) * sizeof(float));
+    const float *Rm = q->R + m * q->K * N;
+    int slivers = (int)((CKK + q->mr - 1) / q->mr);
+    for (long j0 = 0; j0 < N; j0 += q->nc) {
+        long cnt = ck_min(q->nc, N - j0);
+        for (long jp = 0; jp < cnt; jp += q->nr) {
+            long w = ck_min(q->nr, cnt - jp);
+            float *dst = Bp + (jp / q->nr) * q->K * q->nr;
+            for (long k = 0; k < q->K; k++) {
+                const float *r = Rm + k * N + j0 + jp, *rz = q->rz + k * N + j0 + jp;
+                float *d = dst + k * q->nr;
+                for (long t = 0; t < w; t++) d[t] = r[t] * rz[t];
+                for (long t = w; t < q->nr; t++) d[t] = 0.0f;
+            }
+        }
+        for (int t = 0; t < q->T; t++) {
+            float *ct = cols + t * CKK * q->nc;
+            ck_gemm_prepacked(q->isa, 0, slivers, (int)CKK, (int)cnt, q->K, q->Ap[t], Bp, ct, q->nc, 0);
+            col2im_block(q, ct, q->nc, j0, cnt, acc + t * CHW);
+        }
+    }
+    float *out = q->Rin + m * CHW;
+    for (long i = 0; i < CHW; i++) {
+        float v = 0.0f;
+        for (int t = 0; t < q->T; t++) v += (q->a[t] ? q->a[t][i] : 1.0f) * acc[t * CHW + i];
+        out[i] = (q->accumulate ? out[i] : 0.0f) + q->scale * v;
+    }
+}
+
+typedef struct {
+    const float *z;
+    float *rz;
+    long len;
+    float eps;
+} recip_job;
+
+static void recip_chunk(void *p, long t) {
+    recip_job *q = p;
+    long i0 = t * 16384, i1 = ck_min(q->len, i0 + 16384);
+    for (long i = i0; i < i1; i++) q->rz[i] = 1.0f / (q->z[i] + (q->z[i] >= 0.0f ? q->eps : -q->eps));
+}
+
+void ck_lrp_direct(int n, const float *R, const float *z, float eps, int K, int Ho, int Wo, int T,
+                   const float *const *w, const float *const *a, float scale, int C, int H, int W, int kh, int kw,
+                   int sh, int sw, int ph, int pw, int accumulate, float *Rin) {
+    if (n <= 0 || T <= 0) return;
+    long N = (long)Ho * Wo, CKK = (long)C * kh * kw, CHW = (long)C * H * W;
+    int nt = ck_get_num_threads();
+    // Few maps (fewer than two per thread) or a linear layer (one column per map): the separate
+    // steps, which parallelize inside a map or run all maps as one product.
+    if (n < 2 * nt || N == 1 || K == 0 || CKK == 0) {
+        float *s = malloc((size_t)n * K * N * sizeof(float)), *c = malloc((size_t)n * CHW * sizeof(float));
+        if (!s || !c) abort();
+        ck_lrp_divide(n, K * N, R, z, eps, s);
+        for (int t = 0; t < T; t++) {
+            ck_conv2d_backward(n, s, K, Ho, Wo, w[t], C, H, W, kh, kw, sh, sw, ph, pw, c);
+            ck_lrp_product(n, CHW, a[t], c, scale, Rin, accumulate || t > 0);
+        }
+        free(s);
+        free(c);
+        return;
+    }
+    int isa = ck_isa_active();
+    recip_job rj = {z, ck_scratch(6, (size_t)K * N), K * N, eps};
+    ck_parallel_for((K * N + 16383) / 16384, &rj, recip_chunk);
+    long per = ck_gemm_packed_a_size(isa, (int)CKK, K);
+    float *packed = malloc((size_t)T * per * sizeof(float));
+    const float *Ap[16];
+    const float **ap = T <= 16 ? Ap : malloc((size_t)T * sizeof(float *));
+    if (!packed || !ap) abort();
+    for (int t = 0; t < T; t++) {
+        // A(i, k) = W_t[k, i]: the transpose, read through strides.
+        ck_gemm_pack_a(isa, (int)CKK, K, w[t], 1, CKK, packed + t * per);
+        ap[t] = packed + t * per;
+    }
+    int nr = ck_gemm_nr(isa);
+    // Column blocks whose T column buffers stay in L2 next to their panel (about 1 MiB).
+    long nc = ck_max(nr, ck_min(N, (262144 / ck_max(1, (long)T * CKK + K)) / nr * nr));
+    direct_job q = {isa, T, ck_gemm_mr(isa), nr, R, rj.rz, ap, a, scale, accumulate, Rin,
+                    K, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, nc};
+    ck_parallel_for(n, &q, direct_map);
+    if (ap != Ap) free(ap);
+    free(packed);
+}

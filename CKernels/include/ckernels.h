@@ -81,6 +81,15 @@ int ck_conv_implicit_enabled(void);
 void ck_conv2d_backward(int n, const float *s, int K, int Ho, int Wo, const float *w, int C, int H,
                         int W, int kh, int kw, int sh, int sw, int ph, int pw, float *c);
 
+/// One LRP pass through any convolution (or linear layer as 1 x 1) by the direct path, fused: for
+/// the T terms of the pass with weights w[t] (K, C, kh, kw) and inputs a[t] (C, H, W; NULL for 1),
+/// Rin (n, C, H, W) = [Rin +] scale * sum_t a[t] * conv^T_t(R / stab(z)), with R (n, K, Ho, Wo) and
+/// z (K, Ho, Wo) shared by the n maps. s is packed for the GEMM straight from R and z and shared by
+/// the terms (the input layer's z^B rule has three).
+void ck_lrp_direct(int n, const float *R, const float *z, float eps, int K, int Ho, int Wo, int T,
+                   const float *const *w, const float *const *a, float scale, int C, int H, int W, int kh, int kw,
+                   int sh, int sw, int ph, int pw, int accumulate, float *Rin);
+
 /// Floats of U from ck_winograd_weights: 36 x K x C, K rounded up to the GEMM's 6-row slivers.
 long ck_winograd_weights_size(int K, int C);
 /// Winograd F(4x4, 3x3) weights U (36 x K x C, packed for the GEMM micro-kernels; size from

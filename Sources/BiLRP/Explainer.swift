@@ -383,35 +383,28 @@ public final class Explainer: @unchecked Sendable {
             case let .conv(c):
                 let g = c.geometry(s)
                 let Rin = pool.take(n * g.inCount)
-                let multiple = c.passes.count > 1 || c.passes[0].terms.count > 1
-                let fused = c.fusedBackward
-                let sBuf = fused ? nil : pool.take(n * g.outCount)
-                let cBuf = fused ? nil : (multiple ? pool.take(n * g.inCount) : Rin)
                 var first = true
                 for (p, pass) in c.passes.enumerated() {
                     let z = trace.denominators[l][p].const
-                    if let sBuf {
-                        kernels.lrpDivide(n: n, count: g.outCount, R.const, z, epsilon: pass.epsilon, sBuf.pointer)
-                    }
-                    for term in pass.terms {
-                        let input: UnsafePointer<Float>? =
-                            term.input == .ones ? nil
+                    let inputs: [UnsafePointer<Float>?] = pass.terms.map { term in
+                        term.input == .ones ? nil
                             : term.input == .identity ? a.const : trace.modifiedInputs[l][term.input]!.const
-                        if let sBuf, let cBuf {
-                            kernels.convBackward(n: n, sBuf.const, g, weight: c.weights[term.weight]!.const, cBuf.pointer)
-                            kernels.lrpProduct(n: n, count: g.inCount, input, cBuf.const, scale: pass.scale,
-                                               Rin.pointer, accumulate: !first)
-                        } else {
-                            // Divide, Winograd backward and product in one pass over the block.
+                    }
+                    if c.fusedBackward {
+                        // Divide, Winograd backward and product in one pass over the block, per term.
+                        for (term, input) in zip(pass.terms, inputs) {
                             kernels.lrpTerm(n: n, R.const, z, epsilon: pass.epsilon, g,
                                             prepared: c.backward[term.weight]!.const, input, scale: pass.scale,
                                             Rin.pointer, accumulate: !first)
+                            first = false
                         }
+                    } else {
+                        kernels.lrpDirect(n: n, R.const, z, epsilon: pass.epsilon, g,
+                                          weights: pass.terms.map { c.weights[$0.weight]!.const }, inputs: inputs,
+                                          scale: pass.scale, Rin.pointer, accumulate: !first)
                         first = false
                     }
                 }
-                if let sBuf { pool.give(sBuf) }
-                if multiple, let cBuf { pool.give(cBuf) }
                 replace(Rin)
             case .relu, .flatten:
                 continue

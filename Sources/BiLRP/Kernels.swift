@@ -84,6 +84,12 @@ public protocol Kernels: Sendable {
     /// The relevance backward with weights from `prepareBackward`.
     func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
                       _ c: UnsafeMutablePointer<Float>)
+    /// One pass of a rule by the direct path (any convolution or linear layer), for the terms t with
+    /// weights W_t and inputs a_t (nil: 1): Rin = [Rin +] scale * sum_t a_t * conv^T_t(R / stab(z)).
+    /// By default the separate steps (divide, then a backward and a product per term).
+    func lrpDirect(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry,
+                   weights: [UnsafePointer<Float>], inputs: [UnsafePointer<Float>?], scale: Float,
+                   _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool)
     /// One rule term with prepared weights, the element-wise steps fused:
     /// Rin = [Rin +] scale * a * conv^T(R / stab(z)). By default the three separate steps.
     func lrpTerm(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry,
@@ -101,6 +107,18 @@ extension Kernels {
     public func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
                              _ c: UnsafeMutablePointer<Float>) {
         preconditionFailure("convBackward(prepared:) without prepareBackward")
+    }
+    public func lrpDirect(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float,
+                          _ g: ConvGeometry, weights: [UnsafePointer<Float>], inputs: [UnsafePointer<Float>?],
+                          scale: Float, _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        let s = UnsafeMutablePointer<Float>.allocate(capacity: n * g.outCount)
+        let c = UnsafeMutablePointer<Float>.allocate(capacity: n * g.inCount)
+        defer { s.deallocate(); c.deallocate() }
+        lrpDivide(n: n, count: g.outCount, R, z, epsilon: epsilon, s)
+        for (t, (w, a)) in zip(weights, inputs).enumerated() {
+            convBackward(n: n, UnsafePointer(s), g, weight: w, c)
+            lrpProduct(n: n, count: g.inCount, a, UnsafePointer(c), scale: scale, Rin, accumulate: accumulate || t > 0)
+        }
     }
     public func lrpTerm(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry,
                         prepared: UnsafePointer<Float>, _ a: UnsafePointer<Float>?, scale: Float,
@@ -148,6 +166,18 @@ public struct CKernelsBackend: Kernels {
     public func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
                              _ cOut: UnsafeMutablePointer<Float>) {
         ck_winograd_conv3x3(c(n), s, c(g.outChannels), c(g.height), c(g.width), prepared, c(g.inChannels), cOut)
+    }
+
+    /// s packed for the GEMM straight from R and z, shared by the terms (z^B has three), col2im and
+    /// the products per map (ck_lrp_direct).
+    public func lrpDirect(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float,
+                          _ g: ConvGeometry, weights: [UnsafePointer<Float>], inputs: [UnsafePointer<Float>?],
+                          scale: Float, _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        precondition(weights.count == inputs.count, "one input per weight")
+        let ws: [UnsafePointer<Float>?] = weights.map { Optional($0) }
+        ck_lrp_direct(c(n), R, z, epsilon, c(g.outChannels), c(g.outHeight), c(g.outWidth), c(weights.count), ws,
+                      inputs, scale, c(g.inChannels), c(g.height), c(g.width), c(g.kernelH), c(g.kernelW),
+                      c(g.strideH), c(g.strideW), c(g.padH), c(g.padW), accumulate ? 1 : 0, Rin)
     }
 
     public func lrpTerm(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry,

@@ -42,6 +42,25 @@ func withSchedule<T>(_ schedule: Int32, _ body: () throws -> T) rethrows -> T {
     return try body()
 }
 
+/// Stable pointers to each array for the duration of body.
+func withPointers<T>(_ arrays: [[Float]], _ body: ([UnsafePointer<Float>]) -> T) -> T {
+    var buffers = arrays.map { a -> UnsafeMutableBufferPointer<Float> in
+        let b = UnsafeMutableBufferPointer<Float>.allocate(capacity: a.count)
+        _ = b.initialize(from: a)
+        return b
+    }
+    defer { for i in buffers.indices { buffers[i].deallocate() } }
+    return body(buffers.map { UnsafePointer($0.baseAddress!) })
+}
+
+func withOptionalPointers<T>(_ arrays: [[Float]?], _ body: ([UnsafePointer<Float>?]) -> T) -> T {
+    let present = arrays.compactMap { $0 }
+    return withPointers(present) { ps in
+        var it = ps.makeIterator()
+        return body(arrays.map { $0 == nil ? nil : it.next()! })
+    }
+}
+
 /// Runs a kernel on both backends with fresh output buffers and returns (fast, reference).
 func both(_ outCount: Int, _ body: (any Kernels, UnsafeMutablePointer<Float>) -> Void) -> ([Float], [Float]) {
     var a = [Float](repeating: .nan, count: outCount)
@@ -222,6 +241,42 @@ struct KernelTests {
             }
           }
         } }
+    }
+
+    /// The direct path of a whole pass (z^B has three terms): per map with s packed from R and z
+    /// when there are at least two maps per thread, else the separate steps; both against the
+    /// reference's steps, with inputs and without, accumulating and not.
+    @Test("fused direct LRP pass (T terms) against the reference steps", arguments: isaPaths)
+    func directPass(isa: Int32) {
+        withISA(isa) {
+            let nFused = 2 * CKernelsBackend.threads + 1
+            for (i, g) in convCases.enumerated() {
+                let wCount = g.outChannels * g.inChannels * g.kernelH * g.kernelW
+                let terms = 1 + i % 3
+                let ws = (0..<terms).map { random(wCount, seed: UInt64(1000 + 10 * i + $0)) }
+                let inputs: [[Float]?] = (0..<terms).map { $0 == 1 ? nil : random(g.inCount, seed: UInt64(1100 + 10 * i + $0)) }
+                var z = random(g.outCount, seed: UInt64(1200 + i))
+                z[0] = 0
+                for n in [1, nFused] {
+                    let R = random(n * g.outCount, seed: UInt64(1300 + i))
+                    for acc in [false, true] {
+                        let start = random(n * g.inCount, seed: UInt64(1400 + i))
+                        func run(_ k: any Kernels) -> [Float] {
+                            var out = start
+                            withPointers(ws) { wp in withOptionalPointers(inputs) { ip in
+                                out.withUnsafeMutableBufferPointer {
+                                    k.lrpDirect(n: n, R, z, epsilon: 0.01, g, weights: wp, inputs: ip, scale: -0.5,
+                                                $0.baseAddress!, accumulate: acc)
+                                }
+                            } }
+                            return out
+                        }
+                        expectClose(run(CKernelsBackend()), run(ReferenceKernels()), tol: 1e-5,
+                                    "direct pass \(g) terms=\(terms) n=\(n) accumulate=\(acc)")
+                    }
+                }
+            }
+        }
     }
 
     @Test("Winograd is only offered for 3x3, stride 1, padding 1")
