@@ -27,18 +27,21 @@ final class IndexBuffer: @unchecked Sendable {
     deinit { pointer.deallocate() }
 }
 
-/// Recycles buffers by size within one computation: the relevance blocks of every layer have the
-/// same sizes in every block of maps, and fresh large allocations cost page faults each time.
+/// Recycles buffers within one computation (a pair's two inputs share one): every block of maps
+/// needs the same sizes again, and fresh large allocations cost page faults each time (the kernel
+/// zeroes every new page). `take` hands out the smallest free buffer that is large enough, so a
+/// buffer may be longer than asked for: callers use the count they asked for, never `Buffer.count`.
 final class BufferPool {
-    private var free: [Int: [Buffer]] = [:]
+    private var free: [Buffer] = []
 
     func take(_ count: Int) -> Buffer {
-        if var list = free[count], let b = list.popLast() {
-            free[count] = list
-            return b
+        var best: Int? = nil
+        for (i, b) in free.enumerated() where b.count >= count && (best == nil || b.count < free[best!].count) {
+            best = i
         }
+        if let best { return free.remove(at: best) }
         return Buffer(count: count)
     }
 
-    func give(_ b: Buffer) { free[b.count, default: []].append(b) }
+    func give(_ b: Buffer) { free.append(b) }
 }

@@ -129,7 +129,8 @@ public final class Explainer: @unchecked Sendable {
         return (f, profile)
     }
 
-    func factors(_ x: Tensor, patch: Int, profile: ExplainerProfile?) throws -> RelevanceFactors {
+    func factors(_ x: Tensor, patch: Int, profile: ExplainerProfile?, pool: BufferPool = BufferPool()) throws
+        -> RelevanceFactors {
         guard patch >= 1 else { throw BiLRPError.invalidArgument("patch size must be at least 1 (got \(patch))") }
         let t0 = DispatchTime.now().uptimeNanoseconds
         let trace = try forward(x)
@@ -141,7 +142,6 @@ public final class Explainer: @unchecked Sendable {
         var A = [Float](repeating: 0, count: P * h)
         let block = blockSize(for: trace, outputs: h)
         let pooled = Buffer(count: block * P)
-        let pool = BufferPool()
         var m0 = 0
         while m0 < h {
             let n = min(block, h - m0)
@@ -166,13 +166,17 @@ public final class Explainer: @unchecked Sendable {
                 what: "output relevance", expected: "\(trace.output.count) values (h)", found: "\(r.count)")
         }
         let out = backward(trace, Buffer(r), n: 1)
-        return try Tensor(shape: [trace.inputShape.channels, trace.inputShape.height, trace.inputShape.width], data: out.array)
+        let shape = trace.inputShape
+        return try Tensor(shape: [shape.channels, shape.height, shape.width],
+                          data: Array(UnsafeBufferPointer(start: out.const, count: shape.count)))
     }
 
     /// The BiLRP explanation of y(x, x'): R = A(x) A(x')^T over patch pairs, with the marginals,
     /// the conservation report and the top pairs.
     public func explain(_ x: Tensor, _ xPrime: Tensor, patch: Int = 8) throws -> PairExplanation {
-        try explain(factors(x, patch: patch), factors(xPrime, patch: patch))
+        let pool = BufferPool()
+        return try explain(factors(x, patch: patch, profile: nil, pool: pool),
+                           factors(xPrime, patch: patch, profile: nil, pool: pool))
     }
 
     /// The pair explanation from cached factors: one P x h by h x Q product.
@@ -350,6 +354,11 @@ public final class Explainer: @unchecked Sendable {
 
     // MARK: - Backward
 
+    /// One block size for every layer, from the largest: measured against letting the small top
+    /// layers take all maps at once and splitting further down (VGG-16 at 128 x 128: 5 % slower
+    /// and 6 % more memory; the blocks' relevance stays in cache between layers) and against half
+    /// and double the budget (7 % and 4 % slower: 8 x 8 maps then fill the GEMM's 64-tile panels
+    /// badly, or blocks leave the cache).
     func blockSize(for trace: Trace, outputs h: Int) -> Int {
         if let blockSize { return min(blockSize, h) }
         let largest = max(trace.shapes.map(\.count).max() ?? 1, trace.outputShape.count)
