@@ -84,9 +84,9 @@ public final class Explainer: @unchecked Sendable {
                 prepared.append(.relu)
                 nonNegative = true
             case let .maxPool2d(p):
-                prepared.append(.maxPool(p))
+                prepared.append(.maxPool(p, index: item.index))
             case let .avgPool2d(p):
-                prepared.append(.avgPool(p, epsilon: rule.poolingEpsilon))
+                prepared.append(.avgPool(p, epsilon: rule.poolingEpsilon, index: item.index))
             case let .adaptiveAvgPool2d(h, w):
                 prepared.append(.adaptivePool(h, w, epsilon: rule.poolingEpsilon, sum: false))
             case .flatten:
@@ -300,13 +300,13 @@ public final class Explainer: @unchecked Sendable {
             case .relu:
                 y = Buffer(count: s.count)
                 kernels.clamp(count: s.count, a.const, positive: true, y.pointer)
-            case let .maxPool(p):
+            case let .maxPool(p, _):
                 let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, pool: p)
                 y = Buffer(count: g.outCount)
                 let am = IndexBuffer(count: g.outCount)
                 kernels.maxPoolForward(a.const, g, y.pointer, argmax: am.pointer)
                 arg = am
-            case let .avgPool(p, _):
+            case let .avgPool(p, _, _):
                 let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, pool: p)
                 y = Buffer(count: g.outCount)
                 kernels.avgPoolForward(a.const, g, y.pointer)
@@ -417,12 +417,12 @@ public final class Explainer: @unchecked Sendable {
                 replace(Rin)
             case .relu, .flatten:
                 continue
-            case let .maxPool(p):
+            case let .maxPool(p, _):
                 let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, pool: p)
                 let Rin = pool.take(n * g.inCount)
                 kernels.maxPoolBackward(n: n, R.const, g, argmax: UnsafePointer(trace.argmax[l]!.pointer), Rin.pointer)
                 replace(Rin)
-            case let .avgPool(p, eps):
+            case let .avgPool(p, eps, _):
                 let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, pool: p)
                 let sBuf = pool.take(n * g.outCount)
                 kernels.lrpDivide(n: n, count: g.outCount, R.const, trace.denominators[l][0].const, epsilon: eps, sBuf.pointer)

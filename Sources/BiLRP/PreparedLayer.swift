@@ -2,8 +2,9 @@
 enum PreparedLayer: @unchecked Sendable {
     case conv(PreparedConv)
     case relu
-    case maxPool(Pool2d)
-    case avgPool(Pool2d, epsilon: Float)
+    /// Pooling layers keep their index in the model for error messages.
+    case maxPool(Pool2d, index: Int)
+    case avgPool(Pool2d, epsilon: Float, index: Int)
     /// Adaptive average pooling; `sum` multiplies by the window area (global sum pooling head).
     case adaptivePool(Int, Int, epsilon: Float, sum: Bool)
     case flatten
@@ -34,7 +35,8 @@ enum PreparedLayer: @unchecked Sendable {
             }
             return try Layer.conv2d(c.conv!).outputShape(s, index: c.index)
         case .relu: return s
-        case let .maxPool(p), let .avgPool(p, _): return try Layer.maxPool2d(p).outputShape(s, index: -1)
+        case let .maxPool(p, i): return try Layer.maxPool2d(p).outputShape(s, index: i)
+        case let .avgPool(p, _, i): return try Layer.avgPool2d(p).outputShape(s, index: i)
         case let .adaptivePool(h, w, _, _): return Shape3(s.channels, h, w)
         case .flatten: return Shape3(s.count, 1, 1)
         }

@@ -151,6 +151,11 @@ struct ErrorTests {
         #expect(m2.contains("expected 3 dimensions (C, H, W)"))
         let m3 = message { _ = try ex.embedding(Tensor(zeros: [3, 4, 4])) }
         #expect(m3.contains("layer 5") && m3.contains("input height"), "\(m3)")
+        // Too small for a pooling window: the pool's own index and kind.
+        let m4 = message { _ = try ex.embedding(Tensor(zeros: [3, 1, 1])) }
+        #expect(m4.contains("layer 4 (MaxPool2d") && m4.contains("input height"), "\(m4)")
+        let m5 = message { _ = try ex.embedding(Tensor(zeros: [3, 6, 6])) }
+        #expect(m5.contains("layer 7 (AvgPool2d") && m5.contains("input height"), "\(m5)")
     }
 
     @Test func layerIndexOutOfRange() {
