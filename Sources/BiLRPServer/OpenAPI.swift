@@ -42,6 +42,7 @@ paths:
                   patch_rows: {type: integer}
                   patch_columns: {type: integer}
                   patch: {type: integer}
+                  similarity_embedding_norm: {type: number, description: "||phi(x)||, the head's output norm (cosine similarity divides by it)"}
   /v1/explain:
     post:
       summary: Explain one pair; the answer is the JSON of `bilrp explain --json`
