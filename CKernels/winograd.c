@@ -73,6 +73,10 @@ typedef struct {
     int accumulate;
     int nr, mr;  // GEMM micro-kernel tile: V is written pre-packed in panels of nr tiles
     long Mp;     // K rounded up to mr: the packed size of one U[xi] is Mp * C
+    // Unpooling on loading (NULL: off): x is the relevance at the output of a max-pool with
+    // non-overlapping sh x sw windows, (n, C, pHo, pWo), and pam (C, pHo, pWo) its winners.
+    const int32_t *pam;
+    int pHo, pWo, psh, psw;
 } wino_job;
 
 // V[xi] as the GEMM's packed B: panels of nr tiles, each C rows of nr values.
@@ -128,6 +132,37 @@ __attribute__((target("avx512f"))) static inline void store_run_avx512(float *ds
     }
 }
 
+// One row of the unpooled relevance times 1 / stab(z), for 2-wide pool windows: row[p] for image
+// columns x0 + p in [x0 + lo, x0 + hi). 16 windows (32 columns) per step: the winners' columns
+// compared with each lane's two, the values interleaved into the even and odd columns.
+__attribute__((target("avx512f"))) static void unpool_row2_avx512(float *row, int x0, int lo, int hi, const float *rp,
+                                                                  const int32_t *am, const float *zr, long rowStart,
+                                                                  int pWo) {
+    const __m512i one = _mm512_set1_epi32(1), lane = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24,
+                                                                        26, 28, 30);
+    const __m512i lo16 = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi16 = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    int first = x0 + lo, last = x0 + hi;  // image columns [first, last)
+    for (int xs = first & ~1; xs < last; xs += 32) {
+        int q0 = xs / 2, nq = pWo - q0 < 16 ? pWo - q0 : 16;
+        __mmask16 qm = nq <= 0 ? 0 : (__mmask16)((1u << nq) - 1);
+        __m512 v = _mm512_maskz_loadu_ps(qm, rp + q0);
+        __m512i d = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(qm, am + q0), _mm512_set1_epi32((int)rowStart));
+        __m512i even = _mm512_add_epi32(_mm512_set1_epi32(xs), lane);
+        __m512 ve = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(d, even), v);
+        __m512 vo = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(d, _mm512_add_epi32(even, one)), v);
+        for (int h = 0; h < 2; h++) {
+            int c0 = xs + 16 * h;  // image columns c0 .. c0 + 15
+            int a = first - c0 > 0 ? first - c0 : 0, b = last - c0 < 16 ? last - c0 : 16;
+            if (b <= a) continue;
+            __mmask16 cm = (__mmask16)(((1u << b) - 1) & ~((1u << a) - 1));
+            __m512 w = _mm512_permutex2var_ps(ve, h ? hi16 : lo16, vo);
+            w = _mm512_mul_ps(w, _mm512_maskz_loadu_ps(cm, zr + c0));
+            _mm512_mask_storeu_ps(row + (c0 - x0), cm, w);
+        }
+    }
+}
+
 static inline __attribute__((always_inline)) void input_body(wino_job *j, long c, int vector) {
     const int tw = j->tw;
     float *buf = ck_scratch(3, (size_t)12 * (4 * tw + 2));
@@ -147,6 +182,23 @@ static inline __attribute__((always_inline)) void input_body(wino_job *j, long c
             if (yy < 0 || yy >= j->H || hi <= lo) { memset(row, 0, (size_t)Wp * sizeof(float)); continue; }
             for (int p = 0; p < lo; p++) row[p] = 0.0f;
             for (int p = hi; p < Wp; p++) row[p] = 0.0f;
+            if (j->pam) {  // winner-take-all: each window's relevance to its winner, 0 elsewhere
+                int py = yy / j->psh;
+                if (py >= j->pHo) { for (int p = lo; p < hi; p++) row[p] = 0.0f; continue; }
+                const float *rp = j->x + (m * j->C + c) * (long)j->pHo * j->pWo + (long)py * j->pWo;
+                const int32_t *am = j->pam + (c * (long)j->pHo + py) * j->pWo;
+                const float *zr = j->z + (c * (long)j->H + yy) * j->W;
+                if (vector && j->psw == 2) { unpool_row2_avx512(row, x0, lo, hi, rp, am, zr, (long)yy * j->W, j->pWo); continue; }
+                // Branch-free: which column of a window wins is data, and mispredicted branches
+                // cost more than the select.
+                long rowStart = (long)yy * j->W;
+                for (int p = lo; p < hi; p++) {
+                    int xx = x0 + p, q = xx / j->psw;
+                    float v = q < j->pWo && am[q] - rowStart == xx ? rp[q] * zr[xx] : 0.0f;
+                    row[p] = v;
+                }
+                continue;
+            }
             const float *src = xc + (long)yy * j->W + x0;
             if (j->z) {  // j->z holds 1 / stab(z) here (see winograd())
                 const float *zr = j->z + (c * (long)j->H + yy) * j->W + x0;
@@ -411,16 +463,28 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void output_avx512(v
 __attribute__((target("avx2,fma"))) static void output_avx2(void *p, long k) { output_body(p, k); }
 static void output_portable(void *p, long k) { output_body(p, k); }
 
+typedef struct {
+    const int32_t *argmax;
+    int Ho, Wo, sh, sw;
+} unpool;
+
 static void winograd(int n, const float *x, const float *z, float eps, int C, int H, int W, const float *U, int K,
-                     const float *a, float scale, int accumulate, float *y);
+                     const float *a, float scale, int accumulate, float *y, const unpool *up);
 
 void ck_winograd_conv3x3(int n, const float *x, int C, int H, int W, const float *U, int K, float *y) {
-    winograd(n, x, NULL, 0, C, H, W, U, K, NULL, 1, 0, y);
+    winograd(n, x, NULL, 0, C, H, W, U, K, NULL, 1, 0, y, NULL);
 }
 
 void ck_winograd_lrp(int n, const float *R, const float *z, float eps, int C, int H, int W, const float *U, int K,
                      const float *a, float scale, int accumulate, float *Rin) {
-    winograd(n, R, z, eps, C, H, W, U, K, a, scale, accumulate, Rin);
+    winograd(n, R, z, eps, C, H, W, U, K, a, scale, accumulate, Rin, NULL);
+}
+
+void ck_winograd_lrp_unpool(int n, const float *Rp, const int32_t *argmax, int Ho, int Wo, int sh, int sw,
+                            const float *z, float eps, int C, int H, int W, const float *U, int K, const float *a,
+                            float scale, int accumulate, float *Rin) {
+    unpool up = {argmax, Ho, Wo, sh, sw};
+    winograd(n, Rp, z, eps, C, H, W, U, K, a, scale, accumulate, Rin, &up);
 }
 
 static _Thread_local int schedule_override = CK_WINOGRAD_AUTO;
@@ -490,8 +554,9 @@ static void recip_task(void *p, long c) {
 }
 
 static void winograd(int n, const float *x, const float *z, float eps, int C, int H, int W, const float *U, int K,
-                     const float *a, float scale, int accumulate, float *y) {
+                     const float *a, float scale, int accumulate, float *y, const unpool *up) {
     if (n <= 0) return;
+    float *unpooled = NULL;
     int th = (H + 3) / 4, tw = (W + 3) / 4;
     int isa = ck_isa_active();
     int nr = ck_gemm_nr(isa), mr = ck_gemm_mr(isa);
@@ -504,18 +569,30 @@ static void winograd(int n, const float *x, const float *z, float eps, int C, in
         ck_parallel_for(C, &q, recip_task);
     }
     wino_job j = {isa, x, U, y, NULL, NULL, C, K, H, W, th, tw, 0, 0, 0, 0, K, q.rz, a, eps, scale, accumulate,
-                  nr, mr, Mp};
+                  nr, mr, Mp, NULL, 0, 0, 1, 1};
     ck_task_fn in = isa == CK_ISA_AVX512 ? input_avx512 : isa == CK_ISA_AVX2 ? input_avx2 : input_portable;
     ck_task_fn out = isa == CK_ISA_AVX512 ? output_avx512 : isa == CK_ISA_AVX2 ? output_avx2 : output_portable;
     // Small maps: 16 tiles per vector (gather offsets are 32-bit).
-    if (isa == CK_ISA_AVX512 && tw <= 4 && (long)n * ck_max(C, K) * H * W < (1L << 31)) {
+    int lanes = isa == CK_ISA_AVX512 && tw <= 4 && (long)n * ck_max(C, K) * H * W < (1L << 31);
+    if (lanes) {
         in = input_lanes_avx512;
         out = output_lanes_avx512;
+    }
+    if (up && lanes) {
+        // The lane transforms gather their inputs: unpool first (small maps, a small block).
+        unpooled = malloc((size_t)n * C * H * W * sizeof(float));
+        if (!unpooled) abort();
+        ck_maxpool_backward(n, x, C, up->Ho, up->Wo, up->argmax, H, W, unpooled);
+        j.x = unpooled;
+    } else if (up) {
+        j.pam = up->argmax;
+        j.pHo = up->Ho; j.pWo = up->Wo; j.psh = up->sh; j.psw = up->sw;
     }
     long total = (long)n * th * tw;
     if (ck_winograd_schedule(C, K) == CK_WINOGRAD_FUSED) {
         fused_job f = {j, total, in, out};
         ck_parallel_for((total + FUSED_TILES - 1) / FUSED_TILES, &f, fused_unit);
+        free(unpooled);
         return;
     }
     // Chunked: super-chunks of whole tile rows whose V and M together stay near 48 MiB.
@@ -535,4 +612,5 @@ static void winograd(int n, const float *x, const float *z, float eps, int C, in
         ck_parallel_for(36, &j, gemm_task);
         ck_parallel_for(K, &j, out);
     }
+    free(unpooled);
 }

@@ -107,6 +107,15 @@ void ck_winograd_conv3x3(int n, const float *x, int C, int H, int W, const float
 void ck_winograd_lrp(int n, const float *R, const float *z, float eps, int C, int H, int W, const float *U, int K,
                      const float *a, float scale, int accumulate, float *Rin);
 
+/// ck_winograd_lrp for a layer followed by a max-pool with non-overlapping sh x sw windows (no
+/// padding): Rp (n, C, Ho, Wo) is the relevance at the pool's output and argmax (C, Ho, Wo) its
+/// winners (ck_maxpool_forward); the winner-take-all unpooling happens on loading, so the
+/// unpooled block (3 zeros in 4) is never written and read back. Same results as
+/// ck_maxpool_backward then ck_winograd_lrp. z is required.
+void ck_winograd_lrp_unpool(int n, const float *Rp, const int32_t *argmax, int Ho, int Wo, int sh, int sw,
+                            const float *z, float eps, int C, int H, int W, const float *U, int K, const float *a,
+                            float scale, int accumulate, float *Rin);
+
 /// Schedules of the Winograd kernels (same arithmetic, same results): FUSED runs transform, GEMMs
 /// and output transform per 64 tiles on one thread (V and M stay in L2); CHUNKED runs each step over
 /// big super-chunks, parallel over channels. By default FUSED up to 256 relevance channels, else

@@ -380,6 +380,8 @@ public final class Explainer: @unchecked Sendable {
             profile.layers = all.enumerated().map { (i, l) in (l.name(trace.shapes[i]), 0) }
         }
         var tLayer = DispatchTime.now().uptimeNanoseconds
+        // A max-pool's relevance not unpooled yet: its geometry and winners (R is its output's).
+        var pooled: (PoolGeometry, IndexBuffer)? = nil
         for l in stride(from: all.count - 1, through: 0, by: -1) {
             if let profile {
                 let t = DispatchTime.now().uptimeNanoseconds
@@ -400,11 +402,18 @@ public final class Explainer: @unchecked Sendable {
                             : term.input == .identity ? a.const : trace.modifiedInputs[l][term.input]!.const
                     }
                     if c.fusedBackward {
-                        // Divide, Winograd backward and product in one pass over the block, per term.
+                        // Divide, Winograd backward and product in one pass over the block, per term
+                        // (and the max-pool above unpooled on loading, when it was left pooled).
                         for (term, input) in zip(pass.terms, inputs) {
-                            kernels.lrpTerm(n: n, R.const, z, epsilon: pass.epsilon, g,
-                                            prepared: c.backward[term.weight]!.const, input, scale: pass.scale,
-                                            Rin.pointer, accumulate: !first)
+                            let u = c.backward[term.weight]!.const
+                            if let (pg, am) = pooled {
+                                kernels.lrpTermUnpooling(n: n, R.const, argmax: UnsafePointer(am.pointer), pg, z,
+                                                         epsilon: pass.epsilon, g, prepared: u, input,
+                                                         scale: pass.scale, Rin.pointer, accumulate: !first)
+                            } else {
+                                kernels.lrpTerm(n: n, R.const, z, epsilon: pass.epsilon, g, prepared: u, input,
+                                                scale: pass.scale, Rin.pointer, accumulate: !first)
+                            }
                             first = false
                         }
                     } else {
@@ -414,11 +423,20 @@ public final class Explainer: @unchecked Sendable {
                         first = false
                     }
                 }
+                pooled = nil
                 replace(Rin)
             case .relu, .flatten:
                 continue
             case let .maxPool(p, _):
                 let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, pool: p)
+                // Left pooled when the next layer down (past ReLUs) is a fused Winograd layer: it
+                // unpools as it loads.
+                var k = l - 1
+                while k >= 0, case .relu = all[k] { k -= 1 }
+                if k >= 0, case let .conv(below) = all[k], below.fusedBackward {
+                    pooled = (g, trace.argmax[l]!)
+                    continue
+                }
                 let Rin = pool.take(n * g.inCount)
                 kernels.maxPoolBackward(n: n, R.const, g, argmax: UnsafePointer(trace.argmax[l]!.pointer), Rin.pointer)
                 replace(Rin)

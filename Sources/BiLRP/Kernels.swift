@@ -90,6 +90,13 @@ public protocol Kernels: Sendable {
     func lrpDirect(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry,
                    weights: [UnsafePointer<Float>], inputs: [UnsafePointer<Float>?], scale: Float,
                    _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool)
+    /// `lrpTerm` for a layer followed by a max-pool whose backward has not run: Rp is the relevance
+    /// at the pool's output (n, pool.outCount) and argmax its winners. By default the pool's
+    /// winner-take-all backward into a temporary block, then `lrpTerm`.
+    func lrpTermUnpooling(n: Int, _ Rp: UnsafePointer<Float>, argmax: UnsafePointer<Int32>, _ pool: PoolGeometry,
+                          _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
+                          _ a: UnsafePointer<Float>?, scale: Float, _ Rin: UnsafeMutablePointer<Float>,
+                          accumulate: Bool)
     /// One rule term with prepared weights, the element-wise steps fused:
     /// Rin = [Rin +] scale * a * conv^T(R / stab(z)). By default the three separate steps.
     func lrpTerm(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry,
@@ -107,6 +114,16 @@ extension Kernels {
     public func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
                              _ c: UnsafeMutablePointer<Float>) {
         preconditionFailure("convBackward(prepared:) without prepareBackward")
+    }
+    public func lrpTermUnpooling(n: Int, _ Rp: UnsafePointer<Float>, argmax: UnsafePointer<Int32>,
+                                 _ pool: PoolGeometry, _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry,
+                                 prepared: UnsafePointer<Float>, _ a: UnsafePointer<Float>?, scale: Float,
+                                 _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        let R = UnsafeMutablePointer<Float>.allocate(capacity: n * pool.inCount)
+        defer { R.deallocate() }
+        maxPoolBackward(n: n, Rp, pool, argmax: argmax, R)
+        lrpTerm(n: n, UnsafePointer(R), z, epsilon: epsilon, g, prepared: prepared, a, scale: scale, Rin,
+                accumulate: accumulate)
     }
     public func lrpDirect(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float,
                           _ g: ConvGeometry, weights: [UnsafePointer<Float>], inputs: [UnsafePointer<Float>?],
@@ -166,6 +183,27 @@ public struct CKernelsBackend: Kernels {
     public func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
                              _ cOut: UnsafeMutablePointer<Float>) {
         ck_winograd_conv3x3(c(n), s, c(g.outChannels), c(g.height), c(g.width), prepared, c(g.inChannels), cOut)
+    }
+
+    /// Non-overlapping pools (kernel = stride, no padding; VGG's 2 x 2): unpooled as the Winograd
+    /// input transform loads its rows (ck_winograd_lrp_unpool), so the block of unpooled maps, 3 of 4
+    /// values zero, is never written and read back. Other pools: the default steps.
+    public func lrpTermUnpooling(n: Int, _ Rp: UnsafePointer<Float>, argmax: UnsafePointer<Int32>,
+                                 _ pool: PoolGeometry, _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry,
+                                 prepared: UnsafePointer<Float>, _ a: UnsafePointer<Float>?, scale: Float,
+                                 _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        guard pool.kernelH == pool.strideH, pool.kernelW == pool.strideW, pool.padH == 0, pool.padW == 0,
+              pool.height == g.outHeight, pool.width == g.outWidth, pool.channels == g.outChannels else {
+            let R = UnsafeMutablePointer<Float>.allocate(capacity: n * pool.inCount)
+            defer { R.deallocate() }
+            maxPoolBackward(n: n, Rp, pool, argmax: argmax, R)
+            lrpTerm(n: n, UnsafePointer(R), z, epsilon: epsilon, g, prepared: prepared, a, scale: scale, Rin,
+                    accumulate: accumulate)
+            return
+        }
+        ck_winograd_lrp_unpool(c(n), Rp, argmax, c(pool.outHeight), c(pool.outWidth), c(pool.strideH),
+                               c(pool.strideW), z, epsilon, c(g.outChannels), c(g.height), c(g.width), prepared,
+                               c(g.inChannels), a, scale, accumulate ? 1 : 0, Rin)
     }
 
     /// s packed for the GEMM straight from R and z, shared by the terms (z^B has three), col2im and

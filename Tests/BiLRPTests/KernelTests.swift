@@ -279,6 +279,46 @@ struct KernelTests {
         }
     }
 
+    /// A Winograd LRP term that unpools a max-pool's relevance as it loads against the pool's
+    /// backward then the term: 2 x 2 pools on the row-wise path (an odd side leaves a row and a
+    /// column no window covers), on the 16-tiles-per-vector path (8 x 8), and a 3 x 3 stride-2 pool
+    /// (overlapping: the separate steps).
+    @Test("Winograd LRP term unpooling on load against pool backward then term", arguments: isaPaths, winogradSchedules)
+    func unpoolingTerm(isa: Int32, schedule: Int32) {
+        withISA(isa) { withSchedule(schedule) {
+            let k = CKernelsBackend(convolution: .winograd)
+            for (i, (h, w, pk, ps)) in [(13, 19, 2, 2), (6, 70, 2, 2), (8, 8, 2, 2), (12, 15, 3, 2)].enumerated() {
+                // The layer: 17 -> 20 channels, 3x3; its relevance comes through the pool above it.
+                let g = ConvGeometry(inChannels: 17, height: h, width: w, outChannels: 20, kernelH: 3, kernelW: 3,
+                                     padH: 1, padW: 1)
+                let pg = PoolGeometry(channels: 20, height: h, width: w,
+                                      pool: Pool2d(kernel: (pk, pk), stride: (ps, ps)))
+                let n = 3
+                let u = k.prepareBackward(weight: random(20 * 17 * 9, seed: UInt64(1500 + i)), g)!
+                let act = random(g.outCount, seed: UInt64(1510 + i))
+                var argmax = [Int32](repeating: 0, count: pg.outCount), pooledAct = [Float](repeating: 0, count: pg.outCount)
+                k.maxPoolForward(act, pg, &pooledAct, argmax: &argmax)
+                let Rp = random(n * pg.outCount, seed: UInt64(1520 + i))
+                var z = random(g.outCount, seed: UInt64(1530 + i))
+                z[1] = 0
+                let a = random(g.inCount, seed: UInt64(1540 + i)), start = random(n * g.inCount, seed: UInt64(1550 + i))
+                for acc in [false, true] {
+                    var fused = start, steps = start
+                    fused.withUnsafeMutableBufferPointer {
+                        k.lrpTermUnpooling(n: n, Rp, argmax: argmax, pg, z, epsilon: 0.01, g, prepared: u, a, scale: 0.5,
+                                           $0.baseAddress!, accumulate: acc)
+                    }
+                    var R = [Float](repeating: .nan, count: n * pg.inCount)
+                    k.maxPoolBackward(n: n, Rp, pg, argmax: argmax, &R)
+                    steps.withUnsafeMutableBufferPointer {
+                        k.lrpTerm(n: n, R, z, epsilon: 0.01, g, prepared: u, a, scale: 0.5, $0.baseAddress!, accumulate: acc)
+                    }
+                    #expect(fused == steps, "\(h)x\(w) pool \(pk)/\(ps) accumulate=\(acc)")
+                }
+            }
+        } }
+    }
+
     @Test("Winograd is only offered for 3x3, stride 1, padding 1")
     func winogradScope() {
         let k = CKernelsBackend(convolution: .winograd)
