@@ -119,12 +119,22 @@ extension Kernels {
                                  _ pool: PoolGeometry, _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry,
                                  prepared: UnsafePointer<Float>, _ a: UnsafePointer<Float>?, scale: Float,
                                  _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        unpoolThenTerm(n: n, Rp, argmax: argmax, pool, z, epsilon: epsilon, g, prepared: prepared, a, scale: scale,
+                       Rin, accumulate: accumulate)
+    }
+
+    /// The two steps of `lrpTermUnpooling`: the pool's backward into a temporary block, then the term.
+    func unpoolThenTerm(n: Int, _ Rp: UnsafePointer<Float>, argmax: UnsafePointer<Int32>, _ pool: PoolGeometry,
+                        _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
+                        _ a: UnsafePointer<Float>?, scale: Float, _ Rin: UnsafeMutablePointer<Float>,
+                        accumulate: Bool) {
         let R = UnsafeMutablePointer<Float>.allocate(capacity: n * pool.inCount)
         defer { R.deallocate() }
         maxPoolBackward(n: n, Rp, pool, argmax: argmax, R)
         lrpTerm(n: n, UnsafePointer(R), z, epsilon: epsilon, g, prepared: prepared, a, scale: scale, Rin,
                 accumulate: accumulate)
     }
+
     public func lrpDirect(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float,
                           _ g: ConvGeometry, weights: [UnsafePointer<Float>], inputs: [UnsafePointer<Float>?],
                           scale: Float, _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) {
@@ -194,11 +204,8 @@ public struct CKernelsBackend: Kernels {
                                  _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) {
         guard pool.kernelH == pool.strideH, pool.kernelW == pool.strideW, pool.padH == 0, pool.padW == 0,
               pool.height == g.outHeight, pool.width == g.outWidth, pool.channels == g.outChannels else {
-            let R = UnsafeMutablePointer<Float>.allocate(capacity: n * pool.inCount)
-            defer { R.deallocate() }
-            maxPoolBackward(n: n, Rp, pool, argmax: argmax, R)
-            lrpTerm(n: n, UnsafePointer(R), z, epsilon: epsilon, g, prepared: prepared, a, scale: scale, Rin,
-                    accumulate: accumulate)
+            unpoolThenTerm(n: n, Rp, argmax: argmax, pool, z, epsilon: epsilon, g, prepared: prepared, a,
+                           scale: scale, Rin, accumulate: accumulate)
             return
         }
         ck_winograd_lrp_unpool(c(n), Rp, argmax, c(pool.outHeight), c(pool.outWidth), c(pool.strideH),
