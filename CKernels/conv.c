@@ -21,31 +21,46 @@ typedef struct {
     int C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo;
 } cols_job;
 
-// The adjoint of im2col: x[c, iy, ix] = sum of the cols entries that read it.
-static void col2im_channel(void *p, long c) {
-    cols_job *q = p;
-    long N = (long)q->Ho * q->Wo;
-    float *xc = (float *)q->x + c * (long)q->H * q->W;
-    memset(xc, 0, (size_t)q->H * q->W * sizeof(float));
-    for (int i = 0; i < q->kh; i++)
-        for (int j = 0; j < q->kw; j++) {
-            const float *row = q->cols + ((c * q->kh + i) * q->kw + j) * N;
-            for (int oy = 0; oy < q->Ho; oy++) {
-                int iy = oy * q->sh - q->ph + i;
-                if (iy < 0 || iy >= q->H) continue;
-                const float *r = row + (long)oy * q->Wo;
-                float *xr = xc + (long)iy * q->W;
-                int ox0 = 0, ox1 = q->Wo;   // ox with 0 <= ox sw - pw + j < W
-                while (ox0 < ox1 && ox0 * q->sw - q->pw + j < 0) ox0++;
-                while (ox1 > ox0 && (ox1 - 1) * q->sw - q->pw + j >= q->W) ox1--;
+// The adjoint of im2col over a block of columns: x[c, iy, ix] += the entries of rows ck0 .. ck1 - 1
+// (k = (c kh + i) kw + j) and columns j0 .. j0 + cnt - 1 of cols (row stride ldc) that read it.
+static void col2im_rows(const cols_job *q, const float *cols, long ldc, long j0, long cnt, long ck0, long ck1,
+                        float *x) {
+    long HW = (long)q->H * q->W;
+    for (long ck = ck0; ck < ck1; ck++) {
+        long c = ck / (q->kh * q->kw);
+        int i = (int)((ck / q->kw) % q->kh), j = (int)(ck % q->kw);
+        // Output columns ox whose input column ox sw - pw + j lies in [0, W).
+        long oxmin = q->pw - j <= 0 ? 0 : (q->pw - j + q->sw - 1) / q->sw;
+        long oxmax = q->W - 1 + q->pw - j < 0 ? 0 : (q->W - 1 + q->pw - j) / q->sw + 1;
+        float *xc = x + c * HW;
+        const float *row = cols + (ck - ck0) * ldc;
+        for (long o = j0; o < j0 + cnt;) {
+            long oy = o / q->Wo, ox0 = o % q->Wo;
+            long run = ck_min(j0 + cnt - o, q->Wo - ox0);
+            long iy = oy * q->sh - q->ph + i;
+            if (iy >= 0 && iy < q->H) {
+                long lo = ck_max(oxmin, ox0), hi = ck_min(oxmax, ox0 + run);
+                float *xr = xc + iy * q->W;
+                const float *r = row + (o - j0) - ox0;  // r[ox] is column (oy, ox)
                 if (q->sw == 1) {
-                    float *d = xr + (ox0 - q->pw + j);
-                    for (int ox = ox0; ox < ox1; ox++) d[ox - ox0] += r[ox];
+                    float *d = xr - q->pw + j;
+                    for (long ox = lo; ox < hi; ox++) d[ox] += r[ox];
                 } else {
-                    for (int ox = ox0; ox < ox1; ox++) xr[ox * q->sw - q->pw + j] += r[ox];
+                    for (long ox = lo; ox < hi; ox++) xr[ox * q->sw - q->pw + j] += r[ox];
                 }
             }
+            o += run;
         }
+    }
+}
+
+// Channel c of x (C, H, W) from the whole cols matrix (C kh kw, Ho Wo).
+static void col2im_channel(void *p, long c) {
+    cols_job *q = p;
+    long N = (long)q->Ho * q->Wo, khw = (long)q->kh * q->kw;
+    float *x = (float *)q->x;
+    memset(x + c * (long)q->H * q->W, 0, (size_t)q->H * q->W * sizeof(float));
+    col2im_rows(q, q->cols + c * khw * N, N, 0, N, c * khw, (c + 1) * khw, x);
 }
 
 // The im2col matrix packed straight into the GEMM's panels, never stored: row k = (c kh + i) kw + j
@@ -354,44 +369,15 @@ typedef struct {
     float scale;
     int accumulate;
     float *Rin;
-    int K, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo;
+    cols_job geo;  // the convolution's geometry (its pointers unused)
+    int K;
     long nc;  // output columns per block
 } direct_job;
 
-// x[c, iy, ix] += the columns j0 .. j0 + cnt of cols (row stride ldc) that read it.
-static void col2im_block(const direct_job *q, const float *cols, long ldc, long j0, long cnt, float *x) {
-    long CKK = (long)q->C * q->kh * q->kw, HW = (long)q->H * q->W;
-    for (long ck = 0; ck < CKK; ck++) {
-        long c = ck / (q->kh * q->kw);
-        int i = (int)((ck / q->kw) % q->kh), j = (int)(ck % q->kw);
-        // Output columns ox whose input column ox sw - pw + j lies in [0, W).
-        long oxmin = q->pw - j <= 0 ? 0 : (q->pw - j + q->sw - 1) / q->sw;
-        long oxmax = q->W - 1 + q->pw - j < 0 ? 0 : (q->W - 1 + q->pw - j) / q->sw + 1;
-        float *xc = x + c * HW;
-        const float *row = cols + ck * ldc;
-        for (long o = j0; o < j0 + cnt;) {
-            long oy = o / q->Wo, ox0 = o % q->Wo;
-            long run = ck_min(j0 + cnt - o, q->Wo - ox0);
-            long iy = oy * q->sh - q->ph + i;
-            if (iy >= 0 && iy < q->H) {
-                long lo = ck_max(oxmin, ox0), hi = ck_min(oxmax, ox0 + run);
-                float *xr = xc + iy * q->W;
-                const float *r = row + (o - j0) - ox0;  // r[ox] is column (oy, ox)
-                if (q->sw == 1) {
-                    float *d = xr - q->pw + j;
-                    for (long ox = lo; ox < hi; ox++) d[ox] += r[ox];
-                } else {
-                    for (long ox = lo; ox < hi; ox++) xr[ox * q->sw - q->pw + j] += r[ox];
-                }
-            }
-            o += run;
-        }
-    }
-}
-
 static void direct_map(void *p, long m) {
     direct_job *q = p;
-    long N = (long)q->Ho * q->Wo, CKK = (long)q->C * q->kh * q->kw, CHW = (long)q->C * q->H * q->W;
+    const cols_job *g = &q->geo;
+    long N = (long)g->Ho * g->Wo, CKK = (long)g->C * g->kh * g->kw, CHW = (long)g->C * g->H * g->W;
     long ncp = (q->nc + q->nr - 1) / q->nr * q->nr;
     float *Bp = ck_scratch(0, (size_t)q->K * ncp);
     float *cols = ck_scratch(1, (size_t)q->T * CKK * q->nc);
@@ -414,7 +400,7 @@ static void direct_map(void *p, long m) {
         for (int t = 0; t < q->T; t++) {
             float *ct = cols + t * CKK * q->nc;
             ck_gemm_prepacked(q->isa, 0, slivers, (int)CKK, (int)cnt, q->K, q->Ap[t], Bp, ct, q->nc, 0);
-            col2im_block(q, ct, q->nc, j0, cnt, acc + t * CHW);
+            col2im_rows(g, ct, q->nc, j0, cnt, 0, CKK, acc + t * CHW);
         }
     }
     float *out = q->Rin + m * CHW;
@@ -423,19 +409,6 @@ static void direct_map(void *p, long m) {
         for (int t = 0; t < q->T; t++) v += (q->a[t] ? q->a[t][i] : 1.0f) * acc[t * CHW + i];
         out[i] = (q->accumulate ? out[i] : 0.0f) + q->scale * v;
     }
-}
-
-typedef struct {
-    const float *z;
-    float *rz;
-    long len;
-    float eps;
-} recip_job;
-
-static void recip_chunk(void *p, long t) {
-    recip_job *q = p;
-    long i0 = t * 16384, i1 = ck_min(q->len, i0 + 16384);
-    for (long i = i0; i < i1; i++) q->rz[i] = 1.0f / (q->z[i] + (q->z[i] >= 0.0f ? q->eps : -q->eps));
 }
 
 void ck_lrp_direct(int n, const float *R, const float *z, float eps, int K, int Ho, int Wo, int T,
@@ -459,12 +432,11 @@ void ck_lrp_direct(int n, const float *R, const float *z, float eps, int K, int 
         return;
     }
     int isa = ck_isa_active();
-    recip_job rj = {z, ck_scratch(6, (size_t)K * N), K * N, eps};
-    ck_parallel_for((K * N + 16383) / 16384, &rj, recip_chunk);
+    float *rz = ck_scratch(6, (size_t)K * N);
+    ck_lrp_stab_reciprocal(K * N, z, eps, rz);
     long per = ck_gemm_packed_a_size(isa, (int)CKK, K);
     float *packed = malloc((size_t)T * per * sizeof(float));
-    const float *Ap[16];
-    const float **ap = T <= 16 ? Ap : malloc((size_t)T * sizeof(float *));
+    const float **ap = malloc((size_t)T * sizeof(float *));
     if (!packed || !ap) abort();
     for (int t = 0; t < T; t++) {
         // A(i, k) = W_t[k, i]: the transpose, read through strides.
@@ -474,9 +446,9 @@ void ck_lrp_direct(int n, const float *R, const float *z, float eps, int K, int 
     int nr = ck_gemm_nr(isa);
     // Column blocks whose T column buffers stay in L2 next to their panel (about 1 MiB).
     long nc = ck_max(nr, ck_min(N, (262144 / ck_max(1, (long)T * CKK + K)) / nr * nr));
-    direct_job q = {isa, T, ck_gemm_mr(isa), nr, R, rj.rz, ap, a, scale, accumulate, Rin,
-                    K, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, nc};
+    direct_job q = {isa, T, ck_gemm_mr(isa), nr, R, rz, ap, a, scale, accumulate, Rin,
+                    {NULL, NULL, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo}, K, nc};
     ck_parallel_for(n, &q, direct_map);
-    if (ap != Ap) free(ap);
+    free(ap);
     free(packed);
 }

@@ -61,6 +61,10 @@ void ck_gemm_prepacked(int isa, int s0, int s1, int M, int N, int K, const float
 void ck_sgemm_serial(int isa, int M, int N, int K, const float *A, long rsa, long csa,
                      const float *B, long rsb, long csb, float *C, long ldc, int accumulate);
 
+/// rz[i] = 1 / stab(z[i]) (stab as in ck_lrp_divide), in parallel: the fused LRP kernels multiply
+/// by it, once per call for all maps, instead of dividing per map.
+void ck_lrp_stab_reciprocal(long len, const float *z, float eps, float *rz);
+
 static inline long ck_min(long a, long b) { return a < b ? a : b; }
 static inline long ck_max(long a, long b) { return a > b ? a : b; }
 

@@ -26,6 +26,20 @@ static void divide_task(void *p, long t) {
     }
 }
 
+static void reciprocal_task(void *p, long t) {
+    ew_job *e = p;
+    long i0 = t * CHUNK, i1 = ck_min(e->len, i0 + CHUNK);
+    for (long i = i0; i < i1; i++) {
+        float z = e->z[i];
+        e->out[i] = 1.0f / (z + (z >= 0.0f ? e->eps : -e->eps));
+    }
+}
+
+void ck_lrp_stab_reciprocal(long len, const float *z, float eps, float *rz) {
+    ew_job e = {len, NULL, z, NULL, NULL, eps, 0, rz, 0};
+    ck_parallel_for((len + CHUNK - 1) / CHUNK, &e, reciprocal_task);
+}
+
 void ck_lrp_divide(int n, long len, const float *R, const float *z, float eps, float *s) {
     ew_job e = {len, R, z, NULL, NULL, eps, 0, s, 0};
     ck_parallel_for((long)n * ((len + CHUNK - 1) / CHUNK), &e, divide_task);

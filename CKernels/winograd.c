@@ -538,21 +538,6 @@ static void fused_unit(void *p, long u) {
     }
 }
 
-typedef struct {
-    const float *z;
-    float *rz;
-    int H, W;
-    float eps;
-} prep_job;
-
-static void recip_task(void *p, long c) {
-    prep_job *q = p;
-    long plane = (long)q->H * q->W;
-    const float *z = q->z + c * plane;
-    float *rz = q->rz + c * plane;
-    for (long i = 0; i < plane; i++) rz[i] = 1.0f / (z[i] + (z[i] >= 0.0f ? q->eps : -q->eps));
-}
-
 static void winograd(int n, const float *x, const float *z, float eps, int C, int H, int W, const float *U, int K,
                      const float *a, float scale, int accumulate, float *y, const unpool *up) {
     if (n <= 0) return;
@@ -563,12 +548,12 @@ static void winograd(int n, const float *x, const float *z, float eps, int C, in
     long Mp = (K + mr - 1) / mr * mr;
     // 1 / stab(z) once per call, shared by all maps: a multiply per element instead of a divide.
     // Kept between calls (thread-local to the caller).
-    prep_job q = {z, NULL, H, W, eps};
+    float *rz = NULL;
     if (z) {
-        q.rz = ck_scratch(6, (size_t)C * H * W);
-        ck_parallel_for(C, &q, recip_task);
+        rz = ck_scratch(6, (size_t)C * H * W);
+        ck_lrp_stab_reciprocal((long)C * H * W, z, eps, rz);
     }
-    wino_job j = {isa, x, U, y, NULL, NULL, C, K, H, W, th, tw, 0, 0, 0, 0, K, q.rz, a, eps, scale, accumulate,
+    wino_job j = {isa, x, U, y, NULL, NULL, C, K, H, W, th, tw, 0, 0, 0, 0, K, rz, a, eps, scale, accumulate,
                   nr, mr, Mp, NULL, 0, 0, 1, 1};
     ck_task_fn in = isa == CK_ISA_AVX512 ? input_avx512 : isa == CK_ISA_AVX2 ? input_avx2 : input_portable;
     ck_task_fn out = isa == CK_ISA_AVX512 ? output_avx512 : isa == CK_ISA_AVX2 ? output_avx2 : output_portable;

@@ -44,12 +44,12 @@ func withSchedule<T>(_ schedule: Int32, _ body: () throws -> T) rethrows -> T {
 
 /// Stable pointers to each array for the duration of body.
 func withPointers<T>(_ arrays: [[Float]], _ body: ([UnsafePointer<Float>]) -> T) -> T {
-    var buffers = arrays.map { a -> UnsafeMutableBufferPointer<Float> in
+    let buffers = arrays.map { a -> UnsafeMutableBufferPointer<Float> in
         let b = UnsafeMutableBufferPointer<Float>.allocate(capacity: a.count)
         _ = b.initialize(from: a)
         return b
     }
-    defer { for i in buffers.indices { buffers[i].deallocate() } }
+    defer { for b in buffers { b.deallocate() } }
     return body(buffers.map { UnsafePointer($0.baseAddress!) })
 }
 
