@@ -116,6 +116,24 @@ void ck_winograd_lrp_unpool(int n, const float *Rp, const int32_t *argmax, int H
                             const float *z, float eps, int C, int H, int W, const float *U, int K, const float *a,
                             float scale, int accumulate, float *Rin);
 
+/// Floats of the weights prepared by ck_sparse_weights: kh * kw * K rows of C channels, padded to
+/// a multiple of 32.
+long ck_sparse_weights_size(int K, int C, int kh, int kw);
+/// Wb[(dy * kw + dx) * K + k][c] = w[k][c][dy][dx] for w (K, C, kh, kw) (K: the layer's output
+/// channels, C: its input channels), rows padded with zeros.
+void ck_sparse_weights(const float *w, int K, int C, int kh, int kw, float *Wb);
+/// One LRP term through a stride-1 convolution (kh x kw, zero padding ph, pw; Ho = H + 2 ph - kh + 1),
+/// gathered over the non-zero relevance only: Rin (n, C, H, W) = [Rin +] scale * a * conv^T(R / stab(z))
+/// with z (K, Ho, Wo) required, a (C, H, W) or NULL for 1, Wb from ck_sparse_weights. R is the
+/// relevance at the layer output (n, K, Ho, Wo), or, when argmax is not NULL, at the output of a
+/// max-pool with non-overlapping windows (n, K, Hp, Wp) and argmax its winners (ck_maxpool_forward),
+/// unpooled on packing. An entry (k, q) is skipped when every map's relevance there is zero, so the
+/// cost per map is the direct convolution's times the density of the relevance. Sums in a
+/// different order than the direct path (rounding only).
+void ck_sparse_lrp(int n, const float *R, const int32_t *argmax, int Hp, int Wp, const float *z, float eps, int K,
+                   int Ho, int Wo, const float *Wb, int C, int H, int W, int kh, int kw, int ph, int pw,
+                   const float *a, float scale, int accumulate, float *Rin);
+
 /// Schedules of the Winograd kernels (same arithmetic, same results): FUSED runs transform, GEMMs
 /// and output transform per 64 tiles on one thread (V and M stay in L2); CHUNKED runs each step over
 /// big super-chunks, parallel over channels. By default FUSED up to 256 relevance channels, else

@@ -366,6 +366,20 @@ public final class Explainer: @unchecked Sendable {
         return max(1, min(h, memoryBudget / max(perMap, 1)))
     }
 
+    /// Whether a layer's backward takes the sparse path for this block: the fraction of non-zero
+    /// relevance in its first map (at the layer output; a pooled map's values each land on one
+    /// winner) against the backend's threshold. The zero pattern comes from the input's
+    /// activations, so the maps of a block share it; the kernel itself checks every map.
+    func useSparse(_ R: UnsafePointer<Float>, _ pooled: (PoolGeometry, IndexBuffer)?, _ g: ConvGeometry) -> Bool {
+        let threshold = kernels.sparseBelowDensity
+        if threshold <= 0 { return false }
+        if threshold > 1 { return true }
+        let count = pooled?.0.outCount ?? g.outCount
+        var nonZero = 0
+        for i in 0..<count where R[i] != 0 { nonZero += 1 }
+        return Double(nonZero) < threshold * Double(g.outCount)
+    }
+
     /// Propagates a block of n output relevance vectors down to the input: (n, C, H, W). Buffers come
     /// from `pool` and every intermediate one goes back to it (the start buffer included).
     func backward(_ trace: Trace, _ start: Buffer, n: Int, profile: ExplainerProfile? = nil,
@@ -393,6 +407,14 @@ public final class Explainer: @unchecked Sendable {
             switch all[l] {
             case let .conv(c):
                 let g = c.geometry(s)
+                let sparse = c.sparseBackward && useSparse(R.const, pooled, g)
+                if let (pg, am) = pooled, !sparse, !c.fusedBackward {
+                    // Left pooled for a sparse path the density then did not pick: unpool here.
+                    let full = pool.take(n * pg.inCount)
+                    kernels.maxPoolBackward(n: n, R.const, pg, argmax: UnsafePointer(am.pointer), full.pointer)
+                    replace(full)
+                    pooled = nil
+                }
                 let Rin = pool.take(n * g.inCount)
                 var first = true
                 for (p, pass) in c.passes.enumerated() {
@@ -401,7 +423,16 @@ public final class Explainer: @unchecked Sendable {
                         term.input == .ones ? nil
                             : term.input == .identity ? a.const : trace.modifiedInputs[l][term.input]!.const
                     }
-                    if c.fusedBackward {
+                    if sparse {
+                        // Gathered over the non-zero relevance (and the pool above unpooled on packing).
+                        let p = pooled.map { (argmax: UnsafePointer($0.1.pointer), pool: $0.0) }
+                        for (term, input) in zip(pass.terms, inputs) {
+                            kernels.lrpTermSparse(n: n, R.const, pooled: p, z, epsilon: pass.epsilon, g,
+                                                  prepared: c.sparse[term.weight]!.const, input, scale: pass.scale,
+                                                  Rin.pointer, accumulate: !first)
+                            first = false
+                        }
+                    } else if c.fusedBackward {
                         // Divide, Winograd backward and product in one pass over the block, per term
                         // (and the max-pool above unpooled on loading, when it was left pooled).
                         for (term, input) in zip(pass.terms, inputs) {
@@ -429,11 +460,11 @@ public final class Explainer: @unchecked Sendable {
                 continue
             case let .maxPool(p, _):
                 let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, pool: p)
-                // Left pooled when the next layer down (past ReLUs) is a fused Winograd layer: it
-                // unpools as it loads.
+                // Left pooled when the next layer down (past ReLUs) is a fused Winograd layer or
+                // may take the sparse path: they unpool as they load.
                 var k = l - 1
                 while k >= 0, case .relu = all[k] { k -= 1 }
-                if k >= 0, case let .conv(below) = all[k], below.fusedBackward {
+                if k >= 0, case let .conv(below) = all[k], below.fusedBackward || below.sparseBackward {
                     pooled = (g, trace.argmax[l]!)
                     continue
                 }

@@ -97,6 +97,19 @@ public protocol Kernels: Sendable {
                           _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
                           _ a: UnsafePointer<Float>?, scale: Float, _ Rin: UnsafeMutablePointer<Float>,
                           accumulate: Bool)
+    /// Weights prepared once per model and rule for `lrpTermSparse`, or nil when this backend has
+    /// no sparse path for the layer.
+    func prepareSparseBackward(weight: [Float], _ g: ConvGeometry) -> [Float]?
+    /// The density of a layer's relevance (fraction of non-zero values of a map) below which the
+    /// explainer runs `lrpTermSparse` for it instead of `lrpTerm`: 0 never, above 1 always.
+    var sparseBelowDensity: Double { get }
+    /// One rule term gathered over the non-zero relevance only, with weights from
+    /// `prepareSparseBackward`: Rin = [Rin +] scale * a * conv^T(R / stab(z)), the same as `lrpTerm`
+    /// up to rounding. With `pooled`, R is the relevance at the output of that max-pool (above this
+    /// layer) and is unpooled to its winners on the way.
+    func lrpTermSparse(n: Int, _ R: UnsafePointer<Float>, pooled: (argmax: UnsafePointer<Int32>, pool: PoolGeometry)?,
+                       _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
+                       _ a: UnsafePointer<Float>?, scale: Float, _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool)
     /// One rule term with prepared weights, the element-wise steps fused:
     /// Rin = [Rin +] scale * a * conv^T(R / stab(z)). By default the three separate steps.
     func lrpTerm(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry,
@@ -114,6 +127,15 @@ extension Kernels {
     public func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
                              _ c: UnsafeMutablePointer<Float>) {
         preconditionFailure("convBackward(prepared:) without prepareBackward")
+    }
+    public func prepareSparseBackward(weight: [Float], _ g: ConvGeometry) -> [Float]? { nil }
+    public var sparseBelowDensity: Double { 0 }
+    public func lrpTermSparse(n: Int, _ R: UnsafePointer<Float>,
+                              pooled: (argmax: UnsafePointer<Int32>, pool: PoolGeometry)?, _ z: UnsafePointer<Float>,
+                              epsilon: Float, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
+                              _ a: UnsafePointer<Float>?, scale: Float, _ Rin: UnsafeMutablePointer<Float>,
+                              accumulate: Bool) {
+        preconditionFailure("lrpTermSparse without prepareSparseBackward")
     }
     public func lrpTermUnpooling(n: Int, _ Rp: UnsafePointer<Float>, argmax: UnsafePointer<Int32>,
                                  _ pool: PoolGeometry, _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry,
@@ -172,10 +194,67 @@ public struct CKernelsBackend: Kernels {
 
     public var convolution: Convolution
 
-    /// `BILRP_CONV=direct` in the environment selects the direct path by default.
-    public init(convolution: Convolution? = nil) {
-        self.convolution = convolution
-            ?? Convolution(rawValue: ProcessInfo.processInfo.environment["BILRP_CONV"] ?? "") ?? .winograd
+    /// Relevance density below which a stride-1 layer's backward skips the zero relevance
+    /// (ck_sparse_lrp) instead of running Winograd: 0 never, above 1 always. Only with `.winograd`
+    /// (`.direct` is the plain reference path). The default, 0.2, from VGG-16 on the motorcycle
+    /// pair, both paths forced per layer (2 threads, s per input): at 128 x 128 sparse wins on
+    /// conv2_2 (18 % non-zero: 0.14 vs 0.19), conv3_3 (14 %: 0.10 vs 0.17), conv4_3 (7.5 %: 0.07 vs
+    /// 0.16) and conv5_3 (3.5 %: 0.015 vs 0.05), ties on conv1_2 (21 %) and conv5_1/5_2 (23-26 %),
+    /// loses from 32 % up (Winograd does a quarter of the direct multiplications). At 224 x 224
+    /// (blocks of 5 maps) the same split, with conv2_2 a tie and conv5_1/5_2 (24 %) sparse wins
+    /// left on the table.
+    public var sparseBelowDensity: Double
+
+    public static let defaultSparseBelowDensity = 0.2
+
+    /// `BILRP_CONV=direct` in the environment selects the direct path by default;
+    /// `BILRP_SPARSE=off|always|<density>` sets `sparseBelowDensity`.
+    public init(convolution: Convolution? = nil, sparseBelowDensity: Double? = nil) {
+        let env = ProcessInfo.processInfo.environment
+        self.convolution = convolution ?? Convolution(rawValue: env["BILRP_CONV"] ?? "") ?? .winograd
+        self.sparseBelowDensity = sparseBelowDensity ?? {
+            switch env["BILRP_SPARSE"] ?? "" {
+            case "off": return 0
+            case "always": return 2
+            case let v: return Double(v) ?? Self.defaultSparseBelowDensity
+            }
+        }()
+    }
+
+    /// Stride 1, at least 16 input channels (an RGB input layer stays direct), `.winograd` mode.
+    public func prepareSparseBackward(weight: [Float], _ g: ConvGeometry) -> [Float]? {
+        guard convolution == .winograd, sparseBelowDensity > 0, g.strideH == 1, g.strideW == 1,
+              g.inChannels >= 16 else { return nil }
+        let count = ck_sparse_weights_size(c(g.outChannels), c(g.inChannels), c(g.kernelH), c(g.kernelW))
+        var w = [Float](repeating: 0, count: count)
+        w.withUnsafeMutableBufferPointer {
+            ck_sparse_weights(weight, c(g.outChannels), c(g.inChannels), c(g.kernelH), c(g.kernelW), $0.baseAddress!)
+        }
+        return w
+    }
+
+    /// Non-overlapping pools are unpooled as s is packed (only the winners are visited); others
+    /// first into a temporary block.
+    public func lrpTermSparse(n: Int, _ R: UnsafePointer<Float>,
+                              pooled: (argmax: UnsafePointer<Int32>, pool: PoolGeometry)?, _ z: UnsafePointer<Float>,
+                              epsilon: Float, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
+                              _ a: UnsafePointer<Float>?, scale: Float, _ Rin: UnsafeMutablePointer<Float>,
+                              accumulate: Bool) {
+        precondition(g.strideH == 1 && g.strideW == 1, "the sparse backward is for stride-1 convolutions")
+        func run(_ R: UnsafePointer<Float>, _ argmax: UnsafePointer<Int32>?, _ hp: Int, _ wp: Int) {
+            ck_sparse_lrp(c(n), R, argmax, c(hp), c(wp), z, epsilon, c(g.outChannels), c(g.outHeight), c(g.outWidth),
+                          prepared, c(g.inChannels), c(g.height), c(g.width), c(g.kernelH), c(g.kernelW), c(g.padH),
+                          c(g.padW), a, scale, accumulate ? 1 : 0, Rin)
+        }
+        guard let (argmax, pool) = pooled else { return run(R, nil, 0, 0) }
+        if pool.kernelH == pool.strideH, pool.kernelW == pool.strideW, pool.padH == 0, pool.padW == 0,
+           pool.height == g.outHeight, pool.width == g.outWidth, pool.channels == g.outChannels {
+            return run(R, argmax, pool.outHeight, pool.outWidth)
+        }
+        let full = UnsafeMutablePointer<Float>.allocate(capacity: n * pool.inCount)
+        defer { full.deallocate() }
+        maxPoolBackward(n: n, R, pool, argmax: argmax, full)
+        run(UnsafePointer(full), nil, 0, 0)
     }
 
     public func prepareBackward(weight: [Float], _ g: ConvGeometry) -> [Float]? {

@@ -70,6 +70,11 @@ final class PreparedConv: @unchecked Sendable {
     let backward: [WeightModifier: Buffer]
     /// Every term of the backward has prepared weights (one fused kernel per term).
     let fusedBackward: Bool
+    /// Backend-prepared weights for the sparse backward per modifier (`Kernels.lrpTermSparse`).
+    let sparse: [WeightModifier: Buffer]
+    /// Every term of the backward has sparse weights: the explainer may take the sparse path,
+    /// per input, from the density of the relevance.
+    let sparseBackward: Bool
     /// Backend-prepared forward weights per modifier (packed), convolutions only: a linear layer's
     /// forward is one matrix-vector product, and a packed copy of a classifier's weight is 400 MB.
     let forward: [WeightModifier: Buffer]
@@ -104,6 +109,7 @@ final class PreparedConv: @unchecked Sendable {
         }
         self.bias = bias.map(Buffer.init)
         var backward: [WeightModifier: Buffer] = [:], forward: [WeightModifier: Buffer] = [:]
+        var sparse: [WeightModifier: Buffer] = [:]
         if !isLinear {
             // Geometry without spatial size: only the kernel, stride and padding matter here.
             let geo = ConvGeometry(inChannels: inChannels, height: 1, width: 1, outChannels: outChannels,
@@ -117,13 +123,20 @@ final class PreparedConv: @unchecked Sendable {
                         backward[term.weight] = Buffer(u)
                     }
                 }
+                for term in pass.terms where sparse[term.weight] == nil {
+                    if let u = kernels.prepareSparseBackward(weight: weights[term.weight]!.array, geo) {
+                        sparse[term.weight] = Buffer(u)
+                    }
+                }
             }
         }
+        self.sparse = sparse
         self.backward = backward
         self.forward = forward
         let backwardModifiers = Set(rulePasses.flatMap { $0.terms.map(\.weight) })
         let fused = !backwardModifiers.isEmpty && backwardModifiers.allSatisfy { backward[$0] != nil }
         fusedBackward = fused
+        sparseBackward = !backwardModifiers.isEmpty && backwardModifiers.allSatisfy { sparse[$0] != nil }
         self.weights = weights.filter { m, _ in forward[m] == nil || (!fused && backwardModifiers.contains(m)) }
         passes = rulePasses.map { p in
             let reuse = p.terms == [RuleTerm(input: .identity, weight: .identity)] && p.bias == .identity

@@ -56,6 +56,37 @@ struct ExplainerTests {
         #expect(abs(a.similarity - b.similarity) <= 1e-5 * abs(b.similarity))
     }
 
+    /// A net whose stride-1 layers have 16 or more input channels (Winograd and sparse candidates),
+    /// with a 2 x 2 max-pool above a 3x3 layer and an overlapping 3 x 3 pool above a 5x5 one.
+    @Test("the sparse backward (always, prepared but never picked, off) equals the reference",
+          arguments: ["paper-vgg", "0:zb;conv:alphabeta=2,1"], [2.0, 1e-9, 0])
+    func sparseAgreement(spec: String, threshold: Double) throws {
+        func conv(_ cin: Int, _ cout: Int, _ k: Int, pad: Int, _ s: UInt64) throws -> Layer {
+            .conv2d(try Conv2d(
+                weight: random(cout * cin * k * k, seed: 50 &+ s, scale: (2 / Float(cin * k * k)).squareRoot()),
+                bias: random(cout, seed: 60 &+ s, scale: 0.1),
+                outChannels: cout, inChannels: cin, kernel: (k, k), padding: (pad, pad)))
+        }
+        let model = SequentialModel([
+            try conv(3, 16, 3, pad: 1, 1), .relu,
+            try conv(16, 20, 3, pad: 1, 2), .relu,
+            .maxPool2d(Pool2d(kernel: (2, 2))),
+            try conv(20, 24, 5, pad: 2, 3), .relu,
+            .maxPool2d(Pool2d(kernel: (3, 3), stride: (2, 2))),
+            try conv(24, 16, 3, pad: 1, 4), .relu,
+        ])
+        let x = try image(Shape3(3, 26, 22), seed: 31), x2 = try image(Shape3(3, 26, 22), seed: 32)
+        let composite = try Composite.named(spec)
+        let head = SimilarityHead.randomProjection(outputs: 6, seed: 2)
+        let fast = try Explainer(model: model, head: head, composite: composite, bounds: bounds, blockSize: 4,
+                                 kernels: CKernelsBackend(convolution: .winograd, sparseBelowDensity: threshold))
+        let slow = try Explainer(model: model, head: head, composite: composite, bounds: bounds,
+                                 kernels: ReferenceKernels())
+        let a = try fast.explain(x, x2, patch: 2), b = try slow.explain(x, x2, patch: 2)
+        expectClose(a.relevance, b.relevance, tol: 1e-4, "R (\(spec), sparse below \(threshold))")
+        #expect(abs(a.similarity - b.similarity) <= 1e-5 * abs(b.similarity))
+    }
+
     @Test("top pairs equal the first k of a full sort (ties by index), both signs, both methods, k past the count")
     func topPairs() throws {
         let model = try smallNet(seed: 4, bias: false)

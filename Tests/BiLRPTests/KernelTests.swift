@@ -319,6 +319,123 @@ struct KernelTests {
         } }
     }
 
+    /// The reference steps of one LRP term: Rin = [Rin +] scale * a * conv^T(R / stab(z)).
+    func referenceTerm(n: Int, _ R: [Float], _ z: [Float], _ g: ConvGeometry, weight: [Float], _ a: [Float]?,
+                       scale: Float, start: [Float], accumulate: Bool) -> [Float] {
+        let ref = ReferenceKernels()
+        var s = [Float](repeating: 0, count: n * g.outCount), c = [Float](repeating: 0, count: n * g.inCount)
+        var out = start
+        s.withUnsafeMutableBufferPointer { ref.lrpDivide(n: n, count: g.outCount, R, z, epsilon: 0.01, $0.baseAddress!) }
+        c.withUnsafeMutableBufferPointer { ref.convBackward(n: n, s, g, weight: weight, $0.baseAddress!) }
+        out.withUnsafeMutableBufferPointer {
+            ref.lrpProduct(n: n, count: g.inCount, a, c, scale: scale, $0.baseAddress!, accumulate: accumulate)
+        }
+        return out
+    }
+
+    /// Relevance that is zero on a pattern shared by the maps (about 30 % non-zero), except that map
+    /// 0 is zero everywhere and the last map alone has a few extra entries: the sparse kernel must
+    /// keep an entry that any map needs.
+    func sparseRelevance(n: Int, count: Int, seed: UInt64) -> [Float] {
+        var R = random(n * count, seed: seed)
+        let keep = random(count, seed: seed &+ 1)
+        for m in 0..<n {
+            for i in 0..<count where keep[i] < 0.5 && !(m == n - 1 && i % 7 == 0) { R[m * count + i] = 0 }
+        }
+        if n > 1 { for i in 0..<count { R[i] = 0 } }
+        return R
+    }
+
+    /// Shapes: 3x3 padding 1, 5x3 with unequal padding, 1x1, 3x3 without padding; channel counts off
+    /// the 16/32/64 column tiles. Block sizes: 1, 5 (short map tiles: 64 columns on AVX-512 where
+    /// the channels allow), 13 and 29 (a padded tile).
+    @Test("sparse LRP term (non-zero relevance only) against the reference steps", arguments: isaPaths)
+    func sparseTerm(isa: Int32) {
+        withISA(isa) {
+            let k = CKernelsBackend(convolution: .winograd, sparseBelowDensity: 2)
+            let shapes = [
+                ConvGeometry(inChannels: 20, height: 11, width: 19, outChannels: 24, kernelH: 3, kernelW: 3, padH: 1, padW: 1),
+                ConvGeometry(inChannels: 33, height: 9, width: 14, outChannels: 17, kernelH: 5, kernelW: 3, padH: 2, padW: 1),
+                ConvGeometry(inChannels: 64, height: 6, width: 33, outChannels: 16, kernelH: 1, kernelW: 1),
+                ConvGeometry(inChannels: 16, height: 7, width: 8, outChannels: 12, kernelH: 3, kernelW: 3),
+            ]
+            for (i, g) in shapes.enumerated() {
+                let w = random(g.outChannels * g.inChannels * g.kernelH * g.kernelW, seed: UInt64(1600 + i))
+                let prepared = k.prepareSparseBackward(weight: w, g)!
+                var z = random(g.outCount, seed: UInt64(1610 + i))
+                z[0] = 0
+                let a = random(g.inCount, seed: UInt64(1620 + i))
+                for n in [1, 5, 13, 29] {
+                    let R = sparseRelevance(n: n, count: g.outCount, seed: UInt64(1630 + i + n))
+                    for (useA, acc) in [(true, false), (false, true)] {
+                        let start = random(n * g.inCount, seed: UInt64(1640 + i))
+                        var fast = start
+                        fast.withUnsafeMutableBufferPointer {
+                            k.lrpTermSparse(n: n, R, pooled: nil, z, epsilon: 0.01, g, prepared: prepared,
+                                            useA ? a : nil, scale: -1.5, $0.baseAddress!, accumulate: acc)
+                        }
+                        let ref = referenceTerm(n: n, R, z, g, weight: w, useA ? a : nil, scale: -1.5, start: start,
+                                                accumulate: acc)
+                        expectClose(fast, ref, tol: 1e-5, "sparse term \(g) n=\(n) a=\(useA) accumulate=\(acc)")
+                    }
+                }
+            }
+        }
+    }
+
+    /// The sparse term reading a max-pool's relevance: 2 x 2 windows unpooled while packing (an odd
+    /// side leaves a row and a column no window covers), 3 x 3 stride 2 (overlapping: unpooled first).
+    @Test("sparse LRP term unpooling a max-pool against pool backward then the reference steps", arguments: isaPaths)
+    func sparseUnpoolingTerm(isa: Int32) {
+        withISA(isa) {
+            let k = CKernelsBackend(convolution: .winograd, sparseBelowDensity: 2)
+            for (i, (h, w, pk, ps)) in [(13, 19, 2, 2), (8, 8, 2, 2), (12, 15, 3, 2)].enumerated() {
+                let g = ConvGeometry(inChannels: 18, height: h, width: w, outChannels: 20, kernelH: 3, kernelW: 3,
+                                     padH: 1, padW: 1)
+                let pg = PoolGeometry(channels: 20, height: h, width: w, pool: Pool2d(kernel: (pk, pk), stride: (ps, ps)))
+                let wt = random(20 * 18 * 9, seed: UInt64(1700 + i))
+                let prepared = k.prepareSparseBackward(weight: wt, g)!
+                let act = random(g.outCount, seed: UInt64(1710 + i))
+                var argmax = [Int32](repeating: 0, count: pg.outCount), pooledAct = [Float](repeating: 0, count: pg.outCount)
+                k.maxPoolForward(act, pg, &pooledAct, argmax: &argmax)
+                var z = random(g.outCount, seed: UInt64(1720 + i))
+                z[1] = 0
+                let a = random(g.inCount, seed: UInt64(1730 + i))
+                for n in [3, 11] {
+                    let Rp = sparseRelevance(n: n, count: pg.outCount, seed: UInt64(1740 + i + n))
+                    var R = [Float](repeating: .nan, count: n * pg.inCount)
+                    ReferenceKernels().maxPoolBackward(n: n, Rp, pg, argmax: argmax, &R)
+                    for acc in [false, true] {
+                        let start = random(n * g.inCount, seed: UInt64(1750 + i))
+                        var fast = start
+                        argmax.withUnsafeBufferPointer { am in
+                            fast.withUnsafeMutableBufferPointer {
+                                k.lrpTermSparse(n: n, Rp, pooled: (am.baseAddress!, pg), z, epsilon: 0.01, g,
+                                                prepared: prepared, a, scale: 0.5, $0.baseAddress!, accumulate: acc)
+                            }
+                        }
+                        let ref = referenceTerm(n: n, R, z, g, weight: wt, a, scale: 0.5, start: start, accumulate: acc)
+                        expectClose(fast, ref, tol: 1e-5, "sparse unpooling \(h)x\(w) pool \(pk)/\(ps) n=\(n) accumulate=\(acc)")
+                    }
+                }
+            }
+        }
+    }
+
+    @Test("the sparse path is offered for stride 1 and 16 or more input channels, in Winograd mode, when enabled")
+    func sparseScope() {
+        let g = ConvGeometry(inChannels: 16, height: 8, width: 8, outChannels: 4, kernelH: 3, kernelW: 3, padH: 1, padW: 1)
+        let w = random(4 * 16 * 9, seed: 2)
+        #expect(CKernelsBackend(convolution: .winograd, sparseBelowDensity: 0.2).prepareSparseBackward(weight: w, g) != nil)
+        #expect(CKernelsBackend(convolution: .winograd, sparseBelowDensity: 0).prepareSparseBackward(weight: w, g) == nil)
+        #expect(CKernelsBackend(convolution: .direct, sparseBelowDensity: 0.2).prepareSparseBackward(weight: w, g) == nil)
+        var s2 = g
+        s2.strideH = 2
+        #expect(CKernelsBackend(sparseBelowDensity: 0.2).prepareSparseBackward(weight: w, s2) == nil)
+        let rgb = ConvGeometry(inChannels: 3, height: 8, width: 8, outChannels: 4, kernelH: 3, kernelW: 3, padH: 1, padW: 1)
+        #expect(CKernelsBackend(sparseBelowDensity: 0.2).prepareSparseBackward(weight: random(4 * 3 * 9, seed: 3), rgb) == nil)
+    }
+
     @Test("Winograd is only offered for 3x3, stride 1, padding 1")
     func winogradScope() {
         let k = CKernelsBackend(convolution: .winograd)
