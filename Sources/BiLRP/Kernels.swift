@@ -201,8 +201,9 @@ public struct CKernelsBackend: Kernels {
     /// conv2_2 (18 % non-zero: 0.14 vs 0.19), conv3_3 (14 %: 0.10 vs 0.17), conv4_3 (7.5 %: 0.07 vs
     /// 0.16) and conv5_3 (3.5 %: 0.015 vs 0.05), ties on conv1_2 (21 %) and conv5_1/5_2 (23-26 %),
     /// loses from 32 % up (Winograd does a quarter of the direct multiplications). At 224 x 224
-    /// (blocks of 5 maps) the same split, with conv2_2 a tie and conv5_1/5_2 (24 %) sparse wins
-    /// left on the table.
+    /// (blocks of 5 maps) the same split, with conv2_2 a tie, and conv5_1/5_2 (23-24 %) faster
+    /// sparse: at 14 x 14 a third of Winograd's tiles is padding, and the explainer scales the
+    /// threshold by that (`Explainer.useSparse`).
     public var sparseBelowDensity: Double
 
     public static let defaultSparseBelowDensity = 0.2
