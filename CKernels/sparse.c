@@ -1,8 +1,8 @@
 // The relevance backward of a stride-1 convolution that skips the relevance that is zero.
 //
 // Relevance is zero wherever the layer's output activation is zero (ReLU) and, below a max-pool,
-// everywhere but at the winners: VGG-16 at 128 x 128 keeps 5-21 % of the positions of the layers
-// under a pool and 26 % in block 5. The zero pattern is that of the input, shared by the n maps of
+// everywhere but at the winners: VGG-16 at 128 x 128 keeps 3.5-21 % of the positions of the layers
+// under a pool and 23-26 % in the rest of block 5. The zero pattern is that of the input, shared by the n maps of
 // a block, so the transposed convolution can be gathered per input pixel over the (tap, channel)
 // pairs whose relevance is not zero, with the maps as the rows of the GEMM:
 //
@@ -185,52 +185,31 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void uk_avx2_bo
     }
 }
 
+// nv = 2: 32 columns; nv = 4: 64 columns (two weight tiles, `next` floats apart), for short map
+// tiles, where 4 vectors per weight row keep the loads per multiply-add down.
 __attribute__((target("avx512f"), always_inline)) static inline void uk_avx512_body(
-    int mr, long nk, const int32_t *lw, const int32_t *le, const float *Wc, long next, const float *S, float *out) {
-    __m512 acc[14][2];
-    for (int r = 0; r < mr; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    int mr, int nv, long nk, const int32_t *lw, const int32_t *le, const float *Wc, long next, const float *S,
+    float *out) {
+    __m512 acc[14][4], b[4];
+    for (int r = 0; r < mr; r++)
+        for (int q = 0; q < nv; q++) acc[r][q] = _mm512_setzero_ps();
     for (long i = 0; i < nk; i++) {
         const float *w = Wc + (long)lw[i] * SP_LD, *s = S + (long)le[i] * mr;
-        __m512 b0 = _mm512_loadu_ps(w), b1 = _mm512_loadu_ps(w + 16);
+        for (int q = 0; q < nv; q++) b[q] = _mm512_loadu_ps(w + (q / 2) * next + (q % 2) * 16);
         for (int r = 0; r < mr; r++) {
             __m512 v = _mm512_set1_ps(s[r]);
-            acc[r][0] = _mm512_fmadd_ps(v, b0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(v, b1, acc[r][1]);
-        }
-    }
-    for (int r = 0; r < mr; r++) {
-        _mm512_storeu_ps(out + r * 32, acc[r][0]);
-        _mm512_storeu_ps(out + r * 32 + 16, acc[r][1]);
-    }
-}
-
-// 64 columns (two weight tiles, `next` floats apart) for short map tiles: 4 vectors per weight row
-// keep the loads per multiply-add down when mr is small.
-__attribute__((target("avx512f"), always_inline)) static inline void uk_avx512_wide_body(
-    int mr, long nk, const int32_t *lw, const int32_t *le, const float *Wc, long next, const float *S, float *out) {
-    __m512 acc[7][4];
-    for (int r = 0; r < mr; r++) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm512_setzero_ps();
-    for (long i = 0; i < nk; i++) {
-        const float *w = Wc + (long)lw[i] * SP_LD, *s = S + (long)le[i] * mr;
-        __m512 b0 = _mm512_loadu_ps(w), b1 = _mm512_loadu_ps(w + 16);
-        __m512 b2 = _mm512_loadu_ps(w + next), b3 = _mm512_loadu_ps(w + next + 16);
-        for (int r = 0; r < mr; r++) {
-            __m512 v = _mm512_set1_ps(s[r]);
-            acc[r][0] = _mm512_fmadd_ps(v, b0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(v, b1, acc[r][1]);
-            acc[r][2] = _mm512_fmadd_ps(v, b2, acc[r][2]);
-            acc[r][3] = _mm512_fmadd_ps(v, b3, acc[r][3]);
+            for (int q = 0; q < nv; q++) acc[r][q] = _mm512_fmadd_ps(v, b[q], acc[r][q]);
         }
     }
     for (int r = 0; r < mr; r++)
-        for (int q = 0; q < 4; q++) _mm512_storeu_ps(out + r * 64 + q * 16, acc[r][q]);
+        for (int q = 0; q < nv; q++) _mm512_storeu_ps(out + (r * nv + q) * 16, acc[r][q]);
 }
 
 typedef void (*sp_uk)(long, const int32_t *, const int32_t *, const float *, long, const float *, float *);
 #define UK512(M)                                                                                                 \
     __attribute__((target("avx512f"))) static void uk512_##M(long nk, const int32_t *lw, const int32_t *le,     \
                                                              const float *Wc, long nx, const float *S, float *o) { \
-        uk_avx512_body(M, nk, lw, le, Wc, nx, S, o);                                                             \
+        uk_avx512_body(M, 2, nk, lw, le, Wc, nx, S, o);                                                             \
     }
 #define UK256(M)                                                                                                 \
     __attribute__((target("avx2,fma"))) static void uk256_##M(long nk, const int32_t *lw, const int32_t *le,    \
@@ -240,9 +219,9 @@ typedef void (*sp_uk)(long, const int32_t *, const int32_t *, const float *, lon
 #define UK512W(M)                                                                                                \
     __attribute__((target("avx512f"))) static void uk512w_##M(long nk, const int32_t *lw, const int32_t *le,    \
                                                               const float *Wc, long nx, const float *S, float *o) { \
-        uk_avx512_wide_body(M, nk, lw, le, Wc, nx, S, o);                                                        \
+        uk_avx512_body(M, 4, nk, lw, le, Wc, nx, S, o);                                                        \
     }
-UK512W(4) UK512W(5) UK512W(6) UK512W(7)
+UK512W(4) UK512W(5) UK512W(6)
 UK512(4) UK512(5) UK512(6) UK512(7) UK512(8) UK512(9) UK512(10) UK512(11) UK512(12) UK512(13) UK512(14)
 UK256(4) UK256(5) UK256(6)
 static void uk_portable4(long nk, const int32_t *lw, const int32_t *le, const float *Wc, long next, const float *S,
@@ -253,7 +232,7 @@ static void uk_portable4(long nk, const int32_t *lw, const int32_t *le, const fl
 static sp_uk kernel_for(int isa, int mr, int cw) {
     static const sp_uk k512[] = {uk512_4, uk512_5, uk512_6, uk512_7, uk512_8, uk512_9,
                                  uk512_10, uk512_11, uk512_12, uk512_13, uk512_14};
-    static const sp_uk k512w[] = {uk512w_4, uk512w_5, uk512w_6, uk512w_7};
+    static const sp_uk k512w[] = {uk512w_4, uk512w_5, uk512w_6};
     static const sp_uk k256[] = {uk256_4, uk256_5, uk256_6};
     if (isa == CK_ISA_AVX512) return cw == 64 ? k512w[mr - 4] : k512[mr - 4];
     if (isa == CK_ISA_AVX2) return k256[mr - 4];
@@ -350,7 +329,7 @@ __attribute__((target("avx512f"))) static void store_avx512(const sp_job *j, con
     }
 }
 
-// Task (y, column tile): every map tile of input row y for cw channels.
+// Task (y, group of column tiles): every map tile of input row y for group x cw channels.
 static void row_task(void *p, long task) {
     sp_job *j = p;
     long groups = pad_ld(j->C) / j->cw / j->group;
@@ -405,8 +384,9 @@ void ck_sparse_lrp(int n, const float *R, const int32_t *argmax, int Hp, int Wp,
     j.n = n; j.K = K; j.Ho = Ho; j.Wo = Wo; j.C = C; j.H = H; j.W = W; j.kh = kh; j.kw = kw; j.ph = ph; j.pw = pw;
     j.mr = rows_for(j.isa, n);
     j.tiles = (n + j.mr - 1) / j.mr;
-    // AVX-512: 32 columns per micro-kernel, 64 for map tiles under 8 rows (when the channels allow).
-    j.cw = j.isa != CK_ISA_AVX512 ? 16 : j.mr < 8 && pad_ld(C) % 64 == 0 ? 64 : 32;
+    // AVX-512: 32 columns per micro-kernel, 64 for map tiles of at most 6 rows (when the channels
+    // allow; 7 x 4 accumulators and the 4 weight vectors would not fit the 32 registers).
+    j.cw = j.isa != CK_ISA_AVX512 ? 16 : j.mr <= 6 && pad_ld(C) % 64 == 0 ? 64 : 32;
     j.Q = (long)Ho * Wo;
     j.R = R; j.argmax = argmax; j.Hp = Hp; j.Wp = Wp;
     j.Wb = Wb; j.a = a; j.scale = scale; j.accumulate = accumulate; j.Rin = Rin;

@@ -44,6 +44,13 @@ public struct PoolGeometry: Sendable, Hashable {
 
     public var inCount: Int { channels * height * width }
     public var outCount: Int { channels * outHeight * outWidth }
+
+    /// Non-overlapping windows (kernel = stride, no padding; VGG's 2 x 2) over the output of g: a
+    /// position wins at most one window, so the fused kernels can unpool while they load.
+    func windowsTile(_ g: ConvGeometry) -> Bool {
+        kernelH == strideH && kernelW == strideW && padH == 0 && padW == 0
+            && height == g.outHeight && width == g.outWidth && channels == g.outChannels
+    }
 }
 
 /// The arithmetic an explanation needs. `CKernelsBackend` runs the C kernels; the
@@ -150,11 +157,18 @@ extension Kernels {
                         _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
                         _ a: UnsafePointer<Float>?, scale: Float, _ Rin: UnsafeMutablePointer<Float>,
                         accumulate: Bool) {
+        withUnpooled(n: n, Rp, argmax: argmax, pool) { R in
+            lrpTerm(n: n, R, z, epsilon: epsilon, g, prepared: prepared, a, scale: scale, Rin, accumulate: accumulate)
+        }
+    }
+
+    /// body with the max-pool's winner-take-all backward of Rp in a temporary block (n, pool.inCount).
+    func withUnpooled(n: Int, _ Rp: UnsafePointer<Float>, argmax: UnsafePointer<Int32>, _ pool: PoolGeometry,
+                      _ body: (UnsafePointer<Float>) -> Void) {
         let R = UnsafeMutablePointer<Float>.allocate(capacity: n * pool.inCount)
         defer { R.deallocate() }
         maxPoolBackward(n: n, Rp, pool, argmax: argmax, R)
-        lrpTerm(n: n, UnsafePointer(R), z, epsilon: epsilon, g, prepared: prepared, a, scale: scale, Rin,
-                accumulate: accumulate)
+        body(UnsafePointer(R))
     }
 
     public func lrpDirect(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float,
@@ -248,14 +262,8 @@ public struct CKernelsBackend: Kernels {
                           c(g.padW), a, scale, accumulate ? 1 : 0, Rin)
         }
         guard let (argmax, pool) = pooled else { return run(R, nil, 0, 0) }
-        if pool.kernelH == pool.strideH, pool.kernelW == pool.strideW, pool.padH == 0, pool.padW == 0,
-           pool.height == g.outHeight, pool.width == g.outWidth, pool.channels == g.outChannels {
-            return run(R, argmax, pool.outHeight, pool.outWidth)
-        }
-        let full = UnsafeMutablePointer<Float>.allocate(capacity: n * pool.inCount)
-        defer { full.deallocate() }
-        maxPoolBackward(n: n, R, pool, argmax: argmax, full)
-        run(UnsafePointer(full), nil, 0, 0)
+        if pool.windowsTile(g) { return run(R, argmax, pool.outHeight, pool.outWidth) }
+        withUnpooled(n: n, R, argmax: argmax, pool) { run($0, nil, 0, 0) }
     }
 
     public func prepareBackward(weight: [Float], _ g: ConvGeometry) -> [Float]? {
@@ -282,8 +290,7 @@ public struct CKernelsBackend: Kernels {
                                  _ pool: PoolGeometry, _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry,
                                  prepared: UnsafePointer<Float>, _ a: UnsafePointer<Float>?, scale: Float,
                                  _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) {
-        guard pool.kernelH == pool.strideH, pool.kernelW == pool.strideW, pool.padH == 0, pool.padW == 0,
-              pool.height == g.outHeight, pool.width == g.outWidth, pool.channels == g.outChannels else {
+        guard pool.windowsTile(g) else {
             unpoolThenTerm(n: n, Rp, argmax: argmax, pool, z, epsilon: epsilon, g, prepared: prepared, a,
                            scale: scale, Rin, accumulate: accumulate)
             return
