@@ -120,6 +120,7 @@ struct ChildResult: Codable {
     var forwardSeconds: Double
     var layers: [String]
     var layerSeconds: [Double]
+    var patchSideLayers: Int
     var isa: String
     var openmp: Bool
     var source: String
@@ -132,13 +133,14 @@ func child(size: Int, threads: Int, h: Int, runs: Int, profile: Bool) throws {
     var times: [Double] = []
     if runs > 1 { _ = try ex.explain(w.x1, w.x2, patch: patch) }  // warm-up
     for _ in 0..<runs { times.append(try seconds { _ = try ex.explain(w.x1, w.x2, patch: patch) }) }
-    var names: [String] = [], layerSeconds: [Double] = [], fwd = 0.0
+    var names: [String] = [], layerSeconds: [Double] = [], fwd = 0.0, side = 0
     if profile {
         let (_, p) = try ex.profiledFactors(w.x1, patch: patch)
         names = p.layers.map(\.name); layerSeconds = p.layers.map(\.seconds); fwd = p.forwardSeconds
+        side = p.patchSideLayers
     }
     let r = ChildResult(size: size, threads: threads, h: h, pairSeconds: times, rssKiB: peakRSSKiB(),
-                        forwardSeconds: fwd, layers: names, layerSeconds: layerSeconds,
+                        forwardSeconds: fwd, layers: names, layerSeconds: layerSeconds, patchSideLayers: side,
                         isa: CKernelsBackend.activeISA, openmp: CKernelsBackend.usesOpenMP, source: w.source)
     print(String(decoding: try JSONEncoder().encode(r), as: UTF8.self))
 }
@@ -220,9 +222,11 @@ for size in sizes where !kernelsOnly {
 for size in sizes {
     guard let r = results[size], !r.layers.isEmpty else { continue }
     print("")
-    print("backward time per layer, one input, \(size) x \(size), \(nt) threads (forward: \(f(r.forwardSeconds, 3)) s)")
-    for (name, s) in zip(r.layers, r.layerSeconds) where s >= 0.0005 {
-        print("  " + name.padding(toLength: 52, withPad: " ", startingAt: 0) + pad(f(s, 3), 8) + " s")
+    print("backward time per layer, one input, \(size) x \(size), \(nt) threads (forward: \(f(r.forwardSeconds, 3)) s);")
+    print("the first \(r.patchSideLayers) layers from the patch side (marked *), meeting the maps at the input of layer \(r.patchSideLayers)")
+    for (i, (name, s)) in zip(r.layers, r.layerSeconds).enumerated() where s >= 0.0005 {
+        let mark = i < r.patchSideLayers ? "* " : "  "
+        print(mark + name.padding(toLength: 52, withPad: " ", startingAt: 0) + pad(f(s, 3), 8) + " s")
     }
 }
 
@@ -325,7 +329,7 @@ struct Peer {
 }
 
 print("")
-print("side by side with PyTorch (\(nt) threads each; runs alternate ours, batched, authors' style)")
+print("side by side with PyTorch (\(nt) threads each; runs alternate ours, batched, blocked, authors' style)")
 let peerRuns = Int(option("--peer-runs") ?? "5") ?? 5
 let authorRuns = Int(option("--author-runs") ?? "2") ?? 2
 for size in sizes {
@@ -353,21 +357,32 @@ for size in sizes {
     try NPY.write(w.x2, to: dir.appendingPathComponent("x2.npy").path)
     let ours = try ex.explain(w.x1, w.x2, patch: patch)
     try NPY.write(try Tensor(shape: [ours.rows, ours.columns], data: ours.relevance), to: dir.appendingPathComponent("R_ours.npy").path)
-    var peer = try Peer(dir: dir.path, threads: nt)
-    let check = try peer.ask("check")
-    print("  \(size) x \(size): max |R_torch - R_ours| / max |R_ours|: batched \(check["batched"]!), authors' style \(check["authors"]!)")
-    var tOurs: [Double] = [], tBatched: [Double] = [], tAuthors: [Double] = []
-    for i in 0..<max(peerRuns, authorRuns) {
-        if i < peerRuns {
-            tOurs.append(try seconds { _ = try ex.explain(w.x1, w.x2, patch: patch) })
-            tBatched.append(try peer.ask("time batched")["seconds"] as! Double)
-        }
-        if i < authorRuns { tAuthors.append(try peer.ask("time authors")["seconds"] as! Double) }
+    // One process per kind, so each one's peak RSS is its own.
+    let kinds = ["batched", "blocked", "authors"]
+    let labels = ["batched": "PyTorch batched (all h maps in one batch)", "blocked": "PyTorch blocked (16 maps a batch)",
+                  "authors": "authors' style (one backward per output)"]
+    var peers = try kinds.map { _ in try Peer(dir: dir.path, threads: nt) }
+    var diffs: [String] = []
+    for (k, kind) in kinds.enumerated() {
+        diffs.append("\(kind) \(String(format: "%.2e", try peers[k].ask("check \(kind)")["diff"] as! Double))")
     }
-    let rss = try peer.ask("rss")["rss_kib"] as! Int
-    _ = try? peer.ask("quit")
-    let o = median(tOurs), bt = median(tBatched), at = median(tAuthors)
-    print("    ours        \(f(o, 3)) s/pair (median of \(tOurs.count))")
-    print("    PyTorch batched  \(f(bt, 3)) s/pair (median of \(tBatched.count))   ratio \(f(bt / o, 2))x   PyTorch peak RSS \(f(Double(rss) / 1024, 0)) MB")
-    print("    authors' style   \(f(at, 3)) s/pair (median of \(tAuthors.count))   ratio \(f(at / o, 2))x")
+    print("  \(size) x \(size): max |R_torch - R_ours| / max |R_ours|: " + diffs.joined(separator: ", "))
+    var tOurs: [Double] = [], t: [String: [Double]] = [:]
+    for i in 0..<max(peerRuns, authorRuns) {
+        if i < peerRuns { tOurs.append(try seconds { _ = try ex.explain(w.x1, w.x2, patch: patch) }) }
+        for (k, kind) in kinds.enumerated() where i < (kind == "authors" ? authorRuns : peerRuns) {
+            t[kind, default: []].append(try peers[k].ask("time \(kind)")["seconds"] as! Double)
+        }
+    }
+    let o = median(tOurs)
+    let oursRSS = results[size].map { " (ours: \(f(Double($0.rssKiB) / 1024, 0)) MB)" } ?? ""
+    print("    ours" + String(repeating: " ", count: 42) + "\(f(o, 3)) s/pair (median of \(tOurs.count))")
+    for (k, kind) in kinds.enumerated() {
+        let rss = try peers[k].ask("rss")["rss_kib"] as! Int
+        _ = try? peers[k].ask("quit")
+        let m = median(t[kind]!)
+        print("    " + labels[kind]!.padding(toLength: 46, withPad: " ", startingAt: 0)
+              + "\(f(m, 3)) s/pair (median of \(t[kind]!.count))   ratio \(f(m / o, 2))x   peak RSS \(f(Double(rss) / 1024, 0)) MB"
+              + oursRSS)
+    }
 }

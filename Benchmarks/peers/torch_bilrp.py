@@ -1,19 +1,27 @@
 #!/usr/bin/env python3
 """PyTorch peers for the BiLRP benchmark: the same explanation as bilrp-bench, two ways.
 
-batched  the fastest honest PyTorch way: one forward with modified-gradient layers (the gradient
-         trick: each layer outputs z_rho * (z / z_rho).detach(), so its value is z and its
-         gradient is that of the rule), then all h maps in one batched backward
-         (torch.autograd.grad(..., is_grads_batched=True)).
-authors  the authors' style: one forward and one backward per output phi_m, batch 1.
+batched  all h maps as one batch through the modified gradients (the issue's "PyTorch batched"):
+         one forward (batch 1), then the rule's modified gradient of each layer written out, as
+         autograd would compute it, for the h maps at once: s = R / stab(z_rho), c = conv^T(s) as a
+         forward convolution with the flipped, transposed weight (mkldnn, channels-last), R_in =
+         a * c; max-pools by max_unpool2d.
+blocked  the same in blocks of 16 maps: faster here and far leaner. Measured on this machine
+         (VGG-16, 128 x 128, 2 threads, seconds per pair): blocks of 16 8.9 s, of 25 / 50 / 100
+         9.3 / 11.0 / 14.4 s; conv_transpose2d instead of the flipped forward 9.1 s; without
+         channels-last 11.7 s; autograd's batched backward (torch.autograd.grad(...,
+         is_grads_batched=True) over the gradient trick z_rho * (z / z_rho).detach()), which vmap
+         runs as one convolution backward per map, 14-20 s.
+authors  the authors' style: one forward and one backward per output phi_m, batch 1, through that
+         gradient trick.
 
 Both use the paper-vgg rules (z^B at layer 0, gamma 0.5 / 0.25 / 0.1 / 0 by layer index, LRP-0
 head, winner-take-all max-pool), sum-pooled 8 x 8 patches, and R = A A'^T.
 
 Driven by bilrp-bench over stdin, one command per line, one JSON line back:
-  check             computes R both ways, compares with the R bilrp wrote (max |diff| / max |R|)
-  time batched      seconds for one pair, batched
-  time authors      seconds for one pair, authors' style
+  check KIND        computes R (KIND: batched, blocked, authors), compares with the R bilrp wrote
+                    (max |diff| / max |R|)
+  time KIND         seconds for one pair
   rss               peak resident memory of this process (KiB)
   quit
 """
@@ -90,6 +98,8 @@ class Model:
                 self.mod[i] = (l.weight + g * l.weight.clamp(min=0), l.bias + g * l.bias.clamp(min=0))
         w0 = self.layers[0].weight
         self.wpos, self.wneg = w0.clamp(min=0), w0.clamp(max=0)
+        # conv^T of a 3x3 / stride 1 / padding 1 layer is the forward convolution with this weight.
+        self.flipped = {i: w.transpose(0, 1).flip(2, 3).contiguous() for i, (w, _) in self.mod.items()}
 
     def parameters(self):
         for l in self.layers:
@@ -122,11 +132,52 @@ class Model:
         p = self.patch
         return maps.view(n, H // p, p, W // p, p).sum((2, 4)).reshape(n, -1).T  # (P, n)
 
-    def factors_batched(self, x):
-        phi, leaves = self.forward(x)
-        h = phi.numel()
-        grads = torch.autograd.grad(phi, leaves, grad_outputs=torch.eye(h), is_grads_batched=True)
-        return self.pool([v.detach() for v in leaves], [g[:, 0] for g in grads])
+    @torch.no_grad()
+    def factors_batched(self, x, block=None):
+        cl = torch.channels_last
+        a, saved = x, []
+        for i, l in enumerate(self.layers):
+            if isinstance(l, nn.Conv2d):
+                z = F.conv2d(a, l.weight, l.bias, padding=1)
+                if i == 0:
+                    zr = F.conv2d(a, l.weight, None, padding=1) - F.conv2d(self.low.expand_as(x), self.wpos, None, padding=1) \
+                        - F.conv2d(self.high.expand_as(x), self.wneg, None, padding=1)
+                    saved.append(("zb", a, 1 / stab(zr)))
+                else:
+                    w, b = self.mod[i]
+                    zr = F.conv2d(a, w, b, padding=1)
+                    saved.append(("conv", a.contiguous(memory_format=cl), (1 / stab(zr)).contiguous(memory_format=cl),
+                                  self.flipped[i]))
+                a = z
+            elif isinstance(l, nn.ReLU):
+                a = F.relu(a)
+            else:
+                out, idx = F.max_pool2d(a, 2, return_indices=True)
+                saved.append(("pool", idx, a.shape[2:]))
+                a = out
+        h = self.head.shape[0]
+        block = block or h
+        maps = []
+        for m0 in range(0, h, block):
+            R = (a.flatten(1) * self.head[m0:m0 + block]).view(-1, *a.shape[1:])  # LRP-0 head
+            for kind, *t in reversed(saved):
+                if kind == "pool":
+                    idx, size = t
+                    R = F.max_unpool2d(R, idx.expand(R.shape[0], -1, -1, -1), 2, output_size=size)
+                elif kind == "conv":
+                    ain, rz, wf = t
+                    R = ain * F.conv2d((R * rz).contiguous(memory_format=cl), wf, padding=1)
+                else:
+                    ain, rz = t
+                    s = R * rz
+                    R = ain * F.conv_transpose2d(s, self.layers[0].weight, padding=1) \
+                        - self.low * F.conv_transpose2d(s, self.wpos, padding=1) \
+                        - self.high * F.conv_transpose2d(s, self.wneg, padding=1)
+            maps.append(R.sum(1))
+        maps = torch.cat(maps)
+        n, H, W = maps.shape
+        p = self.patch
+        return maps.view(n, H // p, p, W // p, p).sum((2, 4)).reshape(n, -1).T
 
     def factors_authors(self, x):
         cols = []
@@ -146,7 +197,8 @@ def main():
     x2 = torch.from_numpy(np.load(os.path.join(d, "x2.npy")))[None]
 
     def pair(kind):
-        f = model.factors_batched if kind == "batched" else model.factors_authors
+        f = {"batched": model.factors_batched, "blocked": lambda x: model.factors_batched(x, block=16),
+             "authors": model.factors_authors}[kind]
         return f(x1) @ f(x2).T
 
     print(json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
@@ -156,14 +208,8 @@ def main():
             break
         if cmd[0] == "check":
             ours = torch.from_numpy(np.load(os.path.join(d, "R_ours.npy")))
-            scale = float(ours.abs().max())
-            out = {}
-            for kind in ("batched", "authors"):
-                with torch.no_grad():
-                    pass
-                R = pair(kind)
-                out[kind] = float((R - ours).abs().max()) / scale
-            print(json.dumps(out), flush=True)
+            R = pair(cmd[1])
+            print(json.dumps({"diff": float((R - ours).abs().max()) / float(ours.abs().max())}), flush=True)
         elif cmd[0] == "time":
             t = time.perf_counter()
             pair(cmd[1])

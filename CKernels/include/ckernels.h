@@ -175,6 +175,37 @@ void ck_adaptive_avgpool_forward(const float *x, int C, int H, int W, int Ho, in
 void ck_adaptive_avgpool_backward(int n, const float *s, int C, int Ho, int Wo, int H, int W,
                                   float *c);
 
+// MARK: - Patch side (mixed-mode explanations)
+
+/// P cells of ch x cw pixels in a mosaic image: cell p at row block p / gc and column block
+/// p % gc, its pixel (i, j) standing for map position (oy[p] + i, ox[p] + j), which may lie
+/// outside the map (such pixels hold 0). A mosaic of C channels is (C, ck_cells_mosaic_height,
+/// ck_cells_mosaic_width), row-major, so an ordinary convolution can run on it: with a zero ring
+/// of r pixels in every cell, a stride-1 convolution with kernel 2r + 1 and padding r computes
+/// each cell's vector alone (what leaks from a neighbour comes from its zero ring).
+typedef struct {
+    int P, gc, ch, cw;
+    const int32_t *oy, *ox;
+} ck_cells;
+long ck_cells_mosaic_height(const ck_cells *l);
+long ck_cells_mosaic_width(const ck_cells *l);
+/// dst (C, mosaic of dst_layout) = src at the same map position (0 where src's cell does not
+/// reach, and outside the map), times factor (C, H, W; NULL for 1). H, W: the map.
+void ck_cells_load(int C, int H, int W, const ck_cells *src_layout, const float *src, const ck_cells *dst_layout,
+                   const float *factor, float *dst);
+/// v = [v +] scale * o / stab(z) inside the map (z (C, H, W)), 0 outside; o and v in one layout.
+void ck_cells_scale(int C, int H, int W, const ck_cells *layout, const float *o, const float *z, float eps,
+                    float scale, int accumulate, float *v);
+/// The transpose of a max-pool's winner-take-all backward, per cell: post (Ho, Wo map) at (y, x) =
+/// pre (H, W map) at the winner argmax[c, y, x] (ck_maxpool_forward), when the winner lies in the
+/// cell's pre-pool rectangle; else 0.
+void ck_cells_unpool(int C, int H, int W, int Ho, int Wo, const int32_t *argmax, const ck_cells *pre_layout,
+                     const float *pre, const ck_cells *post_layout, float *post);
+/// A[p * lda + m] = sum over channels and the in-map pixels of cell p of v * R[m] (R (n, C, H, W)),
+/// for m < n: the P cell vectors against a block of n relevance maps.
+void ck_cells_contract(int C, int H, int W, const ck_cells *layout, const float *v, int n, const float *R,
+                       float *A, long lda);
+
 // MARK: - Pairs
 
 /// out (n, Ph, Pw) = sum over channels and over patch x patch windows of R (n, C, H, W);

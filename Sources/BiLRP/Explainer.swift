@@ -140,17 +140,35 @@ public final class Explainer: @unchecked Sendable {
         let grid = PatchGrid(height: shape.height, width: shape.width, patch: patch)
         let P = grid.count
         var A = [Float](repeating: 0, count: P * h)
-        let block = blockSize(for: trace, outputs: h)
-        let pooled = Buffer(count: block * P)
+        // The first k layers from the patch side (PatchSide.swift), the rest by the backward.
+        let k = patchSidePlan(trace, patch: patch, outputs: h)
+        if let profile, profile.layers.isEmpty {
+            let all = try allLayers(for: shape)
+            profile.layers = all.enumerated().map { (i, l) in (l.name(trace.shapes[i]), 0) }
+        }
+        profile?.patchSideLayers = k
+        let sides = k > 0 ? patchSide(trace, grid, layers: k, profile: profile, pool: pool) : []
+        let block = blockSize(for: trace, outputs: h, from: k)
+        let pooled = Buffer(count: k > 0 ? 1 : block * P)
         var m0 = 0
         while m0 < h {
             let n = min(block, h - m0)
             let start = pool.take(n * h)
             start.pointer.initialize(repeating: 0, count: n * h)
             for i in 0..<n { start.pointer[i * h + m0 + i] = trace.output.pointer[m0 + i] }
-            let r = backward(trace, start, n: n, profile: profile, pool: pool)
-            kernels.patchPool(n: n, r.const, shape, patch: patch, pooled.pointer)
-            for i in 0..<n { for p in 0..<P { A[p * h + m0 + i] = pooled.pointer[i * P + p] } }
+            let r = backward(trace, start, n: n, through: k, profile: profile, pool: pool)
+            if k > 0 {
+                let s = trace.shapes[k]
+                A.withUnsafeMutableBufferPointer { a in
+                    for side in sides {
+                        kernels.cellsContract(channels: s.channels, map: (s.height, s.width), side.layout, side.v.const,
+                                              n: n, r.const, a.baseAddress! + side.first * h + m0, lda: h)
+                    }
+                }
+            } else {
+                kernels.patchPool(n: n, r.const, shape, patch: patch, pooled.pointer)
+                for i in 0..<n { for p in 0..<P { A[p * h + m0 + i] = pooled.pointer[i * P + p] } }
+            }
             pool.give(r)
             m0 += n
         }
@@ -354,16 +372,21 @@ public final class Explainer: @unchecked Sendable {
 
     // MARK: - Backward
 
-    /// One block size for every layer, from the largest: measured against letting the small top
-    /// layers take all maps at once and splitting further down (VGG-16 at 128 x 128: 5 % slower
-    /// and 6 % more memory; the blocks' relevance stays in cache between layers) and against half
-    /// and double the budget (7 % and 4 % slower: 8 x 8 maps then fill the GEMM's 64-tile panels
-    /// badly, or blocks leave the cache).
-    func blockSize(for trace: Trace, outputs h: Int) -> Int {
+    /// One block size for every layer the backward runs (from layer k up), from the largest of
+    /// them and the memory budget, and at most 20 maps. Measured on VGG-16 (2 threads, the patch
+    /// side through conv3_2, s per pair): at 224 x 224 blocks of 5 / 10 / 16 / 20 / 25 maps take
+    /// 6.1 / 5.5 / 5.4 / 5.0 / 5.1 s (the sparse layers gain most: their micro-kernels' rows are
+    /// the maps); at 128 x 128 8 / 16 / 20 / 25 / 34 / 50 maps take 2.0 / 1.69 / 1.67 / 1.72 / 1.8
+    /// / 1.83 s (beyond 20 a block of the conv3-4 layers no longer stays in cache). Without the
+    /// patch side (VGG-16 at 128 x 128), the budget's 16 maps were measured against letting the
+    /// small top layers take all maps at once (5 % slower, 6 % more memory).
+    static let maxBlock = 20
+
+    func blockSize(for trace: Trace, outputs h: Int, from k: Int = 0) -> Int {
         if let blockSize { return min(blockSize, h) }
-        let largest = max(trace.shapes.map(\.count).max() ?? 1, trace.outputShape.count)
+        let largest = max(trace.shapes[k...].map(\.count).max() ?? 1, trace.outputShape.count)
         let perMap = 4 * MemoryLayout<Float>.size * largest
-        return max(1, min(h, memoryBudget / max(perMap, 1)))
+        return max(1, min(h, Self.maxBlock, memoryBudget / max(perMap, 1)))
     }
 
     /// Whether a layer's backward takes the sparse path for this block: the fraction of non-zero
@@ -375,22 +398,30 @@ public final class Explainer: @unchecked Sendable {
     /// 0.73x and 0.59x Winograd's time sparse).
     func useSparse(_ R: UnsafePointer<Float>, _ pooled: (PoolGeometry, IndexBuffer)?, _ g: ConvGeometry,
                    winograd: Bool) -> Bool {
-        var threshold = kernels.sparseBelowDensity
+        let threshold = sparseThreshold(g, winograd: winograd)
         if threshold <= 0 { return false }
         if threshold > 1 { return true }
-        if winograd {
-            let tiled = Double((g.height + 3) / 4 * 4 * ((g.width + 3) / 4 * 4))
-            threshold *= tiled / Double(g.height * g.width)
-        }
         let count = pooled?.0.outCount ?? g.outCount
         var nonZero = 0
         for i in 0..<count where R[i] != 0 { nonZero += 1 }
         return Double(nonZero) < threshold * Double(g.outCount)
     }
 
-    /// Propagates a block of n output relevance vectors down to the input: (n, C, H, W). Buffers come
-    /// from `pool` and every intermediate one goes back to it (the start buffer included).
-    func backward(_ trace: Trace, _ start: Buffer, n: Int, profile: ExplainerProfile? = nil,
+    /// The backend's density threshold for the sparse path, scaled by Winograd's tile padding.
+    func sparseThreshold(_ g: ConvGeometry, winograd: Bool) -> Double {
+        var threshold = kernels.sparseBelowDensity
+        if threshold <= 0 || threshold > 1 { return threshold }
+        if winograd {
+            let tiled = Double((g.height + 3) / 4 * 4 * ((g.width + 3) / 4 * 4))
+            threshold *= tiled / Double(g.height * g.width)
+        }
+        return threshold
+    }
+
+    /// Propagates a block of n output relevance vectors down to the input of layer `through` (0: the
+    /// model input): (n, C, H, W) of that layer's input shape. Buffers come from `pool` and every
+    /// intermediate one goes back to it (the start buffer included).
+    func backward(_ trace: Trace, _ start: Buffer, n: Int, through last: Int = 0, profile: ExplainerProfile? = nil,
                   pool: BufferPool = BufferPool()) -> Buffer {
         var R = start
         func replace(_ next: Buffer) {
@@ -404,7 +435,7 @@ public final class Explainer: @unchecked Sendable {
         var tLayer = DispatchTime.now().uptimeNanoseconds
         // A max-pool's relevance not unpooled yet: its geometry and winners (R is its output's).
         var pooled: (PoolGeometry, IndexBuffer)? = nil
-        for l in stride(from: all.count - 1, through: 0, by: -1) {
+        for l in stride(from: all.count - 1, through: last, by: -1) {
             if let profile {
                 let t = DispatchTime.now().uptimeNanoseconds
                 if l + 1 < all.count { profile.layers[l + 1].seconds += Double(t - tLayer) * 1e-9 }
@@ -500,7 +531,15 @@ public final class Explainer: @unchecked Sendable {
                 replace(Rin)
             }
         }
-        if let profile { profile.layers[0].seconds += Double(DispatchTime.now().uptimeNanoseconds - tLayer) * 1e-9 }
+        if let (pg, am) = pooled {
+            // Stopped above the layer that was to unpool it (the patch side meets the maps here).
+            let full = pool.take(n * pg.inCount)
+            kernels.maxPoolBackward(n: n, R.const, pg, argmax: UnsafePointer(am.pointer), full.pointer)
+            replace(full)
+        }
+        if let profile {
+            profile.layers[last].seconds += Double(DispatchTime.now().uptimeNanoseconds - tLayer) * 1e-9
+        }
         return R
     }
 }
@@ -508,6 +547,8 @@ public final class Explainer: @unchecked Sendable {
 /// Seconds spent per step of a factor computation (see `Explainer.profiledFactors`).
 public final class ExplainerProfile: @unchecked Sendable {
     public var forwardSeconds: Double = 0
+    /// Layers run on the patch side (0: all by the backward).
+    public var patchSideLayers = 0
     /// Per layer of the model and head, in order: a label with its input shape, and backward seconds.
     public var layers: [(name: String, seconds: Double)] = []
 }

@@ -117,6 +117,29 @@ public protocol Kernels: Sendable {
     func lrpTermSparse(n: Int, _ R: UnsafePointer<Float>, pooled: (argmax: UnsafePointer<Int32>, pool: PoolGeometry)?,
                        _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
                        _ a: UnsafePointer<Float>?, scale: Float, _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool)
+    /// The patch side of a mixed-mode explanation (`ck_cells_*` in ckernels.h); map is (H, W).
+    /// dst = src at the same map position (0 where src's cell does not reach or off the map) * factor.
+    func cellsLoad(channels: Int, map: (Int, Int), from: CellLayout, _ src: UnsafePointer<Float>, to: CellLayout,
+                   factor: UnsafePointer<Float>?, _ dst: UnsafeMutablePointer<Float>)
+    /// v = [v +] scale * o / stab(z) inside the map, 0 outside.
+    func cellsScale(channels: Int, map: (Int, Int), _ layout: CellLayout, _ o: UnsafePointer<Float>,
+                    _ z: UnsafePointer<Float>, epsilon: Float, scale: Float, _ v: UnsafeMutablePointer<Float>,
+                    accumulate: Bool)
+    /// The transpose of the max-pool's winner-take-all backward, per cell (pre: the pool's input map).
+    func cellsUnpool(_ pool: PoolGeometry, argmax: UnsafePointer<Int32>, from: CellLayout, _ pre: UnsafePointer<Float>,
+                     to: CellLayout, _ post: UnsafeMutablePointer<Float>)
+    /// A[p * lda + m] = sum over channels and in-map pixels of cell p of v * R[m], R (n, C, H, W).
+    func cellsContract(channels: Int, map: (Int, Int), _ layout: CellLayout, _ v: UnsafePointer<Float>, n: Int,
+                       _ R: UnsafePointer<Float>, _ A: UnsafeMutablePointer<Float>, lda: Int)
+    /// A 3 x 3, stride 1, padding 1 convolution weight prepared for `convForward(winograd:)`, or nil
+    /// when this backend has no such path. The patch side's convolutions run on it.
+    func prepareWinogradForward(weight: [Float], _ g: ConvGeometry) -> [Float]?
+    /// y = conv2d(x) without bias, with the weight from `prepareWinogradForward`.
+    func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, winograd: UnsafePointer<Float>,
+                     _ y: UnsafeMutablePointer<Float>)
+    /// Whether explanations run their lower layers on the patch side (`Explainer.patchSidePlan`):
+    /// nil lets the explainer decide by its cost model, 0 never, k the first k layers.
+    var patchSideLayers: Int? { get }
     /// One rule term with prepared weights, the element-wise steps fused:
     /// Rin = [Rin +] scale * a * conv^T(R / stab(z)). By default the three separate steps.
     func lrpTerm(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry,
@@ -137,6 +160,12 @@ extension Kernels {
     }
     public func prepareSparseBackward(weight: [Float], _ g: ConvGeometry) -> [Float]? { nil }
     public var sparseBelowDensity: Double { 0 }
+    public var patchSideLayers: Int? { 0 }
+    public func prepareWinogradForward(weight: [Float], _ g: ConvGeometry) -> [Float]? { nil }
+    public func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, winograd: UnsafePointer<Float>,
+                            _ y: UnsafeMutablePointer<Float>) {
+        preconditionFailure("convForward(winograd:) without prepareWinogradForward")
+    }
     public func lrpTermSparse(n: Int, _ R: UnsafePointer<Float>,
                               pooled: (argmax: UnsafePointer<Int32>, pool: PoolGeometry)?, _ z: UnsafePointer<Float>,
                               epsilon: Float, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
@@ -222,11 +251,26 @@ public struct CKernelsBackend: Kernels {
 
     public static let defaultSparseBelowDensity = 0.2
 
+    /// How many of the model's first layers run on the patch side (`Explainer.patchSidePlan`):
+    /// nil, the default, lets the explainer's cost model choose; 0 never (every layer by the h
+    /// backward passes). Only with `.winograd` (`.direct` is the plain reference path).
+    public var patchSideLayers: Int?
+
     /// `BILRP_CONV=direct` in the environment selects the direct path by default;
-    /// `BILRP_SPARSE=off|always|<density>` sets `sparseBelowDensity`.
-    public init(convolution: Convolution? = nil, sparseBelowDensity: Double? = nil) {
+    /// `BILRP_SPARSE=off|always|<density>` sets `sparseBelowDensity`;
+    /// `BILRP_PATCH_SIDE=off|auto|<layers>` sets `patchSideLayers`.
+    public init(convolution: Convolution? = nil, sparseBelowDensity: Double? = nil, patchSideLayers: Int?? = nil) {
         let env = ProcessInfo.processInfo.environment
-        self.convolution = convolution ?? Convolution(rawValue: env["BILRP_CONV"] ?? "") ?? .winograd
+        let mode = convolution ?? Convolution(rawValue: env["BILRP_CONV"] ?? "") ?? .winograd
+        self.convolution = mode
+        if let patchSideLayers {
+            self.patchSideLayers = mode == .direct ? 0 : patchSideLayers
+        } else {
+            switch env["BILRP_PATCH_SIDE"] ?? "" {
+            case "off": self.patchSideLayers = 0
+            case let v: self.patchSideLayers = mode == .direct ? 0 : Int(v)
+            }
+        }
         self.sparseBelowDensity = sparseBelowDensity ?? {
             switch env["BILRP_SPARSE"] ?? "" {
             case "off": return 0
@@ -276,6 +320,22 @@ public struct CKernelsBackend: Kernels {
             ck_winograd_weights(weight, c(g.inChannels), c(g.outChannels), 1, $0.baseAddress!)
         }
         return u
+    }
+
+    /// As `prepareBackward`, for the forward: 16 or more channels in and out.
+    public func prepareWinogradForward(weight: [Float], _ g: ConvGeometry) -> [Float]? {
+        guard convolution == .winograd, g.kernelH == 3, g.kernelW == 3, g.strideH == 1, g.strideW == 1,
+              g.padH == 1, g.padW == 1, g.inChannels >= 16, g.outChannels >= 16 else { return nil }
+        var u = [Float](repeating: 0, count: ck_winograd_weights_size(c(g.outChannels), c(g.inChannels)))
+        u.withUnsafeMutableBufferPointer {
+            ck_winograd_weights(weight, c(g.outChannels), c(g.inChannels), 0, $0.baseAddress!)
+        }
+        return u
+    }
+
+    public func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, winograd: UnsafePointer<Float>,
+                            _ y: UnsafeMutablePointer<Float>) {
+        ck_winograd_conv3x3(1, x, c(g.inChannels), c(g.height), c(g.width), winograd, c(g.outChannels), y)
     }
 
     public func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
@@ -402,6 +462,34 @@ public struct CKernelsBackend: Kernels {
     public func adaptiveAvgPoolBackward(n: Int, _ s: UnsafePointer<Float>, _ g: PoolGeometry,
                                         _ cOut: UnsafeMutablePointer<Float>) {
         ck_adaptive_avgpool_backward(c(n), s, c(g.channels), c(g.outHeight), c(g.outWidth), c(g.height), c(g.width), cOut)
+    }
+
+    public func cellsLoad(channels: Int, map: (Int, Int), from: CellLayout, _ src: UnsafePointer<Float>,
+                          to: CellLayout, factor: UnsafePointer<Float>?, _ dst: UnsafeMutablePointer<Float>) {
+        from.withC { s in to.withC { d in ck_cells_load(c(channels), c(map.0), c(map.1), s, src, d, factor, dst) } }
+    }
+
+    public func cellsScale(channels: Int, map: (Int, Int), _ layout: CellLayout, _ o: UnsafePointer<Float>,
+                           _ z: UnsafePointer<Float>, epsilon: Float, scale: Float, _ v: UnsafeMutablePointer<Float>,
+                           accumulate: Bool) {
+        layout.withC { l in
+            ck_cells_scale(c(channels), c(map.0), c(map.1), l, o, z, epsilon, scale, accumulate ? 1 : 0, v)
+        }
+    }
+
+    public func cellsUnpool(_ pool: PoolGeometry, argmax: UnsafePointer<Int32>, from: CellLayout,
+                            _ pre: UnsafePointer<Float>, to: CellLayout, _ post: UnsafeMutablePointer<Float>) {
+        from.withC { s in
+            to.withC { d in
+                ck_cells_unpool(c(pool.channels), c(pool.height), c(pool.width), c(pool.outHeight), c(pool.outWidth),
+                                argmax, s, pre, d, post)
+            }
+        }
+    }
+
+    public func cellsContract(channels: Int, map: (Int, Int), _ layout: CellLayout, _ v: UnsafePointer<Float>,
+                              n: Int, _ R: UnsafePointer<Float>, _ A: UnsafeMutablePointer<Float>, lda: Int) {
+        layout.withC { l in ck_cells_contract(c(channels), c(map.0), c(map.1), l, v, c(n), R, A, lda) }
     }
 
     public func patchPool(n: Int, _ R: UnsafePointer<Float>, _ shape: Shape3, patch: Int,

@@ -1,3 +1,5 @@
+import Foundation
+
 /// A layer ready for explanation: rule chosen, modified weights computed (once per model and rule).
 enum PreparedLayer: @unchecked Sendable {
     case conv(PreparedConv)
@@ -143,6 +145,25 @@ final class PreparedConv: @unchecked Sendable {
             let b = p.bias.flatMap { m in bias.map { Buffer($0.map(m.apply)) } }
             return Pass(terms: p.terms, bias: b, epsilon: p.epsilon, scale: p.scale, reusesForward: reuse)
         }
+    }
+
+    /// Winograd forward weights per modifier for the patch side (`Explainer.patchSide`), prepared on
+    /// first use: only the layers the patch side reaches need them (VGG-16 at 128 x 128: conv1-3,
+    /// 28 MB; for every layer they would be 235 MB per modifier).
+    private var winogradForwardCache: [WeightModifier: Buffer?] = [:]
+    private let winogradForwardLock = NSLock()
+
+    func winogradForward(_ m: WeightModifier, _ kernels: any Kernels) -> Buffer? {
+        guard let conv else { return nil }
+        winogradForwardLock.lock()
+        defer { winogradForwardLock.unlock() }
+        if let cached = winogradForwardCache[m] { return cached }
+        let geo = ConvGeometry(inChannels: inChannels, height: 1, width: 1, outChannels: outChannels,
+                               kernelH: kernelH, kernelW: kernelW, strideH: strideH, strideW: strideW,
+                               padH: padH, padW: padW)
+        let u = kernels.prepareWinogradForward(weight: conv.weight.map(m.apply), geo).map(Buffer.init)
+        winogradForwardCache[m] = .some(u)
+        return u
     }
 
     /// The layer's forward under a weight modifier, with the prepared weight when there is one.

@@ -204,6 +204,93 @@ public struct ReferenceKernels: Kernels {
         }
     }
 
+    // MARK: Patch side: each cell pixel by its map position, written out.
+
+    public func cellsLoad(channels: Int, map: (Int, Int), from: CellLayout, _ src: UnsafePointer<Float>,
+                          to: CellLayout, factor: UnsafePointer<Float>?, _ dst: UnsafeMutablePointer<Float>) {
+        let (H, W) = map
+        let splane = from.mosaicHeight * from.mosaicWidth, dplane = to.mosaicHeight * to.mosaicWidth
+        for c in 0..<channels {
+            for i in 0..<dplane { dst[c * dplane + i] = 0 }
+            for p in 0..<to.count {
+                for i in 0..<to.cellHeight {
+                    for j in 0..<to.cellWidth {
+                        let y = Int(to.originY[p]) + i, x = Int(to.originX[p]) + j
+                        guard y >= 0, y < H, x >= 0, x < W else { continue }
+                        let si = y - Int(from.originY[p]), sj = x - Int(from.originX[p])
+                        guard si >= 0, si < from.cellHeight, sj >= 0, sj < from.cellWidth else { continue }
+                        let f = factor.map { $0[(c * H + y) * W + x] } ?? 1
+                        dst[c * dplane + to.index(p, i, j)] = src[c * splane + from.index(p, si, sj)] * f
+                    }
+                }
+            }
+        }
+    }
+
+    public func cellsScale(channels: Int, map: (Int, Int), _ layout: CellLayout, _ o: UnsafePointer<Float>,
+                           _ z: UnsafePointer<Float>, epsilon: Float, scale: Float, _ v: UnsafeMutablePointer<Float>,
+                           accumulate: Bool) {
+        let (H, W) = map
+        let plane = layout.mosaicHeight * layout.mosaicWidth
+        if !accumulate { for i in 0..<channels * plane { v[i] = 0 } }
+        for c in 0..<channels {
+            for p in 0..<layout.count {
+                for i in 0..<layout.cellHeight {
+                    for j in 0..<layout.cellWidth {
+                        let y = Int(layout.originY[p]) + i, x = Int(layout.originX[p]) + j
+                        guard y >= 0, y < H, x >= 0, x < W else { continue }
+                        let zz = z[(c * H + y) * W + x]
+                        let k = c * plane + layout.index(p, i, j)
+                        v[k] += o[k] / (zz + (zz >= 0 ? epsilon : -epsilon)) * scale
+                    }
+                }
+            }
+        }
+    }
+
+    public func cellsUnpool(_ pool: PoolGeometry, argmax: UnsafePointer<Int32>, from: CellLayout,
+                            _ pre: UnsafePointer<Float>, to: CellLayout, _ post: UnsafeMutablePointer<Float>) {
+        let splane = from.mosaicHeight * from.mosaicWidth, dplane = to.mosaicHeight * to.mosaicWidth
+        for c in 0..<pool.channels {
+            for i in 0..<dplane { post[c * dplane + i] = 0 }
+            for p in 0..<to.count {
+                for i in 0..<to.cellHeight {
+                    for j in 0..<to.cellWidth {
+                        let y = Int(to.originY[p]) + i, x = Int(to.originX[p]) + j
+                        guard y >= 0, y < pool.outHeight, x >= 0, x < pool.outWidth else { continue }
+                        let a = Int(argmax[(c * pool.outHeight + y) * pool.outWidth + x])
+                        guard a >= 0 else { continue }
+                        let si = a / pool.width - Int(from.originY[p]), sj = a % pool.width - Int(from.originX[p])
+                        guard si >= 0, si < from.cellHeight, sj >= 0, sj < from.cellWidth else { continue }
+                        post[c * dplane + to.index(p, i, j)] = pre[c * splane + from.index(p, si, sj)]
+                    }
+                }
+            }
+        }
+    }
+
+    public func cellsContract(channels: Int, map: (Int, Int), _ layout: CellLayout, _ v: UnsafePointer<Float>,
+                              n: Int, _ R: UnsafePointer<Float>, _ A: UnsafeMutablePointer<Float>, lda: Int) {
+        let (H, W) = map
+        let plane = layout.mosaicHeight * layout.mosaicWidth
+        for p in 0..<layout.count {
+            for m in 0..<n {
+                var sum: Double = 0
+                for c in 0..<channels {
+                    for i in 0..<layout.cellHeight {
+                        for j in 0..<layout.cellWidth {
+                            let y = Int(layout.originY[p]) + i, x = Int(layout.originX[p]) + j
+                            guard y >= 0, y < H, x >= 0, x < W else { continue }
+                            sum += Double(v[c * plane + layout.index(p, i, j)])
+                                * Double(R[((m * channels + c) * H + y) * W + x])
+                        }
+                    }
+                }
+                A[p * lda + m] = Float(sum)
+            }
+        }
+    }
+
     public func pairProduct(p: Int, q: Int, h: Int, _ A: UnsafePointer<Float>, _ B: UnsafePointer<Float>,
                             _ R: UnsafeMutablePointer<Float>) {
         for i in 0..<p {

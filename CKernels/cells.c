@@ -1,0 +1,232 @@
+// The patch side of a mixed-mode explanation: the patch-pooled, channel-summed first-order maps
+// A (P x h) are Q B_1 ... B_L R_L, with B_l the (linear, input-dependent) LRP backward of layer l
+// and Q the patch pooling. Bracketed from the top, that is h backward passes over whole maps;
+// from the bottom, Q B_1 ... B_k is P vectors propagated through the transposed steps, each
+// non-zero only near its patch (a 3 x 3 convolution grows the support by one pixel a side, a
+// max-pool halves it). These kernels move those P vectors, each in its own cell of a mosaic image
+// (see ck_cells in ckernels.h), so the convolution itself is the ordinary forward kernel run on
+// the mosaic; and they contract the P vectors with the h maps at the layer where the two meet.
+#include "internal.h"
+
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+static inline long cell_base(const ck_cells *l, int p, long mosaic_w) {
+    return (long)(p / l->gc) * l->ch * mosaic_w + (long)(p % l->gc) * l->cw;
+}
+
+long ck_cells_mosaic_height(const ck_cells *l) { return (long)((l->P + l->gc - 1) / l->gc) * l->ch; }
+long ck_cells_mosaic_width(const ck_cells *l) { return (long)l->gc * l->cw; }
+
+typedef struct {
+    int C, H, W, Ho, Wo;
+    const ck_cells *s, *d;
+    const float *src, *factor, *z;
+    const int32_t *argmax;
+    float *dst;
+    float eps, scale;
+    int accumulate;
+} cells_job;
+
+// Task c: every cell of channel c, dst from src at the same map position, times factor.
+static void load_channel(void *ctx, long c) {
+    const cells_job *j = ctx;
+    const ck_cells *s = j->s, *d = j->d;
+    long sh = ck_cells_mosaic_height(s), sw = ck_cells_mosaic_width(s);
+    long dh = ck_cells_mosaic_height(d), dw = ck_cells_mosaic_width(d);
+    const float *src = j->src + c * sh * sw;
+    float *dst = j->dst + c * dh * dw;
+    const float *f = j->factor ? j->factor + c * (long)j->H * j->W : NULL;
+    memset(dst, 0, (size_t)(dh * dw) * sizeof(float));
+    for (int p = 0; p < d->P; p++) {
+        float *dc = dst + cell_base(d, p, dw);
+        const float *sc = src + cell_base(s, p, sw);
+        // Rows and columns of the destination cell inside both the map and the source cell.
+        int dy = s->oy[p] - d->oy[p], dx = s->ox[p] - d->ox[p];
+        int i0 = (int)ck_max(ck_max(0, -d->oy[p]), dy), i1 = (int)ck_min(ck_min(d->ch, j->H - d->oy[p]), dy + s->ch);
+        int c0 = (int)ck_max(ck_max(0, -d->ox[p]), dx), c1 = (int)ck_min(ck_min(d->cw, j->W - d->ox[p]), dx + s->cw);
+        for (int i = i0; i < i1; i++) {
+            const float *sr = sc + (long)(i - dy) * sw - dx;
+            float *dr = dc + (long)i * dw;
+            if (f) {
+                const float *fr = f + (long)(d->oy[p] + i) * j->W + d->ox[p];
+                for (int x = c0; x < c1; x++) dr[x] = sr[x] * fr[x];
+            } else {
+                for (int x = c0; x < c1; x++) dr[x] = sr[x];
+            }
+        }
+    }
+}
+
+void ck_cells_load(int C, int H, int W, const ck_cells *src_layout, const float *src, const ck_cells *dst_layout,
+                   const float *factor, float *dst) {
+    cells_job j = {C, H, W, 0, 0, src_layout, dst_layout, src, factor, NULL, NULL, dst, 0, 0, 0};
+    ck_parallel_for(C, &j, load_channel);
+}
+
+// Task c: v = [v +] scale * o / stab(z) inside the map, 0 outside.
+static void scale_channel(void *ctx, long c) {
+    const cells_job *j = ctx;
+    const ck_cells *l = j->s;
+    long mh = ck_cells_mosaic_height(l), mw = ck_cells_mosaic_width(l);
+    const float *o = j->src + c * mh * mw;
+    float *v = j->dst + c * mh * mw;
+    const float *z = j->z + c * (long)j->H * j->W;
+    if (!j->accumulate) memset(v, 0, (size_t)(mh * mw) * sizeof(float));
+    for (int p = 0; p < l->P; p++) {
+        long b = cell_base(l, p, mw);
+        int i0 = (int)ck_max(0, -l->oy[p]), i1 = (int)ck_min(l->ch, j->H - l->oy[p]);
+        int c0 = (int)ck_max(0, -l->ox[p]), c1 = (int)ck_min(l->cw, j->W - l->ox[p]);
+        for (int i = i0; i < i1; i++) {
+            const float *orow = o + b + (long)i * mw;
+            float *vrow = v + b + (long)i * mw;
+            const float *zr = z + (long)(l->oy[p] + i) * j->W + l->ox[p];
+            for (int x = c0; x < c1; x++) {
+                float zz = zr[x];
+                float r = orow[x] / (zz + (zz >= 0.0f ? j->eps : -j->eps)) * j->scale;
+                vrow[x] = j->accumulate ? vrow[x] + r : r;
+            }
+        }
+    }
+}
+
+void ck_cells_scale(int C, int H, int W, const ck_cells *layout, const float *o, const float *z, float eps,
+                    float scale, int accumulate, float *v) {
+    cells_job j = {C, H, W, 0, 0, layout, NULL, o, NULL, z, NULL, v, eps, scale, accumulate};
+    ck_parallel_for(C, &j, scale_channel);
+}
+
+// Task c: post[p, y, x] = pre[p, winner of (y, x)] when the winner lies in p's pre cell.
+static void unpool_channel(void *ctx, long c) {
+    const cells_job *j = ctx;
+    const ck_cells *s = j->s, *d = j->d;
+    long sh = ck_cells_mosaic_height(s), sw = ck_cells_mosaic_width(s);
+    long dh = ck_cells_mosaic_height(d), dw = ck_cells_mosaic_width(d);
+    const float *pre = j->src + c * sh * sw;
+    float *post = j->dst + c * dh * dw;
+    const int32_t *am = j->argmax + c * (long)j->Ho * j->Wo;
+    memset(post, 0, (size_t)(dh * dw) * sizeof(float));
+    for (int p = 0; p < d->P; p++) {
+        long bs = cell_base(s, p, sw), bd = cell_base(d, p, dw);
+        int i0 = (int)ck_max(0, -d->oy[p]), i1 = (int)ck_min(d->ch, j->Ho - d->oy[p]);
+        int c0 = (int)ck_max(0, -d->ox[p]), c1 = (int)ck_min(d->cw, j->Wo - d->ox[p]);
+        for (int i = i0; i < i1; i++) {
+            const int32_t *ar = am + (long)(d->oy[p] + i) * j->Wo + d->ox[p];
+            float *prow = post + bd + (long)i * dw;
+            for (int x = c0; x < c1; x++) {
+                int32_t a = ar[x];
+                if (a < 0) continue;
+                int y = a / j->W - s->oy[p], xx = a % j->W - s->ox[p];
+                if (y >= 0 && y < s->ch && xx >= 0 && xx < s->cw) prow[x] = pre[bs + (long)y * sw + xx];
+            }
+        }
+    }
+}
+
+void ck_cells_unpool(int C, int H, int W, int Ho, int Wo, const int32_t *argmax, const ck_cells *pre_layout,
+                     const float *pre, const ck_cells *post_layout, float *post) {
+    cells_job j = {C, H, W, Ho, Wo, pre_layout, post_layout, pre, NULL, NULL, argmax, post, 0, 0, 0};
+    ck_parallel_for(C, &j, unpool_channel);
+}
+
+typedef struct {
+    int C, H, W, n, groups;
+    const ck_cells *l;
+    const float *v, *R;
+    float *partial;
+    int isa;
+} contract_job;
+
+// Row bounds of cell p inside the map.
+static inline void in_map(const ck_cells *l, int p, int H, int W, int *i0, int *i1, int *c0, int *c1) {
+    *i0 = (int)ck_max(0, -l->oy[p]); *i1 = (int)ck_min(l->ch, H - l->oy[p]);
+    *c0 = (int)ck_max(0, -l->ox[p]); *c1 = (int)ck_min(l->cw, W - l->ox[p]);
+}
+
+#if defined(__x86_64__)
+// Cell p of channel c against maps m0 .. m0 + nm - 1 (nm <= 4): each cell row of v is loaded once
+// for the rows of four maps.
+__attribute__((target("avx512f"))) static void contract_cell_avx512(const contract_job *j, int c, int p, float *out) {
+    const ck_cells *l = j->l;
+    long HW = (long)j->H * j->W, mapStride = (long)j->C * HW;
+    long mw = ck_cells_mosaic_width(l), mh = ck_cells_mosaic_height(l);
+    int i0, i1, c0, c1;
+    in_map(l, p, j->H, j->W, &i0, &i1, &c0, &c1);
+    if (i0 >= i1 || c0 >= c1) return;
+    const float *vc = j->v + c * mh * mw + cell_base(l, p, mw);
+    for (int m0 = 0; m0 < j->n; m0 += 4) {
+        int nm = (int)ck_min(4, j->n - m0);
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        const float *Rc = j->R + (long)m0 * mapStride + c * HW + (long)l->oy[p] * j->W + l->ox[p];
+        for (int i = i0; i < i1; i++) {
+            const float *vr = vc + (long)i * mw, *rr = Rc + (long)i * j->W;
+            for (int x = c0; x < c1; x += 16) {
+                __mmask16 mk = (__mmask16)((1u << ck_min(16, c1 - x)) - 1);
+                __m512 vv = _mm512_maskz_loadu_ps(mk, vr + x);
+                for (int q = 0; q < nm; q++)
+                    acc[q] = _mm512_fmadd_ps(vv, _mm512_maskz_loadu_ps(mk, rr + q * mapStride + x), acc[q]);
+            }
+        }
+        for (int q = 0; q < nm; q++) out[m0 + q] += _mm512_reduce_add_ps(acc[q]);
+    }
+}
+#endif
+
+static void contract_cell(const contract_job *j, int c, int p, float *out) {
+    const ck_cells *l = j->l;
+    long HW = (long)j->H * j->W, mapStride = (long)j->C * HW;
+    long mw = ck_cells_mosaic_width(l), mh = ck_cells_mosaic_height(l);
+    int i0, i1, c0, c1;
+    in_map(l, p, j->H, j->W, &i0, &i1, &c0, &c1);
+    const float *vc = j->v + c * mh * mw + cell_base(l, p, mw);
+    for (int m = 0; m < j->n; m++) {
+        const float *Rc = j->R + (long)m * mapStride + c * HW + (long)l->oy[p] * j->W + l->ox[p];
+        float acc = 0;
+        for (int i = i0; i < i1; i++) {
+            const float *vr = vc + (long)i * mw, *rr = Rc + (long)i * j->W;
+            float s = 0;
+            for (int x = c0; x < c1; x++) s += vr[x] * rr[x];
+            acc += s;
+        }
+        out[m] += acc;
+    }
+}
+
+// Task g: the channels of group g, every cell, into the group's partial sums (P x n). Per channel
+// the maps' planes and the cells stay in cache: cells overlap (at conv3_3 of VGG-16 every pixel
+// lies in about 36 of them), so a task per cell would fetch each map row that many times.
+static void contract_group(void *ctx, long g) {
+    const contract_job *j = ctx;
+    int ca = (int)(g * j->C / j->groups), cb = (int)((g + 1) * j->C / j->groups);
+    float *out = j->partial + g * (long)j->l->P * j->n;
+    memset(out, 0, (size_t)j->l->P * j->n * sizeof(float));
+    for (int c = ca; c < cb; c++)
+        for (int p = 0; p < j->l->P; p++) {
+#if defined(__x86_64__)
+            if (j->isa >= CK_ISA_AVX512) {
+                contract_cell_avx512(j, c, p, out + (long)p * j->n);
+                continue;
+            }
+#endif
+            contract_cell(j, c, p, out + (long)p * j->n);
+        }
+}
+
+void ck_cells_contract(int C, int H, int W, const ck_cells *layout, const float *v, int n, const float *R,
+                       float *A, long lda) {
+    int groups = (int)ck_min(C, 2 * ck_get_num_threads());
+    float *partial = malloc((size_t)groups * layout->P * n * sizeof(float));
+    if (!partial) abort();
+    contract_job j = {C, H, W, n, groups, layout, v, R, partial, ck_isa_active()};
+    ck_parallel_for(groups, &j, contract_group);
+    for (int p = 0; p < layout->P; p++)
+        for (int m = 0; m < n; m++) {
+            float s = 0;
+            for (int g = 0; g < groups; g++) s += partial[((long)g * layout->P + p) * n + m];
+            A[(long)p * lda + m] = s;
+        }
+    free(partial);
+}
