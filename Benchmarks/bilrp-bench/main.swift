@@ -209,7 +209,7 @@ for size in sizes where !kernelsOnly {
     let a = try pair(.winograd), b = try pair(.direct)
     let scale = b.map(abs).max()!
     let err = zip(a, b).map { abs($0 - $1) }.max()! / scale
-    print("Winograd + sparse vs direct at \(size) x \(size): max |R_fast - R_direct| / max |R| = \(String(format: "%.2e", err))  (BILRP_CONV=direct selects direct)")
+    print("fast paths (patch side, Winograd, sparse) vs direct at \(size) x \(size): max |R_fast - R_direct| / max |R| = \(String(format: "%.2e", err))  (BILRP_CONV=direct selects direct)")
     // The forward convolution's two paths sum in different orders; R is sensitive to that where a
     // denominator z is small, which bounds how closely any two float32 implementations can agree.
     let old = ck_conv_set_implicit(0)

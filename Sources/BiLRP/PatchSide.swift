@@ -90,9 +90,10 @@ extension Explainer {
     /// direct kernel's rate), or times twice its relevance density where that is low enough for
     /// the sparse path (density estimated from the activations: relevance is zero where they
     /// are); a patch-side layer its forward convolution over the mosaic of cells, halved with
-    /// Winograd, times 1.7 (conv3_3 at 128 x 128: 0.11 s for what the backward does in 0.06 s
-    /// per unit: cells of 12 x 12 pixels, and the mosaic's rings); the meeting point P h C times
-    /// the cell area, four times (its gathered rows).
+    /// Winograd, times 1.4 (small cells and the mosaic's rings make it slower per unit than the
+    /// backward; calibrated on conv3_3, which measured a tie at 128 x 128 and faster from the
+    /// patch side at 224 x 224: 5.15 against 5.29 s per pair, medians of 4, 947 against 1031 MB);
+    /// the meeting point P h C times the cell area, four times (its gathered rows).
     func patchSidePlan(_ trace: Trace, patch: Int, outputs h: Int) -> Int {
         let all = try! allLayers(for: trace.inputShape)
         let reach = patchSideReach(all)
@@ -132,7 +133,7 @@ extension Explainer {
                 let terms = Double(c.passes.reduce(0) { $0 + $1.terms.count })
                 let winograd = c.fusedBackward && c.kernelH == 3 && c.kernelW == 3 && c.outChannels >= 16
                     && c.inChannels >= 16
-                cost = 1.7 * terms * Double(cells.count * cells.cellHeight * cells.cellWidth * c.inChannels
+                cost = 1.4 * terms * Double(cells.count * cells.cellHeight * cells.cellWidth * c.inChannels
                     * c.outChannels * c.kernelH * c.kernelW) / (winograd ? 2 : 1)
                 sup.grow(c.padH, c.padW, height: s.height, width: s.width)
             case let .maxPool(p, _):
