@@ -31,16 +31,26 @@ typedef struct {
     int accumulate;
 } cells_job;
 
+// Channel c's planes of the source and destination mosaics (and their widths); the destination
+// zeroed, since cells only write where they reach.
+static void channel_planes(const cells_job *j, long c, const float **src, long *sw, float **dst, long *dw) {
+    *sw = ck_cells_mosaic_width(j->s);
+    *dw = ck_cells_mosaic_width(j->d);
+    long dh = ck_cells_mosaic_height(j->d);
+    *src = j->src + c * ck_cells_mosaic_height(j->s) * *sw;
+    *dst = j->dst + c * dh * *dw;
+    memset(*dst, 0, (size_t)(dh * *dw) * sizeof(float));
+}
+
 // Task c: every cell of channel c, dst from src at the same map position, times factor.
 static void load_channel(void *ctx, long c) {
     const cells_job *j = ctx;
     const ck_cells *s = j->s, *d = j->d;
-    long sh = ck_cells_mosaic_height(s), sw = ck_cells_mosaic_width(s);
-    long dh = ck_cells_mosaic_height(d), dw = ck_cells_mosaic_width(d);
-    const float *src = j->src + c * sh * sw;
-    float *dst = j->dst + c * dh * dw;
+    long sw, dw;
+    const float *src;
+    float *dst;
+    channel_planes(j, c, &src, &sw, &dst, &dw);
     const float *f = j->factor ? j->factor + c * (long)j->H * j->W : NULL;
-    memset(dst, 0, (size_t)(dh * dw) * sizeof(float));
     for (int p = 0; p < d->P; p++) {
         float *dc = dst + cell_base(d, p, dw);
         const float *sc = src + cell_base(s, p, sw);
@@ -103,12 +113,11 @@ void ck_cells_scale(int C, int H, int W, const ck_cells *layout, const float *o,
 static void unpool_channel(void *ctx, long c) {
     const cells_job *j = ctx;
     const ck_cells *s = j->s, *d = j->d;
-    long sh = ck_cells_mosaic_height(s), sw = ck_cells_mosaic_width(s);
-    long dh = ck_cells_mosaic_height(d), dw = ck_cells_mosaic_width(d);
-    const float *pre = j->src + c * sh * sw;
-    float *post = j->dst + c * dh * dw;
+    long sw, dw;
+    const float *pre;
+    float *post;
+    channel_planes(j, c, &pre, &sw, &post, &dw);
     const int32_t *am = j->argmax + c * (long)j->Ho * j->Wo;
-    memset(post, 0, (size_t)(dh * dw) * sizeof(float));
     for (int p = 0; p < d->P; p++) {
         long bs = cell_base(s, p, sw), bd = cell_base(d, p, dw);
         int i0 = (int)ck_max(0, -d->oy[p]), i1 = (int)ck_min(d->ch, j->Ho - d->oy[p]);

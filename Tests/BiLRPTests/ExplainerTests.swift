@@ -19,6 +19,26 @@ func smallNet(seed: UInt64, bias: Bool) throws -> SequentialModel {
     ])
 }
 
+/// Stride-1 layers with 16 or more input channels (Winograd and sparse candidates, all within the
+/// patch side's reach): 3x3 and 5x5, a 2 x 2 max-pool above a 3x3 layer and an overlapping
+/// 3 x 3 / 2 pool above the 5x5 one. Weights from seed, biases from seed + 10.
+func stride1Net(seed: UInt64) throws -> SequentialModel {
+    func conv(_ cin: Int, _ cout: Int, _ k: Int, pad: Int, _ s: UInt64) throws -> Layer {
+        .conv2d(try Conv2d(
+            weight: random(cout * cin * k * k, seed: seed &+ s, scale: (2 / Float(cin * k * k)).squareRoot()),
+            bias: random(cout, seed: seed &+ 10 &+ s, scale: 0.1),
+            outChannels: cout, inChannels: cin, kernel: (k, k), padding: (pad, pad)))
+    }
+    return SequentialModel([
+        try conv(3, 16, 3, pad: 1, 1), .relu,
+        try conv(16, 20, 3, pad: 1, 2), .relu,
+        .maxPool2d(Pool2d(kernel: (2, 2))),
+        try conv(20, 24, 5, pad: 2, 3), .relu,
+        .maxPool2d(Pool2d(kernel: (3, 3), stride: (2, 2))),
+        try conv(24, 16, 3, pad: 1, 4), .relu,
+    ])
+}
+
 func image(_ shape: Shape3, seed: UInt64) throws -> Tensor {
     try Tensor(shape: [shape.channels, shape.height, shape.width], data: random(shape.count, seed: seed))
 }
@@ -56,25 +76,11 @@ struct ExplainerTests {
         #expect(abs(a.similarity - b.similarity) <= 1e-5 * abs(b.similarity))
     }
 
-    /// A net whose stride-1 layers have 16 or more input channels (Winograd and sparse candidates),
-    /// with a 2 x 2 max-pool above a 3x3 layer and an overlapping 3 x 3 pool above a 5x5 one.
+    /// `stride1Net`: every stride-1 layer a Winograd and sparse candidate, both pool kinds above them.
     @Test("the sparse backward (always, prepared but never picked, off) equals the reference",
           arguments: ["paper-vgg", "0:zb;conv:alphabeta=2,1"], [2.0, 1e-9, 0])
     func sparseAgreement(spec: String, threshold: Double) throws {
-        func conv(_ cin: Int, _ cout: Int, _ k: Int, pad: Int, _ s: UInt64) throws -> Layer {
-            .conv2d(try Conv2d(
-                weight: random(cout * cin * k * k, seed: 50 &+ s, scale: (2 / Float(cin * k * k)).squareRoot()),
-                bias: random(cout, seed: 60 &+ s, scale: 0.1),
-                outChannels: cout, inChannels: cin, kernel: (k, k), padding: (pad, pad)))
-        }
-        let model = SequentialModel([
-            try conv(3, 16, 3, pad: 1, 1), .relu,
-            try conv(16, 20, 3, pad: 1, 2), .relu,
-            .maxPool2d(Pool2d(kernel: (2, 2))),
-            try conv(20, 24, 5, pad: 2, 3), .relu,
-            .maxPool2d(Pool2d(kernel: (3, 3), stride: (2, 2))),
-            try conv(24, 16, 3, pad: 1, 4), .relu,
-        ])
+        let model = try stride1Net(seed: 50)
         let x = try image(Shape3(3, 26, 22), seed: 31), x2 = try image(Shape3(3, 26, 22), seed: 32)
         let composite = try Composite.named(spec)
         let head = SimilarityHead.randomProjection(outputs: 6, seed: 2)

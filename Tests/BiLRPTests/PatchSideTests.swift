@@ -136,20 +136,7 @@ struct PatchSideTests {
     @Test("the patch side, split after every layer, equals the reference",
           arguments: ["paper-vgg", "0:zb;conv:alphabeta=2,1"], [1, 3, 4])
     func everySplit(spec: String, patch: Int) throws {
-        func conv(_ cin: Int, _ cout: Int, _ k: Int, pad: Int, _ s: UInt64) throws -> Layer {
-            .conv2d(try Conv2d(
-                weight: random(cout * cin * k * k, seed: 70 &+ s, scale: (2 / Float(cin * k * k)).squareRoot()),
-                bias: random(cout, seed: 80 &+ s, scale: 0.1),
-                outChannels: cout, inChannels: cin, kernel: (k, k), padding: (pad, pad)))
-        }
-        let model = SequentialModel([
-            try conv(3, 16, 3, pad: 1, 1), .relu,
-            try conv(16, 20, 3, pad: 1, 2), .relu,
-            .maxPool2d(Pool2d(kernel: (2, 2))),
-            try conv(20, 24, 5, pad: 2, 3), .relu,
-            .maxPool2d(Pool2d(kernel: (3, 3), stride: (2, 2))),
-            try conv(24, 16, 3, pad: 1, 4), .relu,
-        ])
+        let model = try stride1Net(seed: 70)
         let x = try image(Shape3(3, 26, 22), seed: 33), x2 = try image(Shape3(3, 26, 22), seed: 34)
         let composite = try Composite.named(spec)
         let head = SimilarityHead.randomProjection(outputs: 6, seed: 2)
