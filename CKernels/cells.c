@@ -18,6 +18,12 @@ static inline long cell_base(const ck_cells *l, int p, long mosaic_w) {
     return (long)(p / l->gc) * l->ch * mosaic_w + (long)(p % l->gc) * l->cw;
 }
 
+// Rows [i0, i1) and columns [c0, c1) of cell p that lie inside an H x W map.
+static inline void in_map(const ck_cells *l, int p, int H, int W, int *i0, int *i1, int *c0, int *c1) {
+    *i0 = (int)ck_max(0, -l->oy[p]); *i1 = (int)ck_min(l->ch, H - l->oy[p]);
+    *c0 = (int)ck_max(0, -l->ox[p]); *c1 = (int)ck_min(l->cw, W - l->ox[p]);
+}
+
 long ck_cells_mosaic_height(const ck_cells *l) { return (long)((l->P + l->gc - 1) / l->gc) * l->ch; }
 long ck_cells_mosaic_width(const ck_cells *l) { return (long)l->gc * l->cw; }
 
@@ -56,8 +62,10 @@ static void load_channel(void *ctx, long c) {
         const float *sc = src + cell_base(s, p, sw);
         // Rows and columns of the destination cell inside both the map and the source cell.
         int dy = s->oy[p] - d->oy[p], dx = s->ox[p] - d->ox[p];
-        int i0 = (int)ck_max(ck_max(0, -d->oy[p]), dy), i1 = (int)ck_min(ck_min(d->ch, j->H - d->oy[p]), dy + s->ch);
-        int c0 = (int)ck_max(ck_max(0, -d->ox[p]), dx), c1 = (int)ck_min(ck_min(d->cw, j->W - d->ox[p]), dx + s->cw);
+        int i0, i1, c0, c1;
+        in_map(d, p, j->H, j->W, &i0, &i1, &c0, &c1);
+        i0 = (int)ck_max(i0, dy); i1 = (int)ck_min(i1, dy + s->ch);
+        c0 = (int)ck_max(c0, dx); c1 = (int)ck_min(c1, dx + s->cw);
         for (int i = i0; i < i1; i++) {
             const float *sr = sc + (long)(i - dy) * sw - dx;
             float *dr = dc + (long)i * dw;
@@ -88,8 +96,8 @@ static void scale_channel(void *ctx, long c) {
     if (!j->accumulate) memset(v, 0, (size_t)(mh * mw) * sizeof(float));
     for (int p = 0; p < l->P; p++) {
         long b = cell_base(l, p, mw);
-        int i0 = (int)ck_max(0, -l->oy[p]), i1 = (int)ck_min(l->ch, j->H - l->oy[p]);
-        int c0 = (int)ck_max(0, -l->ox[p]), c1 = (int)ck_min(l->cw, j->W - l->ox[p]);
+        int i0, i1, c0, c1;
+        in_map(l, p, j->H, j->W, &i0, &i1, &c0, &c1);
         for (int i = i0; i < i1; i++) {
             const float *orow = o + b + (long)i * mw;
             float *vrow = v + b + (long)i * mw;
@@ -120,8 +128,8 @@ static void unpool_channel(void *ctx, long c) {
     const int32_t *am = j->argmax + c * (long)j->Ho * j->Wo;
     for (int p = 0; p < d->P; p++) {
         long bs = cell_base(s, p, sw), bd = cell_base(d, p, dw);
-        int i0 = (int)ck_max(0, -d->oy[p]), i1 = (int)ck_min(d->ch, j->Ho - d->oy[p]);
-        int c0 = (int)ck_max(0, -d->ox[p]), c1 = (int)ck_min(d->cw, j->Wo - d->ox[p]);
+        int i0, i1, c0, c1;
+        in_map(d, p, j->Ho, j->Wo, &i0, &i1, &c0, &c1);
         for (int i = i0; i < i1; i++) {
             const int32_t *ar = am + (long)(d->oy[p] + i) * j->Wo + d->ox[p];
             float *prow = post + bd + (long)i * dw;
@@ -149,11 +157,6 @@ typedef struct {
     int isa;
 } contract_job;
 
-// Row bounds of cell p inside the map.
-static inline void in_map(const ck_cells *l, int p, int H, int W, int *i0, int *i1, int *c0, int *c1) {
-    *i0 = (int)ck_max(0, -l->oy[p]); *i1 = (int)ck_min(l->ch, H - l->oy[p]);
-    *c0 = (int)ck_max(0, -l->ox[p]); *c1 = (int)ck_min(l->cw, W - l->ox[p]);
-}
 
 #if defined(__x86_64__)
 // Cell p of channel c against maps m0 .. m0 + nm - 1 (nm <= 4): each cell row of v is loaded once

@@ -149,7 +149,7 @@ public final class Explainer: @unchecked Sendable {
         profile?.patchSideLayers = k
         let sides = k > 0 ? patchSide(trace, grid, layers: k, profile: profile, pool: pool) : []
         let block = blockSize(for: trace, outputs: h, from: k)
-        let pooled = Buffer(count: k > 0 ? 1 : block * P)
+        let pooled = k > 0 ? nil : Buffer(count: block * P)
         var m0 = 0
         while m0 < h {
             let n = min(block, h - m0)
@@ -165,7 +165,7 @@ public final class Explainer: @unchecked Sendable {
                                               n: n, r.const, a.baseAddress! + side.first * h + m0, lda: h)
                     }
                 }
-            } else {
+            } else if let pooled {
                 kernels.patchPool(n: n, r.const, shape, patch: patch, pooled.pointer)
                 for i in 0..<n { for p in 0..<P { A[p * h + m0 + i] = pooled.pointer[i * P + p] } }
             }

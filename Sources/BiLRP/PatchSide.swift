@@ -108,7 +108,7 @@ extension Explainer {
             var cost = 0.0
             if case let .conv(c) = all[l] {
                 let g = c.geometry(trace.shapes[l])
-                let terms = Double(c.passes.reduce(0) { $0 + $1.terms.count })
+                let terms = Double(c.termCount)
                 cost = Double(h) * terms * Double(g.outCount * g.inChannels * g.kernelH * g.kernelW)
                 if c.sparseBackward, let d = relevanceDensity(trace, all, below: l),
                    d < sparseThreshold(g, winograd: c.fusedBackward) {
@@ -130,7 +130,7 @@ extension Explainer {
             switch all[l] {
             case let .conv(c):
                 let cells = sup.layout(ring: c.padH, c.padW)
-                let terms = Double(c.passes.reduce(0) { $0 + $1.terms.count })
+                let terms = Double(c.termCount)
                 let winograd = c.fusedBackward && c.kernelH == 3 && c.kernelW == 3 && c.outChannels >= 16
                     && c.inChannels >= 16
                 cost = 1.4 * terms * Double(cells.count * cells.cellHeight * cells.cellWidth * c.inChannels
@@ -157,13 +157,12 @@ extension Explainer {
         guard case let .conv(c) = all[l] else { return nil }
         let out = c.geometry(trace.shapes[l]).outCount
         var k = l + 1
-        while k < all.count {
+        scan: while k < all.count {
             switch all[k] {
-            case .relu, .maxPool: k += 1; continue
-            case .conv: break
+            case .relu, .maxPool: k += 1
+            case .conv: break scan
             default: return nil
             }
-            break
         }
         guard k < all.count else { return nil }
         let a = trace.inputs[k], count = trace.shapes[k].count

@@ -147,6 +147,9 @@ final class PreparedConv: @unchecked Sendable {
         }
     }
 
+    /// Terms over all passes: each is one convolution, forward or backward.
+    var termCount: Int { passes.reduce(0) { $0 + $1.terms.count } }
+
     /// Winograd forward weights per modifier for the patch side (`Explainer.patchSide`), prepared on
     /// first use: only the layers the patch side reaches need them (VGG-16 at 128 x 128: conv1-3,
     /// 28 MB; for every layer they would be 235 MB per modifier).

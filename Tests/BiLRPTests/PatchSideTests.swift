@@ -154,7 +154,7 @@ struct PatchSideTests {
         }
     }
 
-    @Test("the patch side stops at the first layer it cannot take (a stride-2 convolution, an average pool)")
+    @Test("the patch side stops at the first layer it cannot take (here a stride-2 convolution)")
     func reach() throws {
         let model = try smallNet(seed: 3, bias: true)  // conv, relu, conv, relu, maxpool, conv stride 2, ...
         let x = try image(Shape3(3, 21, 19), seed: 5)
