@@ -88,47 +88,45 @@ static inline float *m_at(const wino_job *j, int xi, long k, long t) {
     return j->M + ((long)xi * j->Kr + (k - j->k0)) * j->Tp + t;
 }
 
-// The horizontal B^T pass for 16 tiles at a time: q_k[t] = er[4t + k] deinterleaved with lane
-// permutes (q4, q5 are q0, q1 of the next tile). Returns how many of the count tiles it did.
-__attribute__((target("avx512f"))) static int horizontal_avx512(const float *er, int count, float h[6][64]) {
+// The horizontal B^T pass for a run of count tiles (16 at a time, the last 16 masked), stored
+// straight into V: dst[b][t] for t < count. q_k[t] = er[4t + k] deinterleaved with lane permutes (q4,
+// q5 are q0, q1 of the next tile); the run reads er[0 .. 4 count + 2). On 28 x 28 maps a tile row
+// has 7 tiles: the scalar pass and the copy of its results through a stack buffer (vector loads
+// of scalar stores, which the CPU cannot forward) were half of the input transform.
+__attribute__((target("avx512f"))) static void horizontal_avx512(const float *er, int count, float *const dst[6]) {
     const __m512i sel0 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m512i one = _mm512_set1_epi32(1);
-    int t = 0;
-    for (; t + 16 <= count; t += 16) {
+    const __m512 f4 = _mm512_set1_ps(4), f5 = _mm512_set1_ps(5), f2 = _mm512_set1_ps(2);
+    for (int t = 0; t < count; t += 16) {
         const float *q = er + 4 * t;
-        __m512 x0 = _mm512_loadu_ps(q), x1 = _mm512_loadu_ps(q + 16), x2 = _mm512_loadu_ps(q + 32), x3 = _mm512_loadu_ps(q + 48);
+        int r = count - t < 16 ? count - t : 16;
+        long f = 4L * r + 2;  // floats of the run from q
+        __m512 x[4];
+        for (int v = 0; v < 4; v++) {
+            long left = f - 16 * v;
+            __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+            x[v] = _mm512_maskz_loadu_ps(m, q + 16 * v);
+        }
         __m512 c[4];
         __m512i idx = sel0;
         for (int k = 0; k < 4; k++) {
-            __m512 lo = _mm512_permutex2var_ps(x0, idx, x1), hi = _mm512_permutex2var_ps(x2, idx, x3);
+            __m512 lo = _mm512_permutex2var_ps(x[0], idx, x[1]), hi = _mm512_permutex2var_ps(x[2], idx, x[3]);
             c[k] = _mm512_shuffle_f32x4(lo, hi, 0x44);
             idx = _mm512_add_epi32(idx, one);
         }
-        __m512 c4 = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(_mm512_set1_ps(q[64])), _mm512_castps_si512(c[0]), 1));
-        __m512 c5 = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(_mm512_set1_ps(q[65])), _mm512_castps_si512(c[1]), 1));
-        const __m512 f4 = _mm512_set1_ps(4), f5 = _mm512_set1_ps(5), f2 = _mm512_set1_ps(2);
+        // Lane 15's q4, q5 are q[64], q[65]: inside the run only when it has all 16 tiles (otherwise
+        // lane 15 is masked off).
+        float n4 = r == 16 ? q[64] : 0.0f, n5 = r == 16 ? q[65] : 0.0f;
+        __m512 c4 = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(_mm512_set1_ps(n4)), _mm512_castps_si512(c[0]), 1));
+        __m512 c5 = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(_mm512_set1_ps(n5)), _mm512_castps_si512(c[1]), 1));
         __m512 s34 = _mm512_add_ps(c[3], c4);
-        _mm512_storeu_ps(h[0] + t, _mm512_add_ps(_mm512_fmsub_ps(f4, c[0], _mm512_mul_ps(f5, c[2])), c4));
-        _mm512_storeu_ps(h[1] + t, _mm512_sub_ps(s34, _mm512_mul_ps(f4, _mm512_add_ps(c[1], c[2]))));
-        _mm512_storeu_ps(h[2] + t, _mm512_add_ps(_mm512_mul_ps(f4, _mm512_sub_ps(c[1], c[2])), _mm512_sub_ps(c4, c[3])));
-        _mm512_storeu_ps(h[3] + t, _mm512_add_ps(_mm512_mul_ps(f2, _mm512_sub_ps(c[3], c[1])), _mm512_sub_ps(c4, c[2])));
-        _mm512_storeu_ps(h[4] + t, _mm512_add_ps(_mm512_mul_ps(f2, _mm512_sub_ps(c[1], c[3])), _mm512_sub_ps(c4, c[2])));
-        _mm512_storeu_ps(h[5] + t, _mm512_add_ps(_mm512_fmsub_ps(f4, c[1], _mm512_mul_ps(f5, c[3])), c5));
-    }
-    return t;
-}
-
-// Input transform of channel c for the job's tile range, one segment (a tile row's run of tiles
-// inside the range) at a time: the vertical pass (B^T along y) is element-wise over x and
-// vectorizes; the horizontal pass uses the explicit formulas of B^T, which skip its zeros.
-// Instantiated per ISA below (the C target has no ISA flags).
-// dst[0 ..< cnt] = src[0 ..< cnt] (cnt <= 64) with masked vector moves: the runs are short on small
-// maps, where a memcpy call per run cost more than the transform.
-__attribute__((target("avx512f"))) static inline void store_run_avx512(float *dst, const float *src, int cnt) {
-    for (int t = 0; t < cnt; t += 16) {
-        int r = cnt - t < 16 ? cnt - t : 16;
         __mmask16 m = (__mmask16)((1u << r) - 1);
-        _mm512_mask_storeu_ps(dst + t, m, _mm512_maskz_loadu_ps(m, src + t));
+        _mm512_mask_storeu_ps(dst[0] + t, m, _mm512_add_ps(_mm512_fmsub_ps(f4, c[0], _mm512_mul_ps(f5, c[2])), c4));
+        _mm512_mask_storeu_ps(dst[1] + t, m, _mm512_sub_ps(s34, _mm512_mul_ps(f4, _mm512_add_ps(c[1], c[2]))));
+        _mm512_mask_storeu_ps(dst[2] + t, m, _mm512_add_ps(_mm512_mul_ps(f4, _mm512_sub_ps(c[1], c[2])), _mm512_sub_ps(c4, c[3])));
+        _mm512_mask_storeu_ps(dst[3] + t, m, _mm512_add_ps(_mm512_mul_ps(f2, _mm512_sub_ps(c[3], c[1])), _mm512_sub_ps(c4, c[2])));
+        _mm512_mask_storeu_ps(dst[4] + t, m, _mm512_add_ps(_mm512_mul_ps(f2, _mm512_sub_ps(c[1], c[3])), _mm512_sub_ps(c4, c[2])));
+        _mm512_mask_storeu_ps(dst[5] + t, m, _mm512_add_ps(_mm512_fmsub_ps(f4, c[1], _mm512_mul_ps(f5, c[3])), c5));
     }
 }
 
@@ -163,6 +161,10 @@ __attribute__((target("avx512f"))) static void unpool_row2_avx512(float *row, in
     }
 }
 
+// Input transform of channel c for the job's tile range, one segment (a tile row's run of tiles
+// inside the range) at a time: the vertical pass (B^T along y) is element-wise over x and
+// vectorizes; the horizontal pass uses the explicit formulas of B^T, which skip its zeros.
+// Instantiated per ISA below (the C target has no ISA flags).
 static inline __attribute__((always_inline)) void input_body(wino_job *j, long c, int vector) {
     const int tw = j->tw;
     float *buf = ck_scratch(3, (size_t)12 * (4 * tw + 2));
@@ -218,27 +220,26 @@ static inline __attribute__((always_inline)) void input_body(wino_job *j, long c
             e5[x] = 4 * d1[x] - 5 * d3[x] + d5[x];
         }
         long lbase = g - j->g0;  // tile index of tx0 inside the range
-        float h[6][64];
         for (int a = 0; a < 6; a++) {
             const float *er = e + a * Wp;
             // Runs of tiles that fall in one packed panel, so every store below is contiguous.
             for (int t0 = 0, n = tx1 - tx0; t0 < n;) {
                 long l = lbase + t0;
-                int cnt = (int)ck_min(ck_min(n - t0, 64), j->nr - l % j->nr);
-                int done = vector ? horizontal_avx512(er + 4 * t0, cnt, h) : 0;
-                for (int t = done; t < cnt; t++) {
-                    const float *q = er + 4 * (t0 + t);
-                    h[0][t] = 4 * q[0] - 5 * q[2] + q[4];
-                    h[1][t] = -4 * q[1] - 4 * q[2] + q[3] + q[4];
-                    h[2][t] = 4 * q[1] - 4 * q[2] - q[3] + q[4];
-                    h[3][t] = -2 * q[1] - q[2] + 2 * q[3] + q[4];
-                    h[4][t] = 2 * q[1] - q[2] - 2 * q[3] + q[4];
-                    h[5][t] = 4 * q[1] - 5 * q[3] + q[5];
-                }
-                for (int b = 0; b < 6; b++) {
-                    float *dst = v_at(j, a * 6 + b, c, l);
-                    if (vector) store_run_avx512(dst, h[b], cnt);
-                    else for (int t = 0; t < cnt; t++) dst[t] = h[b][t];
+                int cnt = (int)ck_min(n - t0, j->nr - l % j->nr);
+                float *dst[6];
+                for (int b = 0; b < 6; b++) dst[b] = v_at(j, a * 6 + b, c, l);
+                if (vector) {
+                    horizontal_avx512(er + 4 * t0, cnt, dst);
+                } else {
+                    for (int t = 0; t < cnt; t++) {
+                        const float *q = er + 4 * (t0 + t);
+                        dst[0][t] = 4 * q[0] - 5 * q[2] + q[4];
+                        dst[1][t] = -4 * q[1] - 4 * q[2] + q[3] + q[4];
+                        dst[2][t] = 4 * q[1] - 4 * q[2] - q[3] + q[4];
+                        dst[3][t] = -2 * q[1] - q[2] + 2 * q[3] + q[4];
+                        dst[4][t] = 2 * q[1] - q[2] - 2 * q[3] + q[4];
+                        dst[5][t] = 4 * q[1] - 5 * q[3] + q[5];
+                    }
                 }
                 t0 += cnt;
             }
@@ -488,6 +489,13 @@ void ck_winograd_lrp_unpool(int n, const float *Rp, const int32_t *argmax, int H
 }
 
 static _Thread_local int schedule_override = CK_WINOGRAD_AUTO;
+static _Thread_local long chunk_tiles_cap = 0;
+
+long ck_winograd_set_chunk_tiles(long tiles) {
+    long old = chunk_tiles_cap;
+    chunk_tiles_cap = tiles > 0 ? tiles : 0;
+    return old;
+}
 
 int ck_winograd_set_schedule(int schedule) {
     int old = schedule_override;
@@ -574,23 +582,33 @@ static void winograd(int n, const float *x, const float *z, float eps, int C, in
         j.pHo = up->Ho; j.pWo = up->Wo; j.psh = up->sh; j.psw = up->sw;
     }
     long total = (long)n * th * tw;
-    if (ck_winograd_schedule(C, K) == CK_WINOGRAD_FUSED) {
+    long units = (total + FUSED_TILES - 1) / FUSED_TILES;
+    int sched = ck_winograd_schedule(C, K);
+    // Fewer fused units than threads (one 28 x 28 map is 49 tiles: one unit) would leave threads
+    // idle; the chunked steps split over channels instead. Not when the schedule is forced.
+    if (sched == CK_WINOGRAD_FUSED && units < ck_get_num_threads() && schedule_override == CK_WINOGRAD_AUTO &&
+        !getenv("BILRP_WINOGRAD"))
+        sched = CK_WINOGRAD_CHUNKED;
+    if (sched == CK_WINOGRAD_FUSED) {
         fused_job f = {j, total, in, out};
-        ck_parallel_for((total + FUSED_TILES - 1) / FUSED_TILES, &f, fused_unit);
+        ck_parallel_for(units, &f, fused_unit);
         free(unpooled);
         return;
     }
     // Chunked: super-chunks of whole tile rows whose V and M together stay near 48 MiB.
     long per_row = 36L * (C + K) * tw * (long)sizeof(float);
     long R = ck_max(1, ck_min((long)n * th, (48L << 20) / per_row));
-    long Tmax = (R * tw + nr - 1) / nr * nr;
+    // Chunks of whole panels (any tile range works): chunks of whole tile rows left a partial last
+    // panel in every chunk, computed in full by the GEMM (28 x 28 maps, 46 rows of 7 tiles: 322
+    // tiles in 384 columns).
+    long Tmax = ((chunk_tiles_cap ? ck_min(chunk_tiles_cap, R * tw) : R * tw) + nr - 1) / nr * nr;
     // Kept between calls: fresh 48 MiB buffers every layer and block cost more in page faults than
     // the transforms.
     j.V = ck_scratch(4, 36 * (size_t)C * Tmax);
     j.M = ck_scratch(5, 36 * (size_t)K * Tmax);
-    for (long g0 = 0; g0 < total; g0 += R * tw) {
+    for (long g0 = 0; g0 < total; g0 += Tmax) {
         j.g0 = g0;
-        j.T = ck_min(R * tw, total - g0);
+        j.T = ck_min(Tmax, total - g0);
         j.Tp = (j.T + nr - 1) / nr * nr;
         ck_parallel_for(C, &j, in);
         zero_tail(&j);

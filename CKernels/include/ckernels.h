@@ -144,6 +144,10 @@ enum { CK_WINOGRAD_AUTO = -1, CK_WINOGRAD_CHUNKED = 0, CK_WINOGRAD_FUSED = 1 };
 int ck_winograd_set_schedule(int schedule);
 /// The schedule used for C relevance channels in and K out.
 int ck_winograd_schedule(int C, int K);
+/// Caps the CHUNKED schedule's super-chunks at this many tiles for calls made from this thread
+/// (rounded up to the GEMM's panel width; 0: the default, about 48 MiB of V and M); returns the
+/// previous cap. For tests: chunk boundaries inside tile rows and maps.
+long ck_winograd_set_chunk_tiles(long tiles);
 
 // MARK: - LRP element-wise steps
 

@@ -99,7 +99,7 @@ struct PatchSideTests {
     @Test("Winograd F(4x4, 3x3) forward against the float64 reference", arguments: isaPaths, winogradSchedules)
     func winogradForward(isa: Int32, schedule: Int32) {
         withISA(isa) { withSchedule(schedule) {
-            for (i, (cin, cout, h, w)) in [(16, 17, 9, 7), (20, 64, 12, 13), (64, 16, 18, 70)].enumerated() {
+            for (i, (cin, cout, h, w)) in [(16, 17, 9, 7), (20, 64, 12, 13), (64, 16, 18, 70), (16, 24, 28, 28)].enumerated() {
                 let g = ConvGeometry(inChannels: cin, height: h, width: w, outChannels: cout, kernelH: 3, kernelW: 3,
                                      padH: 1, padW: 1)
                 let wt = random(cout * cin * 9, seed: UInt64(900 + i))
