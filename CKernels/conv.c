@@ -7,6 +7,7 @@
 // padding; the GEMM reads W transposed through strides, so no transposed copy of W is kept.
 #include "internal.h"
 
+#include <immintrin.h>
 #include <string.h>
 
 static inline int out_size(int n, int k, int s, int p) { return (n + 2 * p - k) / s + 1; }
@@ -165,16 +166,34 @@ static void implicit_task(void *p, long t) {
                 }
             }
     }
-    for (long k0 = 0, ks = ck_gemm_kc_step(g->K); k0 < g->K; k0 += ks) {
+    long ks = ck_gemm_kc_step(g->K);
+    for (long k0 = 0; k0 < g->K; k0 += ks) {
         long kc = ck_min(ks, g->K - k0);
         const float *ab = g->Ap + k0 * g->Mp;
         for (long jr = j0; jr < j0 + nc; jr += 64) {
             int nr = (int)ck_min(64, j0 + nc - jr);
             long seg[4];
             panel_quarters(g, jr, seg);
-            for (long ir = i0; ir < i1; ir += 6)
+            // The panel that follows (the next one, or the first of the next K step): its rows,
+            // scattered over the image, are fetched while this one's slivers run. Without it the
+            // first sliver over each panel waited on them, which cost the 64-channel layers
+            // (11 slivers per panel) the most.
+            long nk0 = k0, njr = jr + 64;
+            if (njr >= j0 + nc) { nk0 = k0 + ks; njr = j0; }
+            long nkc = nk0 < g->K ? ck_min(ks, g->K - nk0) : 0, nseg[4];
+            if (nkc) panel_quarters(g, njr, nseg);
+            long slivers = (i1 - i0 + 5) / 6, per = (nkc + slivers - 1) / ck_max(slivers, 1), pk = 0;
+            for (long ir = i0; ir < i1; ir += 6) {
+                for (long e = ck_min(nkc, pk + per); pk < e; pk++) {
+                    const float *row = g->xp + g->koff[nk0 + pk];
+                    for (int q = 0; q < 4; q++) {
+                        _mm_prefetch((const char *)(row + nseg[q]), _MM_HINT_T0);
+                        _mm_prefetch((const char *)(row + nseg[q] + 15), _MM_HINT_T0);
+                    }
+                }
                 ck_ukernel_offsets_avx512(kc, ab + ir * kc, g->xp, g->koff + k0, seg, out + (ir - i0) * ldo + (jr - j0),
                                           ldo, g->accumulate || k0 > 0, (int)ck_min(6, i1 - ir), nr);
+            }
         }
     }
     if (g->direct) return;
