@@ -93,20 +93,28 @@ __attribute__((target("avx2,fma"))) static void uk_avx2(long kc, const float *a,
 // 16 FMAs per k instead of 24 on zero rows, which cost the 64- and 128-channel layers 3 %.
 __attribute__((target("avx512f"), always_inline)) static inline void uk_avx512_body(
     long kc, const float *a, const float *b, const long *koff, const long *seg, float *c, long ldc, int acc, int mr,
-    int nr, const int rows) {
+    int nr, const int rows, const int quarters) {
     long s0 = koff ? seg[0] : 0, s1 = koff ? seg[1] : 16, s2 = koff ? seg[2] : 32, s3 = koff ? seg[3] : 48;
 #define DECL(i) __m512 t##i##0 = _mm512_setzero_ps(), t##i##1 = t##i##0, t##i##2 = t##i##0, t##i##3 = t##i##0;
     ROW6(DECL)
 #undef DECL
     for (long k = 0; k < kc; k++) {
         const float *bk = koff ? b + koff[k] : b + k * 64;
-        __m512 b0 = _mm512_loadu_ps(bk + s0), b1 = _mm512_loadu_ps(bk + s1);
-        __m512 b2 = _mm512_loadu_ps(bk + s2), b3 = _mm512_loadu_ps(bk + s3);
+        __m512 b0, b1 = _mm512_setzero_ps(), b2 = b1, b3 = b1;
+        if (quarters < 4) {  // packed panels only
+            b0 = _mm512_loadu_ps(bk);
+            if (quarters > 1) b1 = _mm512_loadu_ps(bk + 16);
+            if (quarters > 2) b2 = _mm512_loadu_ps(bk + 32);
+        } else {
+            b0 = _mm512_loadu_ps(bk + s0); b1 = _mm512_loadu_ps(bk + s1);
+            b2 = _mm512_loadu_ps(bk + s2); b3 = _mm512_loadu_ps(bk + s3);
+        }
         const float *ak = a + k * 6;
         __m512 x;
-#define FMA(i) if (i < rows) { x = _mm512_set1_ps(ak[i]); \
-        t##i##0 = _mm512_fmadd_ps(x, b0, t##i##0); t##i##1 = _mm512_fmadd_ps(x, b1, t##i##1); \
-        t##i##2 = _mm512_fmadd_ps(x, b2, t##i##2); t##i##3 = _mm512_fmadd_ps(x, b3, t##i##3); }
+#define FMA(i) if (i < rows) { x = _mm512_set1_ps(ak[i]); t##i##0 = _mm512_fmadd_ps(x, b0, t##i##0); \
+        if (quarters > 1) t##i##1 = _mm512_fmadd_ps(x, b1, t##i##1); \
+        if (quarters > 2) t##i##2 = _mm512_fmadd_ps(x, b2, t##i##2); \
+        if (quarters > 3) t##i##3 = _mm512_fmadd_ps(x, b3, t##i##3); }
         ROW6(FMA)
 #undef FMA
     }
@@ -132,16 +140,27 @@ __attribute__((target("avx512f"), always_inline)) static inline void uk_avx512_b
 
 __attribute__((target("avx512f"))) static void uk_avx512(long kc, const float *a, const float *b, float *c, long ldc,
                                                          int acc, int mr, int nr) {
-    if (mr <= 4) uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr, 4);
-    else uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr, 6);
+    // A panel of at most 48 columns computes only its quarters: the last panel of a Winograd GEMM
+    // is often short (20 maps of 8 x 8 are 80 tiles, 64 + 16: the full width computed 128
+    // columns for them, conv5 at 128 x 128).
+    switch ((nr + 15) / 16 + (mr <= 4 ? 4 : 0)) {
+    case 1: uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr, 6, 1); break;
+    case 2: uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr, 6, 2); break;
+    case 3: uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr, 6, 3); break;
+    case 5: uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr, 4, 1); break;
+    case 6: uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr, 4, 2); break;
+    case 7: uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr, 4, 3); break;
+    case 8: uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr, 4, 4); break;
+    default: uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr, 6, 4); break;
+    }
 }
 
 __attribute__((target("avx512f"))) void ck_ukernel_offsets_avx512(long kc, const float *a, const float *base,
                                                                    const long *koff, const long *seg, float *c,
                                                                    long ldc, int acc, int mr, int nr) {
     if (!koff) __builtin_unreachable();  // the in-place loads, without a test per k
-    if (mr <= 4) uk_avx512_body(kc, a, base, koff, seg, c, ldc, acc, mr, nr, 4);
-    else uk_avx512_body(kc, a, base, koff, seg, c, ldc, acc, mr, nr, 6);
+    if (mr <= 4) uk_avx512_body(kc, a, base, koff, seg, c, ldc, acc, mr, nr, 4, 4);
+    else uk_avx512_body(kc, a, base, koff, seg, c, ldc, acc, mr, nr, 6, 4);
 }
 
 static isa_desc describe(int isa) {

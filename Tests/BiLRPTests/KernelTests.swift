@@ -88,6 +88,11 @@ let convCases: [ConvGeometry] = [
     // write y directly (1, 2 and 4 quarters per row; 5 rows of 32 leave a half panel at the end).
     ConvGeometry(inChannels: 30, height: 7, width: 16, outChannels: 19, kernelH: 3, kernelW: 3, padH: 1, padW: 1),
     ConvGeometry(inChannels: 24, height: 5, width: 32, outChannels: 13, kernelH: 3, kernelW: 3, padH: 1, padW: 1),
+    // The same layout with 5 x 5 / pad 2, 5 x 3 with unequal pads, no padding at all, and 4
+    // output rows (the 4-row micro-kernel).
+    ConvGeometry(inChannels: 8, height: 9, width: 48, outChannels: 9, kernelH: 5, kernelW: 5, padH: 2, padW: 2),
+    ConvGeometry(inChannels: 6, height: 9, width: 32, outChannels: 4, kernelH: 5, kernelW: 3, padH: 2, padW: 1),
+    ConvGeometry(inChannels: 7, height: 6, width: 18, outChannels: 5, kernelH: 3, kernelW: 3),
     ConvGeometry(inChannels: 5, height: 6, width: 66, outChannels: 7, kernelH: 3, kernelW: 3),
 ]
 
