@@ -182,7 +182,7 @@ static void implicit_task(void *p, long t) {
             if (njr >= j0 + nc) { nk0 = k0 + ks; njr = j0; }
             long nkc = nk0 < g->K ? ck_min(ks, g->K - nk0) : 0, nseg[4];
             if (nkc) panel_quarters(g, njr, nseg);
-            long slivers = (i1 - i0 + 5) / 6, per = (nkc + slivers - 1) / ck_max(slivers, 1), pk = 0;
+            long slivers = (i1 - i0 + 5) / 6, per = (nkc + slivers - 1) / slivers, pk = 0;
             for (long ir = i0; ir < i1; ir += 6) {
                 for (long e = ck_min(nkc, pk + per); pk < e; pk++) {
                     const float *row = g->xp + g->koff[nk0 + pk];

@@ -88,9 +88,10 @@ __attribute__((target("avx2,fma"))) static void uk_avx2(long kc, const float *a,
 // B rows: the packed panel (koff NULL: row k at b + 64 k) or rows read in place (row k at
 // b + koff[k], unaligned; the forward convolution reads im2col rows straight from a padded image).
 // In place, the four 16-column quarters of a row start at seg[0..3] from it (16 readable floats
-// each): a panel may join pieces of four image rows. Specialized per call site and for rows = 6 or
-// 4 (a constant after inlining): a sliver of at most 4 rows (64 = 10 x 6 + 4 output channels) runs
-// 16 FMAs per k instead of 24 on zero rows, which cost the 64- and 128-channel layers 3 %.
+// each): a panel may join pieces of four image rows. Specialized per call site, for rows = 6 or 4
+// and for quarters = 1 .. 4 (packed panels only; constants after inlining): a sliver of at most 4
+// rows (64 = 10 x 6 + 4 output channels) runs 16 FMAs per k instead of 24 on zero rows, which
+// cost the 64- and 128-channel layers 3 %; a panel of at most 48 columns computes only its quarters.
 __attribute__((target("avx512f"), always_inline)) static inline void uk_avx512_body(
     long kc, const float *a, const float *b, const long *koff, const long *seg, float *c, long ldc, int acc, int mr,
     int nr, const int rows, const int quarters) {
@@ -140,19 +141,18 @@ __attribute__((target("avx512f"), always_inline)) static inline void uk_avx512_b
 
 __attribute__((target("avx512f"))) static void uk_avx512(long kc, const float *a, const float *b, float *c, long ldc,
                                                          int acc, int mr, int nr) {
-    // A panel of at most 48 columns computes only its quarters: the last panel of a Winograd GEMM
-    // is often short (20 maps of 8 x 8 are 80 tiles, 64 + 16: the full width computed 128
-    // columns for them, conv5 at 128 x 128).
-    switch ((nr + 15) / 16 + (mr <= 4 ? 4 : 0)) {
-    case 1: uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr, 6, 1); break;
-    case 2: uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr, 6, 2); break;
-    case 3: uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr, 6, 3); break;
-    case 5: uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr, 4, 1); break;
-    case 6: uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr, 4, 2); break;
-    case 7: uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr, 4, 3); break;
-    case 8: uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr, 4, 4); break;
-    default: uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr, 6, 4); break;
+    // The last panel of a Winograd GEMM is often short: 20 maps of 8 x 8 are 80 tiles, 64 + 16, and
+    // the full width computed 128 columns for them (conv5 at 128 x 128).
+#define BODY(rows, quarters) uk_avx512_body(kc, a, b, NULL, NULL, c, ldc, acc, mr, nr, rows, quarters)
+    int quarters = (nr + 15) / 16;
+    if (mr <= 4) {
+        if (quarters == 1) BODY(4, 1); else if (quarters == 2) BODY(4, 2); else if (quarters == 3) BODY(4, 3);
+        else BODY(4, 4);
+    } else {
+        if (quarters == 1) BODY(6, 1); else if (quarters == 2) BODY(6, 2); else if (quarters == 3) BODY(6, 3);
+        else BODY(6, 4);
     }
+#undef BODY
 }
 
 __attribute__((target("avx512f"))) void ck_ukernel_offsets_avx512(long kc, const float *a, const float *base,

@@ -16,6 +16,7 @@
 #include "internal.h"
 
 #include <immintrin.h>
+#include <limits.h>
 #include <string.h>
 
 // G of F(4x4, 3x3) with interpolation points 0, +-1, +-2 (and infinity); B^T and A^T are written
@@ -507,8 +508,8 @@ int ck_winograd_set_schedule(int schedule) {
 // whose M is live at once.
 enum { FUSED_TILES = 64, FUSED_K = 48 };
 
-int ck_winograd_schedule(int C, int K) {
-    (void)K;
+// The schedule for C relevance channels and a call of `tiles` tiles (forced, else measured).
+static int schedule_for(int C, long tiles) {
     int o = schedule_override;
     if (o == CK_WINOGRAD_CHUNKED || o == CK_WINOGRAD_FUSED) return o;
     const char *e = getenv("BILRP_WINOGRAD");
@@ -516,8 +517,16 @@ int ck_winograd_schedule(int C, int K) {
     if (e && !strcmp(e, "fused")) return CK_WINOGRAD_FUSED;
     // Measured on VGG-16 (2 MiB L2 per core): fused wins up to 256 relevance channels (V of a unit
     // 2.4 MiB; 0.18 s against 0.25 s for a 256-channel layer at 128 x 128), chunked from 512 (V of
-    // a unit would be 4.7 MiB, and 8 x 8 maps give too few units to balance two threads).
+    // a unit would be 4.7 MiB, and 8 x 8 maps give too few units to balance two threads). Fewer
+    // fused units than threads (one 28 x 28 map is 49 tiles: one unit) would leave threads idle;
+    // the chunked steps split over channels instead.
+    if (tiles <= (long)FUSED_TILES * (ck_get_num_threads() - 1)) return CK_WINOGRAD_CHUNKED;
     return C <= 256 ? CK_WINOGRAD_FUSED : CK_WINOGRAD_CHUNKED;
+}
+
+int ck_winograd_schedule(int C, int K) {
+    (void)K;
+    return schedule_for(C, LONG_MAX);
 }
 
 typedef struct {
@@ -582,26 +591,19 @@ static void winograd(int n, const float *x, const float *z, float eps, int C, in
         j.pHo = up->Ho; j.pWo = up->Wo; j.psh = up->sh; j.psw = up->sw;
     }
     long total = (long)n * th * tw;
-    long units = (total + FUSED_TILES - 1) / FUSED_TILES;
-    int sched = ck_winograd_schedule(C, K);
-    // Fewer fused units than threads (one 28 x 28 map is 49 tiles: one unit) would leave threads
-    // idle; the chunked steps split over channels instead. Not when the schedule is forced.
-    if (sched == CK_WINOGRAD_FUSED && units < ck_get_num_threads() && schedule_override == CK_WINOGRAD_AUTO &&
-        !getenv("BILRP_WINOGRAD"))
-        sched = CK_WINOGRAD_CHUNKED;
-    if (sched == CK_WINOGRAD_FUSED) {
+    if (schedule_for(C, total) == CK_WINOGRAD_FUSED) {
         fused_job f = {j, total, in, out};
-        ck_parallel_for(units, &f, fused_unit);
+        ck_parallel_for((total + FUSED_TILES - 1) / FUSED_TILES, &f, fused_unit);
         free(unpooled);
         return;
     }
-    // Chunked: super-chunks of whole tile rows whose V and M together stay near 48 MiB.
-    long per_row = 36L * (C + K) * tw * (long)sizeof(float);
-    long R = ck_max(1, ck_min((long)n * th, (48L << 20) / per_row));
-    // Chunks of whole panels (any tile range works): chunks of whole tile rows left a partial last
-    // panel in every chunk, computed in full by the GEMM (28 x 28 maps, 46 rows of 7 tiles: 322
-    // tiles in 384 columns).
-    long Tmax = ((chunk_tiles_cap ? ck_min(chunk_tiles_cap, R * tw) : R * tw) + nr - 1) / nr * nr;
+    // Chunked: super-chunks whose V and M together stay near 48 MiB, in whole panels (any tile
+    // range works): chunks of whole tile rows left a partial last panel in every chunk, computed
+    // in full by the GEMM (28 x 28 maps, 46 rows of 7 tiles: 322 tiles in 384 columns).
+    long per_tile = 36L * (C + K) * (long)sizeof(float);
+    long cap = ck_max(1, ck_min(total, (48L << 20) / per_tile));
+    if (chunk_tiles_cap) cap = ck_min(cap, chunk_tiles_cap);
+    long Tmax = (cap + nr - 1) / nr * nr;
     // Kept between calls: fresh 48 MiB buffers every layer and block cost more in page faults than
     // the transforms.
     j.V = ck_scratch(4, 36 * (size_t)C * Tmax);

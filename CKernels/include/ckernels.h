@@ -137,12 +137,13 @@ void ck_sparse_lrp(int n, const float *R, const int32_t *argmax, int Hp, int Wp,
 /// Schedules of the Winograd kernels (same arithmetic, same results): FUSED runs transform, GEMMs
 /// and output transform per 64 tiles on one thread (V and M stay in L2); CHUNKED runs each step over
 /// big super-chunks, parallel over channels. By default FUSED up to 256 relevance channels, else
-/// CHUNKED (measured on VGG-16 layers); BILRP_WINOGRAD=fused|chunked in the environment forces one.
+/// CHUNKED (measured on VGG-16 layers), and CHUNKED for calls with fewer 64-tile units than
+/// threads; BILRP_WINOGRAD=fused|chunked in the environment forces one.
 enum { CK_WINOGRAD_AUTO = -1, CK_WINOGRAD_CHUNKED = 0, CK_WINOGRAD_FUSED = 1 };
 /// Forces a schedule for calls made from this thread (CK_WINOGRAD_AUTO: back to the default);
 /// returns the previous setting. For tests and benchmarks.
 int ck_winograd_set_schedule(int schedule);
-/// The schedule used for C relevance channels in and K out.
+/// The schedule used for C relevance channels in and K out, for a call of many tiles.
 int ck_winograd_schedule(int C, int K);
 /// Caps the CHUNKED schedule's super-chunks at this many tiles for calls made from this thread
 /// (rounded up to the GEMM's panel width; 0: the default, about 48 MiB of V and M); returns the
