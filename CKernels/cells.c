@@ -242,3 +242,193 @@ void ck_cells_contract(int C, int H, int W, const ck_cells *layout, const float 
         }
     free(partial);
 }
+
+// MARK: - Cells in vector lanes
+
+// A grid row of gc cells in groups of at most 16 lanes, split evenly (28 cells: 14 + 14).
+enum { LANES = 16 };
+static inline int lane_groups(int gc) { return (gc + LANES - 1) / LANES; }
+static inline int group_start(int gc, int g) { return (int)((long)g * gc / lane_groups(gc)); }
+
+long ck_cells_lanes_size(int C, const ck_cells *l) {
+    if (l->P % l->gc) return 0;
+    for (int p = 0; p < l->P; p++) {
+        int q = p % l->gc, r0 = p - q;
+        if (l->oy[p] != l->oy[r0] || l->ox[p] != l->ox[r0] + q) return 0;
+    }
+    return (long)(l->P / l->gc) * lane_groups(l->gc) * C * l->ch * l->cw * LANES;
+}
+
+typedef struct {
+    int C, H, W;
+    const ck_cells *l;
+    const float *v;
+    float *vt;
+    int n;
+    const float *R;
+    float *A;
+    long lda;
+    int isa, maps;  // maps: accumulators per pass
+} lanes_job;
+
+// vt[row][group][c][i][j][lane] = v of the lane's cell at pixel (i, j) when that pixel lies in the
+// map, else 0 (lanes past the group's cells too): the masked-off terms of ck_cells_contract.
+static void lanes_pack_channel(void *ctx, long c) {
+    const lanes_job *j = ctx;
+    const ck_cells *l = j->l;
+    long mw = ck_cells_mosaic_width(l), mh = ck_cells_mosaic_height(l);
+    int groups = lane_groups(l->gc), rows = l->P / l->gc;
+    long cell = (long)l->ch * l->cw * LANES;
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < groups; g++) {
+            int q0 = group_start(l->gc, g), lanes = group_start(l->gc, g + 1) - q0;
+            float *dst = j->vt + (((long)r * groups + g) * j->C + c) * cell;
+            memset(dst, 0, (size_t)cell * sizeof(float));
+            for (int t = 0; t < lanes; t++) {
+                int p = r * l->gc + q0 + t;
+                int i0, i1, c0, c1;
+                in_map(l, p, j->H, j->W, &i0, &i1, &c0, &c1);
+                const float *src = j->v + c * mh * mw + cell_base(l, p, mw);
+                for (int i = i0; i < i1; i++)
+                    for (int x = c0; x < c1; x++) dst[((long)i * l->cw + x) * LANES + t] = src[(long)i * mw + x];
+            }
+        }
+}
+
+void ck_cells_lanes_pack(int C, int H, int W, const ck_cells *layout, const float *v, float *vt) {
+    lanes_job j = {C, H, W, layout, v, vt, 0, NULL, NULL, 0, 0, 0};
+    ck_parallel_for(C, &j, lanes_pack_channel);
+}
+
+// The columns a lane group reads: map columns x0 + j + t for lane t < lanes and pixel column j.
+typedef struct {
+    int r, q0, lanes, x0, y0, i0, i1;  // y0: the row's origin row; [i0, i1): its cell rows in the map
+    const float *vt;                   // the group's packed cells, C x ch x cw x LANES
+} lane_group;
+
+static lane_group group_at(const lanes_job *j, long task) {
+    const ck_cells *l = j->l;
+    int groups = lane_groups(l->gc);
+    lane_group G;
+    G.r = (int)(task / groups);
+    int g = (int)(task % groups);
+    G.q0 = group_start(l->gc, g);
+    G.lanes = group_start(l->gc, g + 1) - G.q0;
+    int p = G.r * l->gc + G.q0;
+    G.y0 = l->oy[p];
+    G.x0 = l->ox[p];
+    G.i0 = (int)ck_max(0, -G.y0);
+    G.i1 = (int)ck_min(l->ch, j->H - G.y0);
+    G.vt = j->vt + task * (long)j->C * l->ch * l->cw * LANES;
+    return G;
+}
+
+static void store_sums(const lanes_job *j, const lane_group *G, int m0, int nm, const float *sums) {
+    for (int t = 0; t < G->lanes; t++) {
+        float *a = j->A + (long)(G->r * j->l->gc + G->q0 + t) * j->lda + m0;
+        for (int q = 0; q < nm; q++) a[q] = sums[q * LANES + t];
+    }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) static inline __attribute__((always_inline)) void
+lanes_maps_avx512(const lanes_job *j, const lane_group *G, const __mmask16 *mask, int m0, const int NM) {
+    const ck_cells *l = j->l;
+    long HW = (long)j->H * j->W, mapStride = (long)j->C * HW;
+    int cw = l->cw;
+    __m512 acc[NM];
+    for (int q = 0; q < NM; q++) acc[q] = _mm512_setzero_ps();
+    for (int c = 0; c < j->C; c++) {
+        const float *vc = G->vt + (long)c * l->ch * cw * LANES;
+        const float *Rc = j->R + (long)m0 * mapStride + c * HW + G->x0;
+        for (int i = G->i0; i < G->i1; i++) {
+            const float *vr = vc + (long)i * cw * LANES, *rr = Rc + (long)(G->y0 + i) * j->W;
+            // The maps' planes are a channel block apart (different pages): the prefetchers do not
+            // follow, and the loop waits on L3 without this (the next channel's row, both ends).
+            if (c + 1 < j->C)
+                for (int q = 0; q < NM; q++) {
+                    const char *nx = (const char *)(rr + HW + q * mapStride);
+                    _mm_prefetch(nx, _MM_HINT_T0);
+                    _mm_prefetch(nx + (cw + LANES - 2) * sizeof(float), _MM_HINT_T0);
+                }
+            for (int x = 0; x < cw; x++) {
+                if (!mask[x]) continue;
+                __m512 vv = _mm512_loadu_ps(vr + x * LANES);
+                for (int q = 0; q < NM; q++)
+                    acc[q] = _mm512_fmadd_ps(vv, _mm512_maskz_loadu_ps(mask[x], rr + q * mapStride + x), acc[q]);
+            }
+        }
+    }
+    float sums[NM * LANES];
+    for (int q = 0; q < NM; q++) _mm512_storeu_ps(sums + q * LANES, acc[q]);
+    store_sums(j, G, m0, NM, sums);
+}
+
+__attribute__((target("avx512f"))) static void lanes_task_avx512(void *ctx, long task) {
+    const lanes_job *j = ctx;
+    lane_group G = group_at(j, task);
+    // Per pixel column: the lanes whose map column lies in the map (the others' R may lie outside
+    // the buffer; their packed v is 0).
+    __mmask16 mask[j->l->cw];
+    for (int x = 0; x < j->l->cw; x++) {
+        unsigned m = 0;
+        for (int t = 0; t < G.lanes; t++) {
+            int col = G.x0 + x + t;
+            if (col >= 0 && col < j->W) m |= 1u << t;
+        }
+        mask[x] = (__mmask16)m;
+    }
+    // Evenly split passes over the maps (20 maps: 10 + 10, not 16 + 4): fewer passes over v.
+    int passes = (j->n + j->maps - 1) / j->maps;
+    for (int k = 0; k < passes; k++) {
+        int m0 = (int)((long)k * j->n / passes), nm = (int)((long)(k + 1) * j->n / passes) - m0;
+        switch (nm) {
+#define CASE(k) case k: lanes_maps_avx512(j, &G, mask, m0, k); break;
+            CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+            CASE(9) CASE(10) CASE(11) CASE(12) CASE(13) CASE(14) CASE(15) CASE(16)
+#undef CASE
+        }
+    }
+}
+#endif
+
+// Portable: the same sums, lanes innermost.
+static void lanes_task(void *ctx, long task) {
+    const lanes_job *j = ctx;
+    const ck_cells *l = j->l;
+    lane_group G = group_at(j, task);
+    long HW = (long)j->H * j->W, mapStride = (long)j->C * HW;
+    int cw = l->cw;
+    float sums[LANES];
+    for (int m = 0; m < j->n; m++) {
+        for (int t = 0; t < LANES; t++) sums[t] = 0;
+        for (int c = 0; c < j->C; c++) {
+            const float *vc = G.vt + (long)c * l->ch * cw * LANES;
+            const float *Rc = j->R + (long)m * mapStride + c * HW;
+            for (int i = G.i0; i < G.i1; i++) {
+                const float *vr = vc + (long)i * cw * LANES, *rr = Rc + (long)(G.y0 + i) * j->W;
+                for (int x = 0; x < cw; x++)
+                    for (int t = 0; t < G.lanes; t++) {
+                        int col = G.x0 + x + t;
+                        if (col >= 0 && col < j->W) sums[t] += vr[x * LANES + t] * rr[col];
+                    }
+            }
+        }
+        store_sums(j, &G, m, 1, sums);
+    }
+}
+
+void ck_cells_contract_lanes(int C, int H, int W, const ck_cells *layout, const float *vt, int n, const float *R,
+                             float *A, long lda) {
+    if (n <= 0 || layout->P == 0) return;
+    // Up to 16 maps a pass: 16 accumulators, the cell row and a map row stay in registers.
+    lanes_job j = {C, H, W, layout, NULL, (float *)vt, n, R, A, lda, ck_isa_active(), 16};
+    long tasks = (long)(layout->P / layout->gc) * lane_groups(layout->gc);
+#if defined(__x86_64__)
+    if (j.isa >= CK_ISA_AVX512) {
+        ck_parallel_for(tasks, &j, lanes_task_avx512);
+        return;
+    }
+#endif
+    ck_parallel_for(tasks, &j, lanes_task);
+}

@@ -210,6 +210,16 @@ void ck_cells_unpool(int C, int H, int W, int Ho, int Wo, const int32_t *argmax,
 /// for m < n: the P cell vectors against a block of n relevance maps.
 void ck_cells_contract(int C, int H, int W, const ck_cells *layout, const float *v, int n, const float *R,
                        float *A, long lda);
+/// ck_cells_contract with 16 cells of a grid row in the lanes of a vector, for layouts whose cells
+/// sit at unit steps: in each grid row the same origin row, origins one column apart (the patch
+/// side's cells at the layer where the patch grid has the map's resolution, VGG-16's pool3 with 8 x
+/// 8 patches). Then one vector load of a map row serves 16 cells, and the sums need no horizontal
+/// reduction. ck_cells_lanes_size is 0 for other layouts; ck_cells_lanes_pack transposes v (once,
+/// for every block of maps) and ck_cells_contract_lanes computes what ck_cells_contract does.
+long ck_cells_lanes_size(int C, const ck_cells *layout);
+void ck_cells_lanes_pack(int C, int H, int W, const ck_cells *layout, const float *v, float *vt);
+void ck_cells_contract_lanes(int C, int H, int W, const ck_cells *layout, const float *vt, int n, const float *R,
+                             float *A, long lda);
 
 // MARK: - Pairs
 

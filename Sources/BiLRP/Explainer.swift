@@ -147,7 +147,11 @@ public final class Explainer: @unchecked Sendable {
             profile.layers = all.enumerated().map { (i, l) in (l.name(trace.shapes[i]), 0) }
         }
         profile?.patchSideLayers = k
-        let sides = k > 0 ? patchSide(trace, grid, layers: k, profile: profile, pool: pool) : []
+        var sides = k > 0 ? patchSide(trace, grid, layers: k, profile: profile, pool: pool) : []
+        let meet = trace.shapes[k]
+        let packed = k > 0 ? packPatchSide(sides, grid, channels: meet.channels, map: (meet.height, meet.width)) : nil
+        if packed != nil { sides = [] }
+        profile?.packedCells = packed != nil
         let block = blockSize(for: trace, outputs: h, from: k)
         let pooled = k > 0 ? nil : Buffer(count: block * P)
         var m0 = 0
@@ -160,6 +164,10 @@ public final class Explainer: @unchecked Sendable {
             if k > 0 {
                 let s = trace.shapes[k]
                 A.withUnsafeMutableBufferPointer { a in
+                    if let packed {
+                        kernels.cellsContract(channels: s.channels, map: (s.height, s.width), packed.layout,
+                                              packed: packed.packed.const, n: n, r.const, a.baseAddress! + m0, lda: h)
+                    }
                     for side in sides {
                         kernels.cellsContract(channels: s.channels, map: (s.height, s.width), side.layout, side.v.const,
                                               n: n, r.const, a.baseAddress! + side.first * h + m0, lda: h)
@@ -549,6 +557,9 @@ public final class ExplainerProfile: @unchecked Sendable {
     public var forwardSeconds: Double = 0
     /// Layers run on the patch side (0: all by the backward).
     public var patchSideLayers = 0
+    /// Whether the patch side met the maps as packed cells (16 patches a vector; see
+    /// `Kernels.cellsContract(packed:)`) rather than cell by cell.
+    public var packedCells = false
     /// Per layer of the model and head, in order: a label with its input shape, and backward seconds.
     public var layers: [(name: String, seconds: Double)] = []
 }

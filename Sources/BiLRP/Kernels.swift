@@ -131,6 +131,16 @@ public protocol Kernels: Sendable {
     /// A[p * lda + m] = sum over channels and in-map pixels of cell p of v * R[m], R (n, C, H, W).
     func cellsContract(channels: Int, map: (Int, Int), _ layout: CellLayout, _ v: UnsafePointer<Float>, n: Int,
                        _ R: UnsafePointer<Float>, _ A: UnsafeMutablePointer<Float>, lda: Int)
+    /// Floats of the cells of `layout` packed for `cellsContract(packed:)`, or 0 when the layout's
+    /// cells do not sit at unit steps along the grid rows (ck_cells_lanes_size) or this backend has
+    /// no such path.
+    func cellsPackedCount(channels: Int, _ layout: CellLayout) -> Int
+    /// v packed for `cellsContract(packed:)` (cellsPackedCount floats).
+    func cellsPack(channels: Int, map: (Int, Int), _ layout: CellLayout, _ v: UnsafePointer<Float>,
+                   _ packed: UnsafeMutablePointer<Float>)
+    /// `cellsContract` from the packed cells: the same sums, 16 cells in the lanes of a vector.
+    func cellsContract(channels: Int, map: (Int, Int), _ layout: CellLayout, packed: UnsafePointer<Float>, n: Int,
+                       _ R: UnsafePointer<Float>, _ A: UnsafeMutablePointer<Float>, lda: Int)
     /// A 3 x 3, stride 1, padding 1 convolution weight prepared for `convForward(winograd:)`, or nil
     /// when this backend has no such path. The patch side's convolutions run on it.
     func prepareWinogradForward(weight: [Float], _ g: ConvGeometry) -> [Float]?
@@ -162,6 +172,15 @@ extension Kernels {
     public var sparseBelowDensity: Double { 0 }
     public var patchSideLayers: Int? { 0 }
     public func prepareWinogradForward(weight: [Float], _ g: ConvGeometry) -> [Float]? { nil }
+    public func cellsPackedCount(channels: Int, _ layout: CellLayout) -> Int { 0 }
+    public func cellsPack(channels: Int, map: (Int, Int), _ layout: CellLayout, _ v: UnsafePointer<Float>,
+                          _ packed: UnsafeMutablePointer<Float>) {
+        preconditionFailure("cellsPack without cellsPackedCount")
+    }
+    public func cellsContract(channels: Int, map: (Int, Int), _ layout: CellLayout, packed: UnsafePointer<Float>,
+                              n: Int, _ R: UnsafePointer<Float>, _ A: UnsafeMutablePointer<Float>, lda: Int) {
+        preconditionFailure("cellsContract(packed:) without cellsPackedCount")
+    }
     public func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, winograd: UnsafePointer<Float>,
                             _ y: UnsafeMutablePointer<Float>) {
         preconditionFailure("convForward(winograd:) without prepareWinogradForward")
@@ -490,6 +509,22 @@ public struct CKernelsBackend: Kernels {
     public func cellsContract(channels: Int, map: (Int, Int), _ layout: CellLayout, _ v: UnsafePointer<Float>,
                               n: Int, _ R: UnsafePointer<Float>, _ A: UnsafeMutablePointer<Float>, lda: Int) {
         layout.withC { l in ck_cells_contract(c(channels), c(map.0), c(map.1), l, v, c(n), R, A, lda) }
+    }
+
+    public func cellsPackedCount(channels: Int, _ layout: CellLayout) -> Int {
+        layout.withC { l in Int(ck_cells_lanes_size(c(channels), l)) }
+    }
+
+    public func cellsPack(channels: Int, map: (Int, Int), _ layout: CellLayout, _ v: UnsafePointer<Float>,
+                          _ packed: UnsafeMutablePointer<Float>) {
+        layout.withC { l in ck_cells_lanes_pack(c(channels), c(map.0), c(map.1), l, v, packed) }
+    }
+
+    public func cellsContract(channels: Int, map: (Int, Int), _ layout: CellLayout, packed: UnsafePointer<Float>,
+                              n: Int, _ R: UnsafePointer<Float>, _ A: UnsafeMutablePointer<Float>, lda: Int) {
+        layout.withC { l in
+            ck_cells_contract_lanes(c(channels), c(map.0), c(map.1), l, packed, c(n), R, A, lda)
+        }
     }
 
     public func patchPool(n: Int, _ R: UnsafePointer<Float>, _ shape: Shape3, patch: Int,

@@ -16,6 +16,22 @@ import Foundation
 // p's vector with map m's relevance there. The split is chosen per input size by a cost model
 // (`patchSidePlan`); results differ from the plain backward by rounding only.
 
+/// One chunk of grid rows through the patch side: its first patch, the cell layout at the meeting
+/// layer and the vectors there (C channels of mosaic), and the patches' supports there.
+struct PatchSideChunk {
+    var first: Int
+    var layout: CellLayout
+    var v: Buffer
+    var supports: PatchSupports
+}
+
+/// The patch side's vectors of the whole grid in one layout whose cells sit at unit steps along
+/// each grid row, packed for `Kernels.cellsContract(packed:)`.
+struct PackedPatchSide {
+    var layout: CellLayout
+    var packed: Buffer
+}
+
 /// The per-patch supports (rectangles in map coordinates, clipped to the map) as the patch side
 /// walks up the layers, and the cell layouts that hold them.
 struct PatchSupports {
@@ -174,12 +190,12 @@ extension Explainer {
     /// The patch side through the first k layers, in chunks of grid rows: per chunk its first
     /// patch, the cell layout at layer k's input and the vectors there (C_k channels of mosaic).
     func patchSide(_ trace: Trace, _ grid: PatchGrid, layers k: Int, profile: ExplainerProfile?,
-                   pool: BufferPool) -> [(first: Int, layout: CellLayout, v: Buffer)] {
+                   pool: BufferPool) -> [PatchSideChunk] {
         let all = try! allLayers(for: trace.inputShape)
         let rowsPerChunk = max(1, Self.patchSideChunk / max(1, grid.columns))
         let chunks = (grid.rows + rowsPerChunk - 1) / rowsPerChunk
         let rowsEach = (grid.rows + chunks - 1) / chunks
-        var out: [(first: Int, layout: CellLayout, v: Buffer)] = []
+        var out: [PatchSideChunk] = []
         for r0 in stride(from: 0, to: grid.rows, by: rowsEach) {
             let rows = r0..<min(grid.rows, r0 + rowsEach)
             var sup = PatchSupports(grid: grid, rows: rows)
@@ -255,8 +271,61 @@ extension Explainer {
             let kept = Buffer(count: layout.mosaicCount(channels: trace.shapes[k].channels))
             kept.pointer.update(from: v.const, count: kept.count)
             pool.give(v)
-            out.append((rows.lowerBound * grid.columns, layout, kept))
+            out.append(PatchSideChunk(first: rows.lowerBound * grid.columns, layout: layout, v: kept, supports: sup))
         }
         return out
+    }
+}
+
+extension Explainer {
+    /// The chunks' vectors moved into one layout for the whole grid whose cells sit at unit steps
+    /// along each grid row (in a row the same origin row, origins one column apart) and packed for
+    /// `cellsContract(packed:)`: one contraction per block of maps for every patch, 16 patches in
+    /// the lanes of a vector, where `cellsContract` reduces each cell's sums across lanes (at
+    /// VGG-16's pool3 with 8 x 8 patches, 7 of 16 lanes a cell row). The cells grow to cover every
+    /// patch's support at its grid column (a border patch's support is clipped to the map, so its
+    /// cell no longer starts at its own column): the values dropped are only those outside the
+    /// supports, zero up to the patch side's rounding. Nil when the backend has no packed path, or
+    /// when the grid does not step with the map (patches of more or less than one pixel at the
+    /// meeting layer), where such cells would be much larger than the supports.
+    func packPatchSide(_ chunks: [PatchSideChunk], _ grid: PatchGrid, channels C: Int, map: (Int, Int))
+        -> PackedPatchSide? {
+        let gc = grid.columns
+        guard !chunks.isEmpty, chunks.allSatisfy({ $0.first % gc == 0 && $0.supports.count % gc == 0 }) else {
+            return nil
+        }
+        var rowOrigin = [Int](repeating: Int.max, count: grid.rows), rowEnd = [Int](repeating: Int.min, count: grid.rows)
+        var x0 = Int.max, x1 = Int.min, supportH = 1, supportW = 1
+        for chunk in chunks {
+            let s = chunk.supports
+            for i in 0..<s.count {
+                let p = chunk.first + i, r = p / gc, q = p % gc
+                rowOrigin[r] = min(rowOrigin[r], s.y0[i]); rowEnd[r] = max(rowEnd[r], s.y1[i])
+                x0 = min(x0, s.x0[i] - q); x1 = max(x1, s.x1[i] - q)
+                supportH = max(supportH, s.y1[i] - s.y0[i]); supportW = max(supportW, s.x1[i] - s.x0[i])
+            }
+        }
+        guard rowOrigin.allSatisfy({ $0 != Int.max }) else { return nil }
+        let cellH = max(1, zip(rowOrigin, rowEnd).map { $1 - $0 }.max()!), cellW = max(1, x1 - x0)
+        guard cellH * cellW <= 2 * supportH * supportW else { return nil }
+        func layout(_ patches: Range<Int>) -> CellLayout {
+            CellLayout(gridColumns: gc, cellHeight: cellH, cellWidth: cellW,
+                       originY: patches.map { Int32(rowOrigin[$0 / gc]) }, originX: patches.map { Int32($0 % gc + x0) })
+        }
+        let whole = layout(0..<grid.count)
+        let total = kernels.cellsPackedCount(channels: C, whole)
+        guard total > 0 else { return nil }
+        let packed = Buffer(count: total)
+        var offset = 0
+        for chunk in chunks {
+            let to = layout(chunk.first..<chunk.first + chunk.supports.count)
+            let moved = Buffer(count: to.mosaicCount(channels: C))
+            kernels.cellsLoad(channels: C, map: map, from: chunk.layout, chunk.v.const, to: to, factor: nil,
+                              moved.pointer)
+            kernels.cellsPack(channels: C, map: map, to, moved.const, packed.pointer + offset)
+            offset += kernels.cellsPackedCount(channels: C, to)
+        }
+        precondition(offset == total, "packed chunks cover the grid")
+        return PackedPatchSide(layout: whole, packed: packed)
     }
 }

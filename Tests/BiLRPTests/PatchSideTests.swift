@@ -95,6 +95,61 @@ struct PatchSideTests {
         }
     }
 
+    /// Cells at unit steps along the grid rows, as the patch side lays them out where the grid has
+    /// the map's resolution: row r's cells start at map row r + dy, cell q at column q + dx.
+    func steppedCells(rows: Int, columns: Int, cell: (Int, Int), dy: Int, dx: Int) -> CellLayout {
+        CellLayout(gridColumns: columns, cellHeight: cell.0, cellWidth: cell.1,
+                   originY: (0..<rows * columns).map { Int32($0 / columns + dy) },
+                   originX: (0..<rows * columns).map { Int32($0 % columns + dx) })
+    }
+
+    @Test("cells contract from packed cells (16 a vector) against the reference, on every ISA", arguments: isaPaths)
+    func contractPacked(isa: Int32) {
+        withISA(isa) {
+            let C = 3
+            // Grid rows of 5 cells (one short group), 16 (one full), 21 and 37 (groups split evenly);
+            // cells partly above, below, left and right of the map; cells wider than a vector.
+            let cases: [(rows: Int, cols: Int, cell: (Int, Int), dy: Int, dx: Int, map: (Int, Int))] = [
+                (4, 5, (7, 7), -3, -3, (6, 5)), (3, 16, (7, 7), -3, -3, (5, 16)), (2, 21, (3, 5), 2, -1, (6, 21)),
+                (2, 37, (4, 19), -2, -9, (5, 30)), (1, 16, (1, 1), 0, 0, (1, 16)),
+            ]
+            for (i, t) in cases.enumerated() {
+                let l = steppedCells(rows: t.rows, columns: t.cols, cell: t.cell, dy: t.dy, dx: t.dx)
+                let count = CKernelsBackend().cellsPackedCount(channels: C, l)
+                #expect(count >= l.mosaicCount(channels: C), "case \(i): packed count \(count)")
+                guard count > 0 else { continue }
+                let v = random(l.mosaicCount(channels: C), seed: UInt64(60 + i))
+                var packed = [Float](repeating: .nan, count: count)
+                packed.withUnsafeMutableBufferPointer {
+                    CKernelsBackend().cellsPack(channels: C, map: t.map, l, v, $0.baseAddress!)
+                }
+                for n in [1, 5, 16, 17, 20, 33] {
+                    let R = random(n * C * t.map.0 * t.map.1, seed: UInt64(70 + i * 40 + n))
+                    let lda = n + 2
+                    var a = [Float](repeating: 42, count: l.count * lda), b = a
+                    a.withUnsafeMutableBufferPointer {
+                        CKernelsBackend().cellsContract(channels: C, map: t.map, l, packed: packed, n: n, R,
+                                                        $0.baseAddress!, lda: lda)
+                    }
+                    b.withUnsafeMutableBufferPointer {
+                        ReferenceKernels().cellsContract(channels: C, map: t.map, l, v, n: n, R, $0.baseAddress!,
+                                                         lda: lda)
+                    }
+                    expectClose(a, b, tol: 1e-5, "packed contract case \(i), n = \(n)")
+                    #expect(a.contains { $0 != 0 && $0 != 42 })
+                }
+            }
+            // Not at unit steps (a clipped border cell, scattered cells): no packed path.
+            var clipped = steppedCells(rows: 2, columns: 6, cell: (3, 3), dy: -1, dx: -1)
+            clipped.originX[0] = 0
+            #expect(CKernelsBackend().cellsPackedCount(channels: C, clipped) == 0)
+            let scattered = scatteredCells(count: 8, columns: 4, cell: (3, 3), map: (9, 9), seed: 3)
+            #expect(CKernelsBackend().cellsPackedCount(channels: C, scattered) == 0)
+            #expect(ReferenceKernels().cellsPackedCount(channels: C, steppedCells(rows: 1, columns: 4, cell: (3, 3),
+                                                                                  dy: 0, dx: 0)) == 0)
+        }
+    }
+
     /// Winograd rounds differently; the bound is the one asserted for its backward.
     @Test("Winograd F(4x4, 3x3) forward against the float64 reference", arguments: isaPaths, winogradSchedules)
     func winogradForward(isa: Int32, schedule: Int32) {
@@ -151,6 +206,10 @@ struct PatchSideTests {
             #expect(abs(a.similarity - b.similarity) <= 1e-5 * abs(b.similarity))
             let (_, profile) = try fast.profiledFactors(x, patch: patch)
             #expect(profile.patchSideLayers == k)
+            // The packed contraction where the grid steps with the map (pixels before the first
+            // pool), the cell by cell one where it steps 3 pixels (3 x 3 patches before the first
+            // pool; past the pools their supports step about one pixel and may be packed).
+            if (1...4).contains(k) { #expect(profile.packedCells == (patch == 1), "patch \(patch), k = \(k)") }
         }
     }
 
