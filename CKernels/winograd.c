@@ -28,6 +28,19 @@ static const float G[6][3] = {
     {1.0f / 24, 1.0f / 12, 1.0f / 6}, {1.0f / 24, -1.0f / 12, 1.0f / 6}, {0, 0, 1},
 };
 
+// B^T applied along one axis of 16 tiles or columns at once: e[k] = (B^T d)[k] for the six vectors
+// d[0..5] (f4, f5, f2: the constants 4, 5, 2). Every AVX-512 input transform runs it along y, then
+// along x.
+#define BT_PASS(e, d)                                                                                       \
+    do {                                                                                                        \
+        e[0] = _mm512_add_ps(_mm512_fmsub_ps(f4, d[0], _mm512_mul_ps(f5, d[2])), d[4]);                         \
+        e[1] = _mm512_sub_ps(_mm512_add_ps(d[3], d[4]), _mm512_mul_ps(f4, _mm512_add_ps(d[1], d[2])));          \
+        e[2] = _mm512_add_ps(_mm512_mul_ps(f4, _mm512_sub_ps(d[1], d[2])), _mm512_sub_ps(d[4], d[3]));          \
+        e[3] = _mm512_add_ps(_mm512_mul_ps(f2, _mm512_sub_ps(d[3], d[1])), _mm512_sub_ps(d[4], d[2]));          \
+        e[4] = _mm512_add_ps(_mm512_mul_ps(f2, _mm512_sub_ps(d[1], d[3])), _mm512_sub_ps(d[4], d[2]));          \
+        e[5] = _mm512_add_ps(_mm512_fmsub_ps(f4, d[1], _mm512_mul_ps(f5, d[3])), d[5]);                         \
+    } while (0)
+
 long ck_winograd_weights_size(int K, int C) { return 36L * ck_gemm_packed_a_size(CK_ISA_PORTABLE, K, C); }
 
 void ck_winograd_weights(const float *w, int K, int C, int transpose, float *U) {
@@ -89,48 +102,6 @@ static inline float *m_at(const wino_job *j, int xi, long k, long t) {
     return j->M + ((long)xi * j->Kr + (k - j->k0)) * j->Tp + t;
 }
 
-// The horizontal B^T pass for a run of count tiles (16 at a time, the last 16 masked), stored
-// straight into V: dst[b][t] for t < count. q_k[t] = er[4t + k] deinterleaved with lane permutes (q4,
-// q5 are q0, q1 of the next tile); the run reads er[0 .. 4 count + 2). On 28 x 28 maps a tile row
-// has 7 tiles: the scalar pass and the copy of its results through a stack buffer (vector loads
-// of scalar stores, which the CPU cannot forward) were half of the input transform.
-__attribute__((target("avx512f"))) static void horizontal_avx512(const float *er, int count, float *const dst[6]) {
-    const __m512i sel0 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i one = _mm512_set1_epi32(1);
-    const __m512 f4 = _mm512_set1_ps(4), f5 = _mm512_set1_ps(5), f2 = _mm512_set1_ps(2);
-    for (int t = 0; t < count; t += 16) {
-        const float *q = er + 4 * t;
-        int r = count - t < 16 ? count - t : 16;
-        long f = 4L * r + 2;  // floats of the run from q
-        __m512 x[4];
-        for (int v = 0; v < 4; v++) {
-            long left = f - 16 * v;
-            __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
-            x[v] = _mm512_maskz_loadu_ps(m, q + 16 * v);
-        }
-        __m512 c[4];
-        __m512i idx = sel0;
-        for (int k = 0; k < 4; k++) {
-            __m512 lo = _mm512_permutex2var_ps(x[0], idx, x[1]), hi = _mm512_permutex2var_ps(x[2], idx, x[3]);
-            c[k] = _mm512_shuffle_f32x4(lo, hi, 0x44);
-            idx = _mm512_add_epi32(idx, one);
-        }
-        // Lane 15's q4, q5 are q[64], q[65]: inside the run only when it has all 16 tiles (otherwise
-        // lane 15 is masked off).
-        float n4 = r == 16 ? q[64] : 0.0f, n5 = r == 16 ? q[65] : 0.0f;
-        __m512 c4 = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(_mm512_set1_ps(n4)), _mm512_castps_si512(c[0]), 1));
-        __m512 c5 = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(_mm512_set1_ps(n5)), _mm512_castps_si512(c[1]), 1));
-        __m512 s34 = _mm512_add_ps(c[3], c4);
-        __mmask16 m = (__mmask16)((1u << r) - 1);
-        _mm512_mask_storeu_ps(dst[0] + t, m, _mm512_add_ps(_mm512_fmsub_ps(f4, c[0], _mm512_mul_ps(f5, c[2])), c4));
-        _mm512_mask_storeu_ps(dst[1] + t, m, _mm512_sub_ps(s34, _mm512_mul_ps(f4, _mm512_add_ps(c[1], c[2]))));
-        _mm512_mask_storeu_ps(dst[2] + t, m, _mm512_add_ps(_mm512_mul_ps(f4, _mm512_sub_ps(c[1], c[2])), _mm512_sub_ps(c4, c[3])));
-        _mm512_mask_storeu_ps(dst[3] + t, m, _mm512_add_ps(_mm512_mul_ps(f2, _mm512_sub_ps(c[3], c[1])), _mm512_sub_ps(c4, c[2])));
-        _mm512_mask_storeu_ps(dst[4] + t, m, _mm512_add_ps(_mm512_mul_ps(f2, _mm512_sub_ps(c[1], c[3])), _mm512_sub_ps(c4, c[2])));
-        _mm512_mask_storeu_ps(dst[5] + t, m, _mm512_add_ps(_mm512_fmsub_ps(f4, c[1], _mm512_mul_ps(f5, c[3])), c5));
-    }
-}
-
 // One row of the unpooled relevance times 1 / stab(z), for 2-wide pool windows: row[p] for image
 // columns x0 + p in [x0 + lo, x0 + hi). 16 windows (32 columns) per step: the winners' columns
 // compared with each lane's two, the values interleaved into the even and odd columns.
@@ -165,8 +136,9 @@ __attribute__((target("avx512f"))) static void unpool_row2_avx512(float *row, in
 // Input transform of channel c for the job's tile range, one segment (a tile row's run of tiles
 // inside the range) at a time: the vertical pass (B^T along y) is element-wise over x and
 // vectorizes; the horizontal pass uses the explicit formulas of B^T, which skip its zeros.
-// Instantiated per ISA below (the C target has no ISA flags).
-static inline __attribute__((always_inline)) void input_body(wino_job *j, long c, int vector) {
+// Instantiated for AVX2 and portable code below (the C target has no ISA flags); AVX-512 runs
+// input_avx512, the same passes in registers.
+static inline __attribute__((always_inline)) void input_body(wino_job *j, long c) {
     const int tw = j->tw;
     float *buf = ck_scratch(3, (size_t)12 * (4 * tw + 2));
     long plane = (long)j->H * j->W;
@@ -191,7 +163,6 @@ static inline __attribute__((always_inline)) void input_body(wino_job *j, long c
                 const float *rp = j->x + (m * j->C + c) * (long)j->pHo * j->pWo + (long)py * j->pWo;
                 const int32_t *am = j->pam + (c * (long)j->pHo + py) * j->pWo;
                 const float *zr = j->z + (c * (long)j->H + yy) * j->W;
-                if (vector && j->psw == 2) { unpool_row2_avx512(row, x0, lo, hi, rp, am, zr, (long)yy * j->W, j->pWo); continue; }
                 // Branch-free: which column of a window wins is data, and mispredicted branches
                 // cost more than the select.
                 long rowStart = (long)yy * j->W;
@@ -229,18 +200,14 @@ static inline __attribute__((always_inline)) void input_body(wino_job *j, long c
                 int cnt = (int)ck_min(n - t0, j->nr - l % j->nr);
                 float *dst[6];
                 for (int b = 0; b < 6; b++) dst[b] = v_at(j, a * 6 + b, c, l);
-                if (vector) {
-                    horizontal_avx512(er + 4 * t0, cnt, dst);
-                } else {
-                    for (int t = 0; t < cnt; t++) {
-                        const float *q = er + 4 * (t0 + t);
-                        dst[0][t] = 4 * q[0] - 5 * q[2] + q[4];
-                        dst[1][t] = -4 * q[1] - 4 * q[2] + q[3] + q[4];
-                        dst[2][t] = 4 * q[1] - 4 * q[2] - q[3] + q[4];
-                        dst[3][t] = -2 * q[1] - q[2] + 2 * q[3] + q[4];
-                        dst[4][t] = 2 * q[1] - q[2] - 2 * q[3] + q[4];
-                        dst[5][t] = 4 * q[1] - 5 * q[3] + q[5];
-                    }
+                for (int t = 0; t < cnt; t++) {
+                    const float *q = er + 4 * (t0 + t);
+                    dst[0][t] = 4 * q[0] - 5 * q[2] + q[4];
+                    dst[1][t] = -4 * q[1] - 4 * q[2] + q[3] + q[4];
+                    dst[2][t] = 4 * q[1] - 4 * q[2] - q[3] + q[4];
+                    dst[3][t] = -2 * q[1] - q[2] + 2 * q[3] + q[4];
+                    dst[4][t] = 2 * q[1] - q[2] - 2 * q[3] + q[4];
+                    dst[5][t] = 4 * q[1] - 5 * q[3] + q[5];
                 }
                 t0 += cnt;
             }
@@ -316,23 +283,15 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void input_lanes_avx
                     d[a] = _mm512_mul_ps(d[a], _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, q, zc, 4));
                 }
             }
-            e[0][b] = _mm512_add_ps(_mm512_fmsub_ps(f4, d[0], _mm512_mul_ps(f5, d[2])), d[4]);
-            e[1][b] = _mm512_sub_ps(_mm512_add_ps(d[3], d[4]), _mm512_mul_ps(f4, _mm512_add_ps(d[1], d[2])));
-            e[2][b] = _mm512_add_ps(_mm512_mul_ps(f4, _mm512_sub_ps(d[1], d[2])), _mm512_sub_ps(d[4], d[3]));
-            e[3][b] = _mm512_add_ps(_mm512_mul_ps(f2, _mm512_sub_ps(d[3], d[1])), _mm512_sub_ps(d[4], d[2]));
-            e[4][b] = _mm512_add_ps(_mm512_mul_ps(f2, _mm512_sub_ps(d[1], d[3])), _mm512_sub_ps(d[4], d[2]));
-            e[5][b] = _mm512_add_ps(_mm512_fmsub_ps(f4, d[1], _mm512_mul_ps(f5, d[3])), d[5]);
+            __m512 col[6];
+            BT_PASS(col, d);
+            for (int k = 0; k < 6; k++) e[k][b] = col[k];
         }
         long l = g - j->g0;
         for (int a = 0; a < 6; a++) {
             __m512 *q = e[a];
             __m512 h[6];
-            h[0] = _mm512_add_ps(_mm512_fmsub_ps(f4, q[0], _mm512_mul_ps(f5, q[2])), q[4]);
-            h[1] = _mm512_sub_ps(_mm512_add_ps(q[3], q[4]), _mm512_mul_ps(f4, _mm512_add_ps(q[1], q[2])));
-            h[2] = _mm512_add_ps(_mm512_mul_ps(f4, _mm512_sub_ps(q[1], q[2])), _mm512_sub_ps(q[4], q[3]));
-            h[3] = _mm512_add_ps(_mm512_mul_ps(f2, _mm512_sub_ps(q[3], q[1])), _mm512_sub_ps(q[4], q[2]));
-            h[4] = _mm512_add_ps(_mm512_mul_ps(f2, _mm512_sub_ps(q[1], q[3])), _mm512_sub_ps(q[4], q[2]));
-            h[5] = _mm512_add_ps(_mm512_fmsub_ps(f4, q[1], _mm512_mul_ps(f5, q[3])), q[5]);
+            BT_PASS(h, q);
             // 16 consecutive tiles from a multiple of 16 stay in one panel (nr is 64 here); lanes
             // past the range hold zeros, which is what the panel's tail must hold.
             for (int b = 0; b < 6; b++) _mm512_storeu_ps(v_at(j, a * 6 + b, c, l), h[b]);
@@ -391,9 +350,247 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void output_lanes_av
     }
 }
 
-__attribute__((target("avx512f,avx512dq,avx2,fma"))) static void input_avx512(void *p, long c) { input_body(p, c, 1); }
-__attribute__((target("avx2,fma"))) static void input_avx2(void *p, long c) { input_body(p, c, 0); }
-static void input_portable(void *p, long c) { input_body(p, c, 0); }
+// MARK: Maps of 4 x 4 tiles: a map per vector
+
+// Maps of 13 to 16 pixels a side (VGG-16's 16 x 16 layers at 128 x 128, 14 x 14 at 224 x 224) are
+// exactly 16 tiles, the lanes of one vector (lane 4 ty + tx), and every range starts at a multiple
+// of 16 tiles (panels of 64). The variants below load and store whole map rows and move values
+// between rows and tiles with lane permutes, where the lane variants above gather and scatter each
+// value (a gather costs tens of cycles on CPUs with the gather data sampling mitigation; they were
+// 30 % of the 512-channel layers' time). Same arithmetic as the lane variants, bit for bit.
+
+// out[j] lane 4 ty + tx = in[ty] lane 4 tx + j (tile-major to row-major and back are the same
+// permutation with the roles of the vector index and the lane's low two bits swapped).
+__attribute__((target("avx512f"))) static inline void rows_to_tiles(const __m512 in[4], __m512 out[4]) {
+    for (int jj = 0; jj < 4; jj++) {
+        int idx[16];
+        for (int L = 0; L < 16; L++) idx[L] = ((L / 4) & 1) * 16 + (L % 4) * 4 + jj;
+        __m512i ix = _mm512_loadu_si512(idx);
+        out[jj] = _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_permutex2var_ps(in[0], ix, in[1]),
+                                       _mm512_permutex2var_ps(in[2], ix, in[3]));
+    }
+}
+
+// out[ty] lane 4 tx + x = in[x] lane 4 ty + tx.
+__attribute__((target("avx512f"))) static inline void tiles_to_rows(const __m512 in[4], __m512 out[4]) {
+    for (int ty = 0; ty < 4; ty++) {
+        int idx[16];
+        for (int L = 0; L < 16; L++) idx[L] = ((L % 4) & 1) * 16 + ty * 4 + L / 4;
+        __m512i ix = _mm512_loadu_si512(idx);
+        out[ty] = _mm512_mask_blend_ps((__mmask16)0xCCCC, _mm512_permutex2var_ps(in[0], ix, in[1]),
+                                       _mm512_permutex2var_ps(in[2], ix, in[3]));
+    }
+}
+
+__attribute__((target("avx512f,avx512dq,avx2,fma"))) static void input_maps_avx512(void *p, long c) {
+    wino_job *j = p;
+    long plane = (long)j->H * j->W;
+    const __m512 f4 = _mm512_set1_ps(4), f5 = _mm512_set1_ps(5), f2 = _mm512_set1_ps(2);
+    const __mmask16 cm = (__mmask16)((1u << j->W) - 1);
+    int prev[16], next[16];
+    for (int L = 0; L < 16; L++) { prev[L] = L - 1 < 0 ? 0 : L - 1; next[L] = L + 1 > 15 ? 15 : L + 1; }
+    const __m512i ip = _mm512_loadu_si512(prev), in = _mm512_loadu_si512(next);
+    for (long g = j->g0, end = j->g0 + j->T; g < end; g += 16) {
+        long m = g / 16;
+        const float *xc = j->x + (m * j->C + c) * plane;
+        const float *zc = j->z ? j->z + c * plane : NULL;
+        // The next map's plane of this channel is C planes on (another page): the prefetchers do
+        // not follow the jump.
+        if (g + 16 < end)
+            for (int y = 0; y < j->H; y++) _mm_prefetch((const char *)(xc + j->C * plane + (long)y * j->W), _MM_HINT_T0);
+        __m512 d[6][6];  // d[a][b]: tile row a, column b of every tile's 6 x 6 input
+        for (int a = 0; a < 6; a++) {
+            __m512 X[4], T[4];
+            for (int ty = 0; ty < 4; ty++) {
+                int y = 4 * ty - 1 + a;
+                if (y < 0 || y >= j->H) { X[ty] = _mm512_setzero_ps(); continue; }
+                X[ty] = _mm512_maskz_loadu_ps(cm, xc + (long)y * j->W);
+                if (zc) X[ty] = _mm512_mul_ps(X[ty], _mm512_maskz_loadu_ps(cm, zc + (long)y * j->W));
+            }
+            rows_to_tiles(X, T);
+            // Columns 4 tx - 1 and 4 tx + 4: the neighbouring tile's last and first (0 past the map).
+            d[a][0] = _mm512_maskz_permutexvar_ps((__mmask16)0xEEEE, ip, T[3]);
+            for (int b = 1; b < 5; b++) d[a][b] = T[b - 1];
+            d[a][5] = _mm512_maskz_permutexvar_ps((__mmask16)0x7777, in, T[0]);
+        }
+        __m512 e[6][6];
+        for (int b = 0; b < 6; b++) {
+            __m512 in[6], col[6];
+            for (int a = 0; a < 6; a++) in[a] = d[a][b];
+            BT_PASS(col, in);
+            for (int k = 0; k < 6; k++) e[k][b] = col[k];
+        }
+        long l = g - j->g0;
+        for (int a = 0; a < 6; a++) {
+            __m512 *q = e[a];
+            __m512 h[6];
+            BT_PASS(h, q);
+            for (int b = 0; b < 6; b++) _mm512_storeu_ps(v_at(j, a * 6 + b, c, l), h[b]);
+        }
+    }
+}
+
+__attribute__((target("avx512f,avx512dq,avx2,fma"))) static void output_maps_avx512(void *p, long k) {
+    wino_job *j = p;
+    long plane = (long)j->H * j->W;
+    long st = (long)j->Kr * j->Tp;
+    const __m512 f2 = _mm512_set1_ps(2), f4 = _mm512_set1_ps(4), f8 = _mm512_set1_ps(8);
+    const __m512 sc = _mm512_set1_ps(j->scale);
+    const __mmask16 cm = (__mmask16)((1u << j->W) - 1);
+    const float *ak = j->a ? j->a + k * plane : NULL;
+    for (long g = j->g0, end = j->g0 + j->T; g < end; g += 16) {
+        long m = g / 16;
+        float *yk = j->y + (m * j->K + k) * plane;
+        __m512 f[6][4];
+        const float *m0 = m_at(j, 0, k, g - j->g0);
+        for (int a = 0; a < 6; a++) {
+            const float *ma = m0 + (long)(a * 6) * st;
+            __m512 q0 = _mm512_loadu_ps(ma), q1 = _mm512_loadu_ps(ma + st), q2 = _mm512_loadu_ps(ma + 2 * st);
+            __m512 q3 = _mm512_loadu_ps(ma + 3 * st), q4 = _mm512_loadu_ps(ma + 4 * st), q5 = _mm512_loadu_ps(ma + 5 * st);
+            __m512 p1 = _mm512_add_ps(q1, q2), d1 = _mm512_sub_ps(q1, q2), p3 = _mm512_add_ps(q3, q4), d3 = _mm512_sub_ps(q3, q4);
+            f[a][0] = _mm512_add_ps(_mm512_add_ps(q0, p1), p3);
+            f[a][1] = _mm512_fmadd_ps(f2, d3, d1);
+            f[a][2] = _mm512_fmadd_ps(f4, p3, p1);
+            f[a][3] = _mm512_add_ps(_mm512_fmadd_ps(f8, d3, d1), q5);
+        }
+        for (int r = 0; r < 4; r++) {
+            __m512 v[4], row[4];
+            for (int x = 0; x < 4; x++) {
+                __m512 p1 = _mm512_add_ps(f[1][x], f[2][x]), d1 = _mm512_sub_ps(f[1][x], f[2][x]);
+                __m512 p3 = _mm512_add_ps(f[3][x], f[4][x]), d3 = _mm512_sub_ps(f[3][x], f[4][x]);
+                v[x] = r == 0 ? _mm512_add_ps(_mm512_add_ps(f[0][x], p1), p3)
+                     : r == 1 ? _mm512_fmadd_ps(f2, d3, d1)
+                     : r == 2 ? _mm512_fmadd_ps(f4, p3, p1)
+                     : _mm512_add_ps(_mm512_fmadd_ps(f8, d3, d1), f[5][x]);
+            }
+            tiles_to_rows(v, row);
+            for (int ty = 0; ty < 4; ty++) {
+                int y = 4 * ty + r;
+                if (y >= j->H) continue;
+                long off = (long)y * j->W;
+                __m512 o = _mm512_mul_ps(sc, row[ty]);
+                if (ak) o = _mm512_mul_ps(o, _mm512_maskz_loadu_ps(cm, ak + off));
+                if (j->accumulate) o = _mm512_add_ps(o, _mm512_maskz_loadu_ps(cm, yk + off));
+                _mm512_mask_storeu_ps(yk + off, cm, o);
+            }
+        }
+    }
+}
+
+// MARK: Row-wise input transform in registers
+
+
+// A run of cnt <= 15 tiles of one tile row (NV = 2: cnt <= 7), inside one packed panel: the six
+// input rows are loaded straight into registers (times 1 / stab(z); zero off the map), B^T runs
+// along y on the vectors, then along x after deinterleaving each tile's columns with lane permutes
+// (q_k[t] = column 4 t + k), and the 36 results go to V with masked stores. The scalar version
+// (input_body) stages rows, both passes and results through buffers: on VGG's 28 x 28 maps (7
+// tiles a row) that cost three times the arithmetic.
+__attribute__((target("avx512f,avx512dq,avx2,fma"), always_inline)) static inline void input_run_avx512(
+    wino_job *j, long c, long m, int ty, int tx, int cnt, long l, float *buf, const int NV) {
+    const __m512 f4 = _mm512_set1_ps(4), f5 = _mm512_set1_ps(5), f2 = _mm512_set1_ps(2);
+    long plane = (long)j->H * j->W;
+    const float *xc = j->x + (m * j->C + c) * plane;
+    int x0 = 4 * tx - 1, len = 4 * cnt + 2;  // padded columns x0 .. x0 + len - 1
+    int lo = x0 < 0 ? -x0 : 0, hi = (int)ck_min(len, j->W - x0);  // columns inside the map
+    __mmask16 mk[4];
+    for (int v = 0; v < NV; v++) {
+        int a = lo - 16 * v, b = hi - 16 * v;
+        a = a < 0 ? 0 : a > 16 ? 16 : a;
+        b = b < 0 ? 0 : b > 16 ? 16 : b;
+        mk[v] = (__mmask16)(b > a ? ((1u << b) - 1) & ~((1u << a) - 1) : 0);
+    }
+    __m512 d[6][4];
+    for (int a = 0; a < 6; a++) {
+        int yy = 4 * ty - 1 + a;
+        if (yy < 0 || yy >= j->H || hi <= lo) {
+            for (int v = 0; v < NV; v++) d[a][v] = _mm512_setzero_ps();
+            continue;
+        }
+        if (j->pam) {  // winner-take-all unpooling into buf, then from there
+            int py = yy / j->psh;
+            if (py >= j->pHo) {
+                for (int v = 0; v < NV; v++) d[a][v] = _mm512_setzero_ps();
+                continue;
+            }
+            const float *rp = j->x + (m * j->C + c) * (long)j->pHo * j->pWo + (long)py * j->pWo;
+            const int32_t *am = j->pam + (c * (long)j->pHo + py) * j->pWo;
+            const float *zr = j->z + (c * (long)j->H + yy) * j->W;
+            long rowStart = (long)yy * j->W;
+            if (j->psw == 2) {
+                unpool_row2_avx512(buf, x0, lo, hi, rp, am, zr, rowStart, j->pWo);
+            } else {
+                for (int p = lo; p < hi; p++) {
+                    int xx = x0 + p, q = xx / j->psw;
+                    buf[p] = q < j->pWo && am[q] - rowStart == xx ? rp[q] * zr[xx] : 0.0f;
+                }
+            }
+            for (int v = 0; v < NV; v++) d[a][v] = _mm512_maskz_loadu_ps(mk[v], buf + 16 * v);
+            continue;
+        }
+        const float *src = xc + (long)yy * j->W + x0;
+        const float *zr = j->z ? j->z + (c * (long)j->H + yy) * j->W + x0 : NULL;
+        for (int v = 0; v < NV; v++) {
+            d[a][v] = _mm512_maskz_loadu_ps(mk[v], src + 16 * v);
+            if (zr) d[a][v] = _mm512_mul_ps(d[a][v], _mm512_maskz_loadu_ps(mk[v], zr + 16 * v));
+        }
+    }
+    const __m512i sel0 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i one = _mm512_set1_epi32(1);
+    const __mmask16 sm = (__mmask16)((1u << cnt) - 1);
+    for (int v = 0; v < NV; v++) {  // B^T along y, vector by vector of columns
+        __m512 col[6], e[6];
+        for (int a = 0; a < 6; a++) col[a] = d[a][v];
+        BT_PASS(e, col);
+        for (int a = 0; a < 6; a++) d[a][v] = e[a];
+    }
+    for (int a = 0; a < 6; a++) {
+        __m512 q[6];
+        __m512i idx = sel0;
+        if (NV == 2) {  // tiles 0 .. 6: columns up to 4 * 6 + 5 = 29, inside two vectors
+            for (int k = 0; k < 6; k++) {
+                q[k] = _mm512_permutex2var_ps(d[a][0], idx, d[a][1]);
+                idx = _mm512_add_epi32(idx, one);
+            }
+        } else {
+            for (int k = 0; k < 4; k++) {
+                __m512 lo8 = _mm512_permutex2var_ps(d[a][0], idx, d[a][1]);
+                __m512 hi8 = _mm512_permutex2var_ps(d[a][2], idx, d[a][3]);
+                q[k] = _mm512_shuffle_f32x4(lo8, hi8, 0x44);
+                idx = _mm512_add_epi32(idx, one);
+            }
+            // Columns 4 t + 4 and 4 t + 5 are the next tile's first two (lane 15 is never stored).
+            __m512i z = _mm512_setzero_si512();
+            q[4] = _mm512_castsi512_ps(_mm512_alignr_epi32(z, _mm512_castps_si512(q[0]), 1));
+            q[5] = _mm512_castsi512_ps(_mm512_alignr_epi32(z, _mm512_castps_si512(q[1]), 1));
+        }
+        __m512 h[6];
+        BT_PASS(h, q);  // along x
+        for (int b = 0; b < 6; b++) _mm512_mask_storeu_ps(v_at(j, a * 6 + b, c, l), sm, h[b]);
+    }
+}
+
+__attribute__((target("avx512f,avx512dq,avx2,fma"))) static void input_avx512(void *p, long c) {
+    wino_job *j = p;
+    const int tw = j->tw;
+    float *buf = ck_scratch(3, 64);
+    for (long g = j->g0, end = j->g0 + j->T; g < end;) {
+        long gr = g / tw, m = gr / j->th;
+        int ty = (int)(gr % j->th), tx0 = (int)(g % tw);
+        int tx1 = (int)ck_min(tw, tx0 + (end - g));
+        // Runs of at most 15 tiles that stay in one packed panel (contiguous stores).
+        for (int t = tx0; t < tx1;) {
+            long l = g - j->g0 + (t - tx0);
+            int cnt = (int)ck_min(ck_min(tx1 - t, 15), j->nr - l % j->nr);
+            if (cnt <= 7) input_run_avx512(j, c, m, ty, t, cnt, l, buf, 2);
+            else input_run_avx512(j, c, m, ty, t, cnt, l, buf, 4);
+            t += cnt;
+        }
+        g += tx1 - tx0;
+    }
+}
+__attribute__((target("avx2,fma"))) static void input_avx2(void *p, long c) { input_body(p, c); }
+static void input_portable(void *p, long c) { input_body(p, c); }
 
 // The unused lanes of the last panel: zero, not stale scratch (denormals are slow).
 static void zero_tail(wino_job *j) {
@@ -461,7 +658,73 @@ static inline __attribute__((always_inline)) void output_body(wino_job *j, long 
     }
 }
 
-__attribute__((target("avx512f,avx512dq,avx2,fma"))) static void output_avx512(void *p, long k) { output_body(p, k); }
+// Output transform of a run of cnt <= 15 tiles of one tile row (NV = 2: cnt <= 7) in registers:
+// A^T along x on the tiles' M values (one masked load per xi), the four results per tile
+// interleaved into columns (tiles_to_rows), A^T along y on those rows, then y = [y +] scale * v *
+// a on whole row vectors.
+__attribute__((target("avx512f,avx512dq,avx2,fma"), always_inline)) static inline void output_run_avx512(
+    wino_job *j, long k, long m, int ty, int tx, int cnt, long l, const int NV) {
+    const __m512 f2 = _mm512_set1_ps(2), f4 = _mm512_set1_ps(4), f8 = _mm512_set1_ps(8);
+    long plane = (long)j->H * j->W, st = (long)j->Kr * j->Tp;
+    const __mmask16 lm = (__mmask16)((1u << cnt) - 1);
+    const float *mk = m_at(j, 0, k, l);
+    __m512 f[6][4];  // f[a][v]: row a of A^T m, columns 16 v .. of the run
+    for (int a = 0; a < 6; a++) {
+        const float *ma = mk + (long)(a * 6) * st;
+        __m512 q0 = _mm512_maskz_loadu_ps(lm, ma), q1 = _mm512_maskz_loadu_ps(lm, ma + st);
+        __m512 q2 = _mm512_maskz_loadu_ps(lm, ma + 2 * st), q3 = _mm512_maskz_loadu_ps(lm, ma + 3 * st);
+        __m512 q4 = _mm512_maskz_loadu_ps(lm, ma + 4 * st), q5 = _mm512_maskz_loadu_ps(lm, ma + 5 * st);
+        __m512 p1 = _mm512_add_ps(q1, q2), d1 = _mm512_sub_ps(q1, q2), p3 = _mm512_add_ps(q3, q4), d3 = _mm512_sub_ps(q3, q4);
+        __m512 t[4] = {_mm512_add_ps(_mm512_add_ps(q0, p1), p3), _mm512_fmadd_ps(f2, d3, d1), _mm512_fmadd_ps(f4, p3, p1),
+                       _mm512_add_ps(_mm512_fmadd_ps(f8, d3, d1), q5)};
+        tiles_to_rows(t, f[a]);
+    }
+    int xs = 4 * tx, nx = (int)ck_min(4 * cnt, j->W - xs);  // output columns xs .. xs + nx - 1
+    __mmask16 cm[4];
+    for (int v = 0; v < NV; v++) {
+        int b = nx - 16 * v;
+        cm[v] = (__mmask16)(b >= 16 ? 0xFFFF : b <= 0 ? 0 : (1u << b) - 1);
+    }
+    float *yk = j->y + (m * j->K + k) * plane;
+    const float *ak = j->a ? j->a + k * plane : NULL;
+    const __m512 sc = _mm512_set1_ps(j->scale);
+    for (int r = 0; r < 4; r++) {
+        int y = 4 * ty + r;
+        if (y >= j->H) break;
+        long off = (long)y * j->W + xs;
+        for (int v = 0; v < NV; v++) {
+            if (!cm[v]) continue;
+            __m512 p1 = _mm512_add_ps(f[1][v], f[2][v]), d1 = _mm512_sub_ps(f[1][v], f[2][v]);
+            __m512 p3 = _mm512_add_ps(f[3][v], f[4][v]), d3 = _mm512_sub_ps(f[3][v], f[4][v]);
+            __m512 o = r == 0 ? _mm512_add_ps(_mm512_add_ps(f[0][v], p1), p3)
+                     : r == 1 ? _mm512_fmadd_ps(f2, d3, d1)
+                     : r == 2 ? _mm512_fmadd_ps(f4, p3, p1)
+                     : _mm512_add_ps(_mm512_fmadd_ps(f8, d3, d1), f[5][v]);
+            o = _mm512_mul_ps(sc, o);
+            if (ak) o = _mm512_mul_ps(o, _mm512_maskz_loadu_ps(cm[v], ak + off + 16 * v));
+            if (j->accumulate) o = _mm512_add_ps(o, _mm512_maskz_loadu_ps(cm[v], yk + off + 16 * v));
+            _mm512_mask_storeu_ps(yk + off + 16 * v, cm[v], o);
+        }
+    }
+}
+
+__attribute__((target("avx512f,avx512dq,avx2,fma"))) static void output_avx512(void *p, long k) {
+    wino_job *j = p;
+    const int tw = j->tw;
+    for (long g = j->g0, end = j->g0 + j->T; g < end;) {
+        long gr = g / tw, m = gr / j->th;
+        int ty = (int)(gr % j->th), tx0 = (int)(g % tw);
+        int tx1 = (int)ck_min(tw, tx0 + (end - g));
+        for (int t = tx0; t < tx1;) {  // M rows are contiguous over the whole range: no panel split
+            int cnt = (int)ck_min(tx1 - t, 15);
+            long l = g - j->g0 + (t - tx0);
+            if (cnt <= 7) output_run_avx512(j, k, m, ty, t, cnt, l, 2);
+            else output_run_avx512(j, k, m, ty, t, cnt, l, 4);
+            t += cnt;
+        }
+        g += tx1 - tx0;
+    }
+}
 __attribute__((target("avx2,fma"))) static void output_avx2(void *p, long k) { output_body(p, k); }
 static void output_portable(void *p, long k) { output_body(p, k); }
 
@@ -579,6 +842,10 @@ static void winograd(int n, const float *x, const float *z, float eps, int C, in
     if (lanes) {
         in = input_lanes_avx512;
         out = output_lanes_avx512;
+        if (tw == 4 && th == 4) {  // a map per vector (every range starts at a multiple of 16 tiles)
+            in = input_maps_avx512;
+            out = output_maps_avx512;
+        }
     }
     if (up && lanes) {
         // The lane transforms gather their inputs: unpool first (small maps, a small block).

@@ -199,9 +199,11 @@ struct KernelTests {
     func winogradBackward(isa: Int32, schedule: Int32) {
         withISA(isa) { withSchedule(schedule) {
             // (16, 8, 6, 70): 18 tiles per row, so the vector pass runs 16 tiles and a masked tail;
-            // (24, 20, 28, 28): VGG's 28 x 28 rows of 7 tiles, chunks ending inside rows.
+            // (24, 20, 28, 28): VGG's 28 x 28 rows of 7 tiles, chunks ending inside rows;
+            // (20, 18, 16, 16), (19, 24, 13, 14), (16, 17, 15, 13): maps of 4 x 4 tiles, one map per
+            // vector on AVX-512 (rows loaded whole, masked past the map's width).
             let shapes = [(16, 5, 9, 7), (17, 70, 12, 13), (64, 67, 12, 12), (33, 9, 1, 5), (16, 3, 17, 4), (20, 16, 4, 8),
-                          (16, 8, 6, 70), (24, 20, 28, 28)]
+                          (16, 8, 6, 70), (24, 20, 28, 28), (20, 18, 16, 16), (19, 24, 13, 14), (16, 17, 15, 13)]
             for (i, (cin, cout, h, w)) in shapes.enumerated() {
                 let g = ConvGeometry(inChannels: cin, height: h, width: w, outChannels: cout, kernelH: 3, kernelW: 3,
                                      padH: 1, padW: 1)
@@ -225,8 +227,9 @@ struct KernelTests {
     func fusedTerm(isa: Int32, schedule: Int32) {
         withISA(isa) { withSchedule(schedule) {
           // 11 x 67: row-wise transforms; 9 x 14: at most 4 tiles per row, the 16-tiles-per-vector
-          // variants on AVX-512, with 3 maps of 12 tiles so vectors and 64-tile units span maps.
-          for (h, w) in [(11, 67), (9, 14)] {
+          // variants on AVX-512, with 3 maps of 12 tiles so vectors and 64-tile units span maps;
+          // 16 x 16 and 14 x 13: 16 tiles a map, the map-per-vector variants.
+          for (h, w) in [(11, 67), (9, 14), (16, 16), (14, 13)] {
             let g = ConvGeometry(inChannels: 24, height: h, width: w, outChannels: 19, kernelH: 3, kernelW: 3, padH: 1, padW: 1)
             let wt = random(19 * 24 * 9, seed: 901), n = 3
             let R = random(n * g.outCount, seed: 902), a = random(g.inCount, seed: 903)
@@ -291,13 +294,14 @@ struct KernelTests {
 
     /// A Winograd LRP term that unpools a max-pool's relevance as it loads against the pool's
     /// backward then the term: 2 x 2 pools on the row-wise path (an odd side leaves a row and a
-    /// column no window covers), on the 16-tiles-per-vector path (8 x 8), and a 3 x 3 stride-2 pool
-    /// (overlapping: the separate steps).
+    /// column no window covers), on the 16-tiles-per-vector path (8 x 8), on the map-per-vector
+    /// path (16 x 16, 14 x 15), and a 3 x 3 stride-2 pool (overlapping: the separate steps).
     @Test("Winograd LRP term unpooling on load against pool backward then term", arguments: isaPaths, winogradSchedules)
     func unpoolingTerm(isa: Int32, schedule: Int32) {
         withISA(isa) { withSchedule(schedule) {
             let k = CKernelsBackend(convolution: .winograd)
-            for (i, (h, w, pk, ps)) in [(13, 19, 2, 2), (6, 70, 2, 2), (8, 8, 2, 2), (12, 15, 3, 2)].enumerated() {
+            for (i, (h, w, pk, ps)) in [(13, 19, 2, 2), (6, 70, 2, 2), (8, 8, 2, 2), (12, 15, 3, 2), (16, 16, 2, 2),
+                                        (14, 15, 2, 2)].enumerated() {
                 // The layer: 17 -> 20 channels, 3x3; its relevance comes through the pool above it.
                 let g = ConvGeometry(inChannels: 17, height: h, width: w, outChannels: 20, kernelH: 3, kernelW: 3,
                                      padH: 1, padW: 1)
