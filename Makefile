@@ -74,7 +74,7 @@ bench: setup assets build
 # The same, plus PyTorch side by side (batched modified gradients, and the authors' style), in a
 # local virtual environment with CPU wheels from PyPI. Takes about half an hour on 2 cores.
 bench-peers: setup assets build .venv-bench/ok
-	$(BIN)/bilrp-bench --peers --python .venv-bench/bin/python --author-runs 1
+	$(BIN)/bilrp-bench --peers --python .venv-bench/bin/python --author-runs 3
 
 # Load on bilrp serve over loopback: pairs/s and p50/p99 at 1, 4, 16 clients, uncached and cached.
 bench-server: setup assets build

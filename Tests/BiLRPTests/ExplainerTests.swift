@@ -76,6 +76,27 @@ struct ExplainerTests {
         #expect(abs(a.similarity - b.similarity) <= 1e-5 * abs(b.similarity))
     }
 
+    /// Large buffers come back from the scratch cache holding the previous explanation's values:
+    /// no kernel may count on fresh (zeroed) memory.
+    @Test("explanations do not depend on what recycled scratch buffers hold; the cache stays in its limit")
+    func recycledScratch() throws {
+        let model = try stride1Net(seed: 80)
+        let ex = try Explainer(model: model, head: .randomProjection(outputs: 12, seed: 3), composite: .preset("paper-vgg"),
+                               bounds: bounds, blockSize: 5)
+        let x = try image(Shape3(3, 64, 64), seed: 81), y = try image(Shape3(3, 64, 64), seed: 82)
+        let other = try image(Shape3(3, 64, 64), seed: 83)
+        let first = try ex.explain(x, y, patch: 4)
+        // (Other tests run alongside and take from the same cache: only the bound is certain.)
+        #expect(ScratchCache.bytes <= ScratchCache.limit)
+        _ = try ex.explain(other, x, patch: 4)  // fills the cached buffers with other values
+        let again = try ex.explain(x, y, patch: 4)
+        #expect(first.relevance == again.relevance)
+        #expect(first.similarity == again.similarity)
+        ScratchCache.purge()
+        let fresh = try ex.explain(x, y, patch: 4)
+        #expect(first.relevance == fresh.relevance)
+    }
+
     /// `stride1Net`: every stride-1 layer a Winograd and sparse candidate, both pool kinds above them.
     @Test("the sparse backward (always, prepared but never picked, off) equals the reference",
           arguments: ["paper-vgg", "0:zb;conv:alphabeta=2,1"], [2.0, 1e-9, 0])
