@@ -343,14 +343,6 @@ lanes_maps_avx512(const lanes_job *j, const lane_group *G, const __mmask16 *mask
         const float *Rc = j->R + (long)m0 * mapStride + c * HW + G->x0;
         for (int i = G->i0; i < G->i1; i++) {
             const float *vr = vc + (long)i * cw * LANES, *rr = Rc + (long)(G->y0 + i) * j->W;
-            // The maps' planes are a channel block apart (different pages): the prefetchers do not
-            // follow, and the loop waits on L3 without this (the next channel's row, both ends).
-            if (c + 1 < j->C)
-                for (int q = 0; q < NM; q++) {
-                    const char *nx = (const char *)(rr + HW + q * mapStride);
-                    _mm_prefetch(nx, _MM_HINT_T0);
-                    _mm_prefetch(nx + (cw + LANES - 2) * sizeof(float), _MM_HINT_T0);
-                }
             for (int x = 0; x < cw; x++) {
                 if (!mask[x]) continue;
                 __m512 vv = _mm512_loadu_ps(vr + x * LANES);

@@ -41,6 +41,18 @@ static const float G[6][3] = {
         e[5] = _mm512_add_ps(_mm512_fmsub_ps(f4, d[1], _mm512_mul_ps(f5, d[3])), d[5]);                         \
     } while (0)
 
+// A^T applied along one axis: t[0..3] = (A^T q)[k] for the six vectors q[0..5] (f2, f4, f8: the
+// constants 2, 4, 8). Every AVX-512 output transform runs it along x, then along y.
+#define AT_PASS(t, q)                                                                                    \
+    do {                                                                                                 \
+        __m512 p1_ = _mm512_add_ps(q[1], q[2]), d1_ = _mm512_sub_ps(q[1], q[2]);                          \
+        __m512 p3_ = _mm512_add_ps(q[3], q[4]), d3_ = _mm512_sub_ps(q[3], q[4]);                          \
+        t[0] = _mm512_add_ps(_mm512_add_ps(q[0], p1_), p3_);                                             \
+        t[1] = _mm512_fmadd_ps(f2, d3_, d1_);                                                            \
+        t[2] = _mm512_fmadd_ps(f4, p3_, p1_);                                                            \
+        t[3] = _mm512_add_ps(_mm512_fmadd_ps(f8, d3_, d1_), q[5]);                                       \
+    } while (0)
+
 long ck_winograd_weights_size(int K, int C) { return 36L * ck_gemm_packed_a_size(CK_ISA_PORTABLE, K, C); }
 
 void ck_winograd_weights(const float *w, int K, int C, int transpose, float *U) {
@@ -216,6 +228,47 @@ static inline __attribute__((always_inline)) void input_body(wino_job *j, long c
     }
 }
 
+// B^T d B of 16 tiles at once, d[a][b] holding row a, column b of every lane's 6 x 6 input (B^T
+// along y, then along x), stored to V for the tiles l .. l + 15: 16 consecutive tiles from a
+// multiple of 16 stay in one panel (nr is 64 where these run).
+__attribute__((target("avx512f,avx512dq,avx2,fma"), always_inline)) static inline void transform_store16(
+    wino_job *j, long c, long l, __m512 d[6][6]) {
+    const __m512 f4 = _mm512_set1_ps(4), f5 = _mm512_set1_ps(5), f2 = _mm512_set1_ps(2);
+    __m512 e[6][6];
+    for (int b = 0; b < 6; b++) {
+        __m512 rows[6], col[6];
+        for (int a = 0; a < 6; a++) rows[a] = d[a][b];
+        BT_PASS(col, rows);
+        for (int k = 0; k < 6; k++) e[k][b] = col[k];
+    }
+    for (int a = 0; a < 6; a++) {
+        __m512 h[6];
+        BT_PASS(h, e[a]);
+        for (int b = 0; b < 6; b++) _mm512_storeu_ps(v_at(j, a * 6 + b, c, l), h[b]);
+    }
+}
+
+// A^T m A of 16 tiles at once, from M's values of output channel k for the tiles l .. l + 15:
+// o[r][x] holds row r, column x of every lane's 4 x 4 result.
+__attribute__((target("avx512f,avx512dq,avx2,fma"), always_inline)) static inline void inverse16(
+    const wino_job *j, long k, long l, __m512 o[4][4]) {
+    const __m512 f2 = _mm512_set1_ps(2), f4 = _mm512_set1_ps(4), f8 = _mm512_set1_ps(8);
+    long st = (long)j->Kr * j->Tp;
+    const float *m0 = m_at(j, 0, k, l);
+    __m512 f[6][4];
+    for (int a = 0; a < 6; a++) {
+        __m512 q[6];
+        for (int b = 0; b < 6; b++) q[b] = _mm512_loadu_ps(m0 + (long)(a * 6 + b) * st);
+        AT_PASS(f[a], q);
+    }
+    for (int x = 0; x < 4; x++) {
+        __m512 col[6], t[4];
+        for (int a = 0; a < 6; a++) col[a] = f[a][x];
+        AT_PASS(t, col);
+        for (int r = 0; r < 4; r++) o[r][x] = t[r];
+    }
+}
+
 // MARK: Small maps: 16 tiles per vector
 
 // On maps of at most 4 tiles per row (VGG's 16 x 16 and 8 x 8 layers) a tile row is too short for
@@ -263,7 +316,6 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void input_lanes_avx
     long plane = (long)j->H * j->W;
     const float *xc = j->x + c * plane;
     const float *zc = j->z ? j->z + c * plane : NULL;
-    const __m512 f4 = _mm512_set1_ps(4), f5 = _mm512_set1_ps(5), f2 = _mm512_set1_ps(2);
     for (long g = j->g0, end = j->g0 + j->T; g < end; g += 16) {
         tile_lanes L;
         int cnt = (int)ck_min(16, end - g);
@@ -271,31 +323,19 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void input_lanes_avx
         __m512i off = _mm512_loadu_si512(L.off), pos = _mm512_loadu_si512(L.pos);
         __mmask16 rows[6], cols[6];
         for (int a = 0; a < 6; a++) { rows[a] = edge_mask(&L, L.ty, -1, a, j->H); cols[a] = edge_mask(&L, L.tx, -1, a, j->W); }
-        __m512 e[6][6];
-        for (int b = 0; b < 6; b++) {
-            __m512 d[6];
-            for (int a = 0; a < 6; a++) {
+        __m512 d[6][6];
+        for (int a = 0; a < 6; a++)
+            for (int b = 0; b < 6; b++) {
                 __mmask16 m = rows[a] & cols[b];
                 __m512i o = _mm512_add_epi32(off, _mm512_set1_epi32(a * j->W + b));
-                d[a] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, o, xc, 4);
+                d[a][b] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, o, xc, 4);
                 if (zc) {
                     __m512i q = _mm512_add_epi32(pos, _mm512_set1_epi32(a * j->W + b));
-                    d[a] = _mm512_mul_ps(d[a], _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, q, zc, 4));
+                    d[a][b] = _mm512_mul_ps(d[a][b], _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, q, zc, 4));
                 }
             }
-            __m512 col[6];
-            BT_PASS(col, d);
-            for (int k = 0; k < 6; k++) e[k][b] = col[k];
-        }
-        long l = g - j->g0;
-        for (int a = 0; a < 6; a++) {
-            __m512 *q = e[a];
-            __m512 h[6];
-            BT_PASS(h, q);
-            // 16 consecutive tiles from a multiple of 16 stay in one panel (nr is 64 here); lanes
-            // past the range hold zeros, which is what the panel's tail must hold.
-            for (int b = 0; b < 6; b++) _mm512_storeu_ps(v_at(j, a * 6 + b, c, l), h[b]);
-        }
+        // Lanes past the range hold zeros, which is what the panel's tail must hold.
+        transform_store16(j, c, g - j->g0, d);
     }
 }
 
@@ -304,47 +344,29 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void output_lanes_av
     long plane = (long)j->H * j->W;
     float *yk = j->y + k * plane;
     const float *ak = j->a ? j->a + k * plane : NULL;
-    long st = (long)j->Kr * j->Tp;
-    const __m512 f2 = _mm512_set1_ps(2), f4 = _mm512_set1_ps(4), f8 = _mm512_set1_ps(8);
     const __m512 sc = _mm512_set1_ps(j->scale);
     for (long g = j->g0, end = j->g0 + j->T; g < end; g += 16) {
         tile_lanes L;
         int cnt = (int)ck_min(16, end - g);
         lanes_at(j, g, cnt, (long)j->K * plane, 0, &L);
         __m512i off = _mm512_loadu_si512(L.off), pos = _mm512_loadu_si512(L.pos);
-        __m512 f[6][4];
-        const float *m0 = m_at(j, 0, k, g - j->g0);
-        for (int a = 0; a < 6; a++) {
-            const float *ma = m0 + (long)(a * 6) * st;
-            __m512 q0 = _mm512_loadu_ps(ma), q1 = _mm512_loadu_ps(ma + st), q2 = _mm512_loadu_ps(ma + 2 * st);
-            __m512 q3 = _mm512_loadu_ps(ma + 3 * st), q4 = _mm512_loadu_ps(ma + 4 * st), q5 = _mm512_loadu_ps(ma + 5 * st);
-            __m512 p1 = _mm512_add_ps(q1, q2), d1 = _mm512_sub_ps(q1, q2), p3 = _mm512_add_ps(q3, q4), d3 = _mm512_sub_ps(q3, q4);
-            f[a][0] = _mm512_add_ps(_mm512_add_ps(q0, p1), p3);
-            f[a][1] = _mm512_fmadd_ps(f2, d3, d1);
-            f[a][2] = _mm512_fmadd_ps(f4, p3, p1);
-            f[a][3] = _mm512_add_ps(_mm512_fmadd_ps(f8, d3, d1), q5);
-        }
+        __m512 o[4][4];
+        inverse16(j, k, g - j->g0, o);
         __mmask16 cols[4];
         for (int x = 0; x < 4; x++) cols[x] = edge_mask(&L, L.tx, 0, x, j->W);
         for (int r = 0; r < 4; r++) {
             __mmask16 rm = edge_mask(&L, L.ty, 0, r, j->H);
             if (!rm) continue;
             for (int x = 0; x < 4; x++) {
-                __m512 p1 = _mm512_add_ps(f[1][x], f[2][x]), d1 = _mm512_sub_ps(f[1][x], f[2][x]);
-                __m512 p3 = _mm512_add_ps(f[3][x], f[4][x]), d3 = _mm512_sub_ps(f[3][x], f[4][x]);
-                __m512 v = r == 0 ? _mm512_add_ps(_mm512_add_ps(f[0][x], p1), p3)
-                         : r == 1 ? _mm512_fmadd_ps(f2, d3, d1)
-                         : r == 2 ? _mm512_fmadd_ps(f4, p3, p1)
-                         : _mm512_add_ps(_mm512_fmadd_ps(f8, d3, d1), f[5][x]);
                 __mmask16 m = rm & cols[x];
-                __m512i o = _mm512_add_epi32(off, _mm512_set1_epi32(r * j->W + x));
-                v = _mm512_mul_ps(sc, v);
+                __m512i oi = _mm512_add_epi32(off, _mm512_set1_epi32(r * j->W + x));
+                __m512 v = _mm512_mul_ps(sc, o[r][x]);
                 if (ak) {
                     __m512i q = _mm512_add_epi32(pos, _mm512_set1_epi32(r * j->W + x));
                     v = _mm512_mul_ps(v, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, q, ak, 4));
                 }
-                if (j->accumulate) v = _mm512_add_ps(v, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, o, yk, 4));
-                _mm512_mask_i32scatter_ps(yk, m, o, v, 4);
+                if (j->accumulate) v = _mm512_add_ps(v, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, oi, yk, 4));
+                _mm512_mask_i32scatter_ps(yk, m, oi, v, 4);
             }
         }
     }
@@ -385,11 +407,10 @@ __attribute__((target("avx512f"))) static inline void tiles_to_rows(const __m512
 __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void input_maps_avx512(void *p, long c) {
     wino_job *j = p;
     long plane = (long)j->H * j->W;
-    const __m512 f4 = _mm512_set1_ps(4), f5 = _mm512_set1_ps(5), f2 = _mm512_set1_ps(2);
     const __mmask16 cm = (__mmask16)((1u << j->W) - 1);
     int prev[16], next[16];
     for (int L = 0; L < 16; L++) { prev[L] = L - 1 < 0 ? 0 : L - 1; next[L] = L + 1 > 15 ? 15 : L + 1; }
-    const __m512i ip = _mm512_loadu_si512(prev), in = _mm512_loadu_si512(next);
+    const __m512i iprev = _mm512_loadu_si512(prev), inext = _mm512_loadu_si512(next);
     for (long g = j->g0, end = j->g0 + j->T; g < end; g += 16) {
         long m = g / 16;
         const float *xc = j->x + (m * j->C + c) * plane;
@@ -409,76 +430,42 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void input_maps_avx5
             }
             rows_to_tiles(X, T);
             // Columns 4 tx - 1 and 4 tx + 4: the neighbouring tile's last and first (0 past the map).
-            d[a][0] = _mm512_maskz_permutexvar_ps((__mmask16)0xEEEE, ip, T[3]);
+            d[a][0] = _mm512_maskz_permutexvar_ps((__mmask16)0xEEEE, iprev, T[3]);
             for (int b = 1; b < 5; b++) d[a][b] = T[b - 1];
-            d[a][5] = _mm512_maskz_permutexvar_ps((__mmask16)0x7777, in, T[0]);
+            d[a][5] = _mm512_maskz_permutexvar_ps((__mmask16)0x7777, inext, T[0]);
         }
-        __m512 e[6][6];
-        for (int b = 0; b < 6; b++) {
-            __m512 in[6], col[6];
-            for (int a = 0; a < 6; a++) in[a] = d[a][b];
-            BT_PASS(col, in);
-            for (int k = 0; k < 6; k++) e[k][b] = col[k];
-        }
-        long l = g - j->g0;
-        for (int a = 0; a < 6; a++) {
-            __m512 *q = e[a];
-            __m512 h[6];
-            BT_PASS(h, q);
-            for (int b = 0; b < 6; b++) _mm512_storeu_ps(v_at(j, a * 6 + b, c, l), h[b]);
-        }
+        transform_store16(j, c, g - j->g0, d);
     }
 }
 
 __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void output_maps_avx512(void *p, long k) {
     wino_job *j = p;
     long plane = (long)j->H * j->W;
-    long st = (long)j->Kr * j->Tp;
-    const __m512 f2 = _mm512_set1_ps(2), f4 = _mm512_set1_ps(4), f8 = _mm512_set1_ps(8);
     const __m512 sc = _mm512_set1_ps(j->scale);
     const __mmask16 cm = (__mmask16)((1u << j->W) - 1);
     const float *ak = j->a ? j->a + k * plane : NULL;
     for (long g = j->g0, end = j->g0 + j->T; g < end; g += 16) {
         long m = g / 16;
         float *yk = j->y + (m * j->K + k) * plane;
-        __m512 f[6][4];
-        const float *m0 = m_at(j, 0, k, g - j->g0);
-        for (int a = 0; a < 6; a++) {
-            const float *ma = m0 + (long)(a * 6) * st;
-            __m512 q0 = _mm512_loadu_ps(ma), q1 = _mm512_loadu_ps(ma + st), q2 = _mm512_loadu_ps(ma + 2 * st);
-            __m512 q3 = _mm512_loadu_ps(ma + 3 * st), q4 = _mm512_loadu_ps(ma + 4 * st), q5 = _mm512_loadu_ps(ma + 5 * st);
-            __m512 p1 = _mm512_add_ps(q1, q2), d1 = _mm512_sub_ps(q1, q2), p3 = _mm512_add_ps(q3, q4), d3 = _mm512_sub_ps(q3, q4);
-            f[a][0] = _mm512_add_ps(_mm512_add_ps(q0, p1), p3);
-            f[a][1] = _mm512_fmadd_ps(f2, d3, d1);
-            f[a][2] = _mm512_fmadd_ps(f4, p3, p1);
-            f[a][3] = _mm512_add_ps(_mm512_fmadd_ps(f8, d3, d1), q5);
-        }
+        __m512 o[4][4];
+        inverse16(j, k, g - j->g0, o);
         for (int r = 0; r < 4; r++) {
-            __m512 v[4], row[4];
-            for (int x = 0; x < 4; x++) {
-                __m512 p1 = _mm512_add_ps(f[1][x], f[2][x]), d1 = _mm512_sub_ps(f[1][x], f[2][x]);
-                __m512 p3 = _mm512_add_ps(f[3][x], f[4][x]), d3 = _mm512_sub_ps(f[3][x], f[4][x]);
-                v[x] = r == 0 ? _mm512_add_ps(_mm512_add_ps(f[0][x], p1), p3)
-                     : r == 1 ? _mm512_fmadd_ps(f2, d3, d1)
-                     : r == 2 ? _mm512_fmadd_ps(f4, p3, p1)
-                     : _mm512_add_ps(_mm512_fmadd_ps(f8, d3, d1), f[5][x]);
-            }
-            tiles_to_rows(v, row);
+            __m512 row[4];
+            tiles_to_rows(o[r], row);
             for (int ty = 0; ty < 4; ty++) {
                 int y = 4 * ty + r;
                 if (y >= j->H) continue;
                 long off = (long)y * j->W;
-                __m512 o = _mm512_mul_ps(sc, row[ty]);
-                if (ak) o = _mm512_mul_ps(o, _mm512_maskz_loadu_ps(cm, ak + off));
-                if (j->accumulate) o = _mm512_add_ps(o, _mm512_maskz_loadu_ps(cm, yk + off));
-                _mm512_mask_storeu_ps(yk + off, cm, o);
+                __m512 v = _mm512_mul_ps(sc, row[ty]);
+                if (ak) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(cm, ak + off));
+                if (j->accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(cm, yk + off));
+                _mm512_mask_storeu_ps(yk + off, cm, v);
             }
         }
     }
 }
 
-// MARK: Row-wise input transform in registers
-
+// MARK: Row-wise transforms in registers
 
 // A run of cnt <= 15 tiles of one tile row (NV = 2: cnt <= 7), inside one packed panel: the six
 // input rows are loaded straight into registers (times 1 / stab(z); zero off the map), B^T runs
@@ -670,13 +657,9 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"), always_inline)) static inlin
     const float *mk = m_at(j, 0, k, l);
     __m512 f[6][4];  // f[a][v]: row a of A^T m, columns 16 v .. of the run
     for (int a = 0; a < 6; a++) {
-        const float *ma = mk + (long)(a * 6) * st;
-        __m512 q0 = _mm512_maskz_loadu_ps(lm, ma), q1 = _mm512_maskz_loadu_ps(lm, ma + st);
-        __m512 q2 = _mm512_maskz_loadu_ps(lm, ma + 2 * st), q3 = _mm512_maskz_loadu_ps(lm, ma + 3 * st);
-        __m512 q4 = _mm512_maskz_loadu_ps(lm, ma + 4 * st), q5 = _mm512_maskz_loadu_ps(lm, ma + 5 * st);
-        __m512 p1 = _mm512_add_ps(q1, q2), d1 = _mm512_sub_ps(q1, q2), p3 = _mm512_add_ps(q3, q4), d3 = _mm512_sub_ps(q3, q4);
-        __m512 t[4] = {_mm512_add_ps(_mm512_add_ps(q0, p1), p3), _mm512_fmadd_ps(f2, d3, d1), _mm512_fmadd_ps(f4, p3, p1),
-                       _mm512_add_ps(_mm512_fmadd_ps(f8, d3, d1), q5)};
+        __m512 q[6], t[4];
+        for (int b = 0; b < 6; b++) q[b] = _mm512_maskz_loadu_ps(lm, mk + (long)(a * 6 + b) * st);
+        AT_PASS(t, q);
         tiles_to_rows(t, f[a]);
     }
     int xs = 4 * tx, nx = (int)ck_min(4 * cnt, j->W - xs);  // output columns xs .. xs + nx - 1
@@ -688,19 +671,20 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"), always_inline)) static inlin
     float *yk = j->y + (m * j->K + k) * plane;
     const float *ak = j->a ? j->a + k * plane : NULL;
     const __m512 sc = _mm512_set1_ps(j->scale);
+    __m512 rows[4][4];  // rows[r][v]: output row 4 ty + r, columns 16 v ..
+    for (int v = 0; v < NV; v++) {
+        __m512 col[6], t[4];
+        for (int a = 0; a < 6; a++) col[a] = f[a][v];
+        AT_PASS(t, col);
+        for (int r = 0; r < 4; r++) rows[r][v] = t[r];
+    }
     for (int r = 0; r < 4; r++) {
         int y = 4 * ty + r;
         if (y >= j->H) break;
         long off = (long)y * j->W + xs;
         for (int v = 0; v < NV; v++) {
             if (!cm[v]) continue;
-            __m512 p1 = _mm512_add_ps(f[1][v], f[2][v]), d1 = _mm512_sub_ps(f[1][v], f[2][v]);
-            __m512 p3 = _mm512_add_ps(f[3][v], f[4][v]), d3 = _mm512_sub_ps(f[3][v], f[4][v]);
-            __m512 o = r == 0 ? _mm512_add_ps(_mm512_add_ps(f[0][v], p1), p3)
-                     : r == 1 ? _mm512_fmadd_ps(f2, d3, d1)
-                     : r == 2 ? _mm512_fmadd_ps(f4, p3, p1)
-                     : _mm512_add_ps(_mm512_fmadd_ps(f8, d3, d1), f[5][v]);
-            o = _mm512_mul_ps(sc, o);
+            __m512 o = _mm512_mul_ps(sc, rows[r][v]);
             if (ak) o = _mm512_mul_ps(o, _mm512_maskz_loadu_ps(cm[v], ak + off + 16 * v));
             if (j->accumulate) o = _mm512_add_ps(o, _mm512_maskz_loadu_ps(cm[v], yk + off + 16 * v));
             _mm512_mask_storeu_ps(yk + off + 16 * v, cm[v], o);
