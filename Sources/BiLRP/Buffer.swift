@@ -40,11 +40,12 @@ final class IndexBuffer: @unchecked Sendable {
 /// model and input size ask for the same sizes each time, so freed buffers are kept by exact byte
 /// size and the most recently freed one of a size is handed out first.
 ///
-/// It never makes the process larger than it would be without it: a request it cannot serve first
-/// releases cached buffers (oldest first) of at least the size asked for, so live plus cached bytes
-/// only grow when nothing is cached, and then they equal the live bytes. At most `limit` bytes stay
-/// cached between explanations (`BILRP_BUFFER_CACHE_MB`, default 1024; 0 turns the cache off).
-/// Buffers under 256 KiB go straight to malloc, which keeps those itself.
+/// Live plus cached bytes never exceed the peak of live bytes: a request it cannot serve first
+/// releases cached buffers (oldest first) of at least the size asked for, so the sum only grows
+/// when nothing is cached, and then it equals the live bytes. (What malloc keeps of the memory it
+/// gets back is another matter: VGG-16's peak RSS rose 1-3 %.) At most `limit` bytes stay cached
+/// between explanations (`BILRP_BUFFER_CACHE_MB`, default 1024; 0 turns the cache off). Buffers
+/// under 256 KiB go straight to malloc, which keeps those itself.
 final class BufferRecycler: @unchecked Sendable {
     static let shared = BufferRecycler(
         limit: (ProcessInfo.processInfo.environment["BILRP_BUFFER_CACHE_MB"].flatMap(Int.init) ?? 1024) << 20)
@@ -129,8 +130,8 @@ final class BufferPool {
 }
 
 /// The large scratch buffers kept between explanations for reuse (activations, denominators,
-/// relevance blocks: the same sizes come back for every input of one size). Never more memory
-/// than an explanation's own peak; at most `limit` bytes while idle (environment variable
+/// relevance blocks: the same sizes come back for every input of one size). Live plus held bytes
+/// never exceed an explanation's own peak; at most `limit` bytes while idle (environment variable
 /// `BILRP_BUFFER_CACHE_MB`, default 1024, 0 to turn it off). `purge()` frees them, for a process
 /// that explains once and goes on with other work.
 public enum ScratchCache {
