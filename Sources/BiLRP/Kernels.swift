@@ -299,6 +299,31 @@ public struct CKernelsBackend: Kernels {
         }()
     }
 
+    /// What is wrong with the `BILRP_*` settings in `env` (the process environment by default):
+    /// one line per variable whose value the kernels would not understand, naming it, its value
+    /// and what it accepts. Unset and empty variables are fine. The kernels themselves read an
+    /// unknown value as the default; the `bilrp` command refuses to start with one.
+    public static func environmentProblems(_ env: [String: String] = ProcessInfo.processInfo.environment) -> [String] {
+        func isCount(_ v: String, atLeast lo: Int) -> Bool { Int(v).map { $0 >= lo } ?? false }
+        let rules: [(name: String, accepts: String, ok: (String) -> Bool)] = [
+            ("BILRP_ISA", "avx512, avx2 or portable", { ["avx512", "avx2", "portable"].contains($0) }),
+            ("BILRP_THREADS", "a whole number of threads, 1 or more", { isCount($0, atLeast: 1) }),
+            ("BILRP_CONV", "winograd or direct", { Convolution(rawValue: $0) != nil }),
+            ("BILRP_WINOGRAD", "fused or chunked", { ["fused", "chunked"].contains($0) }),
+            ("BILRP_SPARSE", "off, always or a density (a number, 0 or more)", {
+                $0 == "off" || $0 == "always" || (Double($0).map { $0 >= 0 && $0.isFinite } ?? false)
+            }),
+            ("BILRP_PATCH_SIDE", "off, auto or a number of layers (0 or more)", {
+                $0 == "off" || $0 == "auto" || isCount($0, atLeast: 0)
+            }),
+            ("BILRP_BUFFER_CACHE_MB", "a whole number of MB, 0 or more", { isCount($0, atLeast: 0) }),
+        ]
+        return rules.compactMap { r in
+            guard let v = env[r.name], !v.isEmpty, !r.ok(v) else { return nil }
+            return "\(r.name)='\(v)' is not valid: it takes \(r.accepts)"
+        }
+    }
+
     /// Stride 1, at least 16 input channels (an RGB input layer stays direct), `.winograd` mode.
     public func prepareSparseBackward(weight: [Float], _ g: ConvGeometry) -> [Float]? {
         guard convolution == .winograd, sparseBelowDensity > 0, g.strideH == 1, g.strideW == 1,

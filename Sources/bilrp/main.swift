@@ -11,6 +11,16 @@ struct BiLRPCommand: AsyncParsableCommand {
         commandName: "bilrp",
         abstract: "Explain deep similarity models with BiLRP: which parts of two images match, and by how much.",
         subcommands: [Explain.self, Heatmap.self, Inspect.self, Serve.self])
+
+    /// A misspelt BILRP_* setting would silently run the default path: refuse to start instead.
+    static func main() async {
+        let problems = CKernelsBackend.environmentProblems()
+        if !problems.isEmpty {
+            for p in problems { FileHandle.standardError.write(Data("error: \(p)\n".utf8)) }
+            Foundation.exit(1)
+        }
+        await main(nil)
+    }
 }
 
 struct Serve: AsyncParsableCommand {

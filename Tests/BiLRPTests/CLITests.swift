@@ -12,10 +12,13 @@ struct RunResult {
     var stderr: String
 }
 
-func runBilrp(_ args: [String]) throws -> RunResult {
+func runBilrp(_ args: [String], environment: [String: String] = [:]) throws -> RunResult {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: bilrpBinary)
     p.arguments = args
+    if !environment.isEmpty {
+        p.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+    }
     let out = Pipe(), err = Pipe()
     p.standardOutput = out
     p.standardError = err
@@ -37,6 +40,37 @@ let smallArgs = ["--weights", fixturePath("vgg16_l10.safetensors"), "--arch", "v
 
 @Suite("The bilrp command")
 struct CLITests {
+    @Test("a BILRP_* setting the kernels would not understand: one line naming it, exit 1, nothing written")
+    func badEnvironment() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let out = dir.appendingPathComponent("pair.png").path
+        let a = fixturePath("images/baseline.jpg"), b = fixturePath("images/progressive.jpg")
+        let r = try runBilrp(["explain", a, b, "--out", out] + smallArgs, environment: ["BILRP_ISA": "avx51"])
+        #expect(r.status == 1)
+        #expect(r.stderr == "error: BILRP_ISA='avx51' is not valid: it takes avx512, avx2 or portable\n")
+        #expect(!FileManager.default.fileExists(atPath: out))
+        // The same command with a valid setting runs.
+        let ok = try runBilrp(["explain", a, b, "--out", out] + smallArgs, environment: ["BILRP_ISA": "portable"])
+        #expect(ok.status == 0, "\(ok.stderr)")
+    }
+
+    @Test("every BILRP_* setting: valid values pass, each invalid one is named")
+    func environmentProblems() {
+        let good = ["BILRP_ISA": "avx2", "BILRP_THREADS": "3", "BILRP_CONV": "direct", "BILRP_WINOGRAD": "chunked",
+                    "BILRP_SPARSE": "0.15", "BILRP_PATCH_SIDE": "auto", "BILRP_BUFFER_CACHE_MB": "0", "BILRP_TOKEN": "x"]
+        #expect(CKernelsBackend.environmentProblems(good).isEmpty)
+        #expect(CKernelsBackend.environmentProblems(["BILRP_ISA": "", "BILRP_SPARSE": "always",
+                                                     "BILRP_PATCH_SIDE": "12"]).isEmpty)
+        let bad = ["BILRP_ISA": "sse", "BILRP_THREADS": "0", "BILRP_CONV": "fft", "BILRP_WINOGRAD": "yes",
+                   "BILRP_SPARSE": "-1", "BILRP_PATCH_SIDE": "some", "BILRP_BUFFER_CACHE_MB": "1.5"]
+        let problems = CKernelsBackend.environmentProblems(bad)
+        #expect(problems.count == bad.count)
+        for (name, value) in bad {
+            #expect(problems.contains { $0.hasPrefix("\(name)='\(value)' is not valid") }, "\(name)")
+        }
+    }
+
     @Test("explain: NPY equals the library's R, JSON is consistent with it, pictures are PNGs")
     func explain() throws {
         let dir = try temporaryDirectory()
