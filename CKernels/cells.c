@@ -268,8 +268,9 @@ typedef struct {
     const float *R;
     float *A;
     long lda;
-    int isa, maps;  // maps: accumulators per pass
 } lanes_job;
+
+enum { LANE_MAPS = 16 };  // maps a pass: 16 accumulators, the cell row and a map row stay in registers
 
 // vt[row][group][c][i][j][lane] = v of the lane's cell at pixel (i, j) when that pixel lies in the
 // map, else 0 (lanes past the group's cells too): the masked-off terms of ck_cells_contract.
@@ -296,7 +297,7 @@ static void lanes_pack_channel(void *ctx, long c) {
 }
 
 void ck_cells_lanes_pack(int C, int H, int W, const ck_cells *layout, const float *v, float *vt) {
-    lanes_job j = {C, H, W, layout, v, vt, 0, NULL, NULL, 0, 0, 0};
+    lanes_job j = {C, H, W, layout, v, vt, 0, NULL, NULL, 0};
     ck_parallel_for(C, &j, lanes_pack_channel);
 }
 
@@ -371,7 +372,7 @@ __attribute__((target("avx512f"))) static void lanes_task_avx512(void *ctx, long
         mask[x] = (__mmask16)m;
     }
     // Evenly split passes over the maps (20 maps: 10 + 10, not 16 + 4): fewer passes over v.
-    int passes = (j->n + j->maps - 1) / j->maps;
+    int passes = (j->n + LANE_MAPS - 1) / LANE_MAPS;
     for (int k = 0; k < passes; k++) {
         int m0 = (int)((long)k * j->n / passes), nm = (int)((long)(k + 1) * j->n / passes) - m0;
         switch (nm) {
@@ -413,11 +414,10 @@ static void lanes_task(void *ctx, long task) {
 void ck_cells_contract_lanes(int C, int H, int W, const ck_cells *layout, const float *vt, int n, const float *R,
                              float *A, long lda) {
     if (n <= 0 || layout->P == 0) return;
-    // Up to 16 maps a pass: 16 accumulators, the cell row and a map row stay in registers.
-    lanes_job j = {C, H, W, layout, NULL, (float *)vt, n, R, A, lda, ck_isa_active(), 16};
+    lanes_job j = {C, H, W, layout, NULL, (float *)vt, n, R, A, lda};
     long tasks = (long)(layout->P / layout->gc) * lane_groups(layout->gc);
 #if defined(__x86_64__)
-    if (j.isa >= CK_ISA_AVX512) {
+    if (ck_isa_active() >= CK_ISA_AVX512) {
         ck_parallel_for(tasks, &j, lanes_task_avx512);
         return;
     }

@@ -145,6 +145,30 @@ __attribute__((target("avx512f"))) static void unpool_row2_avx512(float *row, in
     }
 }
 
+// Where row yy of channel c's unpooled relevance (map m) comes from: the pooled row rp, its winners
+// am and 1 / stab(z) of the row zr. 0 when no pool window covers the row (it is all zero).
+static inline int unpool_source(const wino_job *j, long m, long c, int yy, const float **rp, const int32_t **am,
+                                const float **zr) {
+    int py = yy / j->psh;
+    if (py >= j->pHo) return 0;
+    *rp = j->x + (m * j->C + c) * (long)j->pHo * j->pWo + (long)py * j->pWo;
+    *am = j->pam + (c * (long)j->pHo + py) * j->pWo;
+    *zr = j->z + (c * (long)j->H + yy) * j->W;
+    return 1;
+}
+
+// row[p] for image columns x0 + p in [x0 + lo, x0 + hi) of row yy: each window's relevance to its
+// winner, 0 elsewhere. Branch-free: which column of a window wins is data, and mispredicted
+// branches cost more than the select.
+static inline void unpool_row(const wino_job *j, int yy, int x0, int lo, int hi, const float *rp, const int32_t *am,
+                              const float *zr, float *row) {
+    long rowStart = (long)yy * j->W;
+    for (int p = lo; p < hi; p++) {
+        int xx = x0 + p, q = xx / j->psw;
+        row[p] = q < j->pWo && am[q] - rowStart == xx ? rp[q] * zr[xx] : 0.0f;
+    }
+}
+
 // Input transform of channel c for the job's tile range, one segment (a tile row's run of tiles
 // inside the range) at a time: the vertical pass (B^T along y) is element-wise over x and
 // vectorizes; the horizontal pass uses the explicit formulas of B^T, which skip its zeros.
@@ -170,19 +194,10 @@ static inline __attribute__((always_inline)) void input_body(wino_job *j, long c
             for (int p = 0; p < lo; p++) row[p] = 0.0f;
             for (int p = hi; p < Wp; p++) row[p] = 0.0f;
             if (j->pam) {  // winner-take-all: each window's relevance to its winner, 0 elsewhere
-                int py = yy / j->psh;
-                if (py >= j->pHo) { for (int p = lo; p < hi; p++) row[p] = 0.0f; continue; }
-                const float *rp = j->x + (m * j->C + c) * (long)j->pHo * j->pWo + (long)py * j->pWo;
-                const int32_t *am = j->pam + (c * (long)j->pHo + py) * j->pWo;
-                const float *zr = j->z + (c * (long)j->H + yy) * j->W;
-                // Branch-free: which column of a window wins is data, and mispredicted branches
-                // cost more than the select.
-                long rowStart = (long)yy * j->W;
-                for (int p = lo; p < hi; p++) {
-                    int xx = x0 + p, q = xx / j->psw;
-                    float v = q < j->pWo && am[q] - rowStart == xx ? rp[q] * zr[xx] : 0.0f;
-                    row[p] = v;
-                }
+                const float *rp, *zr;
+                const int32_t *am;
+                if (unpool_source(j, m, c, yy, &rp, &am, &zr)) unpool_row(j, yy, x0, lo, hi, rp, am, zr, row);
+                else for (int p = lo; p < hi; p++) row[p] = 0.0f;
                 continue;
             }
             const float *src = xc + (long)yy * j->W + x0;
@@ -271,8 +286,9 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"), always_inline)) static inlin
 
 // MARK: Small maps: 16 tiles per vector
 
-// On maps of at most 4 tiles per row (VGG's 16 x 16 and 8 x 8 layers) a tile row is too short for
-// the row-wise passes above: their per-row work dominates. These variants put 16 consecutive tiles
+// On maps of at most 4 tiles per row (VGG's 8 x 8 layers; 13 to 16 pixels a side take the
+// map-per-vector variants further down) a tile row is too short for the row-wise passes: their
+// per-row work dominates. These variants put 16 consecutive tiles
 // of the range (any rows, any maps) in the 16 lanes of a vector: the 6 x 6 inputs are gathered
 // (zero where padding), both passes are lane-wise, and V is stored with plain vector stores; the
 // output side loads M contiguously and scatters the 4 x 4 results.
@@ -415,10 +431,6 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void input_maps_avx5
         long m = g / 16;
         const float *xc = j->x + (m * j->C + c) * plane;
         const float *zc = j->z ? j->z + c * plane : NULL;
-        // The next map's plane of this channel is C planes on (another page): the prefetchers do
-        // not follow the jump.
-        if (g + 16 < end)
-            for (int y = 0; y < j->H; y++) _mm_prefetch((const char *)(xc + j->C * plane + (long)y * j->W), _MM_HINT_T0);
         __m512 d[6][6];  // d[a][b]: tile row a, column b of every tile's 6 x 6 input
         for (int a = 0; a < 6; a++) {
             __m512 X[4], T[4];
@@ -495,23 +507,14 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"), always_inline)) static inlin
             continue;
         }
         if (j->pam) {  // winner-take-all unpooling into buf, then from there
-            int py = yy / j->psh;
-            if (py >= j->pHo) {
+            const float *rp, *zr;
+            const int32_t *am;
+            if (!unpool_source(j, m, c, yy, &rp, &am, &zr)) {
                 for (int v = 0; v < NV; v++) d[a][v] = _mm512_setzero_ps();
                 continue;
             }
-            const float *rp = j->x + (m * j->C + c) * (long)j->pHo * j->pWo + (long)py * j->pWo;
-            const int32_t *am = j->pam + (c * (long)j->pHo + py) * j->pWo;
-            const float *zr = j->z + (c * (long)j->H + yy) * j->W;
-            long rowStart = (long)yy * j->W;
-            if (j->psw == 2) {
-                unpool_row2_avx512(buf, x0, lo, hi, rp, am, zr, rowStart, j->pWo);
-            } else {
-                for (int p = lo; p < hi; p++) {
-                    int xx = x0 + p, q = xx / j->psw;
-                    buf[p] = q < j->pWo && am[q] - rowStart == xx ? rp[q] * zr[xx] : 0.0f;
-                }
-            }
+            if (j->psw == 2) unpool_row2_avx512(buf, x0, lo, hi, rp, am, zr, (long)yy * j->W, j->pWo);
+            else unpool_row(j, yy, x0, lo, hi, rp, am, zr, buf);
             for (int v = 0; v < NV; v++) d[a][v] = _mm512_maskz_loadu_ps(mk[v], buf + 16 * v);
             continue;
         }

@@ -148,7 +148,7 @@ public final class Explainer: @unchecked Sendable {
         }
         profile?.patchSideLayers = k
         var sides = k > 0 ? patchSide(trace, grid, layers: k, profile: profile, pool: pool) : []
-        let meet = trace.shapes[k]
+        let meet = trace.shapes[k]  // where the patch side meets the maps
         let packed = k > 0 ? packPatchSide(sides, grid, channels: meet.channels, map: (meet.height, meet.width)) : nil
         if packed != nil { sides = [] }
         profile?.packedCells = packed != nil
@@ -162,15 +162,14 @@ public final class Explainer: @unchecked Sendable {
             for i in 0..<n { start.pointer[i * h + m0 + i] = trace.output.pointer[m0 + i] }
             let r = backward(trace, start, n: n, through: k, profile: profile, pool: pool)
             if k > 0 {
-                let s = trace.shapes[k]
                 A.withUnsafeMutableBufferPointer { a in
                     if let packed {
-                        kernels.cellsContract(channels: s.channels, map: (s.height, s.width), packed.layout,
+                        kernels.cellsContract(channels: meet.channels, map: (meet.height, meet.width), packed.layout,
                                               packed: packed.packed.const, n: n, r.const, a.baseAddress! + m0, lda: h)
                     }
                     for side in sides {
-                        kernels.cellsContract(channels: s.channels, map: (s.height, s.width), side.layout, side.v.const,
-                                              n: n, r.const, a.baseAddress! + side.first * h + m0, lda: h)
+                        kernels.cellsContract(channels: meet.channels, map: (meet.height, meet.width), side.layout,
+                                              side.v.const, n: n, r.const, a.baseAddress! + side.first * h + m0, lda: h)
                     }
                 }
             } else if let pooled {
