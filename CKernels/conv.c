@@ -8,6 +8,7 @@
 #include "internal.h"
 
 #include <immintrin.h>
+#include <stdatomic.h>
 #include <string.h>
 
 static inline int out_size(int n, int k, int s, int p) { return (n + 2 * p - k) / s + 1; }
@@ -117,38 +118,116 @@ static void pack_im2col(const void *p, int nr, long k0, long kc, long j0, long n
 
 // MARK: Implicit GEMM (AVX-512, stride 1)
 
-// With stride 1 the im2col matrix needs no copy at all: pad the image once to Hp x Wp; row
-// k = (c kh + i) kw + j of the column of output (oy, ox) is then xp[koff[k] + oy Wp + ox] with
-// koff[k] = c Hp Wp + i Wp + j, and 16 outputs of a row are 16 consecutive floats of xp. The
-// micro-kernel reads its four 16-column quarters in place (ck_ukernel_offsets_avx512). Two layouts
-// of the columns:
+// With stride 1 the im2col matrix needs no copy at all: with the image padded, row
+// k = (c kh + i) kw + j of the column of output (oy, ox) is xp[koff[k] + oy Ws + ox] with
+// koff[k] = c (rows per channel) Ws + i Ws + j (Ws the padded row's stride), and 16 outputs of a
+// row are 16 consecutive floats of xp. The micro-kernel reads its four 16-column quarters in place
+// (ck_ukernel_offsets_avx512). Two layouts of the columns:
 // - Wo a multiple of 16 (every VGG map at 128 x 128, 224 and 112 at 224): the columns are y's own,
-//   quarters never straddle a row, and the kernel writes y directly. No wasted column.
-// - otherwise: columns o' = oy Wp + ox over padded rows, so panels run across row ends; the kw - 1
-//   wrap-around columns per row are computed into the task's buffer and dropped on the copy to y
-//   (2 of 16 at 14 x 14, fewer for wider maps).
-// Packing cost nothing but the padded copy; packing im2col panels cost up to a quarter of the time.
+//   quarters never straddle a row, and the kernel writes y directly. No wasted column. On rows of
+//   64 floats or more, padded rows are 16 zeros then the image row (Ws: rounded up to 16): the
+//   image is copied with aligned vectors and the reads with j = pw (a third) are aligned; the
+//   right padding is the next row's leading zeros. Narrower rows keep Ws = W + 2 pw: 16 zeros
+//   per row of 16 would make 512 x 16 x 16 a strip of 1.2 MB (L2 is 2 MB) instead of 0.7 MB.
+// - otherwise: columns o' = oy Wp + ox over padded rows (Ws = Wp = W + 2 pw), so panels run
+//   across row ends; the kw - 1 wrap-around columns per row are computed into the task's buffer
+//   and dropped on the copy to y (2 of 16 at 14 x 14, fewer for wider maps).
+// The padded image is never made whole: each thread copies the rows its column block reads into a
+// strip of its own (every channel, R rows from the block's first) and keeps it for its next task
+// on the same block. Tasks are numbered block by block and each thread starts on its own run of
+// them (ck_parallel_for_ranges), so a thread copies the strips of its own blocks only; column
+// blocks end on whole rows where a few rows make whole panels (fewer halo rows), and there are a
+// multiple of the thread count of them. Measured against one padded copy of the whole image
+// before the GEMM (bilrp-bench --kernels-only, medians of 7 rounds; 2026-11-27): the 64-channel
+// layers went from 80-83 % of the FMA peak to 86-88 % (1 and 2 threads), and the 2-thread figures
+// of the other shapes from 81-85 % to 85-91 %. That copy went to memory and came back, and on 2
+// threads half of it came from the other core's cache. (Prefetching the image rows of the next
+// strip during the GEMM halved the copy and slowed the GEMM as much; fetching them a channel
+// ahead inside the copy: no change.) Packing im2col panels cost up to a quarter of the time.
 typedef struct {
-    const float *Ap, *xp;
+    const float *Ap, *x;
     const long *koff;
     float *y;
-    long M, K, Ncols, Mp, Wp, Wo, N, nct, mct, tiles_n;
+    long M, K, Ncols, Mp, Wo, N, kh, kw, C, H, W, ph, pw;
+    long units, unit, tiles_n, slivers, tiles_m, nct, mct;  // blocks of units x slivers; largest sizes
+    long Ws, lead;  // padded row stride; zeros before an image row (pw, or 16)
+    long R, call;   // rows per strip; this call's number (a thread keeps its strip within a call)
     int accumulate, direct;
 } implicit_job;
 
-// Where the four quarters of the panel at column jr start in the padded image.
-static void panel_quarters(const implicit_job *g, long jr, long seg[4]) {
+// Where column col of the GEMM starts in the padded rows (from padded row 0).
+static inline long padded_pos(const implicit_job *g, long col) {
+    return g->direct ? col / g->Wo * g->Ws + col % g->Wo + g->lead - g->pw : col;
+}
+
+// Where the four quarters of the panel at column jr start, from padded row r0.
+static void panel_quarters(const implicit_job *g, long jr, long r0, long seg[4]) {
     for (int q = 0; q < 4; q++) {
         long col = jr + 16 * q;
-        if (!g->direct) seg[q] = col;
-        else seg[q] = col < g->Ncols ? col / g->Wo * g->Wp + col % g->Wo : seg[0];
+        seg[q] = col < g->Ncols || !g->direct ? padded_pos(g, col) - r0 * g->Ws : seg[0];
     }
+}
+
+// The first and the last padded row that the column block j0 .. j0 + nc - 1 reads. With 16
+// leading zeros, the last row's right padding is read from the row after it: the next channel's
+// first row, or the slack after the strip, both leading zeros.
+static void block_rows(const implicit_job *g, long j0, long nc, long *r0, long *r1) {
+    *r0 = padded_pos(g, j0) / g->Ws;
+    if (g->direct) { *r1 = (j0 + nc - 1) / g->Wo + g->kh - 1; return; }
+    long last = j0 + (nc + 63) / 64 * 64 - 1;  // quarters are read whole
+    *r1 = (last + (g->kh - 1) * g->Ws + g->kw - 1) / g->Ws;
+}
+
+// Column block b of T: units b U / T .. (b + 1) U / T - 1 of U (a unit: one panel, or the panels
+// of a few whole rows; see conv_implicit).
+static void column_block(const implicit_job *g, long b, long *j0, long *nc) {
+    *j0 = b * g->units / g->tiles_n * g->unit * 64;
+    *nc = ck_min((b + 1) * g->units / g->tiles_n * g->unit * 64, g->Ncols) - *j0;
+}
+
+static _Thread_local long strip_call = -1, strip_r0 = -1;
+
+// This thread's strip of padded rows r0 .. r0 + R - 1 of every channel, and its slack.
+__attribute__((target("avx512f"))) static const float *strip_for(const implicit_job *g, long r0) {
+    long Ws = g->Ws, W = g->W, lead = g->lead, plane = g->R * Ws;
+    float *s = ck_scratch(2, (size_t)(g->C * plane + Ws + 64));
+    if (strip_call == g->call && strip_r0 == r0) return s;
+    __m512 zero = _mm512_setzero_ps();
+    __mmask16 tail = (__mmask16)((1u << (W % 16)) - 1);
+    for (long c = 0; c < g->C; c++)
+        for (long r = r0; r < r0 + g->R; r++) {
+            float *row = s + c * plane + (r - r0) * Ws;
+            long y = r - g->ph;
+            if (y < 0 || y >= g->H) { memset(row, 0, (size_t)Ws * sizeof(float)); continue; }
+            const float *src = g->x + (c * g->H + y) * W;
+            if (lead != 16) {
+                for (long i = 0; i < lead; i++) row[i] = 0.0f;
+                memcpy(row + lead, src, (size_t)W * sizeof(float));
+                for (long i = lead + W; i < Ws; i++) row[i] = 0.0f;
+                continue;
+            }
+            _mm512_store_ps(row, zero);
+            long i = 0;
+            for (; i + 16 <= W; i += 16) _mm512_store_ps(row + 16 + i, _mm512_loadu_ps(src + i));
+            if (i < W) {
+                _mm512_store_ps(row + 16 + i, _mm512_maskz_loadu_ps(tail, src + i));
+                i += 16;
+            }
+            for (i += 16; i < Ws; i += 16) _mm512_store_ps(row + i, zero);
+        }
+    memset(s + g->C * plane, 0, (size_t)(Ws + 64) * sizeof(float));
+    strip_call = g->call;
+    strip_r0 = r0;
+    return s;
 }
 
 static void implicit_task(void *p, long t) {
     implicit_job *g = p;
-    long j0 = (t % g->tiles_n) * g->nct, i0 = (t / g->tiles_n) * g->mct;
-    long nc = ck_min(g->nct, g->Ncols - j0), i1 = ck_min(i0 + g->mct, g->M);
+    long b = t / g->tiles_m, m = t % g->tiles_m, j0, nc, r0, r1;
+    column_block(g, b, &j0, &nc);
+    long i0 = m * g->slivers / g->tiles_m * 6, i1 = ck_min((m + 1) * g->slivers / g->tiles_m * 6, g->M);
+    block_rows(g, j0, nc, &r0, &r1);
+    const float *xs = strip_for(g, r0);
     float *out = g->y + i0 * g->N + j0;
     long ldo = g->N;
     if (!g->direct) {
@@ -161,7 +240,7 @@ static void implicit_task(void *p, long t) {
                 float *b = out + (i - i0) * ldo;
                 const float *yi = g->y + i * g->N;
                 for (long o = j0; o < j0 + nc; o++) {
-                    long oy = o / g->Wp, ox = o % g->Wp;
+                    long oy = o / g->Ws, ox = o % g->Ws;
                     b[o - j0] = ox < g->Wo ? yi[oy * g->Wo + ox] : 0.0f;
                 }
             }
@@ -173,25 +252,25 @@ static void implicit_task(void *p, long t) {
         for (long jr = j0; jr < j0 + nc; jr += 64) {
             int nr = (int)ck_min(64, j0 + nc - jr);
             long seg[4];
-            panel_quarters(g, jr, seg);
+            panel_quarters(g, jr, r0, seg);
             // The panel that follows (the next one, or the first of the next K step): its rows,
-            // scattered over the image, are fetched while this one's slivers run. Without it the
+            // scattered over the strip, are fetched while this one's slivers run. Without it the
             // first sliver over each panel waited on them, which cost the 64-channel layers
             // (11 slivers per panel) the most.
             long nk0 = k0, njr = jr + 64;
             if (njr >= j0 + nc) { nk0 = k0 + ks; njr = j0; }
             long nkc = nk0 < g->K ? ck_min(ks, g->K - nk0) : 0, nseg[4];
-            if (nkc) panel_quarters(g, njr, nseg);
+            if (nkc) panel_quarters(g, njr, r0, nseg);
             long slivers = (i1 - i0 + 5) / 6, per = (nkc + slivers - 1) / slivers, pk = 0;
             for (long ir = i0; ir < i1; ir += 6) {
                 for (long e = ck_min(nkc, pk + per); pk < e; pk++) {
-                    const float *row = g->xp + g->koff[nk0 + pk];
+                    const float *row = xs + g->koff[nk0 + pk];
                     for (int q = 0; q < 4; q++) {
                         _mm_prefetch((const char *)(row + nseg[q]), _MM_HINT_T0);
                         _mm_prefetch((const char *)(row + nseg[q] + 15), _MM_HINT_T0);
                     }
                 }
-                ck_ukernel_offsets_avx512(kc, ab + ir * kc, g->xp, g->koff + k0, seg, out + (ir - i0) * ldo + (jr - j0),
+                ck_ukernel_offsets_avx512(kc, ab + ir * kc, xs, g->koff + k0, seg, out + (ir - i0) * ldo + (jr - j0),
                                           ldo, g->accumulate || k0 > 0, (int)ck_min(6, i1 - ir), nr);
             }
         }
@@ -202,8 +281,8 @@ static void implicit_task(void *p, long t) {
         const float *b = out + (i - i0) * ldo;
         float *yi = g->y + i * g->N;
         for (long o = j0; o < j0 + nc;) {
-            long oy = o / g->Wp, ox = o % g->Wp;
-            long run = ck_min(j0 + nc - o, g->Wp - ox);
+            long oy = o / g->Ws, ox = o % g->Ws;
+            long run = ck_min(j0 + nc - o, g->Ws - ox);
             long valid = ck_max(0, ck_min(run, g->Wo - ox));
             float *dst = yi + oy * g->Wo + ox;
             const float *src = b + (o - j0);
@@ -213,58 +292,48 @@ static void implicit_task(void *p, long t) {
     }
 }
 
-typedef struct {
-    const float *x;
-    float *xp;
-    int H, W, ph, pw;
-    long Hp, Wp;
-} pad_job;
-
-static void pad_channel(void *p, long c) {
-    pad_job *q = p;
-    float *d = q->xp + c * q->Hp * q->Wp;
-    long right = q->Wp - q->pw - q->W;
-    // Only the border is zeroed: zeroing the whole plane first was a third of the copy's traffic.
-    memset(d, 0, (size_t)(q->ph * q->Wp + q->pw) * sizeof(float));
-    for (int y = 0; y < q->H; y++) {
-        float *row = d + (y + q->ph) * q->Wp + q->pw;
-        memcpy(row, q->x + (c * q->H + y) * (long)q->W, (size_t)q->W * sizeof(float));
-        // The right pad of this row and the left pad of the next are adjacent (a few floats: a
-        // memset call per row cost more than the stores).
-        for (long r = 0, n = right + (y + 1 < q->H ? q->pw : 0); r < n; r++) row[q->W + r] = 0.0f;
-    }
-    memset(d + (q->H + q->ph) * q->Wp, 0, (size_t)((q->Hp - q->H - q->ph) * q->Wp) * sizeof(float));
-}
-
 static void conv_implicit(const float *x, int C, int H, int W, const float *Ap, int K, int kh, int kw, int ph, int pw,
                           int Ho, int Wo, int accumulate, float *y) {
-    long Hp = H + 2L * ph, Wp = W + 2L * pw, CKK = (long)C * kh * kw;
-    // Every row read is 64 floats from its start: slack past the last plane (see the header).
-    float *xp = ck_scratch(2, (size_t)(C * Hp * Wp + kw + 64));
-    pad_job pj = {x, xp, H, W, ph, pw, Hp, Wp};
-    ck_parallel_for(C, &pj, pad_channel);
-    memset(xp + C * Hp * Wp, 0, (size_t)(kw + 64) * sizeof(float));
+    long Wp = W + 2L * pw, CKK = (long)C * kh * kw;
+    int direct = Wo % 16 == 0, lead16 = direct && W >= 64 && pw <= 16;
+    long Ncols = direct ? (long)Ho * Wo : (long)Ho * Wp, Mp = (K + 5) / 6 * 6;
+    int nt = ck_get_num_threads();
+    // Column blocks as wide as an L2-sized buffer allows (M x nc <= 1 MiB, nc <= 768), in units of
+    // whole rows where a few rows make whole panels (2 rows of 224 are 7 panels); a multiple of the
+    // thread count of them; then row blocks until there are about 8 tasks per thread. Blocks are
+    // split evenly (sizes differ by at most one unit or sliver: 256 panels as 21 x 12 + 4 left one
+    // of 2 threads 3 % more work). Splitting rows costs a thread at most one more strip.
+    long panels = (Ncols + 63) / 64, slivers = Mp / 6;
+    long ppt = ck_max(1, ck_min(12, 262144 / (ck_max(K, 1) * 64L))), unit = 1;
+    if (direct) {
+        long r = 1;
+        while (r * Wo % 64) r++;
+        unit = r * Wo / 64;
+        if (unit > 2 * ppt) unit = 1;
+    }
+    long upt = ck_max(1, (ppt + unit / 2) / unit), units = (panels + unit - 1) / unit;
+    long tiles_n = (units + upt - 1) / upt, tiles_m = 1;
+    if (tiles_n < 8L * nt) tiles_n = ck_min(units, (tiles_n + nt - 1) / nt * nt);
+    if (tiles_n < 8L * nt) tiles_m = ck_min(slivers, (8L * nt + tiles_n - 1) / tiles_n);
+    static _Atomic long calls = 0;
+    implicit_job g = {Ap, x, NULL, y, K, CKK, Ncols, Mp, Wo, (long)Ho * Wo, kh, kw, C, H, W, ph, pw,
+                      units, unit, tiles_n, slivers, tiles_m, (units + tiles_n - 1) / tiles_n * unit * 64,
+                      (slivers + tiles_m - 1) / tiles_m * 6, lead16 ? (16 + W + 15) / 16 * 16 : Wp,
+                      lead16 ? 16 : pw, 0, atomic_fetch_add(&calls, 1), accumulate, direct};
+    for (long b = 0; b < tiles_n; b++) {
+        long j0, nc, r0, r1;
+        column_block(&g, b, &j0, &nc);
+        block_rows(&g, j0, nc, &r0, &r1);
+        g.R = ck_max(g.R, r1 - r0 + 1);
+    }
     long *koff = malloc((size_t)CKK * sizeof(long));
     if (!koff) abort();
     for (long k = 0; k < CKK; k++) {
         long c = k / (kh * kw), i = (k / kw) % kh, j = k % kw;
-        koff[k] = c * Hp * Wp + i * Wp + j;
+        koff[k] = (c * g.R + i) * g.Ws + j;
     }
-    int direct = Wo % 16 == 0;
-    long Ncols = direct ? (long)Ho * Wo : (long)Ho * Wp, Mp = (K + 5) / 6 * 6;
-    int nt = ck_get_num_threads();
-    // Column blocks as wide as an L2-sized buffer allows (M x nc <= 1 MiB, nc <= 768), then row
-    // blocks until there are about 8 tasks per thread. Splitting rows costs nothing here (B is
-    // read in place, A is shared), and wide column blocks reuse each A block across panels.
-    long panels = (Ncols + 63) / 64;
-    long ppt = ck_max(1, ck_min(12, 262144 / (ck_max(K, 1) * 64L)));
-    long tiles_n = (panels + ppt - 1) / ppt, slivers = Mp / 6, tiles_m = 1;
-    ppt = (panels + tiles_n - 1) / tiles_n;  // equal blocks (16 panels: 8 + 8, not 12 + 4)
-    if (tiles_n < 8L * nt) tiles_m = ck_min(slivers, (8L * nt + tiles_n - 1) / tiles_n);
-    implicit_job g = {Ap, xp, koff, y, K, CKK, Ncols, Mp, Wp, Wo, (long)Ho * Wo, ppt * 64,
-                      (slivers + tiles_m - 1) / tiles_m * 6, tiles_n, accumulate, direct};
-    tiles_m = (K + g.mct - 1) / g.mct;
-    ck_parallel_for(tiles_m * tiles_n, &g, implicit_task);
+    g.koff = koff;
+    ck_parallel_for_ranges(tiles_m * tiles_n, &g, implicit_task);
     free(koff);
 }
 

@@ -12,6 +12,10 @@ typedef void (*ck_task_fn)(void *ctx, long i);
 /// with -fopenmp, libdispatch otherwise). Tasks are handed out from an atomic counter, so uneven
 /// tasks balance. Must not be nested: call serial code inside tasks.
 void ck_parallel_for(long n, void *ctx, ck_task_fn fn);
+// As ck_parallel_for, but thread w starts on tasks w n / T .. (w + 1) n / T - 1 in order, then
+// helps the others (taking their next tasks): neighbouring tasks that share data stay on one
+// thread unless the balance needs otherwise.
+void ck_parallel_for_ranges(long n, void *ctx, ck_task_fn fn);
 
 /// 64-byte aligned thread-local scratch buffer, grown on demand and kept; slots 0-1: GEMM packing,
 /// 6: Winograd 1 / stab(z), 7: ck_sgemm's packed A (both of the calling thread),

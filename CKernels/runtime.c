@@ -128,6 +128,51 @@ void ck_parallel_for(long n, void *ctx, ck_task_fn fn) {
 #endif
 }
 
+typedef struct {
+    _Alignas(64) _Atomic long next;
+} pr_range;
+
+typedef struct {
+    pr_range *ranges;
+    long n;
+    int nt;
+    void *ctx;
+    ck_task_fn fn;
+} pr_state;
+
+static void pr_worker(void *p, size_t worker) {
+    pr_state *st = p;
+    for (int r = 0; r < st->nt; r++) {
+        long k = ((long)worker + r) % st->nt, end = (k + 1) * st->n / st->nt;
+        for (;;) {
+            long i = atomic_fetch_add(&st->ranges[k].next, 1);
+            if (i >= end) break;
+            st->fn(st->ctx, i);
+        }
+    }
+}
+
+void ck_parallel_for_ranges(long n, void *ctx, ck_task_fn fn) {
+    if (n <= 0) return;
+    int nt = ck_get_num_threads();
+    if (nt > n) nt = (int)n;
+    if (nt <= 1) {
+        for (long i = 0; i < n; i++) fn(ctx, i);
+        return;
+    }
+    pr_range *ranges = aligned_alloc(64, (size_t)nt * sizeof(pr_range));
+    if (!ranges) abort();
+    for (int k = 0; k < nt; k++) atomic_init(&ranges[k].next, k * n / nt);
+    pr_state st = {ranges, n, nt, ctx, fn};
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+    pr_worker(&st, (size_t)omp_get_thread_num());
+#else
+    dispatch_apply_f((size_t)nt, NULL, &st, pr_worker);
+#endif
+    free(ranges);
+}
+
 // MARK: Scratch
 
 static _Thread_local float *scratch_ptr[8];

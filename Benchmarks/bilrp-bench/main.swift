@@ -241,11 +241,15 @@ for t in threadCounts.sorted() {
     for (c, k, hw) in [(64, 64, 128), (128, 128, 64), (256, 256, 32), (512, 512, 16), (64, 64, 224), (256, 256, 56)] {
         let g = ConvGeometry(inChannels: c, height: hw, width: hw, outChannels: k, kernelH: 3, kernelW: 3, padH: 1, padW: 1)
         var r = SplitMix64(seed: 3)
-        let x = (0..<g.inCount).map { _ in Float(r.nextNormal()) }, wt = (0..<(k * c * 9)).map { _ in Float(r.nextNormal()) }
-        var y = [Float](repeating: 0, count: g.outCount)
+        // Activations 64-byte aligned, as an explanation's buffers are (Buffer).
+        let x = UnsafeMutablePointer<Float>(OpaquePointer(UnsafeMutableRawPointer.allocate(byteCount: g.inCount * 4, alignment: 64)))
+        let y = UnsafeMutablePointer<Float>(OpaquePointer(UnsafeMutableRawPointer.allocate(byteCount: g.outCount * 4, alignment: 64)))
+        defer { UnsafeMutableRawPointer(x).deallocate(); UnsafeMutableRawPointer(y).deallocate() }
+        for i in 0..<g.inCount { x[i] = Float(r.nextNormal()) }
+        let wt = (0..<(k * c * 9)).map { _ in Float(r.nextNormal()) }
         CKernelsBackend.threads = t
         let kernels = CKernelsBackend(), packed = kernels.prepareForward(weight: wt, g)!
-        y.withUnsafeMutableBufferPointer { p in kernels.convForward(x, g, prepared: packed, bias: nil, p.baseAddress!) }
+        kernels.convForward(x, g, prepared: packed, bias: nil, y)
         let flops = 2.0 * Double(g.outCount) * Double(c * 9)
         var rates: [Double] = [], peaks: [Double] = [], ratios: [Double] = []
         for _ in 0..<7 {
@@ -254,7 +258,7 @@ for t in threadCounts.sorted() {
             // wake-up and refilling the caches with the image and weights, which an explanation's
             // layer-after-layer calls do not.
             let s = (0..<3).map { _ in
-                seconds { y.withUnsafeMutableBufferPointer { p in kernels.convForward(x, g, prepared: packed, bias: nil, p.baseAddress!) } }
+                seconds { kernels.convForward(x, g, prepared: packed, bias: nil, y) }
             }.min()!
             rates.append(flops / s * 1e-9); peaks.append(pk); ratios.append(flops / s * 1e-9 / max(pk, 1))
         }

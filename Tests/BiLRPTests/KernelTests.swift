@@ -94,6 +94,10 @@ let convCases: [ConvGeometry] = [
     ConvGeometry(inChannels: 6, height: 9, width: 32, outChannels: 4, kernelH: 5, kernelW: 3, padH: 2, padW: 1),
     ConvGeometry(inChannels: 7, height: 6, width: 18, outChannels: 5, kernelH: 3, kernelW: 3),
     ConvGeometry(inChannels: 5, height: 6, width: 66, outChannels: 7, kernelH: 3, kernelW: 3),
+    // Rows of 64 and 128 with padding 1 (VGG's): the strips with 16 leading zeros per row, the
+    // right padding read from the next row; 40 rows of 128 make 8 column blocks of whole rows.
+    ConvGeometry(inChannels: 9, height: 6, width: 64, outChannels: 14, kernelH: 3, kernelW: 3, padH: 1, padW: 1),
+    ConvGeometry(inChannels: 4, height: 40, width: 128, outChannels: 8, kernelH: 3, kernelW: 3, padH: 1, padW: 1),
 ]
 
 @Suite("C kernels against the pure-Swift reference", .serialized)
@@ -125,8 +129,12 @@ struct KernelTests {
     /// The implicit GEMM sums in the packed path's order (bias first, then the same K steps), so
     /// both give the same bits; the explanations' agreement with PyTorch depends on it (R amplifies
     /// rounding in z where z is small: 2.7e-5 of max |R| at 224 x 224 when the bias came last).
-    @Test("forward: implicit GEMM, packed panels and prepared weights give identical results")
-    func implicitBitwise() {
+    /// On 1, 2 and 3 threads: each thread copies the padded rows of its own column blocks.
+    @Test("forward: implicit GEMM, packed panels and prepared weights give identical results", arguments: [1, 2, 3])
+    func implicitBitwise(threads: Int) {
+        let saved = CKernelsBackend.threads
+        CKernelsBackend.threads = threads
+        defer { CKernelsBackend.threads = saved }
         for (i, g) in convCases.enumerated() where g.strideH == 1 && g.strideW == 1 {
             let x = random(g.inCount, seed: UInt64(50 + i))
             let w = random(g.outChannels * g.inChannels * g.kernelH * g.kernelW, seed: UInt64(60 + i))
@@ -143,9 +151,9 @@ struct KernelTests {
                 return y
             }
             let packedPanels = run(false, prepared: false)
-            #expect(run(true, prepared: false) == packedPanels, "\(g)")
-            #expect(run(true, prepared: true) == packedPanels, "prepared weights \(g)")
-            #expect(run(false, prepared: true) == packedPanels, "prepared weights, packed panels \(g)")
+            #expect(run(true, prepared: false) == packedPanels, "\(g), \(threads) threads")
+            #expect(run(true, prepared: true) == packedPanels, "prepared weights \(g), \(threads) threads")
+            #expect(run(false, prepared: true) == packedPanels, "prepared weights, packed panels \(g), \(threads) threads")
         }
     }
 
