@@ -98,6 +98,8 @@ let convCases: [ConvGeometry] = [
     // right padding read from the next row; 40 rows of 128 make 8 column blocks of whole rows.
     ConvGeometry(inChannels: 9, height: 6, width: 64, outChannels: 14, kernelH: 3, kernelW: 3, padH: 1, padW: 1),
     ConvGeometry(inChannels: 4, height: 40, width: 128, outChannels: 8, kernelH: 3, kernelW: 3, padH: 1, padW: 1),
+    // Padding wider than the kernel's reach (a 1 x 1 with padding 1): rows of Wo > W + pw.
+    ConvGeometry(inChannels: 3, height: 7, width: 9, outChannels: 5, kernelH: 1, kernelW: 1, padH: 1, padW: 1),
 ]
 
 @Suite("C kernels against the pure-Swift reference", .serialized)
