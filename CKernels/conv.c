@@ -322,7 +322,8 @@ static void conv_implicit(const float *x, int C, int H, int W, const float *Ap, 
     static _Atomic long calls = 0;
     implicit_job g = {Ap, x, NULL, y, K, CKK, Ncols, Mp, Wo, (long)Ho * Wo, kh, kw, C, H, W, ph, pw,
                       units, unit, tiles_n, slivers, tiles_m, (units + tiles_n - 1) / tiles_n * unit * 64,
-                      (slivers + tiles_m - 1) / tiles_m * 6, Ws, lead16 ? 16 : pw, 0, atomic_fetch_add(&calls, 1), accumulate, direct};
+                      (slivers + tiles_m - 1) / tiles_m * 6, Ws, lead16 ? 16 : pw, 0, atomic_fetch_add(&calls, 1),
+                      accumulate, direct};
     for (long b = 0; b < tiles_n; b++) {
         long j0, nc, r0, r1;
         column_block(&g, b, &j0, &nc);
