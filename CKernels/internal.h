@@ -19,8 +19,9 @@ void ck_parallel_for_ranges(long n, void *ctx, ck_task_fn fn);
 
 /// 64-byte aligned thread-local scratch buffer, grown on demand and kept; slots 0-1: GEMM packing,
 /// 6: Winograd 1 / stab(z), 7: ck_sgemm's packed A (both of the calling thread),
-/// 2: conv columns and row buffers, 3: transform rows, 4-5: Winograd V and M (calling thread; the
-/// sparse backward's packed s and indices on the calling thread, 2-3 its row lists and tiles).
+/// 2: conv columns, row buffers and the forward's padded strips, 3: transform rows, 4-5: Winograd
+/// V and M (calling thread; the sparse backward's packed s and indices on the calling thread, 2-3
+/// its row lists and tiles).
 float *ck_scratch(int slot, size_t floats);
 
 /// Column panel width of the GEMM micro-kernel for an ISA.

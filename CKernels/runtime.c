@@ -92,67 +92,34 @@ int ck_openmp_enabled(void) {
 
 // MARK: Parallel for
 
+// Tasks 0 .. n - 1 in nr runs (run k: k n / nr .. (k + 1) n / nr - 1), each with its own counter
+// on its own cache line. Worker w takes from run w % nr until it is empty, then from the next.
 typedef struct {
-    _Atomic long next;
+    _Alignas(64) _Atomic long next;
+} pf_run;
+
+typedef struct {
+    pf_run *runs;
     long n;
+    int nr;
     void *ctx;
     ck_task_fn fn;
 } pf_state;
 
 static void pf_worker(void *p, size_t worker) {
-    (void)worker;
     pf_state *st = p;
-    for (;;) {
-        long i = atomic_fetch_add(&st->next, 1);
-        if (i >= st->n) break;
-        st->fn(st->ctx, i);
-    }
-}
-
-void ck_parallel_for(long n, void *ctx, ck_task_fn fn) {
-    if (n <= 0) return;
-    int nt = ck_get_num_threads();
-    if (nt > n) nt = (int)n;
-    if (nt <= 1) {
-        for (long i = 0; i < n; i++) fn(ctx, i);
-        return;
-    }
-    pf_state st = {0};
-    atomic_store(&st.next, 0);
-    st.n = n; st.ctx = ctx; st.fn = fn;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-    pf_worker(&st, (size_t)omp_get_thread_num());
-#else
-    dispatch_apply_f((size_t)nt, NULL, &st, pf_worker);
-#endif
-}
-
-typedef struct {
-    _Alignas(64) _Atomic long next;
-} pr_range;
-
-typedef struct {
-    pr_range *ranges;
-    long n;
-    int nt;
-    void *ctx;
-    ck_task_fn fn;
-} pr_state;
-
-static void pr_worker(void *p, size_t worker) {
-    pr_state *st = p;
-    for (int r = 0; r < st->nt; r++) {
-        long k = ((long)worker + r) % st->nt, end = (k + 1) * st->n / st->nt;
+    for (int r = 0; r < st->nr; r++) {
+        long k = ((long)worker + r) % st->nr, end = (k + 1) * st->n / st->nr;
         for (;;) {
-            long i = atomic_fetch_add(&st->ranges[k].next, 1);
+            long i = atomic_fetch_add(&st->runs[k].next, 1);
             if (i >= end) break;
             st->fn(st->ctx, i);
         }
     }
 }
 
-void ck_parallel_for_ranges(long n, void *ctx, ck_task_fn fn) {
+// One run shared by all threads (ck_parallel_for) or one per thread (ck_parallel_for_ranges).
+static void parallel_runs(long n, void *ctx, ck_task_fn fn, int run_per_thread) {
     if (n <= 0) return;
     int nt = ck_get_num_threads();
     if (nt > n) nt = (int)n;
@@ -160,18 +127,24 @@ void ck_parallel_for_ranges(long n, void *ctx, ck_task_fn fn) {
         for (long i = 0; i < n; i++) fn(ctx, i);
         return;
     }
-    pr_range *ranges = aligned_alloc(64, (size_t)nt * sizeof(pr_range));
-    if (!ranges) abort();
-    for (int k = 0; k < nt; k++) atomic_init(&ranges[k].next, k * n / nt);
-    pr_state st = {ranges, n, nt, ctx, fn};
+    pf_run one;
+    int nr = run_per_thread ? nt : 1;
+    pf_run *runs = nr == 1 ? &one : aligned_alloc(64, (size_t)nr * sizeof(pf_run));
+    if (!runs) abort();
+    for (int k = 0; k < nr; k++) atomic_init(&runs[k].next, k * n / nr);
+    pf_state st = {runs, n, nr, ctx, fn};
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
-    pr_worker(&st, (size_t)omp_get_thread_num());
+    pf_worker(&st, (size_t)omp_get_thread_num());
 #else
-    dispatch_apply_f((size_t)nt, NULL, &st, pr_worker);
+    dispatch_apply_f((size_t)nt, NULL, &st, pf_worker);
 #endif
-    free(ranges);
+    if (runs != &one) free(runs);
 }
+
+void ck_parallel_for(long n, void *ctx, ck_task_fn fn) { parallel_runs(n, ctx, fn, 0); }
+
+void ck_parallel_for_ranges(long n, void *ctx, ck_task_fn fn) { parallel_runs(n, ctx, fn, 1); }
 
 // MARK: Scratch
 
