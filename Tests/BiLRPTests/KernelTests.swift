@@ -133,7 +133,7 @@ struct KernelTests {
     /// rounding in z where z is small: 2.7e-5 of max |R| at 224 x 224 when the bias came last).
     /// On the default thread count (each thread copies the padded rows of its own column blocks).
     /// Not looped over thread counts: the count is process-wide and other suites run meanwhile
-    /// (an explanation's sparse backward groups its work by it; the recycled-buffers test compares
+    /// (the Winograd backward picks its schedule by it, winograd.c; the recycled-buffers test compares
     /// bits of two explanations).
     @Test("forward: implicit GEMM, packed panels and prepared weights give identical results")
     func implicitBitwise() {
