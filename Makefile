@@ -10,15 +10,22 @@
 SWIFT      ?= swift
 OMP_FLAGS  := -Xcc -fopenmp -Xlinker -lomp5
 OMP_BUILD  := --scratch-path .build-omp $(OMP_FLAGS)
-APT_DEPS   := libomp-19-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev python3-venv jq
+APT_DEPS   := libomp-19-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev python3-venv python3-pip jq curl
 BIN        := .build-omp/release
 
-.PHONY: all setup assets build build-plain test test-omp test-plain demo serve bench bench-peers bench-server fixtures proto clean
+.PHONY: apt-deps all setup assets build build-cli build-plain test test-omp test-plain test-contract demo serve bench bench-peers bench-server fixtures proto clean
 
 all: build
 
-# Installs the Debian packages that are missing (root, or sudo when available).
-setup:
+# Installs the Debian packages that are missing (root, or sudo when available), and the Python
+# test tools (openapi-spec-validator, schemathesis, pinned) in .venv-test.
+setup: .venv-test/ok
+.venv-test/ok: | apt-deps
+	python3 -m venv .venv-test
+	.venv-test/bin/pip install -q "schemathesis==4.32.5" "openapi-spec-validator==0.9.0"
+	touch $@
+
+apt-deps:
 	@missing=""; for p in $(APT_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
@@ -33,15 +40,25 @@ assets:
 build: setup
 	$(SWIFT) build -c release $(OMP_BUILD)
 
+# Only the command line (what make demo and make serve need): no benchmark or test dependencies.
+build-cli: apt-deps
+	$(SWIFT) build -c release $(OMP_BUILD) --product bilrp
+
 build-plain:
 	$(SWIFT) build -c release
 
 # The README's test command: the whole suite on the OpenMP build, then on the plain build. The
 # assets are fetched first so the real-model and real-photo tests run too.
-test: setup assets test-omp test-plain
+test: setup assets test-omp test-contract test-plain
+
+# The server against its OpenAPI document: validated, then schemathesis on a live server.
+test-contract:
+	./scripts/contract-test.sh
 
 test-omp:
 	BILRP_EXPECT_OPENMP=1 $(SWIFT) test -c release $(OMP_BUILD)
+	@echo "server timing tests (timeouts, slow clients) in a process of their own:"
+	BILRP_SERVER_TIMING=1 BILRP_EXPECT_OPENMP=1 $(SWIFT) test -c release $(OMP_BUILD) --skip-build --filter ConventionTests
 	@for isa in avx2 portable; do \
 	  echo "engine suite with BILRP_ISA=$$isa:"; \
 	  BILRP_ISA=$$isa BILRP_EXPECT_OPENMP=1 $(SWIFT) test -c release $(OMP_BUILD) --skip-build --filter BiLRPTests || exit 1; \
@@ -51,12 +68,13 @@ test-omp:
 
 test-plain:
 	BILRP_EXPECT_OPENMP=0 $(SWIFT) test -c release
+	BILRP_SERVER_TIMING=1 BILRP_EXPECT_OPENMP=0 $(SWIFT) test -c release --skip-build --filter ConventionTests
 
 # The README's main command: explains the motorcycle stereo pair and an unrelated pair (chelsea vs
 # coffee) with the real ImageNet VGG-16 (pool5, paper-vgg rules, 128 x 128 as in the paper).
 DEMO_OUT   := out/demo
 DEMO_MODEL := --model assets/models/vgg16_imagenet.onnx --layer 31 --rules paper-vgg --size 128 --patch 8 --head random:100:0
-demo: setup assets build
+demo: apt-deps assets build-cli
 	@mkdir -p $(DEMO_OUT)
 	$(BIN)/bilrp explain assets/images/motorcycle_left.png assets/images/motorcycle_right.png $(DEMO_MODEL) \
 	  --out $(DEMO_OUT)/motorcycle_pair.png --heatmap $(DEMO_OUT)/motorcycle_heatmap.png \
@@ -81,7 +99,7 @@ bench-server: setup assets build
 	$(BIN)/bilrp-server-bench --bilrp $(BIN)/bilrp
 
 # The explanation server with its default model (the fetched ImageNet VGG-16), on 127.0.0.1:8080.
-serve: setup assets build
+serve: apt-deps assets build-cli
 	$(BIN)/bilrp serve
 
 .venv-bench/ok:

@@ -8,6 +8,10 @@ public enum BiLRPError: Error, Sendable, Equatable, CustomStringConvertible {
     case unsupported(String)
     case invalidArgument(String)
     case io(String)
+    /// A request over a `ResourceLimits` bound (h, or the estimated memory).
+    case limitExceeded(String)
+    /// The caller's `Cancellation` was set while the explanation ran.
+    case cancelled
 
     public var description: String {
         switch self {
@@ -27,6 +31,10 @@ public enum BiLRPError: Error, Sendable, Equatable, CustomStringConvertible {
             return message
         case let .io(message):
             return message
+        case let .limitExceeded(message):
+            return message
+        case .cancelled:
+            return "the explanation was cancelled"
         }
     }
 }

@@ -27,6 +27,8 @@ public final class Explainer: @unchecked Sendable {
     public let kernels: any Kernels
     /// The rule chosen for each conv/linear layer of the model, by layer index.
     public let rules: [Int: Rule]
+    /// Bounds on h and on the estimated memory of one explanation, checked before it allocates.
+    public let limits: ResourceLimits
 
     let layers: [PreparedLayer]
     let inputChannels: Int?
@@ -37,10 +39,12 @@ public final class Explainer: @unchecked Sendable {
     ///   - composite: rules per layer.
     ///   - bounds: input domain bounds; required when the composite uses z^B.
     ///   - kernels: the arithmetic (the C kernels by default; `ReferenceKernels` for checking).
+    ///   - limits: h and memory bounds; an input over them is an error before anything is allocated.
     public init(
         model: SequentialModel, head: SimilarityHead = .randomProjection(outputs: 100, seed: 0),
         similarity: Similarity = .dot, composite: Composite, bounds: InputBounds? = nil,
-        blockSize: Int? = nil, memoryBudget: Int = 256 << 20, kernels: any Kernels = CKernelsBackend()
+        blockSize: Int? = nil, memoryBudget: Int = 256 << 20, kernels: any Kernels = CKernelsBackend(),
+        limits: ResourceLimits = .default
     ) throws {
         let canon = try model.canonized()
         guard !canon.isEmpty else { throw BiLRPError.invalidArgument("the model has no layers") }
@@ -105,20 +109,24 @@ public final class Explainer: @unchecked Sendable {
         self.blockSize = blockSize
         self.memoryBudget = memoryBudget
         self.kernels = kernels
+        self.limits = limits
     }
 
     // MARK: - Public API
 
     /// phi(x), the h outputs of the head.
     public func embedding(_ x: Tensor) throws -> [Float] {
-        try forward(x).output.array
+        try forward(x, patch: nil).output.array
     }
 
     /// The relevance factors of one input: the h first-order maps LRP(phi_m, x), summed over color
     /// channels and sum-pooled to `patch` x `patch` patches (patch 1: unpooled), as the P x h matrix A.
     /// Depends on x alone, so it can be cached and reused against any other input.
-    public func factors(_ x: Tensor, patch: Int = 8) throws -> RelevanceFactors {
-        try factors(x, patch: patch, profile: nil)
+    ///
+    /// Throws `BiLRPError.limitExceeded` before allocating when h or the estimated memory exceed
+    /// `limits`, and `BiLRPError.cancelled` within one layer of `cancellation` being set.
+    public func factors(_ x: Tensor, patch: Int = 8, cancellation: Cancellation? = nil) throws -> RelevanceFactors {
+        try factors(x, patch: patch, profile: nil, cancellation: cancellation)
     }
 
     /// `factors` with wall-clock seconds per step: the forward pass, and the backward pass per layer
@@ -129,11 +137,11 @@ public final class Explainer: @unchecked Sendable {
         return (f, profile)
     }
 
-    func factors(_ x: Tensor, patch: Int, profile: ExplainerProfile?, pool: BufferPool = BufferPool()) throws
-        -> RelevanceFactors {
+    func factors(_ x: Tensor, patch: Int, profile: ExplainerProfile?, pool: BufferPool = BufferPool(),
+                 cancellation: Cancellation? = nil) throws -> RelevanceFactors {
         guard patch >= 1 else { throw BiLRPError.invalidArgument("patch size must be at least 1 (got \(patch))") }
         let t0 = DispatchTime.now().uptimeNanoseconds
-        let trace = try forward(x)
+        let trace = try forward(x, patch: patch, cancellation: cancellation)
         profile?.forwardSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
         let h = trace.output.count
         let shape = trace.inputShape
@@ -156,11 +164,12 @@ public final class Explainer: @unchecked Sendable {
         let pooled = k > 0 ? nil : Buffer(count: block * P)
         var m0 = 0
         while m0 < h {
+            try cancellation?.check()
             let n = min(block, h - m0)
             let start = pool.take(n * h)
             start.pointer.initialize(repeating: 0, count: n * h)
             for i in 0..<n { start.pointer[i * h + m0 + i] = trace.output.pointer[m0 + i] }
-            let r = backward(trace, start, n: n, through: k, profile: profile, pool: pool)
+            let r = try backward(trace, start, n: n, through: k, profile: profile, pool: pool, cancellation: cancellation)
             if k > 0 {
                 A.withUnsafeMutableBufferPointer { a in
                     if let packed {
@@ -184,13 +193,13 @@ public final class Explainer: @unchecked Sendable {
 
     /// First-order LRP of one input for an output relevance vector r (length h; e.g. e_m phi_m, or
     /// phi(x') to explain the similarity with x' held fixed), at full resolution: (C, H, W).
-    public func relevance(_ x: Tensor, outputRelevance r: [Float]) throws -> Tensor {
-        let trace = try forward(x)
+    public func relevance(_ x: Tensor, outputRelevance r: [Float], cancellation: Cancellation? = nil) throws -> Tensor {
+        let trace = try forward(x, patch: nil, cancellation: cancellation)
         guard r.count == trace.output.count else {
             throw BiLRPError.shapeMismatch(
                 what: "output relevance", expected: "\(trace.output.count) values (h)", found: "\(r.count)")
         }
-        let out = backward(trace, Buffer(r), n: 1)
+        let out = try backward(trace, Buffer(r), n: 1, cancellation: cancellation)
         let shape = trace.inputShape
         return try Tensor(shape: [shape.channels, shape.height, shape.width],
                           data: Array(UnsafeBufferPointer(start: out.const, count: shape.count)))
@@ -210,6 +219,11 @@ public final class Explainer: @unchecked Sendable {
             throw BiLRPError.shapeMismatch(what: "factors", expected: "the same h", found: "\(a.outputs) and \(b.outputs)")
         }
         let h = a.outputs, P = a.grid.count, Q = b.grid.count
+        let bytes = P.multipliedReportingOverflow(by: Q).partialValue.multipliedReportingOverflow(by: 4)
+        if bytes.overflow || bytes.partialValue > limits.maxBytes {
+            throw BiLRPError.limitExceeded(
+                "the pair matrix R would be \(P) x \(Q) patches, more than the memory limit of \(ResourceLimits.megabytes(limits.maxBytes))")
+        }
         var R = [Float](repeating: 0, count: P * Q)
         a.a.withUnsafeBufferPointer { pa in
             b.a.withUnsafeBufferPointer { pb in
@@ -251,7 +265,7 @@ public final class Explainer: @unchecked Sendable {
     }
 
     /// The layers that compute phi: the model's, then the head's.
-    func headLayers(after shape: Shape3) throws -> [PreparedLayer] {
+    func headLayers(after shape: Shape3, cancellation: Cancellation? = nil) throws -> [PreparedLayer] {
         switch head {
         case .identity:
             return [.flatten]
@@ -261,7 +275,7 @@ public final class Explainer: @unchecked Sendable {
             return [.adaptivePool(1, 1, epsilon: Rule.defaultEpsilon, sum: false)]
         case let .randomProjection(h, seed):
             let d = shape.count
-            let w = SimilarityHead.gaussianMatrix(outputs: h, inputs: d, seed: seed)
+            let w = try SimilarityHead.gaussianMatrix(outputs: h, inputs: d, seed: seed, cancellation: cancellation)
             return [.flatten, .conv(PreparedConv(
                 index: -1, linear: try Linear(weight: w, bias: nil, inFeatures: d, outFeatures: h),
                 rule: .zero, nonNegativeInput: false, kernels: kernels))]
@@ -276,16 +290,18 @@ public final class Explainer: @unchecked Sendable {
     /// Cache of head layers per feature shape (the random projection is drawn once per shape).
     private let headCache = HeadCache()
 
-    func allLayers(for input: Shape3) throws -> [PreparedLayer] {
+    func allLayers(for input: Shape3, cancellation: Cancellation? = nil) throws -> [PreparedLayer] {
         var s = input
         for l in layers { s = try l.outputShape(s) }
         if let cached = headCache.get(s) { return layers + cached }
-        let h = try headLayers(after: s)
+        let h = try headLayers(after: s, cancellation: cancellation)
         headCache.set(s, h)
         return layers + h
     }
 
-    func forward(_ x: Tensor) throws -> Trace {
+    /// The forward pass. `patch` is the factors' patch size for the limits check (nil: no factors,
+    /// only the embedding or a full-resolution map), which runs before anything is allocated.
+    func forward(_ x: Tensor, patch: Int?, cancellation: Cancellation? = nil) throws -> Trace {
         let shape = try x.shape3()
         if let c = inputChannels, c != shape.channels {
             throw BiLRPError.shapeMismatch(what: "input channels", expected: "\(c)", found: "\(shape.channels)")
@@ -293,11 +309,13 @@ public final class Explainer: @unchecked Sendable {
         guard shape.height > 0, shape.width > 0 else {
             throw BiLRPError.shapeMismatch(what: "input", expected: "a non-empty image", found: "\(x.shape)")
         }
-        let all = try allLayers(for: shape)
+        try limits.check(requirements(for: shape, patch: patch ?? max(shape.height, shape.width)))
+        let all = try allLayers(for: shape, cancellation: cancellation)
         var a = Buffer(x.data)
         var s = shape
         var trace = Trace(inputShape: shape, output: a, outputShape: shape)
         for layer in all {
+            try cancellation?.check()
             let next = try layer.outputShape(s)
             trace.inputs.append(a)
             trace.shapes.append(s)
@@ -429,7 +447,7 @@ public final class Explainer: @unchecked Sendable {
     /// model input): (n, C, H, W) of that layer's input shape. Buffers come from `pool` and every
     /// intermediate one goes back to it (the start buffer included).
     func backward(_ trace: Trace, _ start: Buffer, n: Int, through last: Int = 0, profile: ExplainerProfile? = nil,
-                  pool: BufferPool = BufferPool()) -> Buffer {
+                  pool: BufferPool = BufferPool(), cancellation: Cancellation? = nil) throws -> Buffer {
         var R = start
         func replace(_ next: Buffer) {
             pool.give(R)
@@ -443,6 +461,10 @@ public final class Explainer: @unchecked Sendable {
         // A max-pool's relevance not unpooled yet: its geometry and winners (R is its output's).
         var pooled: (PoolGeometry, IndexBuffer)? = nil
         for l in stride(from: all.count - 1, through: last, by: -1) {
+            if let cancellation, cancellation.isCancelled {
+                pool.give(R)
+                throw BiLRPError.cancelled
+            }
             if let profile {
                 let t = DispatchTime.now().uptimeNanoseconds
                 if l + 1 < all.count { profile.layers[l + 1].seconds += Double(t - tLayer) * 1e-9 }

@@ -44,9 +44,22 @@ public enum SimilarityHead: Sendable, Equatable {
 
     /// The Gaussian projection matrix (h, D) of `.randomProjection`.
     public static func gaussianMatrix(outputs h: Int, inputs d: Int, seed: UInt64) -> [Float] {
+        try! gaussianMatrix(outputs: h, inputs: d, seed: seed, cancellation: nil)
+    }
+
+    /// The same, checking `cancellation` after each row (a large head takes seconds to draw).
+    public static func gaussianMatrix(outputs h: Int, inputs d: Int, seed: UInt64, cancellation: Cancellation?) throws
+        -> [Float] {
         var rng = SplitMix64(seed: seed)
         let scale = 1 / Double(h).squareRoot()
-        return (0..<(h * d)).map { _ in Float(rng.nextNormal() * scale) }
+        var w = [Float](repeating: 0, count: h * d)
+        try w.withUnsafeMutableBufferPointer { p in
+            for row in 0..<h {
+                try cancellation?.check()
+                for j in 0..<d { p[row * d + j] = Float(rng.nextNormal() * scale) }
+            }
+        }
+        return w
     }
 
     /// Parses `random:H[:SEED]`, `identity`, `sumpool`, `avgpool` (a projection file is loaded by the caller).

@@ -26,9 +26,36 @@ public struct ExplanationSettings: Sendable, Codable, Equatable {
 
     public init() {}
 
-    enum CodingKeys: String, CodingKey {
+    enum CodingKeys: String, CodingKey, CaseIterable {
         case model, weights, arch, layer, head, projection, similarity, rules, patch, size, preprocess
         case topK = "top_k"
+    }
+
+    /// The settings a decoded object starts from (in `JSONDecoder.userInfo`); absent keys keep
+    /// these values, so a partial configuration file fills the rest from the defaults.
+    public static let decodingBase = CodingUserInfoKey(rawValue: "bilrp.settings.base")!
+
+    /// Decodes a JSON object of settings: every key optional (absent keys keep the base's value,
+    /// `ExplanationSettings()` unless `decodingBase` says otherwise), an unknown key an error.
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        self = decoder.userInfo[Self.decodingBase] as? ExplanationSettings ?? ExplanationSettings()
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        // The model source is one choice: a file that names either replaces the base's.
+        if c.contains(.model) || c.contains(.weights) {
+            model = try c.decodeIfPresent(String.self, forKey: .model)
+            weights = try c.decodeIfPresent(String.self, forKey: .weights)
+        }
+        arch = try c.decodeIfPresent(String.self, forKey: .arch) ?? arch
+        if c.contains(.layer) { layer = try c.decodeIfPresent(Int.self, forKey: .layer) }
+        head = try c.decodeIfPresent(String.self, forKey: .head) ?? head
+        if c.contains(.projection) { projection = try c.decodeIfPresent(String.self, forKey: .projection) }
+        similarity = try c.decodeIfPresent(String.self, forKey: .similarity) ?? similarity
+        rules = try c.decodeIfPresent(String.self, forKey: .rules) ?? rules
+        patch = try c.decodeIfPresent(Int.self, forKey: .patch) ?? patch
+        size = try c.decodeIfPresent(Int.self, forKey: .size) ?? size
+        preprocess = try c.decodeIfPresent(String.self, forKey: .preprocess) ?? preprocess
+        topK = try c.decodeIfPresent(Int.self, forKey: .topK) ?? topK
     }
 
     public func validate() throws {
@@ -64,7 +91,8 @@ public struct LoadedExplainer: Sendable {
     }
 
     /// Builds the model, head and rules from settings. `kernels` selects the C or the reference path.
-    public static func load(_ s: ExplanationSettings, kernels: any Kernels = CKernelsBackend()) throws -> LoadedExplainer {
+    public static func load(_ s: ExplanationSettings, kernels: any Kernels = CKernelsBackend(),
+                            limits: ResourceLimits = .default) throws -> LoadedExplainer {
         try s.validate()
         var notes: [String] = []
         let model: SequentialModel
@@ -98,7 +126,7 @@ public struct LoadedExplainer: Sendable {
         let composite = try Composite.named(s.rules)
         let explainer = try Explainer(
             model: model, head: head, similarity: Similarity(rawValue: s.similarity)!, composite: composite,
-            bounds: pre.bounds, kernels: kernels)
+            bounds: pre.bounds, kernels: kernels, limits: limits)
         return LoadedExplainer(explainer: explainer, settings: s, preprocessing: pre, model: model, source: source, notes: notes)
     }
 

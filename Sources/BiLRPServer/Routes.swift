@@ -1,64 +1,24 @@
 import BiLRP
 import BiLRPIO
+import Crypto
 import Foundation
+import HTTPTypes
 import Hummingbird
+import Logging
 import NIOCore
 
-// MARK: - Request bodies
-
-/// One input of a request: an image (base64 PNG/JPEG) or the id of factors computed before.
-struct InputRef: Decodable {
-    var image: String?
-    var factors: String?
+extension HTTPField.Name {
+    static let requestID = HTTPField.Name("X-Request-Id")!
 }
-
-struct ExplainRequest: Decodable {
-    var first: InputRef
-    var second: InputRef
-    var settings: ExplanationService.RequestSettings?
-    /// Include the pair picture and the heatmap picture (base64 PNG).
-    var pictures: Bool?
-    /// Include R as a base64 NPY file (the bytes `bilrp explain --npy` writes).
-    var matrix: Bool?
-}
-
-struct FactorsRequest: Decodable {
-    var image: String
-    var settings: ExplanationService.RequestSettings?
-}
-
-struct BatchRequest: Decodable {
-    var query: InputRef
-    var items: [InputRef]
-    var settings: ExplanationService.RequestSettings?
-}
-
-struct FactorsAnswer: Encodable {
-    var id: String
-    var cached: Bool
-    var outputs: Int
-    var patches: Int
-    var patch_rows: Int
-    var patch_columns: Int
-    var patch: Int
-    var similarity_embedding_norm: Float
-}
-
-struct BatchAnswer: Encodable {
-    var query_factors: String?
-    var results: [ExplanationReport]
-}
-
-// MARK: - Handling
 
 extension ExplanationService {
-    /// The JSON answer of an error.
-    static func errorResponse(_ e: ServiceError) -> Response {
-        var headers: HTTPFields = [.contentType: "application/json"]
-        if let r = e.retryAfter { headers[.retryAfter] = "\(r)" }
-        let body = (try? JSONSerialization.data(withJSONObject: ["error": e.message], options: [.sortedKeys])) ?? Data()
-        return Response(status: .init(code: e.status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
-    }
+    /// Every route and its methods: a known path with another method is a 405 naming them.
+    static let routes: [String: [HTTPRequest.Method]] = [
+        "/health": [.get], "/ready": [.get], "/metrics": [.get], "/openapi.yaml": [.get], "/v1/model": [.get],
+        "/v1/factors": [.post], "/v1/explain": [.post], "/v1/explain/batch": [.post],
+    ]
+
+    // MARK: - Answers
 
     static func json(_ data: Data, status: HTTPResponse.Status = .ok) -> Response {
         Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
@@ -71,69 +31,121 @@ extension ExplanationService {
         return try enc.encode(v)
     }
 
-    /// A readable message for a JSON decoding failure: what and where.
-    static func describe(_ e: DecodingError) -> String {
-        func path(_ c: [any CodingKey]) -> String {
-            c.isEmpty ? "the body" : c.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
-        }
-        switch e {
-        case let .typeMismatch(t, c): return "\(path(c.codingPath)) has the wrong type (expected \(t))"
-        case let .valueNotFound(t, c): return "\(path(c.codingPath)) is null (expected \(t))"
-        case let .keyNotFound(k, c): return "missing field '\((c.codingPath + [k]).map(\.stringValue).joined(separator: "."))'"
-        case let .dataCorrupted(c): return "malformed JSON at \(path(c.codingPath)): \(c.debugDescription)"
-        @unknown default: return "malformed request body"
-        }
+    /// The JSON answer of an error: `{"error", "status", "request_id"}`.
+    static func errorResponse(_ e: ServiceError, requestID: String) -> Response {
+        var r = json((try? encode(ErrorAnswer(error: e.message, status: e.status, request_id: requestID))) ?? Data(),
+                     status: .init(code: e.status))
+        if let s = e.retryAfter { r.headers[.retryAfter] = "\(s)" }
+        if e.status == 401 { r.headers[.wwwAuthenticate] = "Bearer realm=\"bilrp\"" }
+        return r
     }
 
-    func decode<T: Decodable>(_ type: T.Type, _ body: Data) throws -> T {
-        do { return try JSONDecoder().decode(type, from: body) } catch let e as DecodingError {
-            throw ServiceError(400, Self.describe(e))
+    /// An incoming X-Request-Id when it is a sane token (at most 128 of A-Z a-z 0-9 . _ : -), else a new one.
+    static func requestID(_ incoming: String?) -> String {
+        if let s = incoming, (1...128).contains(s.count),
+           s.unicodeScalars.allSatisfy({ CharacterSet.alphanumerics.contains($0) && $0.isASCII || "._:-".unicodeScalars.contains($0) }) {
+            return s
         }
+        return UUID().uuidString.lowercased()
     }
 
-    /// Runs one request: authentication, body limit, timeout, errors as JSON, metrics.
+    /// The bearer token check: the scheme case-insensitive (RFC 9110), the token compared in
+    /// constant time (as SHA-256 digests, so the length is not revealed either).
+    func authorized(_ header: String?) -> Bool {
+        guard let token = configuration.token else { return true }
+        guard let header, let space = header.firstIndex(of: " ") else { return false }
+        guard header[..<space].lowercased() == "bearer" else { return false }
+        let given = SHA256.hash(data: Data(header[space...].trimmingCharacters(in: .whitespaces).utf8))
+        let expected = SHA256.hash(data: Data(token.utf8))
+        var difference: UInt8 = 0
+        for (a, b) in zip(given, expected) { difference |= a ^ b }
+        return difference == 0
+    }
+
+    /// The body of a POST: its size limit (from Content-Length before reading, then while reading),
+    /// its content type (JSON, or multipart/form-data turned into the same JSON).
+    func body(_ request: Request) async throws -> Data {
+        let limit = configuration.maxBodyBytes
+        if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > limit {
+            throw ServiceError(413, "the request body of \(length) bytes is larger than the limit of \(limit) bytes")
+        }
+        let type = request.headers[.contentType]
+        let boundary = Multipart.boundary(contentType: type)
+        if boundary == nil {
+            let media = type?.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+            guard let media, media == "application/json" || (media.hasPrefix("application/") && media.hasSuffix("+json")) else {
+                throw ServiceError(415, "the body must be JSON with 'Content-Type: application/json', or multipart/form-data (got \(type.map { "'\($0)'" } ?? "no Content-Type"))")
+            }
+        }
+        let buffer: ByteBuffer
+        do { buffer = try await request.body.collect(upTo: limit) } catch {
+            throw ServiceError(413, "the request body is larger than the limit of \(limit) bytes")
+        }
+        let data = Data(buffer.readableBytesView)
+        if let boundary { return try Multipart.json(try Multipart.parse(data, boundary: boundary)) }
+        return data
+    }
+
+    /// Runs one request: request id, authentication, body, timeout, errors as JSON, metrics, log line.
     func handle(_ route: String, _ request: Request, needsBody: Bool = true, authenticated: Bool = true,
                 _ work: @escaping @Sendable (Data) async throws -> Response) async -> Response {
         let start = DispatchTime.now().uptimeNanoseconds
+        let id = Self.requestID(request.headers[.requestID])
+        let stats = RequestStats()
+        metrics.inFlight.increment()
+        defer { metrics.inFlight.decrement() }
         var response: Response
+        var cause: String?
         do {
-            if authenticated, let token = configuration.token, request.headers[.authorization] != "Bearer \(token)" {
-                throw ServiceError(401, "missing or wrong bearer token")
+            if authenticated, !authorized(request.headers[.authorization]) {
+                throw ServiceError(401, "missing or wrong bearer token (send 'Authorization: Bearer TOKEN')")
             }
-            var body = Data()
-            if needsBody {
-                let buffer: ByteBuffer
-                do { buffer = try await request.body.collect(upTo: configuration.maxBodyBytes) } catch {
-                    throw ServiceError(413, "the request body is larger than the limit of \(configuration.maxBodyBytes) bytes")
-                }
-                body = Data(buffer.readableBytesView)
-                // multipart/form-data: the same request, with files as parts.
-                if let boundary = Multipart.boundary(contentType: request.headers[.contentType]) {
-                    body = try Multipart.json(try Multipart.parse(body, boundary: boundary))
-                }
-            }
+            let payload = needsBody ? try await body(request) : Data()
             let timeout = configuration.timeoutSeconds
-            let payload = body
-            response = try await withThrowingTaskGroup(of: Response.self) { group in
-                group.addTask { try await work(payload) }
-                group.addTask {
-                    try await Task.sleep(nanoseconds: UInt64(timeout * 1e9))
-                    throw ServiceError(503, "the request took longer than \(timeout) s", retryAfter: 5)
+            response = try await RequestStats.$current.withValue(stats) {
+                try await withThrowingTaskGroup(of: Response.self) { group in
+                    group.addTask { try await work(payload) }
+                    group.addTask {
+                        try await Task.sleep(nanoseconds: UInt64(timeout * 1e9))
+                        throw ServiceError(503, "the request took longer than the limit of \(timeout) s", retryAfter: 5)
+                    }
+                    defer { group.cancelAll() }
+                    return try await group.next()!
                 }
-                let r = try await group.next()!
-                group.cancelAll()
-                return r
             }
         } catch let e as ServiceError {
-            response = Self.errorResponse(e)
+            response = Self.errorResponse(e, requestID: id)
+            cause = e.message
         } catch let e as BiLRPError {
-            response = Self.errorResponse(ServiceError(400, "\(e)"))
+            response = Self.errorResponse(ServiceError(400, "\(e)"), requestID: id)
+            cause = "\(e)"
         } catch {
-            response = Self.errorResponse(ServiceError(500, "internal error: \(error)"))
+            response = Self.errorResponse(ServiceError(500, "internal error: \(error)"), requestID: id)
+            cause = "\(error)"
         }
-        metrics.record(route: route, status: response.status.code,
-                       seconds: Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
+        response.headers[.requestID] = id
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9
+        finish(route, request, response, id: id, seconds: seconds, stats: stats, cause: cause)
         return response
+    }
+
+    /// The request's metrics (scrapes of /metrics are not traffic) and its one log line.
+    func finish(_ route: String, _ request: Request, _ response: Response, id: String, seconds: Double,
+                stats: RequestStats, cause: String?) {
+        let code = Int(response.status.code)
+        if route != "/metrics" { metrics.record(route: route, code: code, seconds: seconds) }
+        let v = stats.values
+        var meta: Logger.Metadata = [
+            "request_id": .string(id), "method": .string(request.method.rawValue), "route": .string(route),
+            "path": .string(request.uri.path), "status": .stringConvertible(code),
+            "bytes": .stringConvertible(response.body.contentLength ?? 0),
+            "seconds": .stringConvertible((seconds * 1e6).rounded() / 1e6),
+            "queue_wait_seconds": .stringConvertible((v.wait * 1e6).rounded() / 1e6),
+            "compute_seconds": .stringConvertible((v.compute * 1e6).rounded() / 1e6),
+        ]
+        if let hit = v.hit { meta["cache_hit"] = .stringConvertible(hit) }
+        if let cause { meta["error"] = .string(cause) }
+        logger.log(level: code >= 500 ? .error : .info, "request", metadata: meta)
     }
 
     func base64(_ s: String, _ field: String) throws -> Data {
@@ -143,18 +155,15 @@ extension ExplanationService {
         return d
     }
 
-    /// Resolves an input to factors, checking that cached factors fit the request's settings.
+    /// Resolves an input to factors: an image is computed (or found in the cache), a factor id
+    /// must have been computed with the settings the request asks for (else 409).
     func resolve(_ ref: InputRef, _ field: String, _ s: ExplanationSettings) async throws -> (CachedFactors, String) {
         switch (ref.image, ref.factors) {
         case let (image?, nil):
-            let r = try await factors(image: try base64(image, "\(field).image"), settings: s)
+            let r = try await factors(image: try base64(image, "\(field).image"), field: "\(field).image", settings: s)
             return (r.value, r.id)
         case let (nil, id?):
-            let v = try await factors(id: id)
-            guard v.factors.grid.patch == s.patch else {
-                throw ServiceError(400, "\(field).factors was computed with patch \(v.factors.grid.patch), the request asks for \(s.patch)")
-            }
-            return (v, id)
+            return (try await factors(id: id, field: "\(field).factors", settings: s), id)
         default:
             throw ServiceError(400, "\(field) needs exactly one of 'image' (base64) or 'factors' (an id)")
         }
@@ -162,9 +171,15 @@ extension ExplanationService {
 
     func report(_ a: CachedFactors, _ b: CachedFactors, sources: (String, String), settings s: ExplanationSettings,
                 pictures: Bool, matrix: Bool) async throws -> ExplanationReport {
-        let loaded = try explainer(s)
+        let loaded = try await explainer(s)
         guard a.factors.outputs == b.factors.outputs else {
             throw ServiceError(400, "the two inputs' factors have different numbers of outputs")
+        }
+        if matrix {
+            let bytes = a.factors.grid.count * b.factors.grid.count * 4 * 4 / 3
+            guard bytes <= configuration.maxResponseBytes else {
+                throw ServiceError(400, "the matrix would make an answer of about \(bytes) bytes, more than the limit of \(configuration.maxResponseBytes) (max_response_bytes); use a larger patch")
+            }
         }
         let t = DispatchTime.now().uptimeNanoseconds
         let pair = try loaded.explainer.explain(a.factors, b.factors)
@@ -183,53 +198,60 @@ extension ExplanationService {
         return r
     }
 
+    /// An upper bound of a batch answer's size (each report: about 300 bytes per top pair, 4 KiB more).
+    func checkBatchAnswer(items: Int, topK: Int) throws {
+        let bytes = items * (2 * topK * 300 + 4096)
+        guard bytes <= configuration.maxResponseBytes else {
+            throw ServiceError(400, "\(items) items with top_k \(topK) would make an answer of up to \(bytes) bytes, more than the limit of \(configuration.maxResponseBytes) (max_response_bytes); send fewer items or a smaller top_k")
+        }
+    }
+
     // MARK: - Routes
 
     /// The HTTP routes of the service.
     public func router() -> Router<BasicRequestContext> {
         let router = Router()
+        router.add(middleware: FallbackMiddleware(service: self))
         router.get("/health") { request, _ in
             await self.handle("/health", request, needsBody: false, authenticated: false) { _ in
                 Self.json(Data("{\"status\": \"ok\"}".utf8))
             }
         }
+        router.get("/ready") { request, _ in
+            await self.handle("/ready", request, needsBody: false, authenticated: false) { _ in
+                // The model is loaded once the service exists; a full queue is not ready for more.
+                if self.pool.queueFull {
+                    return Self.json(Data("{\"status\": \"busy\", \"reason\": \"the compute queue is full\"}".utf8),
+                                     status: .serviceUnavailable)
+                }
+                return Self.json(Data("{\"status\": \"ready\"}".utf8))
+            }
+        }
         router.get("/metrics") { request, _ in
             await self.handle("/metrics", request, needsBody: false) { _ in
-                let text = self.metrics.render(
-                    queueDepth: self.pool.queueDepth, cacheEntries: await self.cache.count, cacheBytes: await self.cache.bytes,
-                    hits: await self.cache.hits, misses: await self.cache.misses, computations: await self.cache.computations)
-                return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
-                                body: .init(byteBuffer: ByteBuffer(string: text)))
+                self.metrics.queueDepth.record(self.pool.queueDepth)
+                self.metrics.cacheEntries.record(await self.cache.count)
+                self.metrics.cacheBytes.record(await self.cache.bytes)
+                return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                                body: .init(byteBuffer: ByteBuffer(string: self.metrics.render())))
             }
         }
         router.get("/openapi.yaml") { request, _ in
             await self.handle("/openapi.yaml", request, needsBody: false, authenticated: false) { _ in
                 Response(status: .ok, headers: [.contentType: "application/yaml"],
-                         body: .init(byteBuffer: ByteBuffer(string: openAPIDocument)))
+                         body: .init(byteBuffer: ByteBuffer(string: try OpenAPIDocument.text())))
             }
         }
         router.get("/v1/model") { request, _ in
             await self.handle("/v1/model", request, needsBody: false) { _ in
-                let b = self.base
-                let info: [String: Any] = [
-                    "source": b.source, "layers": b.model.layers.map(\.name), "head": b.explainer.head.description,
-                    "rules": b.explainer.composite.description, "similarity": b.settings.similarity,
-                    "patch": b.settings.patch, "size": b.settings.size, "preprocess": b.preprocessing.rawValue,
-                    "notes": b.notes,
-                    "limits": ["max_body_bytes": self.configuration.maxBodyBytes, "max_image_pixels": self.configuration.maxImagePixels,
-                               "max_batch": self.configuration.maxBatch, "timeout_seconds": self.configuration.timeoutSeconds,
-                               "queue_limit": self.configuration.queueLimit, "compute_slots": self.configuration.computeSlots,
-                               "cache_bytes": self.configuration.cacheBytes],
-                    "overridable": ["rules", "patch", "top_k", "similarity", "head", "layer (at most \(b.model.layers.count))"],
-                ]
-                return Self.json(try JSONSerialization.data(withJSONObject: info, options: [.prettyPrinted, .sortedKeys]))
+                Self.json(try self.modelDescription())
             }
         }
         router.post("/v1/factors") { request, _ in
             await self.handle("/v1/factors", request) { body in
-                let req = try self.decode(FactorsRequest.self, body)
+                let req = try decodeRequest(FactorsRequest.self, body)
                 let s = try self.settings(req.settings)
-                let r = try await self.factors(image: try self.base64(req.image, "image"), settings: s)
+                let r = try await self.factors(image: try self.base64(req.image, "image"), field: "image", settings: s)
                 let f = r.value.factors
                 let norm = f.embedding.reduce(Float(0)) { $0 + $1 * $1 }.squareRoot()
                 return Self.json(try Self.encode(FactorsAnswer(
@@ -239,9 +261,8 @@ extension ExplanationService {
         }
         router.post("/v1/explain") { request, _ in
             await self.handle("/v1/explain", request) { body in
-                let req = try self.decode(ExplainRequest.self, body)
+                let req = try decodeRequest(ExplainRequest.self, body)
                 let s = try self.settings(req.settings)
-                _ = try self.explainer(s)  // a bad setting is named before any input is looked at
                 let (a, _) = try await self.resolve(req.first, "first", s)
                 let (b, _) = try await self.resolve(req.second, "second", s)
                 let r = try await self.report(a, b, sources: ("first", "second"), settings: s,
@@ -251,13 +272,13 @@ extension ExplanationService {
         }
         router.post("/v1/explain/batch") { request, _ in
             await self.handle("/v1/explain/batch", request) { body in
-                let req = try self.decode(BatchRequest.self, body)
+                let req = try decodeRequest(BatchRequest.self, body)
                 guard !req.items.isEmpty else { throw ServiceError(400, "items is empty") }
                 guard req.items.count <= self.configuration.maxBatch else {
-                    throw ServiceError(400, "items has \(req.items.count) entries, more than the limit of \(self.configuration.maxBatch)")
+                    throw ServiceError(400, "items has \(req.items.count) entries, more than the limit of \(self.configuration.maxBatch) (max_batch)")
                 }
                 let s = try self.settings(req.settings)
-                _ = try self.explainer(s)
+                try self.checkBatchAnswer(items: req.items.count, topK: s.topK)
                 let (q, qid) = try await self.resolve(req.query, "query", s)
                 var results: [ExplanationReport] = []
                 for (i, item) in req.items.enumerated() {
@@ -269,5 +290,54 @@ extension ExplanationService {
             }
         }
         return router
+    }
+
+    /// GET /v1/model: the loaded model, settings, limits and what a request may override (never the token).
+    func modelDescription() throws -> Data {
+        let b = base, c = configuration
+        let info: [String: Any] = [
+            "source": b.source, "layers": b.model.layers.map(\.name), "head": b.explainer.head.description,
+            "rules": b.explainer.composite.description, "similarity": b.settings.similarity,
+            "patch": b.settings.patch, "size": b.settings.size, "preprocess": b.preprocessing.rawValue,
+            "notes": b.notes, "version": BiLRPVersion.string,
+            "limits": ["max_body_bytes": c.maxBodyBytes, "max_image_pixels": c.maxImagePixels,
+                       "max_batch": c.maxBatch, "max_outputs": c.maxOutputs,
+                       "max_explanation_bytes": c.maxExplanationBytes, "max_response_bytes": c.maxResponseBytes,
+                       "timeout_seconds": c.timeoutSeconds, "queue_limit": c.queueLimit,
+                       "compute_slots": c.computeSlots, "cache_bytes": c.cacheBytes, "max_variants": c.maxVariants,
+                       "max_patch": RequestSettings.maxPatch, "max_top_k": RequestSettings.maxTopK],
+            "overridable": ["rules", "patch", "top_k", "similarity", "head", "layer"],
+            "max_layer": b.model.layers.count,
+        ]
+        return try JSONSerialization.data(withJSONObject: info, options: [.prettyPrinted, .sortedKeys])
+    }
+}
+
+/// Unknown paths get a JSON 404, known paths with another method a JSON 405 with `Allow`; both
+/// are counted (route `unmatched`) and logged like every other request.
+struct FallbackMiddleware: RouterMiddleware {
+    let service: ExplanationService
+
+    func handle(_ request: Request, context: BasicRequestContext,
+                next: (Request, BasicRequestContext) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let e as HTTPError where e.status == .notFound {
+            let id = ExplanationService.requestID(request.headers[.requestID])
+            let path = request.uri.path
+            var response: Response
+            if let methods = ExplanationService.routes[path] {
+                let allowed = methods.map(\.rawValue).joined(separator: ", ")
+                response = ExplanationService.errorResponse(
+                    ServiceError(405, "\(path) does not take \(request.method.rawValue) (allowed: \(allowed))"), requestID: id)
+                response.headers[.allow] = allowed
+            } else {
+                response = ExplanationService.errorResponse(ServiceError(404, "no route \(path) (see GET /openapi.yaml)"),
+                                                            requestID: id)
+            }
+            response.headers[.requestID] = id
+            service.finish("unmatched", request, response, id: id, seconds: 0, stats: RequestStats(), cause: nil)
+            return response
+        }
     }
 }

@@ -10,13 +10,14 @@ struct BiLRPCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bilrp",
         abstract: "Explain deep similarity models with BiLRP: which parts of two images match, and by how much.",
+        version: BiLRPVersion.string,
         subcommands: [Explain.self, Heatmap.self, Inspect.self, Serve.self])
 
     /// A misspelt BILRP_* setting would silently run the default path: refuse to start instead.
     static func main() async {
         let problems = CKernelsBackend.environmentProblems()
         if !problems.isEmpty {
-            for p in problems { FileHandle.standardError.write(Data("error: \(p)\n".utf8)) }
+            for p in problems { FileHandle.standardError.write(Data("bilrp: error: \(p)\n".utf8)) }
             Foundation.exit(1)
         }
         await main(nil)
@@ -25,39 +26,41 @@ struct BiLRPCommand: AsyncParsableCommand {
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "The explanation server (HTTP, JSON). Default: the fetched ImageNet VGG-16 with the paper's settings.")
+        abstract: "The explanation server (HTTP, JSON). Default: the fetched ImageNet VGG-16 with the paper's settings.",
+        discussion: "Options override the --config file, which overrides the defaults shown.")
+
+    static let d = ServerConfiguration()
 
     @Option(help: "JSON configuration file (limits and settings; options below override it).") var config: String?
-    @Option(help: "Address to listen on.") var host: String?
-    @Option(help: "Port (0: any free port, printed at start).") var port: Int?
-    @Option(help: "ONNX model (default assets/models/vgg16_imagenet.onnx).") var model: String?
+    @Option(help: "Address to listen on (default \(d.host)).") var host: String?
+    @Option(help: "Port, 0 for any free port (default \(d.port)).") var port: Int?
+    @Option(help: "ONNX model (default \(d.settings.model ?? "-")).") var model: String?
     @Option(help: "Safetensors weights with torchvision names (with --arch).") var weights: String?
-    @Option(help: "Architecture for --weights.") var arch: String?
-    @Option(help: "Keep layers [0, L) (default 31).") var layer: Int?
-    @Option(help: "Head (default random:100:0).") var head: String?
-    @Option(help: "Rules (default paper-vgg).") var rules: String?
-    @Option(help: "Patch size (default 8).") var patch: Int?
-    @Option(help: "Image size (default 128).") var size: Int?
-    @Option(help: "torchvision, caffe or auto.") var preprocess: String?
-    @Option(help: "Bearer token for /v1 and /metrics (or BILRP_TOKEN).") var token: String?
-    @Option(help: "Maximum request body in bytes.") var maxBody: Int?
-    @Option(help: "Maximum image pixels.") var maxPixels: Int?
-    @Option(help: "Maximum items per batch.") var maxBatch: Int?
-    @Option(help: "Request timeout in seconds.") var timeout: Double?
-    @Option(help: "Requests that may wait for a compute slot before 429.") var queue: Int?
-    @Option(help: "Explanations computed at once.") var slots: Int?
-    @Option(help: "Factor cache size in MiB.") var cacheMb: Int?
-    @Option(help: "Worker threads for the C kernels.") var threads: Int?
+    @Option(help: "Architecture for --weights (default \(d.settings.arch)).") var arch: String?
+    @Option(help: "Keep layers [0, L) (default \(d.settings.layer ?? 0)).") var layer: Int?
+    @Option(help: "Head (default \(d.settings.head)).") var head: String?
+    @Option(help: "Rules (default \(d.settings.rules)).") var rules: String?
+    @Option(help: "Patch size (default \(d.settings.patch)).") var patch: Int?
+    @Option(help: "Image size (default \(d.settings.size)).") var size: Int?
+    @Option(help: "Preprocessing (default \(d.settings.preprocess)).") var preprocess: PreprocessChoice?
+    @Option(help: "Bearer token for /v1 and /metrics (or BILRP_TOKEN; default none).") var token: String?
+    @Option(help: "Maximum request body in bytes (default \(d.maxBodyBytes)).") var maxBody: Int?
+    @Option(help: "Maximum image pixels (default \(d.maxImagePixels)).") var maxPixels: Int?
+    @Option(help: "Maximum items per batch (default \(d.maxBatch)).") var maxBatch: Int?
+    @Option(help: "Maximum head outputs h a request may ask for (default \(d.maxOutputs)).") var maxOutputs: Int?
+    @Option(help: "Maximum estimated memory of one explanation in MiB (default \(d.maxExplanationBytes >> 20)).") var maxMemoryMb: Int?
+    @Option(help: "Request timeout in seconds (default \(d.timeoutSeconds)).") var timeout: Double?
+    @Option(help: "Requests that may wait for a compute slot before 429 (default \(d.queueLimit)).") var queue: Int?
+    @Option(help: "Explanations computed at once (default \(d.computeSlots)).") var slots: Int?
+    @Option(help: "Factor cache size in MiB (default \(d.cacheBytes >> 20)).") var cacheMb: Int?
+    @Option(help: "Open connections at most (default \(d.maxConnections)).") var maxConnections: Int?
+    @Option(help: "Seconds before an idle connection is closed (default \(d.idleTimeoutSeconds)).") var idleTimeout: Double?
+    @Option(help: "Log lines as text or json (default \(d.logFormat)).") var logFormat: LogFormat?
+    @Option(help: "Worker threads for the C kernels (default: every core).") var threads: Int?
 
     func run() async throws {
         do {
-            var c = ServerConfiguration()
-            if let config {
-                guard let d = FileManager.default.contents(atPath: config) else { throw BiLRPError.io("cannot read config '\(config)'") }
-                do { c = try JSONDecoder().decode(ServerConfiguration.self, from: d) } catch {
-                    throw BiLRPError.invalidArgument("config '\(config)': \(error)")
-                }
-            }
+            var c = try config.map(ServerConfiguration.read(path:)) ?? ServerConfiguration()
             if let host { c.host = host }
             if let port { c.port = port }
             if let model { c.settings.model = model; c.settings.weights = nil }
@@ -68,26 +71,47 @@ struct Serve: AsyncParsableCommand {
             if let rules { c.settings.rules = rules }
             if let patch { c.settings.patch = patch }
             if let size { c.settings.size = size }
-            if let preprocess { c.settings.preprocess = preprocess }
+            if let preprocess { c.settings.preprocess = preprocess.rawValue }
             c.token = token ?? ProcessInfo.processInfo.environment["BILRP_TOKEN"] ?? c.token
             if let maxBody { c.maxBodyBytes = maxBody }
             if let maxPixels { c.maxImagePixels = maxPixels }
             if let maxBatch { c.maxBatch = maxBatch }
+            if let maxOutputs { c.maxOutputs = maxOutputs }
+            if let maxMemoryMb { c.maxExplanationBytes = maxMemoryMb << 20 }
             if let timeout { c.timeoutSeconds = timeout }
             if let queue { c.queueLimit = queue }
             if let slots { c.computeSlots = slots }
             if let cacheMb { c.cacheBytes = cacheMb << 20 }
-            if let threads { CKernelsBackend.threads = threads }
+            if let maxConnections { c.maxConnections = maxConnections }
+            if let idleTimeout { c.idleTimeoutSeconds = idleTimeout }
+            if let logFormat { c.logFormat = logFormat.rawValue }
+            if let threads {
+                guard threads >= 1 else { throw BiLRPError.invalidArgument("--threads must be at least 1") }
+                CKernelsBackend.threads = threads
+            }
+            try c.validate()
             let host = c.host
             try await BiLRPServer.run(c) { port in
                 FileHandle.standardOutput.write(Data("bilrp: serving on http://\(host):\(port)\n".utf8))
             }
         } catch let e as BiLRPError {
-            FileHandle.standardError.write(Data("bilrp: error: \(e)\n".utf8))
-            throw ExitCode(1)
+            fail("\(e)")
+        } catch {
+            // Bind errors and anything else the server start throws.
+            fail("the server stopped: \(error)")
         }
     }
 }
+
+/// One `bilrp: error: ...` line on stderr and exit status 1.
+func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("bilrp: error: \(message)\n".utf8))
+    Foundation.exit(1)
+}
+
+enum PreprocessChoice: String, ExpressibleByArgument, CaseIterable { case auto, torchvision, caffe }
+enum LogFormat: String, ExpressibleByArgument, CaseIterable { case text, json, off }
+extension Similarity: ExpressibleByArgument {}
 
 /// Options shared by the commands that build an explainer.
 struct ModelOptions: ParsableArguments {
@@ -99,12 +123,13 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Head: random:H[:SEED], identity, sumpool or avgpool.") var head = "random:100:0"
     @Option(help: "Projection matrix file (NPY or safetensors), (h, D) or (D, h); replaces --head.")
     var projection: String?
-    @Option(help: "dot or cosine.") var similarity = "dot"
+    @Option(help: "How the embeddings are compared.") var similarity: Similarity = .dot
     @Option(help: "Rule preset (paper-vgg, hp, epsilon-gamma-box, epsilon-plus-flat) or composite string, e.g. '0:zb;1-10:gamma=0.5;11-:zero'.")
     var rules = "paper-vgg"
     @Option(help: "Patch size for pooling relevance (1: pixels).") var patch = 8
     @Option(help: "Resize (shorter side) and center-crop images to N x N; 0 keeps them.") var size = 224
-    @Option(help: "torchvision, caffe, or auto (caffe for channels-last ONNX models).") var preprocess = "auto"
+    @Option(help: "Preprocessing; auto: caffe for channels-last ONNX models, else torchvision.")
+    var preprocess: PreprocessChoice = .auto
     @Option(help: "Worker threads for the C kernels.") var threads: Int?
     @Flag(help: "Compute with the slow pure-Swift reference kernels (for checking).") var reference = false
     @Flag(help: "No progress on stderr.") var quiet = false
@@ -112,8 +137,8 @@ struct ModelOptions: ParsableArguments {
     func settings(topK: Int = 10) -> ExplanationSettings {
         var s = ExplanationSettings()
         s.model = model; s.weights = weights; s.arch = arch; s.layer = layer; s.head = head
-        s.projection = projection; s.similarity = similarity; s.rules = rules; s.patch = patch
-        s.size = size; s.preprocess = preprocess; s.topK = topK
+        s.projection = projection; s.similarity = similarity.rawValue; s.rules = rules; s.patch = patch
+        s.size = size; s.preprocess = preprocess.rawValue; s.topK = topK
         return s
     }
 
@@ -143,8 +168,10 @@ struct Progress {
 func reportingErrors(_ body: () throws -> Void) throws {
     do {
         try body()
-    } catch let e as BiLRPError {
-        FileHandle.standardError.write(Data("bilrp: error: \(e)\n".utf8))
+    } catch let e as ExitCode {
+        throw e
+    } catch {
+        FileHandle.standardError.write(Data("bilrp: error: \(error)\n".utf8))
         throw ExitCode(1)
     }
 }
@@ -158,11 +185,19 @@ struct Explain: ParsableCommand {
     @OptionGroup var options: ModelOptions
     @Option(help: "Pair picture (PNG).") var out: String?
     @Option(help: "Marginal heatmaps picture (PNG).") var heatmap: String?
-    @Option(help: "JSON report.") var json: String?
-    @Option(help: "R as a P x Q float32 NPY, row-major in patch order.") var npy: String?
+    @Option(help: "JSON report (- for standard output).") var json: String?
+    @Option(help: "R as a P x Q float32 NPY, row-major in patch order (- for standard output).") var npy: String?
     @Option(help: "Top pairs to report (each sign).") var top = 10
     @Option(help: "Pair picture: soft threshold t1.") var threshold: Float = 0.25
     @Option(help: "Pair picture: clip t2.") var clip: Float = 12.75
+
+    func validate() throws {
+        guard threshold >= 0 else { throw ValidationError("--threshold must be >= 0 (got \(threshold))") }
+        guard clip > 0 else { throw ValidationError("--clip must be > 0 (got \(clip))") }
+        guard top >= 0 else { throw ValidationError("--top must be >= 0 (got \(top))") }
+        guard options.patch >= 1 else { throw ValidationError("--patch must be at least 1 (got \(options.patch))") }
+        guard !(json == "-" && npy == "-") else { throw ValidationError("only one of --json and --npy can write to standard output (-)") }
+    }
 
     func run() throws {
         try reportingErrors {
@@ -177,19 +212,24 @@ struct Explain: ParsableCommand {
             var style = PairPictureStyle()
             style.softThreshold = threshold
             style.clip = clip
-            guard threshold >= 0, clip > 0 else { throw BiLRPError.invalidArgument("--threshold must be >= 0 and --clip > 0") }
             if let out { try AtomicFile.write(try Pictures.pairPicture(pair, a.display, b.display, style: style), to: out) }
             if let heatmap { try AtomicFile.write(try Pictures.heatmapPicture(pair, a.display, b.display), to: heatmap) }
-            if let npy { try NPY.write(try Tensor(shape: [pair.rows, pair.columns], data: pair.relevance), to: npy) }
+            let matrix = try Tensor(shape: [pair.rows, pair.columns], data: pair.relevance)
+            if npy == "-" { FileHandle.standardOutput.write(NPY.encode(matrix)) } else if let npy { try NPY.write(matrix, to: npy) }
             let timings = ["load_seconds": tLoad, "factors_first_seconds": t1, "factors_second_seconds": t2,
                            "pair_seconds": t3, "total_seconds": Date().timeIntervalSince(total)]
             let report = ExplanationReport(pair, loaded: loaded, sources: (first, second), timings: timings)
-            if let json { try AtomicFile.write(try report.json(), to: json) }
+            if json == "-" { FileHandle.standardOutput.write(try report.json() + Data("\n".utf8)) } else if let json {
+                try AtomicFile.write(try report.json(), to: json)
+            }
+            // The summary goes to stderr when stdout carries the JSON or the NPY.
+            let say: (String) -> Void = json == "-" || npy == "-"
+                ? { FileHandle.standardError.write(Data(($0 + "\n").utf8)) } : { print($0) }
             let c = pair.conservation
-            print(String(format: "similarity %.6g   sum R %.6g   relative error %.3g   patches %d x %d",
+            say(String(format: "similarity %.6g   sum R %.6g   relative error %.3g   patches %d x %d",
                          pair.similarity, c.relevanceSum, c.relativeError, pair.rows, pair.columns))
             for (i, p) in pair.topPositive(min(top, 5)).enumerated() {
-                print(String(format: "  #%d  %+.4g  (%d,%d)-(%d,%d)  <->  (%d,%d)-(%d,%d)", i + 1, p.value,
+                say(String(format: "  #%d  %+.4g  (%d,%d)-(%d,%d)  <->  (%d,%d)-(%d,%d)", i + 1, p.value,
                              p.first.x0, p.first.y0, p.first.x1, p.first.y1, p.second.x0, p.second.y0, p.second.x1, p.second.y1))
             }
         }

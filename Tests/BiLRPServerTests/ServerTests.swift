@@ -22,6 +22,7 @@ func configuration(token: String? = nil, queue: Int = 16, maxBatch: Int = 3) -> 
     c.maxImagePixels = 1_000_000
     c.maxBatch = maxBatch
     c.queueLimit = queue
+    c.logFormat = "off"  // the log tests capture their own lines
     return c
 }
 
@@ -40,6 +41,9 @@ func body(_ object: [String: Any]) throws -> ByteBuffer {
 func object(_ b: ByteBuffer) throws -> [String: Any] {
     try JSONSerialization.jsonObject(with: Data(b.readableBytesView)) as? [String: Any] ?? [:]
 }
+
+/// JSON bodies must say so (a text/plain body is a 415).
+let jsonType: HTTPFields = [.contentType: "application/json"]
 
 func makeApp(_ service: ExplanationService) -> some ApplicationProtocol {
     Application(router: service.router())
@@ -64,7 +68,7 @@ struct ServerTests {
             }
             let req = try body(["first": ["image": a.base64EncodedString()], "second": ["image": b.base64EncodedString()],
                                 "matrix": true, "pictures": true])
-            try await client.execute(uri: "/v1/explain", method: .post, body: req) { r in
+            try await client.execute(uri: "/v1/explain", method: .post, headers: jsonType, body: req) { r in
                 #expect(r.status == .ok)
                 let o = try object(r.body)
                 #expect(Data(base64Encoded: o["matrix_npy"] as! String) == expectedNPY, "byte-identical R")
@@ -84,7 +88,7 @@ struct ServerTests {
         try await makeApp(service).test(.router) { client in
             var ids: [String] = []
             for img in [a, b] {
-                try await client.execute(uri: "/v1/factors", method: .post, body: try body(["image": img.base64EncodedString()])) { r in
+                try await client.execute(uri: "/v1/factors", method: .post, headers: jsonType, body: try body(["image": img.base64EncodedString()])) { r in
                     #expect(r.status == .ok)
                     let o = try object(r.body)
                     #expect(o["cached"] as? Bool == false && o["patches"] as? Int == 64)
@@ -92,11 +96,11 @@ struct ServerTests {
                 }
             }
             var fromImages: String = "", fromIDs: String = ""
-            try await client.execute(uri: "/v1/explain", method: .post, body: try body([
+            try await client.execute(uri: "/v1/explain", method: .post, headers: jsonType, body: try body([
                 "first": ["image": a.base64EncodedString()], "second": ["image": b.base64EncodedString()], "matrix": true])) { r in
                 fromImages = try object(r.body)["matrix_npy"] as! String
             }
-            try await client.execute(uri: "/v1/explain", method: .post, body: try body([
+            try await client.execute(uri: "/v1/explain", method: .post, headers: jsonType, body: try body([
                 "first": ["factors": ids[0]], "second": ["factors": ids[1]], "matrix": true])) { r in
                 #expect(r.status == .ok)
                 fromIDs = try object(r.body)["matrix_npy"] as! String
@@ -105,8 +109,8 @@ struct ServerTests {
             try await client.execute(uri: "/metrics", method: .get) { r in
                 let text = String(buffer: r.body)
                 #expect(text.contains("bilrp_factor_computations_total 2"), "\(text)")
-                #expect(text.contains("bilrp_cache_hits_total 2"))
-                #expect(text.contains("bilrp_requests_total{route=\"/v1/explain\",status=\"200\"} 2"))
+                #expect(text.contains("bilrp_cache_hits_total 4"), "two image lookups and two factor-id lookups")
+                #expect(text.contains("bilrp_requests_total{route=\"/v1/explain\",code=\"200\"} 2"))
             }
         }
     }
@@ -119,7 +123,7 @@ struct ServerTests {
             try await withThrowingTaskGroup(of: Void.self) { g in
                 for _ in 0..<4 {
                     g.addTask {
-                        try await client.execute(uri: "/v1/factors", method: .post, body: try body(["image": img])) { r in
+                        try await client.execute(uri: "/v1/factors", method: .post, headers: jsonType, body: try body(["image": img])) { r in
                             #expect(r.status == .ok)
                         }
                     }
@@ -138,12 +142,12 @@ struct ServerTests {
         let q = try imageData("baseline.jpg").base64EncodedString()
         let items = try (0..<2).map { ["image": try pngImage(seed: UInt64(10 + $0)).base64EncodedString()] }
         try await makeApp(service).test(.router) { client in
-            try await client.execute(uri: "/v1/explain/batch", method: .post, body: try body(["query": ["image": q], "items": items])) { r in
+            try await client.execute(uri: "/v1/explain/batch", method: .post, headers: jsonType, body: try body(["query": ["image": q], "items": items])) { r in
                 #expect(r.status == .ok)
                 try #expect((object(r.body)["results"] as? [Any])?.count == 2)
             }
             let many = Array(repeating: ["image": q], count: 4)
-            try await client.execute(uri: "/v1/explain/batch", method: .post, body: try body(["query": ["image": q], "items": many])) { r in
+            try await client.execute(uri: "/v1/explain/batch", method: .post, headers: jsonType, body: try body(["query": ["image": q], "items": many])) { r in
                 #expect(r.status == .badRequest)
                 try #expect((object(r.body)["error"] as? String)?.contains("more than the limit of 3") == true)
             }
@@ -158,14 +162,14 @@ struct ServerTests {
         ("{\"first\": {}, \"second\": {}}", 400, "first needs exactly one of 'image'"),
         ("{\"first\": {\"factors\": \"abc\"}, \"second\": {\"factors\": \"abc\"}}", 404, "unknown factor id 'abc'"),
         ("{\"first\": {\"factors\": \"x\"}, \"second\": {\"factors\": \"y\"}, \"settings\": {\"rules\": \"nope\"}}", 400, "unknown rule preset 'nope'"),
-        ("{\"first\": {\"factors\": \"x\"}, \"second\": {\"factors\": \"y\"}, \"settings\": {\"layer\": 40}}", 400, "layer 40 is not available"),
+        ("{\"first\": {\"factors\": \"x\"}, \"second\": {\"factors\": \"y\"}, \"settings\": {\"layer\": 40}}", 400, "settings.layer must be in 1...10"),
         ("{\"first\": {\"factors\": \"x\"}, \"second\": {\"factors\": \"y\"}, \"settings\": {\"patch\": \"8\"}}", 400, "settings.patch has the wrong type"),
         ("not json", 400, "malformed JSON"),
     ])
     func badInput(json: String, status: Int, message: String) async throws {
         let service = try ExplanationService(configuration: configuration())
         try await makeApp(service).test(.router) { client in
-            try await client.execute(uri: "/v1/explain", method: .post, body: ByteBuffer(string: json)) { r in
+            try await client.execute(uri: "/v1/explain", method: .post, headers: jsonType, body: ByteBuffer(string: json)) { r in
                 #expect(Int(r.status.code) == status)
                 let e = try object(r.body)["error"] as? String ?? ""
                 #expect(e.contains(message), "\(e)")
@@ -179,7 +183,7 @@ struct ServerTests {
         try await makeApp(service).test(.router) { client in
             try await client.execute(uri: "/v1/model", method: .get) { r in #expect(r.status == .unauthorized) }
             try await client.execute(uri: "/health", method: .get) { r in #expect(r.status == .ok) }
-            let auth: HTTPFields = [.authorization: "Bearer s3cret"]
+            let auth: HTTPFields = [.authorization: "Bearer s3cret", .contentType: "application/json"]
             try await client.execute(uri: "/v1/model", method: .get, headers: auth) { r in #expect(r.status == .ok) }
             let big = ByteBuffer(repeating: UInt8(ascii: "a"), count: (1 << 20) + 10)
             try await client.execute(uri: "/v1/factors", method: .post, headers: auth, body: big) { r in
@@ -210,7 +214,7 @@ struct ServerTests {
                 for i in 0..<8 {
                     g.addTask {
                         let img = try pngImage(seed: UInt64(100 + i), size: 128).base64EncodedString()
-                        return try await client.execute(uri: "/v1/factors", method: .post, body: try body(["image": img])) { r in
+                        return try await client.execute(uri: "/v1/factors", method: .post, headers: jsonType, body: try body(["image": img])) { r in
                             (Int(r.status.code), r.headers[.retryAfter])
                         }
                     }
@@ -254,16 +258,16 @@ struct ServerTests {
         try await makeApp(service).test(.router) { client in
             for b in all {
                 for uri in ["/v1/factors", "/v1/explain"] {
-                    try await client.execute(uri: uri, method: .post, body: b) { resp in
+                    try await client.execute(uri: uri, method: .post, headers: jsonType, body: b) { resp in
                         #expect(resp.status.code < 500 || resp.status.code == 503, "\(uri): \(resp.status)")
                     }
                 }
             }
-            try await client.execute(uri: "/v1/factors", method: .post, body: try body(["image": good.base64EncodedString()])) { resp in
+            try await client.execute(uri: "/v1/factors", method: .post, headers: jsonType, body: try body(["image": good.base64EncodedString()])) { resp in
                 #expect(resp.status == .ok)
             }
             try await client.execute(uri: "/metrics", method: .get) { resp in
-                #expect(String(buffer: resp.body).contains("bilrp_requests_total{route=\"/v1/factors\",status=\"400\"}"))
+                #expect(String(buffer: resp.body).contains("bilrp_requests_total{route=\"/v1/factors\",code=\"400\"}"))
             }
         }
     }
@@ -290,7 +294,7 @@ struct ServerTests {
                 viaForm = o["matrix_npy"] as? String ?? ""
                 #expect((o["top_positive"] as? [Any])?.count == 2)
             }
-            try await client.execute(uri: "/v1/explain", method: .post, body: try body([
+            try await client.execute(uri: "/v1/explain", method: .post, headers: jsonType, body: try body([
                 "first": ["image": a.base64EncodedString()], "second": ["image": b.base64EncodedString()], "matrix": true])) { r in
                 viaJSON = try object(r.body)["matrix_npy"] as? String ?? ""
             }
@@ -309,7 +313,7 @@ struct ServerTests {
         let a = try imageData("baseline.jpg").base64EncodedString()
         try await makeApp(service).test(.live) { client in
             try await client.execute(uri: "/health", method: .get) { r in #expect(r.status == .ok) }
-            try await client.execute(uri: "/v1/explain", method: .post, body: try body(["first": ["image": a], "second": ["image": a]])) { r in
+            try await client.execute(uri: "/v1/explain", method: .post, headers: jsonType, body: try body(["first": ["image": a], "second": ["image": a]])) { r in
                 #expect(r.status == .ok)
                 let c = try object(r.body)["conservation"] as? [String: Any]
                 #expect(c?["relevance_sum"] != nil)

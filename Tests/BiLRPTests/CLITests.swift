@@ -10,6 +10,7 @@ struct RunResult {
     var status: Int32
     var stdout: String
     var stderr: String
+    var stdoutData = Data()
 }
 
 func runBilrp(_ args: [String], environment: [String: String] = [:]) throws -> RunResult {
@@ -25,7 +26,8 @@ func runBilrp(_ args: [String], environment: [String: String] = [:]) throws -> R
     try p.run()
     let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
-    return RunResult(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    return RunResult(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self),
+                     stdoutData: o)
 }
 
 func temporaryDirectory() throws -> URL {
@@ -48,7 +50,7 @@ struct CLITests {
         let a = fixturePath("images/baseline.jpg"), b = fixturePath("images/progressive.jpg")
         let r = try runBilrp(["explain", a, b, "--out", out] + smallArgs, environment: ["BILRP_ISA": "avx51"])
         #expect(r.status == 1)
-        #expect(r.stderr == "error: BILRP_ISA='avx51' is not valid: it takes avx512, avx2 or portable\n")
+        #expect(r.stderr == "bilrp: error: BILRP_ISA='avx51' is not valid: it takes avx512, avx2 or portable\n")
         #expect(!FileManager.default.fileExists(atPath: out))
         // The same command with a valid setting runs.
         let ok = try runBilrp(["explain", a, b, "--out", out] + smallArgs, environment: ["BILRP_ISA": "portable"])
@@ -115,10 +117,24 @@ struct CLITests {
         (["explain", "A", "B", "--layer", "99"], "layer index 99 is out of range"),
         (["explain", "A", "B", "--projection", "PROJ"], "projection matrix"),
         (["explain", "A", "B", "--head", "random:x"], "head 'random:x'"),
-        (["explain", "A", "B", "--similarity", "euclid"], "unknown similarity 'euclid'"),
+        (["explain", "A", "B", "--head", "random:1000000000"], "1000000000 outputs (h)"),
         (["heatmap", "A", "--output", "8"], "--output 8 is out of range: the head has 8 outputs"),
     ])
     func errors(args: [String], message: String) throws {
+        try checkError(args: args, message: message, status: 1)
+    }
+
+    @Test("usage errors keep ArgumentParser's exit code 64; options with fixed values list them", arguments: [
+        (["explain", "A", "B", "--similarity", "euclid"], "The value 'euclid' is invalid for '--similarity <similarity>'. Please provide one of 'dot' and 'cosine'"),
+        (["explain", "A", "B", "--preprocess", "bgr"], "Please provide one of 'auto', 'torchvision' or 'caffe'"),
+        (["explain", "A", "B", "--clip", "0"], "--clip must be > 0"),
+        (["explain", "A", "B", "--patch", "0"], "--patch must be at least 1"),
+    ])
+    func usageErrors(args: [String], message: String) throws {
+        try checkError(args: args, message: message, status: 64)
+    }
+
+    func checkError(args: [String], message: String, status: Int32) throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         let corrupt = dir.appendingPathComponent("corrupt.png")
@@ -143,9 +159,13 @@ struct CLITests {
         var full = replaced + base
         if args.first == "explain" { full += ["--json", json] }
         let r = try runBilrp(full)
-        #expect(r.status == 1, "status \(r.status), stderr \(r.stderr)")
+        #expect(r.status == status, "status \(r.status), stderr \(r.stderr)")
         let lines = r.stderr.split(separator: "\n")
-        #expect(lines.count == 1 && lines[0].hasPrefix("bilrp: error: ") && r.stderr.contains(message), "\(r.stderr)")
+        if status == 1 {
+            #expect(lines.count == 1 && lines[0].hasPrefix("bilrp: error: ") && r.stderr.contains(message), "\(r.stderr)")
+        } else {
+            #expect(r.stderr.contains(message), "\(r.stderr)")
+        }
         #expect(!FileManager.default.fileExists(atPath: json), "no output is written on error")
     }
 
@@ -171,5 +191,25 @@ struct CLITests {
         #expect(map.shape == [32, 32])
         let parts = r.stdout.split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Double($0) }
         #expect(parts.count == 2 && abs(parts[0] - Double(map.data.reduce(0, +))) <= 1e-3 * max(1, abs(parts[0])))
+    }
+
+    @Test("--version, and --json - / --npy - write to standard output (the summary then goes to stderr)")
+    func stdoutOutputs() throws {
+        let v = try runBilrp(["--version"])
+        #expect(v.status == 0 && v.stdout == BiLRPVersion.string + "\n")
+        let a = fixturePath("images/baseline.jpg"), b = fixturePath("images/progressive.jpg")
+        let j = try runBilrp(["explain", a, b] + smallArgs + ["--json", "-"])
+        #expect(j.status == 0, "\(j.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(j.stdout.utf8)) as? [String: Any])
+        #expect(json["similarity"] != nil && j.stderr.contains("similarity"))
+        let n = try runBilrp(["explain", a, b] + smallArgs + ["--npy", "-"])
+        #expect(n.status == 0)
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("R.npy").path
+        _ = try runBilrp(["explain", a, b] + smallArgs + ["--npy", file])
+        let written = try Data(contentsOf: URL(fileURLWithPath: file))
+        #expect(n.stdoutData == written, "stdout carries exactly the NPY bytes --npy FILE writes")
+        #expect(try NPY.decode(n.stdoutData).shape == [64, 64])
     }
 }
