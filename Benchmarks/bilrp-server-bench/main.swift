@@ -21,6 +21,7 @@ let binary = option("--bilrp") ?? ".build-omp/release/bilrp"
 let assets = option("--assets") ?? "assets"
 let levels = (option("--clients") ?? "1,4,16").split(separator: ",").compactMap { Int($0) }
 let cachedRequests = Int(option("--cached-requests") ?? "200") ?? 200
+let longRequests = Int(option("--long-requests") ?? "40000") ?? 40000
 
 func percentile(_ v: [Double], _ p: Double) -> Double {
     let s = v.sorted()
@@ -45,7 +46,7 @@ func variant(_ i: Int) throws -> Data {
 
 let server = Process()
 server.executableURL = URL(fileURLWithPath: binary)
-server.arguments = ["serve", "--port", "0", "--queue", "64", "--timeout", "600"]
+server.arguments = ["serve", "--port", "0", "--queue", "64", "--timeout", "600", "--log-format", "off"]
 let out = Pipe()
 server.standardOutput = out
 try server.run()
@@ -66,6 +67,19 @@ var clientConfiguration = HTTPClient.Configuration()
 clientConfiguration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 64)
 clientConfiguration.timeout = .init(connect: .seconds(600), read: .seconds(900))
 let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
+
+/// The server process's resident memory (VmRSS), in MB.
+func serverRSS() -> Double {
+    let status = (try? String(contentsOfFile: "/proc/\(server.processIdentifier)/status", encoding: .utf8)) ?? ""
+    let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+    return (Double(line.split(separator: " ").dropFirst().first ?? "0") ?? 0) / 1024
+}
+
+func health() async throws {
+    let resp = try await client.execute(HTTPClientRequest(url: "http://127.0.0.1:\(port)/health"), timeout: .seconds(60))
+    _ = try await resp.body.collect(upTo: 1 << 16)
+    guard resp.status == .ok else { fatalError("health: status \(resp.status)") }
+}
 
 func explain(_ a: Data, _ b: Data) async throws -> Double {
     var req = HTTPClientRequest(url: url)
@@ -122,6 +136,33 @@ for c in levels {
     let (crate, clat) = try await load(clients: c, total: cachedRequests) { _ in (warmA, warmB) }
     if c == 1 { cachedP50AtOne = percentile(clat, 0.5) }
     print("\(String(repeating: " ", count: 7 - "\(c)".count))\(c)  cached     \(String(format: "%8d", cachedRequests))  \(String(format: "%8.1f", crate))  \(String(format: "%7.4f", percentile(clat, 0.5)))  \(String(format: "%7.4f", percentile(clat, 0.99)))")
+}
+
+// Memory over a long run: cached explanations and /health from 16 clients, RSS after warm-up and
+// every quarter (a leak grows it steadily; the issue saw 835 MB -> 1.92 GB over 2.5 M requests).
+if longRequests > 0 {
+    print("")
+    print("memory over \(longRequests) requests (half cached /v1/explain, half /health, 16 clients): server RSS in MB")
+    var marks: [String] = []
+    let quarter = max(1, longRequests / 4)
+    _ = try await load(clients: 16, total: 2000) { _ in (warmA, warmB) }
+    marks.append("after warm-up \(f(serverRSS(), 0))")
+    for q in 1...4 {
+        try await withThrowingTaskGroup(of: Void.self) { g in
+            for c in 0..<16 {
+                g.addTask {
+                    var i = c
+                    while i < quarter {
+                        if i % 2 == 0 { _ = try await explain(warmA, warmB) } else { try await health() }
+                        i += 16
+                    }
+                }
+            }
+            try await g.waitForAll()
+        }
+        marks.append("\(q * quarter) \(f(serverRSS(), 0))")
+    }
+    print(marks.joined(separator: ", "))
 }
 
 // The bare library call for the cached request's work: the pair product and the JSON report.

@@ -7,6 +7,18 @@ import Hummingbird
 import Logging
 import NIOCore
 
+/// The request context: Hummingbird's core storage and the connection, so that a request whose
+/// client went away stops its computation instead of finishing it for nobody.
+public struct BiLRPRequestContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    let channel: any Channel
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+}
+
 extension HTTPField.Name {
     static let requestID = HTTPField.Name("X-Request-Id")!
 }
@@ -87,8 +99,8 @@ extension ExplanationService {
     }
 
     /// Runs one request: request id, authentication, body, timeout, errors as JSON, metrics, log line.
-    func handle(_ route: String, _ request: Request, needsBody: Bool = true, authenticated: Bool = true,
-                _ work: @escaping @Sendable (Data) async throws -> Response) async -> Response {
+    func handle(_ route: String, _ request: Request, _ context: BiLRPRequestContext, needsBody: Bool = true,
+                authenticated: Bool = true, _ work: @escaping @Sendable (Data) async throws -> Response) async -> Response {
         let start = DispatchTime.now().uptimeNanoseconds
         let id = Self.requestID(request.headers[.requestID])
         let stats = RequestStats()
@@ -108,6 +120,12 @@ extension ExplanationService {
                     group.addTask {
                         try await Task.sleep(nanoseconds: UInt64(timeout * 1e9))
                         throw ServiceError(503, "the request took longer than the limit of \(timeout) s", retryAfter: 5)
+                    }
+                    let closed = context.channel.closeFuture
+                    group.addTask {
+                        // The client went away: nobody will read the answer (499, as nginx logs it).
+                        try await closedOrCancelled(closed)
+                        throw ServiceError(499, "the client closed the connection before the answer")
                     }
                     defer { group.cancelAll() }
                     return try await group.next()!
@@ -209,16 +227,16 @@ extension ExplanationService {
     // MARK: - Routes
 
     /// The HTTP routes of the service.
-    public func router() -> Router<BasicRequestContext> {
-        let router = Router()
+    public func router() -> Router<BiLRPRequestContext> {
+        let router = Router(context: BiLRPRequestContext.self)
         router.add(middleware: FallbackMiddleware(service: self))
-        router.get("/health") { request, _ in
-            await self.handle("/health", request, needsBody: false, authenticated: false) { _ in
+        router.get("/health") { request, context in
+            await self.handle("/health", request, context, needsBody: false, authenticated: false) { _ in
                 Self.json(Data("{\"status\": \"ok\"}".utf8))
             }
         }
-        router.get("/ready") { request, _ in
-            await self.handle("/ready", request, needsBody: false, authenticated: false) { _ in
+        router.get("/ready") { request, context in
+            await self.handle("/ready", request, context, needsBody: false, authenticated: false) { _ in
                 // The model is loaded once the service exists; a full queue is not ready for more.
                 if self.pool.queueFull {
                     return Self.json(Data("{\"status\": \"busy\", \"reason\": \"the compute queue is full\"}".utf8),
@@ -227,8 +245,8 @@ extension ExplanationService {
                 return Self.json(Data("{\"status\": \"ready\"}".utf8))
             }
         }
-        router.get("/metrics") { request, _ in
-            await self.handle("/metrics", request, needsBody: false) { _ in
+        router.get("/metrics") { request, context in
+            await self.handle("/metrics", request, context, needsBody: false) { _ in
                 self.metrics.queueDepth.record(self.pool.queueDepth)
                 self.metrics.cacheEntries.record(await self.cache.count)
                 self.metrics.cacheBytes.record(await self.cache.bytes)
@@ -236,19 +254,19 @@ extension ExplanationService {
                                 body: .init(byteBuffer: ByteBuffer(string: self.metrics.render())))
             }
         }
-        router.get("/openapi.yaml") { request, _ in
-            await self.handle("/openapi.yaml", request, needsBody: false, authenticated: false) { _ in
+        router.get("/openapi.yaml") { request, context in
+            await self.handle("/openapi.yaml", request, context, needsBody: false, authenticated: false) { _ in
                 Response(status: .ok, headers: [.contentType: "application/yaml"],
                          body: .init(byteBuffer: ByteBuffer(string: try OpenAPIDocument.text())))
             }
         }
-        router.get("/v1/model") { request, _ in
-            await self.handle("/v1/model", request, needsBody: false) { _ in
+        router.get("/v1/model") { request, context in
+            await self.handle("/v1/model", request, context, needsBody: false) { _ in
                 Self.json(try self.modelDescription())
             }
         }
-        router.post("/v1/factors") { request, _ in
-            await self.handle("/v1/factors", request) { body in
+        router.post("/v1/factors") { request, context in
+            await self.handle("/v1/factors", request, context) { body in
                 let req = try decodeRequest(FactorsRequest.self, body)
                 let s = try self.settings(req.settings)
                 let r = try await self.factors(image: try self.base64(req.image, "image"), field: "image", settings: s)
@@ -259,8 +277,8 @@ extension ExplanationService {
                     patch_columns: f.grid.columns, patch: f.grid.patch, similarity_embedding_norm: norm)))
             }
         }
-        router.post("/v1/explain") { request, _ in
-            await self.handle("/v1/explain", request) { body in
+        router.post("/v1/explain") { request, context in
+            await self.handle("/v1/explain", request, context) { body in
                 let req = try decodeRequest(ExplainRequest.self, body)
                 let s = try self.settings(req.settings)
                 let (a, _) = try await self.resolve(req.first, "first", s)
@@ -270,8 +288,8 @@ extension ExplanationService {
                 return Self.json(try r.json())
             }
         }
-        router.post("/v1/explain/batch") { request, _ in
-            await self.handle("/v1/explain/batch", request) { body in
+        router.post("/v1/explain/batch") { request, context in
+            await self.handle("/v1/explain/batch", request, context) { body in
                 let req = try decodeRequest(BatchRequest.self, body)
                 guard !req.items.isEmpty else { throw ServiceError(400, "items is empty") }
                 guard req.items.count <= self.configuration.maxBatch else {
@@ -313,13 +331,46 @@ extension ExplanationService {
     }
 }
 
+/// Returns when the connection closes; throws CancellationError as soon as the task is cancelled
+/// (`EventLoopFuture.get()` alone would keep the request's task group waiting for the connection).
+func closedOrCancelled(_ closed: EventLoopFuture<Void>) async throws {
+    final class Once: @unchecked Sendable {
+        let lock = NSLock()
+        var continuation: CheckedContinuation<Void, any Error>?
+        var done = false
+        func finish(_ r: Result<Void, any Error>) {
+            let c: CheckedContinuation<Void, any Error>? = lock.withLock {
+                if done { return nil }
+                done = true
+                defer { continuation = nil }
+                return continuation
+            }
+            c?.resume(with: r)
+        }
+    }
+    let once = Once()
+    try await withTaskCancellationHandler {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            let early = once.lock.withLock { () -> Bool in
+                if once.done { return true }
+                once.continuation = c
+                return false
+            }
+            if early { c.resume(throwing: CancellationError()); return }
+            closed.whenComplete { _ in once.finish(.success(())) }
+        }
+    } onCancel: {
+        once.finish(.failure(CancellationError()))
+    }
+}
+
 /// Unknown paths get a JSON 404, known paths with another method a JSON 405 with `Allow`; both
 /// are counted (route `unmatched`) and logged like every other request.
 struct FallbackMiddleware: RouterMiddleware {
     let service: ExplanationService
 
-    func handle(_ request: Request, context: BasicRequestContext,
-                next: (Request, BasicRequestContext) async throws -> Response) async throws -> Response {
+    func handle(_ request: Request, context: BiLRPRequestContext,
+                next: (Request, BiLRPRequestContext) async throws -> Response) async throws -> Response {
         do {
             return try await next(request, context)
         } catch let e as HTTPError where e.status == .notFound {
