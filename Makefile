@@ -19,7 +19,7 @@ all: build
 
 # Installs the Debian packages that are missing (root, or sudo when available), and the Python
 # test tools (openapi-spec-validator, schemathesis, pinned) in .venv-test.
-setup: .venv-test/ok
+setup: apt-deps .venv-test/ok
 .venv-test/ok: | apt-deps
 	python3 -m venv .venv-test
 	.venv-test/bin/pip install -q "schemathesis==4.32.5" "openapi-spec-validator==0.9.0"

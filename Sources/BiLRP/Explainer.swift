@@ -275,10 +275,10 @@ public final class Explainer: @unchecked Sendable {
             return [.adaptivePool(1, 1, epsilon: Rule.defaultEpsilon, sum: false)]
         case let .randomProjection(h, seed):
             let d = shape.count
-            let w = try SimilarityHead.gaussianMatrix(outputs: h, inputs: d, seed: seed, cancellation: cancellation)
-            return [.flatten, .conv(PreparedConv(
-                index: -1, linear: try Linear(weight: w, bias: nil, inFeatures: d, outFeatures: h),
-                rule: .zero, nonNegativeInput: false, kernels: kernels))]
+            let w = Buffer(count: h * d)
+            try SimilarityHead.drawGaussian(into: w.pointer, outputs: h, inputs: d, seed: seed, cancellation: cancellation)
+            return [.flatten, .conv(PreparedConv(linear: w, bias: nil, inFeatures: d, outFeatures: h, index: -1,
+                                                 rule: .zero, nonNegativeInput: false, kernels: kernels))]
         case let .projection(t):
             let (m, _) = try SimilarityHead.orientProjection(t, featureCount: shape.count)
             return [.flatten, .conv(PreparedConv(

@@ -6,8 +6,11 @@ public struct SplitMix64: Sendable {
     public var state: UInt64
     public init(seed: UInt64) { state = seed }
 
+    /// The increment of the state per draw.
+    public static let gamma: UInt64 = 0x9E37_79B9_7F4A_7C15
+
     public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
+        state &+= Self.gamma
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
@@ -50,16 +53,35 @@ public enum SimilarityHead: Sendable, Equatable {
     /// The same, checking `cancellation` after each row (a large head takes seconds to draw).
     public static func gaussianMatrix(outputs h: Int, inputs d: Int, seed: UInt64, cancellation: Cancellation?) throws
         -> [Float] {
-        var rng = SplitMix64(seed: seed)
+        try [Float](unsafeUninitializedCapacity: h * d) { w, initialized in
+            try drawGaussian(into: w.baseAddress!, outputs: h, inputs: d, seed: seed, cancellation: cancellation)
+            initialized = h * d
+        }
+    }
+
+    /// Draws the matrix into uninitialized memory, rows spread over the cores. Row r starts 2 d r
+    /// draws into the SplitMix64 stream (two uniforms a value, and the generator's state after k
+    /// draws is seed + k gamma), so any split gives the values of the sequential draw. Each row is
+    /// written once (its pages fault in there, not in a zero fill before) and `cancellation` is
+    /// checked before it: at h = 1000 over 524288 features, a row takes about 20 ms.
+    static func drawGaussian(into w: UnsafeMutablePointer<Float>, outputs h: Int, inputs d: Int, seed: UInt64,
+                             cancellation: Cancellation?) throws {
         let scale = 1 / Double(h).squareRoot()
-        var w = [Float](repeating: 0, count: h * d)
-        try w.withUnsafeMutableBufferPointer { p in
-            for row in 0..<h {
-                try cancellation?.check()
-                for j in 0..<d { p[row * d + j] = Float(rng.nextNormal() * scale) }
+        let workers = max(1, min(h, ProcessInfo.processInfo.activeProcessorCount))
+        let next = SharedCounter()
+        let stopped = SharedCounter()
+        nonisolated(unsafe) let w = w  // rows are disjoint
+        DispatchQueue.concurrentPerform(iterations: workers) { _ in
+            while stopped.value == 0 {
+                let row = next.increment() - 1
+                if row >= h { return }
+                if cancellation?.isCancelled == true { stopped.set(1); return }
+                var rng = SplitMix64(seed: seed &+ UInt64(truncatingIfNeeded: 2 * d * row) &* SplitMix64.gamma)
+                let out = w + row * d
+                for j in 0..<d { out[j] = Float(rng.nextNormal() * scale) }
             }
         }
-        return w
+        if stopped.value != 0 { throw BiLRPError.cancelled }
     }
 
     /// Parses `random:H[:SEED]`, `identity`, `sumpool`, `avgpool` (a projection file is loaded by the caller).
@@ -122,4 +144,14 @@ public enum Similarity: String, Sendable, CaseIterable {
     case dot
     /// y = <phi, phi'> / (|phi| |phi'|), explained as the dot product times that constant.
     case cosine
+}
+
+/// A counter shared by the draw's workers.
+final class SharedCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var count = 0
+    /// Adds one and returns the new count.
+    func increment() -> Int { lock.withLock { count += 1; return count } }
+    func set(_ v: Int) { lock.withLock { count = v } }
+    var value: Int { lock.withLock { count } }
 }

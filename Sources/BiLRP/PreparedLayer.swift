@@ -82,20 +82,30 @@ final class PreparedConv: @unchecked Sendable {
     let forward: [WeightModifier: Buffer]
 
     convenience init(index: Int, conv: Conv2d, rule: Rule, nonNegativeInput: Bool, kernels: any Kernels) {
-        self.init(index: index, rule: rule, isLinear: false, conv: conv, weight: conv.weight, bias: conv.bias,
+        self.init(index: index, rule: rule, isLinear: false, conv: conv, weight: Buffer(conv.weight), bias: conv.bias,
                   inChannels: conv.inChannels, outChannels: conv.outChannels,
                   geometry: (conv.kernelH, conv.kernelW, conv.strideH, conv.strideW, conv.padH, conv.padW),
                   nonNegativeInput: nonNegativeInput, kernels: kernels)
     }
 
     convenience init(index: Int, linear: Linear, rule: Rule, nonNegativeInput: Bool, kernels: any Kernels) {
-        self.init(index: index, rule: rule, isLinear: true, conv: nil, weight: linear.weight, bias: linear.bias,
-                  inChannels: linear.inFeatures, outChannels: linear.outFeatures, geometry: (1, 1, 1, 1, 0, 0),
+        self.init(linear: Buffer(linear.weight), bias: linear.bias, inFeatures: linear.inFeatures,
+                  outFeatures: linear.outFeatures, index: index, rule: rule, nonNegativeInput: nonNegativeInput,
+                  kernels: kernels)
+    }
+
+    /// A linear layer whose (out, in) weight is already in a buffer, which it keeps (a similarity
+    /// head of 1000 x 524288 is 2 GB: copying it would take seconds).
+    convenience init(linear weight: Buffer, bias: [Float]?, inFeatures: Int, outFeatures: Int, index: Int, rule: Rule,
+                     nonNegativeInput: Bool, kernels: any Kernels) {
+        precondition(weight.count == inFeatures * outFeatures)
+        self.init(index: index, rule: rule, isLinear: true, conv: nil, weight: weight, bias: bias,
+                  inChannels: inFeatures, outChannels: outFeatures, geometry: (1, 1, 1, 1, 0, 0),
                   nonNegativeInput: nonNegativeInput, kernels: kernels)
     }
 
     private init(
-        index: Int, rule: Rule, isLinear: Bool, conv: Conv2d?, weight: [Float], bias: [Float]?,
+        index: Int, rule: Rule, isLinear: Bool, conv: Conv2d?, weight: Buffer, bias: [Float]?,
         inChannels: Int, outChannels: Int, geometry g: (Int, Int, Int, Int, Int, Int), nonNegativeInput: Bool,
         kernels: any Kernels
     ) {
@@ -103,10 +113,12 @@ final class PreparedConv: @unchecked Sendable {
         self.inChannels = inChannels; self.outChannels = outChannels
         (kernelH, kernelW, strideH, strideW, padH, padW) = g
         let rulePasses = rule.passes(nonNegativeInput: nonNegativeInput)
-        var weights: [WeightModifier: Buffer] = [.identity: Buffer(weight)]
+        var weights: [WeightModifier: Buffer] = [.identity: weight]
         for pass in rulePasses {
             for term in pass.terms where weights[term.weight] == nil {
-                weights[term.weight] = Buffer(weight.map(term.weight.apply))
+                let modified = Buffer(count: weight.count)
+                for i in 0..<weight.count { modified.pointer[i] = term.weight.apply(weight.pointer[i]) }
+                weights[term.weight] = modified
             }
         }
         self.bias = bias.map(Buffer.init)

@@ -32,8 +32,9 @@ public struct ServerConfiguration: Sendable, Codable {
     public var maxConnections = 512
     /// A connection with no request under way for this long is closed.
     public var idleTimeoutSeconds = 30.0
-    /// A request whose header, or whose body, has not fully arrived this long after it started is
-    /// answered 408 and its connection closed (slow clients cannot hold connections open).
+    /// A request head that has not arrived this long after the connection opened, or a body not
+    /// fully arrived this long after its head, gets its connection closed (slow clients cannot hold
+    /// connections open).
     public var headerTimeoutSeconds = 10.0
     public var bodyTimeoutSeconds = 60.0
     /// Bearer token required on /v1 and /metrics when set.

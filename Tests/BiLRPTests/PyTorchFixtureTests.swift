@@ -81,6 +81,20 @@ struct PyTorchFixtureTests {
         expectClose(ours, expected.data, tol: 1e-6, "gaussian seed 7")
     }
 
+    @Test("the parallel draw of the projection (rows jump ahead in the stream) equals the sequential one, bit for bit")
+    func gaussianRowsJumpAhead() throws {
+        let (h, d, seed): (Int, Int, UInt64) = (37, 1001, 12345)
+        var rng = SplitMix64(seed: seed)
+        let scale = 1 / Double(h).squareRoot()
+        let sequential = (0..<(h * d)).map { _ in Float(rng.nextNormal() * scale) }
+        #expect(SimilarityHead.gaussianMatrix(outputs: h, inputs: d, seed: seed) == sequential)
+        let cancelled = Cancellation()
+        cancelled.cancel()
+        #expect(throws: BiLRPError.cancelled) {
+            try SimilarityHead.gaussianMatrix(outputs: h, inputs: d, seed: seed, cancellation: cancelled)
+        }
+    }
+
     @Test("safetensors bf16 and f16 decode to the values PyTorch gives")
     func reducedPrecision() throws {
         let f = try fixture("misc")
