@@ -227,11 +227,11 @@ static void contract_group(void *ctx, long g) {
         }
 }
 
-void ck_cells_contract(int C, int H, int W, const ck_cells *layout, const float *v, int n, const float *R,
-                       float *A, long lda) {
+int ck_cells_contract(int C, int H, int W, const ck_cells *layout, const float *v, int n, const float *R,
+                      float *A, long lda) {
     int groups = (int)ck_min(C, 2 * ck_get_num_threads());
-    float *partial = malloc((size_t)groups * layout->P * n * sizeof(float));
-    if (!partial) abort();
+    float *partial = ck_malloc((size_t)groups * layout->P * n * sizeof(float));
+    if (!partial) return CK_ERROR_MEMORY;
     contract_job j = {C, H, W, n, groups, layout, v, R, partial, ck_isa_active()};
     ck_parallel_for(groups, &j, contract_group);
     for (int p = 0; p < layout->P; p++)
@@ -241,6 +241,7 @@ void ck_cells_contract(int C, int H, int W, const ck_cells *layout, const float 
             A[(long)p * lda + m] = s;
         }
     free(partial);
+    return CK_OK;
 }
 
 // MARK: - Cells in vector lanes

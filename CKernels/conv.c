@@ -194,6 +194,7 @@ static _Thread_local long strip_call = -1, strip_r0 = -1;
 __attribute__((target("avx512f"))) static const float *strip_for(const implicit_job *g, long r0) {
     long Ws = g->Ws, W = g->W, lead = g->lead, plane = g->R * Ws;
     float *s = ck_scratch(2, (size_t)(g->C * plane + Ws + 64));
+    if (!s) { strip_call = -1; return NULL; }
     if (strip_call == g->call && strip_r0 == r0) return s;
     __m512 zero = _mm512_setzero_ps();
     __mmask16 tail = (__mmask16)((1u << (W % 16)) - 1);
@@ -231,10 +232,12 @@ static void implicit_task(void *p, long t) {
     long i0 = m * g->slivers / g->tiles_m * 6, i1 = ck_min((m + 1) * g->slivers / g->tiles_m * 6, g->M);
     block_rows(g, j0, nc, &r0, &r1);
     const float *xs = strip_for(g, r0);
+    if (!xs) return;
     float *out = g->y + i0 * g->N + j0;
     long ldo = g->N;
     if (!g->direct) {
         out = ck_scratch(1, (size_t)g->mct * g->nct);
+        if (!out) return;
         ldo = g->nct;
         // With accumulate (the bias), start from y as the packed path does, so that both sum in
         // the same order and give the same bits: R is sensitive to rounding in z where z is small.
@@ -330,8 +333,8 @@ static void conv_implicit(const float *x, int C, int H, int W, const float *Ap, 
         block_rows(&g, j0, nc, &r0, &r1);
         g.R = ck_max(g.R, r1 - r0 + 1);
     }
-    long *koff = malloc((size_t)CKK * sizeof(long));
-    if (!koff) abort();
+    long *koff = ck_malloc((size_t)CKK * sizeof(long));
+    if (!koff) return;
     for (long k = 0; k < CKK; k++) {
         long c = k / (kh * kw), i = (k / kw) % kh, j = k % kw;
         koff[k] = (c * g.R + i) * g.Ws + j;
@@ -371,16 +374,20 @@ static void forward(const float *x, int C, int H, int W, const float *Ap, const 
     ck_sgemm_prepacked_a(K, (int)N, (int)CKK, Ap, NULL, 0, 0, pack_im2col, &q, y, N, bias != NULL);
 }
 
-void ck_conv2d_forward_packed(const float *x, int C, int H, int W, const float *packed, const float *bias, int K,
-                              int kh, int kw, int sh, int sw, int ph, int pw, float *y) {
+int ck_conv2d_forward_packed(const float *x, int C, int H, int W, const float *packed, const float *bias, int K,
+                             int kh, int kw, int sh, int sw, int ph, int pw, float *y) {
+    unsigned long before = ck_alloc_failures();
     forward(x, C, H, W, packed, bias, K, kh, kw, sh, sw, ph, pw, y);
+    return ck_status_since(before);
 }
 
-void ck_conv2d_forward(const float *x, int C, int H, int W, const float *w, const float *bias, int K,
-                       int kh, int kw, int sh, int sw, int ph, int pw, float *y) {
+int ck_conv2d_forward(const float *x, int C, int H, int W, const float *w, const float *bias, int K,
+                      int kh, int kw, int sh, int sw, int ph, int pw, float *y) {
+    unsigned long before = ck_alloc_failures();
     long CKK = (long)C * kh * kw;
     const float *Ap = K > 0 && CKK > 0 ? ck_gemm_pack_a_shared(ck_isa_active(), K, (int)CKK, w, CKK, 1) : NULL;
-    forward(x, C, H, W, Ap, bias, K, kh, kw, sh, sw, ph, pw, y);
+    if (Ap || K <= 0 || CKK <= 0) forward(x, C, H, W, Ap, bias, K, kh, kw, sh, sw, ph, pw, y);
+    return ck_status_since(before);
 }
 
 static _Thread_local int implicit_off = 0;
@@ -411,29 +418,28 @@ static void backward_map(void *p, long m) {
         return;
     }
     float *cols = ck_scratch(2, (size_t)CKK * N);
+    if (!cols) return;
     ck_sgemm_serial(b->isa, (int)CKK, (int)N, b->K, b->w, 1, CKK, sm, N, 1, cols, N, 0);
     cols_job q = {cm, cols, b->C, b->H, b->W, b->kh, b->kw, b->sh, b->sw, b->ph, b->pw, b->Ho, b->Wo};
     for (long ch = 0; ch < b->C; ch++) col2im_channel(&q, ch);
 }
 
-void ck_conv2d_backward(int n, const float *s, int K, int Ho, int Wo, const float *w, int C, int H,
-                        int W, int kh, int kw, int sh, int sw, int ph, int pw, float *c) {
-    if (n <= 0) return;
+int ck_conv2d_backward(int n, const float *s, int K, int Ho, int Wo, const float *w, int C, int H,
+                       int W, int kh, int kw, int sh, int sw, int ph, int pw, float *c) {
+    if (n <= 0) return CK_OK;
+    unsigned long before = ck_alloc_failures();
     long N = (long)Ho * Wo, CKK = (long)C * kh * kw, HW = (long)H * W;
     // A linear layer (everything 1 x 1): all maps in one product, c (n, C) = s (n, K) W (K, C).
-    if (N == 1 && HW == 1 && kh == 1 && kw == 1) {
-        ck_sgemm(n, C, K, s, K, 1, w, C, 1, c, C, 0);
-        return;
-    }
+    if (N == 1 && HW == 1 && kh == 1 && kw == 1) return ck_sgemm(n, C, K, s, K, 1, w, C, 1, c, C, 0);
     back_job b = {ck_isa_active(), s, w, c, K, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo};
     if (n >= ck_get_num_threads() && n > 1) {
         ck_parallel_for(n, &b, backward_map);
-        return;
+        return ck_status_since(before);
     }
     // Few maps: parallelize inside each product instead.
     int pointwise = is_pointwise(kh, kw, sh, sw, ph, pw);
-    float *cols = pointwise ? NULL : malloc((size_t)CKK * N * sizeof(float));
-    if (!pointwise && !cols) abort();
+    float *cols = pointwise ? NULL : ck_malloc((size_t)CKK * N * sizeof(float));
+    if (!pointwise && !cols) return CK_ERROR_MEMORY;
     for (int m = 0; m < n; m++) {
         const float *sm = s + (long)m * K * N;
         float *cm = c + (long)m * C * HW;
@@ -443,6 +449,7 @@ void ck_conv2d_backward(int n, const float *s, int K, int Ho, int Wo, const floa
         ck_parallel_for(C, &q, col2im_channel);
     }
     free(cols);
+    return ck_status_since(before);
 }
 
 // MARK: Fused direct LRP pass
@@ -474,6 +481,7 @@ static void direct_map(void *p, long m) {
     float *Bp = ck_scratch(0, (size_t)q->K * ncp);
     float *cols = ck_scratch(1, (size_t)q->T * CKK * q->nc);
     float *acc = ck_scratch(2, (size_t)q->T * CHW);
+    if (!Bp || !cols || !acc) return;
     memset(acc, 0, (size_t)(q->T * CHW) * sizeof(float));
     const float *Rm = q->R + m * q->K * N;
     int slivers = (int)((CKK + q->mr - 1) / q->mr);
@@ -503,33 +511,37 @@ static void direct_map(void *p, long m) {
     }
 }
 
-void ck_lrp_direct(int n, const float *R, const float *z, float eps, int K, int Ho, int Wo, int T,
-                   const float *const *w, const float *const *a, float scale, int C, int H, int W, int kh, int kw,
-                   int sh, int sw, int ph, int pw, int accumulate, float *Rin) {
-    if (n <= 0 || T <= 0) return;
+int ck_lrp_direct(int n, const float *R, const float *z, float eps, int K, int Ho, int Wo, int T,
+                  const float *const *w, const float *const *a, float scale, int C, int H, int W, int kh, int kw,
+                  int sh, int sw, int ph, int pw, int accumulate, float *Rin) {
+    if (n <= 0 || T <= 0) return CK_OK;
+    unsigned long before = ck_alloc_failures();
     long N = (long)Ho * Wo, CKK = (long)C * kh * kw, CHW = (long)C * H * W;
     int nt = ck_get_num_threads();
     // Few maps (fewer than two per thread) or a linear layer (one column per map): the separate
     // steps, which parallelize inside a map or run all maps as one product.
     if (n < 2 * nt || N == 1 || K == 0 || CKK == 0) {
-        float *s = malloc((size_t)n * K * N * sizeof(float)), *c = malloc((size_t)n * CHW * sizeof(float));
-        if (!s || !c) abort();
-        ck_lrp_divide(n, K * N, R, z, eps, s);
-        for (int t = 0; t < T; t++) {
-            ck_conv2d_backward(n, s, K, Ho, Wo, w[t], C, H, W, kh, kw, sh, sw, ph, pw, c);
+        float *s = ck_malloc((size_t)n * K * N * sizeof(float)), *c = s ? ck_malloc((size_t)n * CHW * sizeof(float)) : NULL;
+        for (int t = 0; c && t < T; t++) {
+            if (t == 0) ck_lrp_divide(n, K * N, R, z, eps, s);
+            if (ck_conv2d_backward(n, s, K, Ho, Wo, w[t], C, H, W, kh, kw, sh, sw, ph, pw, c) != CK_OK) break;
             ck_lrp_product(n, CHW, a[t], c, scale, Rin, accumulate || t > 0);
         }
         free(s);
         free(c);
-        return;
+        return ck_status_since(before);
     }
     int isa = ck_isa_active();
     float *rz = ck_scratch(6, (size_t)K * N);
+    if (!rz) return CK_ERROR_MEMORY;
     ck_lrp_stab_reciprocal(K * N, z, eps, rz);
     long per = ck_gemm_packed_a_size(isa, (int)CKK, K);
-    float *packed = malloc((size_t)T * per * sizeof(float));
-    const float **ap = malloc((size_t)T * sizeof(float *));
-    if (!packed || !ap) abort();
+    float *packed = ck_malloc((size_t)T * per * sizeof(float));
+    const float **ap = packed ? ck_malloc((size_t)T * sizeof(float *)) : NULL;
+    if (!ap) {
+        free(packed);
+        return CK_ERROR_MEMORY;
+    }
     for (int t = 0; t < T; t++) {
         // A(i, k) = W_t[k, i]: the transpose, read through strides.
         ck_gemm_pack_a(isa, (int)CKK, K, w[t], 1, CKK, packed + t * per);
@@ -543,4 +555,5 @@ void ck_lrp_direct(int n, const float *R, const float *z, float eps, int K, int 
     ck_parallel_for(n, &q, direct_map);
     free(ap);
     free(packed);
+    return ck_status_since(before);
 }

@@ -209,6 +209,7 @@ static void gemm_tile(isa_desc d, long i0, long mc, long j0, long nc, long K, co
     long mcp = (mc + d.mr - 1) / d.mr * d.mr, ncp = (nc + d.nr - 1) / d.nr * d.nr;
     float *pa = ck_scratch(0, (size_t)mcp * KC);
     float *pb = ck_scratch(1, (size_t)ncp * KC);
+    if (!pa || !pb) return;
     for (long k0 = 0, ks = kc_step(K); k0 < K; k0 += ks) {
         long kc = ck_min(ks, K - k0);
         int acc = accumulate || k0 > 0;
@@ -282,6 +283,7 @@ float *ck_gemm_pack_a_shared(int isa, int M, int K, const float *A, long rsa, lo
     isa_desc d = describe(isa);
     long Mp = (long)(M + d.mr - 1) / d.mr * d.mr;
     pack_job q = {d.mr, M, K, Mp, (M + MC - 1) / MC, A, rsa, csa, ck_scratch(7, (size_t)Mp * K)};
+    if (!q.dst) return NULL;
     ck_parallel_for(q.row_blocks * ((K + kc_step(K) - 1) / kc_step(K)), &q, pack_a_task);
     return q.dst;
 }
@@ -294,6 +296,7 @@ static void gemm_task(void *p, long t) {
     long j0 = (t % g->tiles_n) * g->nct, i0 = (t / g->tiles_n) * g->mct;
     long nc = ck_min(g->nct, g->N - j0), i1 = ck_min(i0 + g->mct, g->M);
     float *pb = ck_scratch(1, (size_t)d.nr * KC);
+    if (!pb) return;
     for (long k0 = 0, ks = kc_step(g->K); k0 < g->K; k0 += ks) {
         long kc = ck_min(ks, g->K - k0);
         int acc = g->accumulate || k0 > 0;
@@ -311,9 +314,11 @@ static void gemm_task(void *p, long t) {
     }
 }
 
-void ck_sgemm(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb,
-              long csb, float *C, long ldc, int accumulate) {
+int ck_sgemm(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb,
+             long csb, float *C, long ldc, int accumulate) {
+    unsigned long before = ck_alloc_failures();
     ck_sgemm_packer(M, N, K, A, rsa, csa, B, rsb, csb, NULL, NULL, C, ldc, accumulate);
+    return ck_status_since(before);
 }
 
 void ck_sgemm_packer(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb,
@@ -321,6 +326,7 @@ void ck_sgemm_packer(int M, int N, int K, const float *A, long rsa, long csa, co
     if (degenerate(M, N, K, C, ldc, accumulate)) return;
     // A packed once, shared (thread-local scratch of the caller; tasks only read it).
     const float *Ap = ck_gemm_pack_a_shared(ck_isa_active(), M, K, A, rsa, csa);
+    if (!Ap) return;
     ck_sgemm_prepacked_a(M, N, K, Ap, B, rsb, csb, packer, pctx, C, ldc, accumulate);
 }
 

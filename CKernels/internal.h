@@ -22,7 +22,17 @@ void ck_parallel_for_ranges(long n, void *ctx, ck_task_fn fn);
 /// 2: conv columns, row buffers and the forward's padded strips, 3: transform rows, 4-5: Winograd
 /// V and M (calling thread; the sparse backward's packed s and indices on the calling thread, 2-3
 /// its row lists and tiles).
+/// NULL when the allocation fails (noted as by ck_malloc): the caller skips its work.
 float *ck_scratch(int slot, size_t floats);
+
+/// Allocation failures: what fails returns NULL and is noted for the calling thread (inside a
+/// parallel task: for the region, and so for its caller). An entry point takes
+/// `unsigned long before = ck_alloc_failures()` first and returns `ck_status_since(before)`:
+/// CK_ERROR_MEMORY when anything it (or its tasks) allocated failed, and its outputs are undefined.
+void *ck_malloc(size_t bytes);
+void ck_note_alloc_failure(void);
+unsigned long ck_alloc_failures(void);
+int ck_status_since(unsigned long before);
 
 /// Column panel width of the GEMM micro-kernel for an ISA.
 int ck_gemm_nr(int isa);

@@ -31,6 +31,6 @@ void ck_patch_pool(int n, const float *R, int C, int H, int W, int patch, float 
     ck_parallel_for(n, &q, patch_map);
 }
 
-void ck_pair_product(int P, int Q, int h, const float *A, const float *B, float *R) {
-    ck_sgemm(P, Q, h, A, h, 1, B, 1, h, R, Q, 0);
+int ck_pair_product(int P, int Q, int h, const float *A, const float *B, float *R) {
+    return ck_sgemm(P, Q, h, A, h, 1, B, 1, h, R, Q, 0);
 }

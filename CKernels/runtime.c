@@ -104,10 +104,49 @@ typedef struct {
     int nr;
     void *ctx;
     ck_task_fn fn;
+    _Atomic int failed;   // a task's allocation failed
+    size_t limit;         // the caller's allocation limit, for the workers
 } pf_state;
+
+// MARK: Allocation failures
+
+// Failed allocations (ck_malloc, ck_scratch) of calls made from this thread, counted so an entry
+// point can tell whether any happened during it (nested calls do not reset anything). A worker
+// thread running a parallel region's tasks reports into the region instead, and the region into
+// its caller when it ends.
+static _Thread_local unsigned long failures;
+static _Thread_local _Atomic int *region_failed;
+static _Thread_local size_t alloc_limit;  // bytes; 0: none (ck_set_thread_alloc_limit)
+
+void ck_note_alloc_failure(void) {
+    failures++;
+    if (region_failed) atomic_store(region_failed, 1);
+}
+
+unsigned long ck_alloc_failures(void) { return failures; }
+
+int ck_status_since(unsigned long before) { return failures != before ? CK_ERROR_MEMORY : CK_OK; }
+
+size_t ck_set_thread_alloc_limit(size_t bytes) {
+    size_t previous = alloc_limit;
+    alloc_limit = bytes;
+    return previous;
+}
+
+static int over_limit(size_t bytes) { return alloc_limit && bytes > alloc_limit; }
+
+void *ck_malloc(size_t bytes) {
+    void *p = over_limit(bytes) ? NULL : malloc(bytes ? bytes : 1);
+    if (!p) ck_note_alloc_failure();
+    return p;
+}
 
 static void pf_worker(void *p, size_t worker) {
     pf_state *st = p;
+    _Atomic int *outer = region_failed;
+    size_t outer_limit = alloc_limit;
+    region_failed = &st->failed;
+    alloc_limit = st->limit;
     for (int r = 0; r < st->nr; r++) {
         long k = ((long)worker + r) % st->nr, end = (k + 1) * st->n / st->nr;
         for (;;) {
@@ -116,6 +155,8 @@ static void pf_worker(void *p, size_t worker) {
             st->fn(st->ctx, i);
         }
     }
+    region_failed = outer;
+    alloc_limit = outer_limit;
 }
 
 // One run shared by all threads (ck_parallel_for) or one per thread (ck_parallel_for_ranges).
@@ -130,9 +171,12 @@ static void parallel_runs(long n, void *ctx, ck_task_fn fn, int run_per_thread) 
     pf_run one;
     int nr = run_per_thread ? nt : 1;
     pf_run *runs = nr == 1 ? &one : aligned_alloc(64, (size_t)nr * sizeof(pf_run));
-    if (!runs) abort();
+    if (!runs) {  // a few cache lines: without them, the same tasks in order on this thread
+        for (long i = 0; i < n; i++) fn(ctx, i);
+        return;
+    }
     for (int k = 0; k < nr; k++) atomic_init(&runs[k].next, k * n / nr);
-    pf_state st = {runs, n, nr, ctx, fn};
+    pf_state st = {runs, n, nr, ctx, fn, 0, alloc_limit};
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
     pf_worker(&st, (size_t)omp_get_thread_num());
@@ -140,6 +184,7 @@ static void parallel_runs(long n, void *ctx, ck_task_fn fn, int run_per_thread) 
     dispatch_apply_f((size_t)nt, NULL, &st, pf_worker);
 #endif
     if (runs != &one) free(runs);
+    if (atomic_load(&st.failed)) ck_note_alloc_failure();
 }
 
 void ck_parallel_for(long n, void *ctx, ck_task_fn fn) { parallel_runs(n, ctx, fn, 0); }
@@ -152,12 +197,16 @@ static _Thread_local float *scratch_ptr[8];
 static _Thread_local size_t scratch_len[8];
 
 float *ck_scratch(int slot, size_t floats) {
+    size_t bytes = ((floats * sizeof(float) + 63) / 64) * 64;
+    if (over_limit(bytes)) {  // as if it were allocated now, whatever the slot holds
+        ck_note_alloc_failure();
+        return NULL;
+    }
     if (floats > scratch_len[slot]) {
         free(scratch_ptr[slot]);
-        size_t bytes = ((floats * sizeof(float) + 63) / 64) * 64;
         scratch_ptr[slot] = aligned_alloc(64, bytes);
-        if (!scratch_ptr[slot]) { scratch_len[slot] = 0; abort(); }
-        scratch_len[slot] = floats;
+        scratch_len[slot] = scratch_ptr[slot] ? floats : 0;
+        if (!scratch_ptr[slot]) ck_note_alloc_failure();
     }
     return scratch_ptr[slot];
 }

@@ -69,6 +69,7 @@ static void flag_plane(void *p, long k) {
         long P = (long)j->Hp * j->Wp;
         const int32_t *am = j->argmax + k * P;
         int32_t *fw = (int32_t *)ck_scratch(2, (size_t)P);
+        if (!fw) return;
         memset(fw, 0, (size_t)P * sizeof(int32_t));
         for (long m = 0; m < j->n; m++) {
             const float *r = j->R + (m * j->K + k) * P;
@@ -101,6 +102,7 @@ static void number_row(void *p, long qy) {
     const sp_job *j = p;
     long Wo = j->Wo, Q = j->Q, K = j->K;
     int32_t *restrict next = (int32_t *)ck_scratch(2, (size_t)Wo + 1);
+    if (!next) return;
     int32_t *restrict klist = j->klist, *restrict f = j->ent + qy * Wo;
     int32_t *spare = next + Wo;
     memcpy(next, j->cnt + qy * Wo, (size_t)Wo * sizeof(int32_t));
@@ -337,6 +339,8 @@ static void row_task(void *p, long task) {
     long W16 = ((long)j->W + 15) / 16 * 16;
     long maxEntries = (long)j->W * j->kh * j->kw * j->K;
     int32_t *lists = (int32_t *)ck_scratch(2, (size_t)(2 * maxEntries + j->W + 1));
+    float *T = ck_scratch(3, (size_t)W16 * (j->mr * j->cw + 16));
+    if (!lists || !T) return;
     int32_t *lw = lists, *le = lists + maxEntries, *start = lists + 2 * maxEntries;
     long cnt = 0;
     for (long x = 0; x < j->W; x++) {
@@ -357,7 +361,6 @@ static void row_task(void *p, long task) {
         }
     }
     start[j->W] = (int32_t)cnt;
-    float *T = ck_scratch(3, (size_t)W16 * (j->mr * j->cw + 16));
     float *tmp = T + W16 * j->mr * j->cw;
     sp_uk uk = kernel_for(j->isa, j->mr, j->cw);
     long tileStride = (long)j->kh * j->kw * j->K * SP_LD;
@@ -375,10 +378,14 @@ static void row_task(void *p, long task) {
     }
 }
 
-void ck_sparse_lrp(int n, const float *R, const int32_t *argmax, int Hp, int Wp, const float *z, float eps, int K,
-                   int Ho, int Wo, const float *Wb, int C, int H, int W, int kh, int kw, int ph, int pw,
-                   const float *a, float scale, int accumulate, float *Rin) {
-    if (n <= 0) return;
+int ck_sparse_lrp(int n, const float *R, const int32_t *argmax, int Hp, int Wp, const float *z, float eps, int K,
+                  int Ho, int Wo, const float *Wb, int C, int H, int W, int kh, int kw, int ph, int pw,
+                  const float *a, float scale, int accumulate, float *Rin) {
+    if (n <= 0) return CK_OK;
+    // The phases build index lists the next ones follow: after a failed allocation, stop.
+    unsigned long before = ck_alloc_failures();
+#define SPARSE_CHECK() \
+    if (ck_alloc_failures() != before) return CK_ERROR_MEMORY
     sp_job j = {0};
     j.isa = ck_isa_active();
     j.n = n; j.K = K; j.Ho = Ho; j.Wo = Wo; j.C = C; j.H = H; j.W = W; j.kh = kh; j.kw = kw; j.ph = ph; j.pw = pw;
@@ -391,14 +398,16 @@ void ck_sparse_lrp(int n, const float *R, const int32_t *argmax, int Hp, int Wp,
     j.R = R; j.argmax = argmax; j.Hp = Hp; j.Wp = Wp;
     j.Wb = Wb; j.a = a; j.scale = scale; j.accumulate = accumulate; j.Rin = Rin;
     float *rz = ck_scratch(6, (size_t)K * j.Q);
-    ck_lrp_stab_reciprocal((long)K * j.Q, z, eps, rz);
-    j.rz = rz;
     // Slot 5 (the Winograd M of this thread, idle here): flags / entry numbers, counts, channels.
     int32_t *idx = (int32_t *)ck_scratch(5, (size_t)(2 * K * j.Q + j.Q + 1));
+    SPARSE_CHECK();
+    ck_lrp_stab_reciprocal((long)K * j.Q, z, eps, rz);
+    j.rz = rz;
     j.ent = idx;
     j.cnt = idx + K * j.Q;
     j.klist = j.cnt + j.Q + 1;
     ck_parallel_for(K, &j, flag_plane);
+    SPARSE_CHECK();
     ck_parallel_for(Ho, &j, count_row);
     long total = 0;
     for (long q = 0; q < j.Q; q++) {
@@ -412,7 +421,9 @@ void ck_sparse_lrp(int n, const float *R, const int32_t *argmax, int Hp, int Wp,
         ck_parallel_for(Ho, &j, number_row);
         // Slot 4 (the Winograd V of this thread, idle here): the packed s.
         j.S = ck_scratch(4, (size_t)(j.tiles * j.mr * total));
+        SPARSE_CHECK();
         ck_parallel_for(K, &j, pack_plane);
+        SPARSE_CHECK();
     }
     // Column tiles per task: as many as keep their weights within SP_GROUP_BYTES (the packed s of
     // a map tile is then read once per row for all of them), dividing the tiles evenly.
@@ -421,4 +432,6 @@ void ck_sparse_lrp(int n, const float *R, const int32_t *argmax, int Hp, int Wp,
     for (long g = ctiles; g > 1; g--)
         if (ctiles % g == 0 && g * slice <= SP_GROUP_BYTES) { j.group = (int)g; break; }
     ck_parallel_for((long)H * (ctiles / j.group), &j, row_task);
+    return ck_status_since(before);
+#undef SPARSE_CHECK
 }

@@ -55,11 +55,11 @@ static const float G[6][3] = {
 
 long ck_winograd_weights_size(int K, int C) { return 36L * ck_gemm_packed_a_size(CK_ISA_PORTABLE, K, C); }
 
-void ck_winograd_weights(const float *w, int K, int C, int transpose, float *U) {
+int ck_winograd_weights(const float *w, int K, int C, int transpose, float *U) {
     // transpose: w is a forward weight (Kf, Cf, 3, 3) and U is for its adjoint: K = Cf outputs,
     // C = Kf inputs, kernel flipped in both axes.
-    float *u = malloc(36 * (size_t)K * C * sizeof(float));  // U[xi][k][c], then packed per xi
-    if (!u) abort();
+    float *u = ck_malloc(36 * (size_t)K * C * sizeof(float));  // U[xi][k][c], then packed per xi
+    if (!u) return CK_ERROR_MEMORY;
     for (int k = 0; k < K; k++)
         for (int c = 0; c < C; c++) {
             float g[3][3];
@@ -80,6 +80,7 @@ void ck_winograd_weights(const float *w, int K, int C, int transpose, float *U) 
     for (int xi = 0; xi < 36; xi++)
         ck_gemm_pack_a(CK_ISA_PORTABLE, K, C, u + (long)xi * K * C, C, 1, U + xi * per);
     free(u);
+    return CK_OK;
 }
 
 typedef struct {
@@ -177,6 +178,7 @@ static inline void unpool_row(const wino_job *j, int yy, int x0, int lo, int hi,
 static inline __attribute__((always_inline)) void input_body(wino_job *j, long c) {
     const int tw = j->tw;
     float *buf = ck_scratch(3, (size_t)12 * (4 * tw + 2));
+    if (!buf) return;
     long plane = (long)j->H * j->W;
     for (long g = j->g0, end = j->g0 + j->T; g < end;) {
         long gr = g / tw, m = gr / j->th;
@@ -564,6 +566,7 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void input_avx512(vo
     wino_job *j = p;
     const int tw = j->tw;
     float *buf = ck_scratch(3, 64);
+    if (!buf) return;
     for (long g = j->g0, end = j->g0 + j->T; g < end;) {
         long gr = g / tw, m = gr / j->th;
         int ty = (int)(gr % j->th), tx0 = (int)(g % tw);
@@ -606,6 +609,7 @@ static inline __attribute__((always_inline)) void output_body(wino_job *j, long 
     const int tw = j->tw;
     float *f = ck_scratch(3, (size_t)6 * 4 * tw);
     float *row = ck_scratch(2, (size_t)4 * tw);
+    if (!f || !row) return;
     long plane = (long)j->H * j->W;
     long st = (long)j->Kr * j->Tp;
     for (long g = j->g0, end = j->g0 + j->T; g < end;) {
@@ -720,23 +724,23 @@ typedef struct {
     int Ho, Wo, sh, sw;
 } unpool;
 
-static void winograd(int n, const float *x, const float *z, float eps, int C, int H, int W, const float *U, int K,
-                     const float *a, float scale, int accumulate, float *y, const unpool *up);
+static int winograd(int n, const float *x, const float *z, float eps, int C, int H, int W, const float *U, int K,
+                    const float *a, float scale, int accumulate, float *y, const unpool *up);
 
-void ck_winograd_conv3x3(int n, const float *x, int C, int H, int W, const float *U, int K, float *y) {
-    winograd(n, x, NULL, 0, C, H, W, U, K, NULL, 1, 0, y, NULL);
+int ck_winograd_conv3x3(int n, const float *x, int C, int H, int W, const float *U, int K, float *y) {
+    return winograd(n, x, NULL, 0, C, H, W, U, K, NULL, 1, 0, y, NULL);
 }
 
-void ck_winograd_lrp(int n, const float *R, const float *z, float eps, int C, int H, int W, const float *U, int K,
-                     const float *a, float scale, int accumulate, float *Rin) {
-    winograd(n, R, z, eps, C, H, W, U, K, a, scale, accumulate, Rin, NULL);
+int ck_winograd_lrp(int n, const float *R, const float *z, float eps, int C, int H, int W, const float *U, int K,
+                    const float *a, float scale, int accumulate, float *Rin) {
+    return winograd(n, R, z, eps, C, H, W, U, K, a, scale, accumulate, Rin, NULL);
 }
 
-void ck_winograd_lrp_unpool(int n, const float *Rp, const int32_t *argmax, int Ho, int Wo, int sh, int sw,
-                            const float *z, float eps, int C, int H, int W, const float *U, int K, const float *a,
-                            float scale, int accumulate, float *Rin) {
+int ck_winograd_lrp_unpool(int n, const float *Rp, const int32_t *argmax, int Ho, int Wo, int sh, int sw,
+                           const float *z, float eps, int C, int H, int W, const float *U, int K, const float *a,
+                           float scale, int accumulate, float *Rin) {
     unpool up = {argmax, Ho, Wo, sh, sw};
-    winograd(n, Rp, z, eps, C, H, W, U, K, a, scale, accumulate, Rin, &up);
+    return winograd(n, Rp, z, eps, C, H, W, U, K, a, scale, accumulate, Rin, &up);
 }
 
 static _Thread_local int schedule_override = CK_WINOGRAD_AUTO;
@@ -796,6 +800,7 @@ static void fused_unit(void *p, long u) {
     int kb = (FUSED_K + j.mr - 1) / j.mr * j.mr;
     j.V = ck_scratch(4, 36 * (size_t)j.C * j.Tp);
     j.M = ck_scratch(5, 36 * (size_t)kb * j.Tp);
+    if (!j.V || !j.M) return;
     for (long c = 0; c < j.C; c++) f->in(&j, c);
     zero_tail(&j);
     for (j.k0 = 0; j.k0 < j.K; j.k0 += kb) {
@@ -805,9 +810,10 @@ static void fused_unit(void *p, long u) {
     }
 }
 
-static void winograd(int n, const float *x, const float *z, float eps, int C, int H, int W, const float *U, int K,
-                     const float *a, float scale, int accumulate, float *y, const unpool *up) {
-    if (n <= 0) return;
+static int winograd(int n, const float *x, const float *z, float eps, int C, int H, int W, const float *U, int K,
+                    const float *a, float scale, int accumulate, float *y, const unpool *up) {
+    if (n <= 0) return CK_OK;
+    unsigned long before = ck_alloc_failures();
     float *unpooled = NULL;
     int th = (H + 3) / 4, tw = (W + 3) / 4;
     int isa = ck_isa_active();
@@ -818,6 +824,7 @@ static void winograd(int n, const float *x, const float *z, float eps, int C, in
     float *rz = NULL;
     if (z) {
         rz = ck_scratch(6, (size_t)C * H * W);
+        if (!rz) return CK_ERROR_MEMORY;
         ck_lrp_stab_reciprocal((long)C * H * W, z, eps, rz);
     }
     wino_job j = {isa, x, U, y, NULL, NULL, C, K, H, W, th, tw, 0, 0, 0, 0, K, rz, a, eps, scale, accumulate,
@@ -836,8 +843,8 @@ static void winograd(int n, const float *x, const float *z, float eps, int C, in
     }
     if (up && lanes) {
         // The lane transforms gather their inputs: unpool first (small maps, a small block).
-        unpooled = malloc((size_t)n * C * H * W * sizeof(float));
-        if (!unpooled) abort();
+        unpooled = ck_malloc((size_t)n * C * H * W * sizeof(float));
+        if (!unpooled) return CK_ERROR_MEMORY;
         ck_maxpool_backward(n, x, C, up->Ho, up->Wo, up->argmax, H, W, unpooled);
         j.x = unpooled;
     } else if (up) {
@@ -849,7 +856,7 @@ static void winograd(int n, const float *x, const float *z, float eps, int C, in
         fused_job f = {j, total, in, out};
         ck_parallel_for((total + FUSED_TILES - 1) / FUSED_TILES, &f, fused_unit);
         free(unpooled);
-        return;
+        return ck_status_since(before);
     }
     // Chunked: super-chunks whose V and M together stay near 48 MiB, in whole panels (any tile
     // range works): chunks of whole tile rows left a partial last panel in every chunk, computed
@@ -862,7 +869,7 @@ static void winograd(int n, const float *x, const float *z, float eps, int C, in
     // the transforms.
     j.V = ck_scratch(4, 36 * (size_t)C * Tmax);
     j.M = ck_scratch(5, 36 * (size_t)K * Tmax);
-    for (long g0 = 0; g0 < total; g0 += Tmax) {
+    for (long g0 = 0; j.V && j.M && g0 < total; g0 += Tmax) {
         j.g0 = g0;
         j.T = ck_min(Tmax, total - g0);
         j.Tp = (j.T + nr - 1) / nr * nr;
@@ -872,4 +879,5 @@ static void winograd(int n, const float *x, const float *z, float eps, int C, in
         ck_parallel_for(K, &j, out);
     }
     free(unpooled);
+    return ck_status_since(before);
 }

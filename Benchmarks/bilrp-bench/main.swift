@@ -249,7 +249,7 @@ for t in threadCounts.sorted() {
         let wt = (0..<(k * c * 9)).map { _ in Float(r.nextNormal()) }
         CKernelsBackend.threads = t
         let kernels = CKernelsBackend(), packed = kernels.prepareForward(weight: wt, g)!
-        kernels.convForward(x, g, prepared: packed, bias: nil, y)
+        try kernels.convForward(x, g, prepared: packed, bias: nil, y)
         let flops = 2.0 * Double(g.outCount) * Double(c * 9)
         var rates: [Double] = [], peaks: [Double] = [], ratios: [Double] = []
         for _ in 0..<7 {
@@ -258,7 +258,7 @@ for t in threadCounts.sorted() {
             // wake-up and refilling the caches with the image and weights, which an explanation's
             // layer-after-layer calls do not.
             let s = (0..<3).map { _ in
-                seconds { kernels.convForward(x, g, prepared: packed, bias: nil, y) }
+                seconds { try! kernels.convForward(x, g, prepared: packed, bias: nil, y) }
             }.min()!
             rates.append(flops / s * 1e-9); peaks.append(pk); ratios.append(flops / s * 1e-9 / max(pk, 1))
         }
@@ -278,7 +278,7 @@ do {
     let k = CKernelsBackend()
     var times: [Double] = []
     for _ in 0..<201 {
-        times.append(seconds { R.withUnsafeMutableBufferPointer { k.pairProduct(p: 256, q: 256, h: outputs, a, b, $0.baseAddress!) } })
+        times.append(seconds { R.withUnsafeMutableBufferPointer { try! k.pairProduct(p: 256, q: 256, h: outputs, a, b, $0.baseAddress!) } })
     }
     print("")
     print("pair from cached factors (256 x 256 patches, h = \(outputs)): median \(f(median(times) * 1e3, 3)) ms over 200 runs")

@@ -22,6 +22,15 @@
 extern "C" {
 #endif
 
+// MARK: - Status
+/// Entry points that allocate (scratch, packed copies, column buffers) return CK_OK, or
+/// CK_ERROR_MEMORY when an allocation failed: the call then did only part of its work and its
+/// outputs are undefined. They never abort the process.
+enum { CK_OK = 0, CK_ERROR_MEMORY = 1 };
+/// For tests: allocations for calls made from this thread (their parallel tasks included) of more
+/// than `bytes` fail as if malloc had failed, also where a scratch buffer already holds that much;
+/// 0 removes the limit. Returns the previous limit.
+size_t ck_set_thread_alloc_limit(size_t bytes);
 // MARK: - Machine
 
 enum { CK_ISA_PORTABLE = 0, CK_ISA_AVX2 = 1, CK_ISA_AVX512 = 2 };
@@ -49,14 +58,14 @@ double ck_fma_peak_gflops(int threads);
 /// C(i, j) = [C(i, j) +] sum_k A(i, k) B(k, j), with A(i, k) = A[i * rsa + k * csa],
 /// B(k, j) = B[k * rsb + j * csb] and C(i, j) = C[i * ldc + j]. Any strides: transposes are free.
 /// Parallel over tiles of C.
-void ck_sgemm(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb,
+int ck_sgemm(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb,
               long csb, float *C, long ldc, int accumulate);
 
 // MARK: - Convolution
 
 /// y (K, Ho, Wo) = conv2d(x (C, H, W), w (K, C, kh, kw)) + bias (nullable), cross-correlation as in
 /// PyTorch, zero padding. Ho = (H + 2 ph - kh) / sh + 1.
-void ck_conv2d_forward(const float *x, int C, int H, int W, const float *w, const float *bias, int K,
+int ck_conv2d_forward(const float *x, int C, int H, int W, const float *w, const float *bias, int K,
                        int kh, int kw, int sh, int sw, int ph, int pw, float *y);
 
 /// Floats of a convolution weight (K, C, kh, kw) packed by ck_conv_weights.
@@ -66,7 +75,7 @@ long ck_conv_weights_size(int K, int C, int kh, int kw);
 /// as the whole product on a 16 x 16 map).
 void ck_conv_weights(const float *w, int K, int C, int kh, int kw, float *packed);
 /// ck_conv2d_forward with the weight packed by ck_conv_weights. Same bits.
-void ck_conv2d_forward_packed(const float *x, int C, int H, int W, const float *packed, const float *bias, int K,
+int ck_conv2d_forward_packed(const float *x, int C, int H, int W, const float *packed, const float *bias, int K,
                               int kh, int kw, int sh, int sw, int ph, int pw, float *y);
 
 /// Stride-1 convolutions on AVX-512 run as an implicit GEMM (the micro-kernel reads im2col rows in
@@ -78,7 +87,7 @@ int ck_conv_implicit_enabled(void);
 /// The relevance backward of a convolution for a block of n maps: c (n, C, H, W) = conv2d^T(s (n, K,
 /// Ho, Wo), w), the adjoint of ck_conv2d_forward without bias (what autograd computes as the input
 /// gradient). Output positions of the forward that no window covers get 0.
-void ck_conv2d_backward(int n, const float *s, int K, int Ho, int Wo, const float *w, int C, int H,
+int ck_conv2d_backward(int n, const float *s, int K, int Ho, int Wo, const float *w, int C, int H,
                         int W, int kh, int kw, int sh, int sw, int ph, int pw, float *c);
 
 /// One LRP pass through any convolution (or linear layer as 1 x 1) by the direct path, fused: for
@@ -86,7 +95,7 @@ void ck_conv2d_backward(int n, const float *s, int K, int Ho, int Wo, const floa
 /// Rin (n, C, H, W) = [Rin +] scale * sum_t a[t] * conv^T_t(R / stab(z)), with R (n, K, Ho, Wo) and
 /// z (K, Ho, Wo) shared by the n maps. s is packed for the GEMM straight from R and z and shared by
 /// the terms (the input layer's z^B rule has three).
-void ck_lrp_direct(int n, const float *R, const float *z, float eps, int K, int Ho, int Wo, int T,
+int ck_lrp_direct(int n, const float *R, const float *z, float eps, int K, int Ho, int Wo, int T,
                    const float *const *w, const float *const *a, float scale, int C, int H, int W, int kh, int kw,
                    int sh, int sw, int ph, int pw, int accumulate, float *Rin);
 
@@ -96,15 +105,15 @@ long ck_winograd_weights_size(int K, int C);
 /// ck_winograd_weights_size) for a 3x3 convolution. transpose = 0: w is (K, C, 3, 3)
 /// and U is for that convolution; transpose = 1: w is a forward weight (C, K, 3, 3) and U is for its
 /// adjoint (the relevance backward: K = the forward's input channels). Once per layer and rule.
-void ck_winograd_weights(const float *w, int K, int C, int transpose, float *U);
+int ck_winograd_weights(const float *w, int K, int C, int transpose, float *U);
 /// y (n, K, H, W) = conv2d(x (n, C, H, W)) with a 3x3 kernel, stride 1, zero padding 1, by Winograd
 /// F(4x4, 3x3) from U of ck_winograd_weights. About 4x fewer multiplications than direct.
-void ck_winograd_conv3x3(int n, const float *x, int C, int H, int W, const float *U, int K, float *y);
+int ck_winograd_conv3x3(int n, const float *x, int C, int H, int W, const float *U, int K, float *y);
 /// One LRP term through a 3x3/s1/p1 layer, fused: s = R / stab(z) on loading (z (C, H, W) shared by
 /// the n maps; R (n, C, H, W) is the relevance at the layer output), c = conv^T(s) by Winograd, and
 /// Rin (n, K, H, W) = [Rin +] scale * a * c on storing (a (K, H, W) shared, NULL for 1). Saves the
 /// separate element-wise passes over the whole block.
-void ck_winograd_lrp(int n, const float *R, const float *z, float eps, int C, int H, int W, const float *U, int K,
+int ck_winograd_lrp(int n, const float *R, const float *z, float eps, int C, int H, int W, const float *U, int K,
                      const float *a, float scale, int accumulate, float *Rin);
 
 /// ck_winograd_lrp for a layer followed by a max-pool with non-overlapping sh x sw windows (no
@@ -112,7 +121,7 @@ void ck_winograd_lrp(int n, const float *R, const float *z, float eps, int C, in
 /// winners (ck_maxpool_forward); the winner-take-all unpooling happens on loading, so the
 /// unpooled block (3 zeros in 4) is never written and read back. Same results as
 /// ck_maxpool_backward then ck_winograd_lrp. z is required.
-void ck_winograd_lrp_unpool(int n, const float *Rp, const int32_t *argmax, int Ho, int Wo, int sh, int sw,
+int ck_winograd_lrp_unpool(int n, const float *Rp, const int32_t *argmax, int Ho, int Wo, int sh, int sw,
                             const float *z, float eps, int C, int H, int W, const float *U, int K, const float *a,
                             float scale, int accumulate, float *Rin);
 
@@ -130,7 +139,7 @@ void ck_sparse_weights(const float *w, int K, int C, int kh, int kw, float *Wb);
 /// unpooled on packing. An entry (k, q) is skipped when every map's relevance there is zero, so the
 /// cost per map is the direct convolution's times the density of the relevance. Sums in a
 /// different order than the direct path (rounding only).
-void ck_sparse_lrp(int n, const float *R, const int32_t *argmax, int Hp, int Wp, const float *z, float eps, int K,
+int ck_sparse_lrp(int n, const float *R, const int32_t *argmax, int Hp, int Wp, const float *z, float eps, int K,
                    int Ho, int Wo, const float *Wb, int C, int H, int W, int kh, int kw, int ph, int pw,
                    const float *a, float scale, int accumulate, float *Rin);
 
@@ -208,7 +217,7 @@ void ck_cells_unpool(int C, int H, int W, int Ho, int Wo, const int32_t *argmax,
                      const float *pre, const ck_cells *post_layout, float *post);
 /// A[p * lda + m] = sum over channels and the in-map pixels of cell p of v * R[m] (R (n, C, H, W)),
 /// for m < n: the P cell vectors against a block of n relevance maps.
-void ck_cells_contract(int C, int H, int W, const ck_cells *layout, const float *v, int n, const float *R,
+int ck_cells_contract(int C, int H, int W, const ck_cells *layout, const float *v, int n, const float *R,
                        float *A, long lda);
 /// ck_cells_contract with 16 cells of a grid row in the lanes of a vector, for layouts whose cells
 /// sit at unit steps: in each grid row the same origin row, origins one column apart (the patch
@@ -227,7 +236,7 @@ void ck_cells_contract_lanes(int C, int H, int W, const ck_cells *layout, const 
 /// Ph = ceil(H / patch): border patches of a side that is not a multiple are smaller.
 void ck_patch_pool(int n, const float *R, int C, int H, int W, int patch, float *out);
 /// R (P, Q) = A (P, h) * B (Q, h)^T, both row-major.
-void ck_pair_product(int P, int Q, int h, const float *A, const float *B, float *R);
+int ck_pair_product(int P, int Q, int h, const float *A, const float *B, float *R);
 
 #ifdef __cplusplus
 }

@@ -25,12 +25,12 @@ public struct CellLayout: Sendable, Equatable {
     }
 
     /// Calls body with the C view of this layout.
-    func withC<R>(_ body: (UnsafePointer<ck_cells>) -> R) -> R {
-        originY.withUnsafeBufferPointer { oy in
-            originX.withUnsafeBufferPointer { ox in
+    func withC<R>(_ body: (UnsafePointer<ck_cells>) throws -> R) rethrows -> R {
+        try originY.withUnsafeBufferPointer { oy in
+            try originX.withUnsafeBufferPointer { ox in
                 var l = ck_cells(P: Int32(count), gc: Int32(gridColumns), ch: Int32(cellHeight), cw: Int32(cellWidth),
                                  oy: oy.baseAddress, ox: ox.baseAddress)
-                return body(&l)
+                return try body(&l)
             }
         }
     }

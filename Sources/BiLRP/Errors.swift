@@ -12,6 +12,8 @@ public enum BiLRPError: Error, Sendable, Equatable, CustomStringConvertible {
     case limitExceeded(String)
     /// The caller's `Cancellation` was set while the explanation ran.
     case cancelled
+    /// A kernel could not allocate its working memory (the explanation stopped; nothing aborted).
+    case outOfMemory(String)
 
     public var description: String {
         switch self {
@@ -35,6 +37,8 @@ public enum BiLRPError: Error, Sendable, Equatable, CustomStringConvertible {
             return message
         case .cancelled:
             return "the explanation was cancelled"
+        case let .outOfMemory(message):
+            return "out of memory: \(message)"
         }
     }
 }

@@ -75,13 +75,13 @@ public final class Explainer: @unchecked Sendable {
                     }
                 }
                 rules[item.index] = rule
-                prepared.append(.conv(PreparedConv(
+                prepared.append(.conv(try PreparedConv(
                     index: item.index, conv: conv, rule: rule, nonNegativeInput: nonNegative, kernels: kernels)))
                 nonNegative = false
             case let .linear(lin):
                 if rule == .zBox { throw BiLRPError.unsupported("rule zb on linear layer \(item.index)") }
                 rules[item.index] = rule
-                prepared.append(.conv(PreparedConv(
+                prepared.append(.conv(try PreparedConv(
                     index: item.index, linear: lin, rule: rule, nonNegativeInput: nonNegative, kernels: kernels)))
                 nonNegative = false
             case .relu:
@@ -155,7 +155,7 @@ public final class Explainer: @unchecked Sendable {
             profile.layers = all.enumerated().map { (i, l) in (l.name(trace.shapes[i]), 0) }
         }
         profile?.patchSideLayers = k
-        var sides = k > 0 ? patchSide(trace, grid, layers: k, profile: profile, pool: pool) : []
+        var sides = k > 0 ? try patchSide(trace, grid, layers: k, profile: profile, pool: pool) : []
         let meet = trace.shapes[k]  // where the patch side meets the maps
         let packed = k > 0 ? packPatchSide(sides, grid, channels: meet.channels, map: (meet.height, meet.width)) : nil
         if packed != nil { sides = [] }
@@ -171,13 +171,13 @@ public final class Explainer: @unchecked Sendable {
             for i in 0..<n { start.pointer[i * h + m0 + i] = trace.output.pointer[m0 + i] }
             let r = try backward(trace, start, n: n, through: k, profile: profile, pool: pool, cancellation: cancellation)
             if k > 0 {
-                A.withUnsafeMutableBufferPointer { a in
+                try A.withUnsafeMutableBufferPointer { a in
                     if let packed {
-                        kernels.cellsContract(channels: meet.channels, map: (meet.height, meet.width), packed.layout,
+                        try kernels.cellsContract(channels: meet.channels, map: (meet.height, meet.width), packed.layout,
                                               packed: packed.packed.const, n: n, r.const, a.baseAddress! + m0, lda: h)
                     }
                     for side in sides {
-                        kernels.cellsContract(channels: meet.channels, map: (meet.height, meet.width), side.layout,
+                        try kernels.cellsContract(channels: meet.channels, map: (meet.height, meet.width), side.layout,
                                               side.v.const, n: n, r.const, a.baseAddress! + side.first * h + m0, lda: h)
                     }
                 }
@@ -225,10 +225,10 @@ public final class Explainer: @unchecked Sendable {
                 "the pair matrix R would be \(P) x \(Q) patches, more than the memory limit of \(ResourceLimits.megabytes(limits.maxBytes))")
         }
         var R = [Float](repeating: 0, count: P * Q)
-        a.a.withUnsafeBufferPointer { pa in
-            b.a.withUnsafeBufferPointer { pb in
-                R.withUnsafeMutableBufferPointer { pr in
-                    kernels.pairProduct(p: P, q: Q, h: h, pa.baseAddress!, pb.baseAddress!, pr.baseAddress!)
+        try a.a.withUnsafeBufferPointer { pa in
+            try b.a.withUnsafeBufferPointer { pb in
+                try R.withUnsafeMutableBufferPointer { pr in
+                    try kernels.pairProduct(p: P, q: Q, h: h, pa.baseAddress!, pb.baseAddress!, pr.baseAddress!)
                 }
             }
         }
@@ -277,11 +277,11 @@ public final class Explainer: @unchecked Sendable {
             let d = shape.count
             let w = Buffer(count: h * d)
             try SimilarityHead.drawGaussian(into: w.pointer, outputs: h, inputs: d, seed: seed, cancellation: cancellation)
-            return [.flatten, .conv(PreparedConv(linear: w, bias: nil, inFeatures: d, outFeatures: h, index: -1,
+            return [.flatten, .conv(try PreparedConv(linear: w, bias: nil, inFeatures: d, outFeatures: h, index: -1,
                                                  rule: .zero, nonNegativeInput: false, kernels: kernels))]
         case let .projection(t):
             let (m, _) = try SimilarityHead.orientProjection(t, featureCount: shape.count)
-            return [.flatten, .conv(PreparedConv(
+            return [.flatten, .conv(try PreparedConv(
                 index: -1, linear: try Linear(weight: m.data, bias: nil, inFeatures: shape.count, outFeatures: m.shape[0]),
                 rule: .zero, nonNegativeInput: false, kernels: kernels))]
         }
@@ -327,14 +327,14 @@ public final class Explainer: @unchecked Sendable {
             case let .conv(c):
                 let g = c.geometry(s)
                 y = Buffer(count: g.outCount)
-                c.forward(a.const, g, .identity, bias: c.bias?.const, y.pointer, kernels)
+                try c.forward(a.const, g, .identity, bias: c.bias?.const, y.pointer, kernels)
                 for pass in c.passes {
                     if pass.reusesForward { dens.append(y); continue }
                     let z = Buffer(count: g.outCount)
                     for (t, term) in pass.terms.enumerated() {
                         let input = try modifiedInput(term.input, a, s, &mods)
                         let tmp = t == 0 ? z : Buffer(count: g.outCount)
-                        c.forward(input.const, g, term.weight, bias: t == 0 ? pass.bias?.const : nil, tmp.pointer,
+                        try c.forward(input.const, g, term.weight, bias: t == 0 ? pass.bias?.const : nil, tmp.pointer,
                                   kernels)
                         if t > 0 { for i in 0..<g.outCount { z.pointer[i] += tmp.pointer[i] } }
                     }
@@ -495,7 +495,7 @@ public final class Explainer: @unchecked Sendable {
                         // Gathered over the non-zero relevance (and the pool above unpooled on packing).
                         let p = pooled.map { (argmax: UnsafePointer($0.1.pointer), pool: $0.0) }
                         for (term, input) in zip(pass.terms, inputs) {
-                            kernels.lrpTermSparse(n: n, R.const, pooled: p, z, epsilon: pass.epsilon, g,
+                            try kernels.lrpTermSparse(n: n, R.const, pooled: p, z, epsilon: pass.epsilon, g,
                                                   prepared: c.sparse[term.weight]!.const, input, scale: pass.scale,
                                                   Rin.pointer, accumulate: !first)
                             first = false
@@ -506,17 +506,17 @@ public final class Explainer: @unchecked Sendable {
                         for (term, input) in zip(pass.terms, inputs) {
                             let u = c.backward[term.weight]!.const
                             if let (pg, am) = pooled {
-                                kernels.lrpTermUnpooling(n: n, R.const, argmax: UnsafePointer(am.pointer), pg, z,
+                                try kernels.lrpTermUnpooling(n: n, R.const, argmax: UnsafePointer(am.pointer), pg, z,
                                                          epsilon: pass.epsilon, g, prepared: u, input,
                                                          scale: pass.scale, Rin.pointer, accumulate: !first)
                             } else {
-                                kernels.lrpTerm(n: n, R.const, z, epsilon: pass.epsilon, g, prepared: u, input,
+                                try kernels.lrpTerm(n: n, R.const, z, epsilon: pass.epsilon, g, prepared: u, input,
                                                 scale: pass.scale, Rin.pointer, accumulate: !first)
                             }
                             first = false
                         }
                     } else {
-                        kernels.lrpDirect(n: n, R.const, z, epsilon: pass.epsilon, g,
+                        try kernels.lrpDirect(n: n, R.const, z, epsilon: pass.epsilon, g,
                                           weights: pass.terms.map { c.weights[$0.weight]!.const }, inputs: inputs,
                                           scale: pass.scale, Rin.pointer, accumulate: !first)
                         first = false

@@ -58,9 +58,9 @@ public struct PoolGeometry: Sendable, Hashable {
 /// those of `ckernels.h`: blocks of n maps are map-major.
 public protocol Kernels: Sendable {
     func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, weight: UnsafePointer<Float>,
-                     bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>)
+                     bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>) throws
     func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, weight: UnsafePointer<Float>,
-                      _ c: UnsafeMutablePointer<Float>)
+                      _ c: UnsafeMutablePointer<Float>) throws
     func lrpDivide(n: Int, count: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float,
                    _ s: UnsafeMutablePointer<Float>)
     func lrpProduct(n: Int, count: Int, _ a: UnsafePointer<Float>?, _ c: UnsafePointer<Float>, scale: Float,
@@ -77,33 +77,33 @@ public protocol Kernels: Sendable {
                                  _ c: UnsafeMutablePointer<Float>)
     func patchPool(n: Int, _ R: UnsafePointer<Float>, _ shape: Shape3, patch: Int, _ out: UnsafeMutablePointer<Float>)
     func pairProduct(p: Int, q: Int, h: Int, _ A: UnsafePointer<Float>, _ B: UnsafePointer<Float>,
-                     _ R: UnsafeMutablePointer<Float>)
+                     _ R: UnsafeMutablePointer<Float>) throws
 
     /// A convolution weight prepared once per model and rule for a faster forward (packed for the
     /// micro-kernels), or nil when this backend has no such path (then `convForward(weight:)` is used).
     func prepareForward(weight: [Float], _ g: ConvGeometry) -> [Float]?
     /// The forward with a weight from `prepareForward`; the same results as with the plain weight.
     func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
-                     bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>)
+                     bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>) throws
     /// Weights prepared once per model and rule for a faster relevance backward of this layer, or
     /// nil when this backend has no faster path for it (then `convBackward` is used).
-    func prepareBackward(weight: [Float], _ g: ConvGeometry) -> [Float]?
+    func prepareBackward(weight: [Float], _ g: ConvGeometry) throws -> [Float]?
     /// The relevance backward with weights from `prepareBackward`.
     func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
-                      _ c: UnsafeMutablePointer<Float>)
+                      _ c: UnsafeMutablePointer<Float>) throws
     /// One pass of a rule by the direct path (any convolution or linear layer), for the terms t with
     /// weights W_t and inputs a_t (nil: 1): Rin = [Rin +] scale * sum_t a_t * conv^T_t(R / stab(z)).
     /// By default the separate steps (divide, then a backward and a product per term).
     func lrpDirect(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry,
                    weights: [UnsafePointer<Float>], inputs: [UnsafePointer<Float>?], scale: Float,
-                   _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool)
+                   _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) throws
     /// `lrpTerm` for a layer followed by a max-pool whose backward has not run: Rp is the relevance
     /// at the pool's output (n, pool.outCount) and argmax its winners. By default the pool's
     /// winner-take-all backward into a temporary block, then `lrpTerm`.
     func lrpTermUnpooling(n: Int, _ Rp: UnsafePointer<Float>, argmax: UnsafePointer<Int32>, _ pool: PoolGeometry,
                           _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
                           _ a: UnsafePointer<Float>?, scale: Float, _ Rin: UnsafeMutablePointer<Float>,
-                          accumulate: Bool)
+                          accumulate: Bool) throws
     /// Weights prepared once per model and rule for `lrpTermSparse`, or nil when this backend has
     /// no sparse path for the layer.
     func prepareSparseBackward(weight: [Float], _ g: ConvGeometry) -> [Float]?
@@ -116,7 +116,7 @@ public protocol Kernels: Sendable {
     /// layer) and is unpooled to its winners on the way.
     func lrpTermSparse(n: Int, _ R: UnsafePointer<Float>, pooled: (argmax: UnsafePointer<Int32>, pool: PoolGeometry)?,
                        _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
-                       _ a: UnsafePointer<Float>?, scale: Float, _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool)
+                       _ a: UnsafePointer<Float>?, scale: Float, _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) throws
     /// The patch side of a mixed-mode explanation (`ck_cells_*` in ckernels.h); map is (H, W).
     /// dst = src at the same map position (0 where src's cell does not reach or off the map) * factor.
     func cellsLoad(channels: Int, map: (Int, Int), from: CellLayout, _ src: UnsafePointer<Float>, to: CellLayout,
@@ -130,7 +130,7 @@ public protocol Kernels: Sendable {
                      to: CellLayout, _ post: UnsafeMutablePointer<Float>)
     /// A[p * lda + m] = sum over channels and in-map pixels of cell p of v * R[m], R (n, C, H, W).
     func cellsContract(channels: Int, map: (Int, Int), _ layout: CellLayout, _ v: UnsafePointer<Float>, n: Int,
-                       _ R: UnsafePointer<Float>, _ A: UnsafeMutablePointer<Float>, lda: Int)
+                       _ R: UnsafePointer<Float>, _ A: UnsafeMutablePointer<Float>, lda: Int) throws
     /// Floats of the cells of `layout` packed for `cellsContract(packed:)`, or 0 when the layout's
     /// cells do not sit at unit steps along the grid rows (ck_cells_lanes_size) or this backend has
     /// no such path.
@@ -140,13 +140,13 @@ public protocol Kernels: Sendable {
                    _ packed: UnsafeMutablePointer<Float>)
     /// `cellsContract` from the packed cells: the same sums, 16 cells in the lanes of a vector.
     func cellsContract(channels: Int, map: (Int, Int), _ layout: CellLayout, packed: UnsafePointer<Float>, n: Int,
-                       _ R: UnsafePointer<Float>, _ A: UnsafeMutablePointer<Float>, lda: Int)
+                       _ R: UnsafePointer<Float>, _ A: UnsafeMutablePointer<Float>, lda: Int) throws
     /// A 3 x 3, stride 1, padding 1 convolution weight prepared for `convForward(winograd:)`, or nil
     /// when this backend has no such path. The patch side's convolutions run on it.
-    func prepareWinogradForward(weight: [Float], _ g: ConvGeometry) -> [Float]?
+    func prepareWinogradForward(weight: [Float], _ g: ConvGeometry) throws -> [Float]?
     /// y = conv2d(x) without bias, with the weight from `prepareWinogradForward`.
     func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, winograd: UnsafePointer<Float>,
-                     _ y: UnsafeMutablePointer<Float>)
+                     _ y: UnsafeMutablePointer<Float>) throws
     /// Whether explanations run their lower layers on the patch side (`Explainer.patchSidePlan`):
     /// nil lets the explainer decide by its cost model, 0 never, k the first k layers.
     var patchSideLayers: Int? { get }
@@ -154,49 +154,49 @@ public protocol Kernels: Sendable {
     /// Rin = [Rin +] scale * a * conv^T(R / stab(z)). By default the three separate steps.
     func lrpTerm(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry,
                  prepared: UnsafePointer<Float>, _ a: UnsafePointer<Float>?, scale: Float,
-                 _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool)
+                 _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) throws
 }
 
 extension Kernels {
     public func prepareForward(weight: [Float], _ g: ConvGeometry) -> [Float]? { nil }
     public func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
-                            bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>) {
+                            bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>) throws {
         preconditionFailure("convForward(prepared:) without prepareForward")
     }
-    public func prepareBackward(weight: [Float], _ g: ConvGeometry) -> [Float]? { nil }
+    public func prepareBackward(weight: [Float], _ g: ConvGeometry) throws -> [Float]? { nil }
     public func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
-                             _ c: UnsafeMutablePointer<Float>) {
+                             _ c: UnsafeMutablePointer<Float>) throws {
         preconditionFailure("convBackward(prepared:) without prepareBackward")
     }
     public func prepareSparseBackward(weight: [Float], _ g: ConvGeometry) -> [Float]? { nil }
     public var sparseBelowDensity: Double { 0 }
     public var patchSideLayers: Int? { 0 }
-    public func prepareWinogradForward(weight: [Float], _ g: ConvGeometry) -> [Float]? { nil }
+    public func prepareWinogradForward(weight: [Float], _ g: ConvGeometry) throws -> [Float]? { nil }
     public func cellsPackedCount(channels: Int, _ layout: CellLayout) -> Int { 0 }
     public func cellsPack(channels: Int, map: (Int, Int), _ layout: CellLayout, _ v: UnsafePointer<Float>,
                           _ packed: UnsafeMutablePointer<Float>) {
         preconditionFailure("cellsPack without cellsPackedCount")
     }
     public func cellsContract(channels: Int, map: (Int, Int), _ layout: CellLayout, packed: UnsafePointer<Float>,
-                              n: Int, _ R: UnsafePointer<Float>, _ A: UnsafeMutablePointer<Float>, lda: Int) {
+                              n: Int, _ R: UnsafePointer<Float>, _ A: UnsafeMutablePointer<Float>, lda: Int) throws {
         preconditionFailure("cellsContract(packed:) without cellsPackedCount")
     }
     public func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, winograd: UnsafePointer<Float>,
-                            _ y: UnsafeMutablePointer<Float>) {
+                            _ y: UnsafeMutablePointer<Float>) throws {
         preconditionFailure("convForward(winograd:) without prepareWinogradForward")
     }
     public func lrpTermSparse(n: Int, _ R: UnsafePointer<Float>,
                               pooled: (argmax: UnsafePointer<Int32>, pool: PoolGeometry)?, _ z: UnsafePointer<Float>,
                               epsilon: Float, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
                               _ a: UnsafePointer<Float>?, scale: Float, _ Rin: UnsafeMutablePointer<Float>,
-                              accumulate: Bool) {
+                              accumulate: Bool) throws {
         preconditionFailure("lrpTermSparse without prepareSparseBackward")
     }
     public func lrpTermUnpooling(n: Int, _ Rp: UnsafePointer<Float>, argmax: UnsafePointer<Int32>,
                                  _ pool: PoolGeometry, _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry,
                                  prepared: UnsafePointer<Float>, _ a: UnsafePointer<Float>?, scale: Float,
-                                 _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) {
-        unpoolThenTerm(n: n, Rp, argmax: argmax, pool, z, epsilon: epsilon, g, prepared: prepared, a, scale: scale,
+                                 _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) throws {
+        try unpoolThenTerm(n: n, Rp, argmax: argmax, pool, z, epsilon: epsilon, g, prepared: prepared, a, scale: scale,
                        Rin, accumulate: accumulate)
     }
 
@@ -204,41 +204,41 @@ extension Kernels {
     func unpoolThenTerm(n: Int, _ Rp: UnsafePointer<Float>, argmax: UnsafePointer<Int32>, _ pool: PoolGeometry,
                         _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
                         _ a: UnsafePointer<Float>?, scale: Float, _ Rin: UnsafeMutablePointer<Float>,
-                        accumulate: Bool) {
-        withUnpooled(n: n, Rp, argmax: argmax, pool) { R in
-            lrpTerm(n: n, R, z, epsilon: epsilon, g, prepared: prepared, a, scale: scale, Rin, accumulate: accumulate)
+                        accumulate: Bool) throws {
+        try withUnpooled(n: n, Rp, argmax: argmax, pool) { R in
+            try lrpTerm(n: n, R, z, epsilon: epsilon, g, prepared: prepared, a, scale: scale, Rin, accumulate: accumulate)
         }
     }
 
     /// body with the max-pool's winner-take-all backward of Rp in a temporary block (n, pool.inCount).
     func withUnpooled(n: Int, _ Rp: UnsafePointer<Float>, argmax: UnsafePointer<Int32>, _ pool: PoolGeometry,
-                      _ body: (UnsafePointer<Float>) -> Void) {
+                      _ body: (UnsafePointer<Float>) throws -> Void) rethrows {
         let R = UnsafeMutablePointer<Float>.allocate(capacity: n * pool.inCount)
         defer { R.deallocate() }
         maxPoolBackward(n: n, Rp, pool, argmax: argmax, R)
-        body(UnsafePointer(R))
+        try body(UnsafePointer(R))
     }
 
     public func lrpDirect(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float,
                           _ g: ConvGeometry, weights: [UnsafePointer<Float>], inputs: [UnsafePointer<Float>?],
-                          scale: Float, _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) {
+                          scale: Float, _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) throws {
         let s = UnsafeMutablePointer<Float>.allocate(capacity: n * g.outCount)
         let c = UnsafeMutablePointer<Float>.allocate(capacity: n * g.inCount)
         defer { s.deallocate(); c.deallocate() }
         lrpDivide(n: n, count: g.outCount, R, z, epsilon: epsilon, s)
         for (t, (w, a)) in zip(weights, inputs).enumerated() {
-            convBackward(n: n, UnsafePointer(s), g, weight: w, c)
+            try convBackward(n: n, UnsafePointer(s), g, weight: w, c)
             lrpProduct(n: n, count: g.inCount, a, UnsafePointer(c), scale: scale, Rin, accumulate: accumulate || t > 0)
         }
     }
     public func lrpTerm(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry,
                         prepared: UnsafePointer<Float>, _ a: UnsafePointer<Float>?, scale: Float,
-                        _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) {
+                        _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) throws {
         let s = UnsafeMutablePointer<Float>.allocate(capacity: n * g.outCount)
         let c = UnsafeMutablePointer<Float>.allocate(capacity: n * g.inCount)
         defer { s.deallocate(); c.deallocate() }
         lrpDivide(n: n, count: g.outCount, R, z, epsilon: epsilon, s)
-        convBackward(n: n, UnsafePointer(s), g, prepared: prepared, c)
+        try convBackward(n: n, UnsafePointer(s), g, prepared: prepared, c)
         lrpProduct(n: n, count: g.inCount, a, UnsafePointer(c), scale: scale, Rin, accumulate: accumulate)
     }
 }
@@ -342,49 +342,49 @@ public struct CKernelsBackend: Kernels {
                               pooled: (argmax: UnsafePointer<Int32>, pool: PoolGeometry)?, _ z: UnsafePointer<Float>,
                               epsilon: Float, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
                               _ a: UnsafePointer<Float>?, scale: Float, _ Rin: UnsafeMutablePointer<Float>,
-                              accumulate: Bool) {
+                              accumulate: Bool) throws {
         precondition(g.strideH == 1 && g.strideW == 1, "the sparse backward is for stride-1 convolutions")
-        func run(_ R: UnsafePointer<Float>, _ argmax: UnsafePointer<Int32>?, _ hp: Int, _ wp: Int) {
-            ck_sparse_lrp(c(n), R, argmax, c(hp), c(wp), z, epsilon, c(g.outChannels), c(g.outHeight), c(g.outWidth),
+        func run(_ R: UnsafePointer<Float>, _ argmax: UnsafePointer<Int32>?, _ hp: Int, _ wp: Int) throws {
+            try check(ck_sparse_lrp(c(n), R, argmax, c(hp), c(wp), z, epsilon, c(g.outChannels), c(g.outHeight), c(g.outWidth),
                           prepared, c(g.inChannels), c(g.height), c(g.width), c(g.kernelH), c(g.kernelW), c(g.padH),
-                          c(g.padW), a, scale, accumulate ? 1 : 0, Rin)
+                          c(g.padW), a, scale, accumulate ? 1 : 0, Rin), "the sparse backward")
         }
-        guard let (argmax, pool) = pooled else { return run(R, nil, 0, 0) }
-        if pool.windowsTile(g) { return run(R, argmax, pool.outHeight, pool.outWidth) }
-        withUnpooled(n: n, R, argmax: argmax, pool) { run($0, nil, 0, 0) }
+        guard let (argmax, pool) = pooled else { return try run(R, nil, 0, 0) }
+        if pool.windowsTile(g) { return try run(R, argmax, pool.outHeight, pool.outWidth) }
+        try withUnpooled(n: n, R, argmax: argmax, pool) { try run($0, nil, 0, 0) }
     }
 
-    public func prepareBackward(weight: [Float], _ g: ConvGeometry) -> [Float]? {
+    public func prepareBackward(weight: [Float], _ g: ConvGeometry) throws -> [Float]? {
         // Few output channels of the backward (an RGB input layer) leave the GEMMs too thin to pay
         // for the transforms: direct is faster there.
         guard convolution == .winograd, g.kernelH == 3, g.kernelW == 3, g.strideH == 1, g.strideW == 1,
               g.padH == 1, g.padW == 1, g.inChannels >= 16 else { return nil }
         var u = [Float](repeating: 0, count: ck_winograd_weights_size(c(g.inChannels), c(g.outChannels)))
-        u.withUnsafeMutableBufferPointer {
-            ck_winograd_weights(weight, c(g.inChannels), c(g.outChannels), 1, $0.baseAddress!)
+        try u.withUnsafeMutableBufferPointer {
+            try check(ck_winograd_weights(weight, c(g.inChannels), c(g.outChannels), 1, $0.baseAddress!), "the Winograd weights")
         }
         return u
     }
 
     /// As `prepareBackward`, for the forward: 16 or more channels in and out.
-    public func prepareWinogradForward(weight: [Float], _ g: ConvGeometry) -> [Float]? {
+    public func prepareWinogradForward(weight: [Float], _ g: ConvGeometry) throws -> [Float]? {
         guard convolution == .winograd, g.kernelH == 3, g.kernelW == 3, g.strideH == 1, g.strideW == 1,
               g.padH == 1, g.padW == 1, g.inChannels >= 16, g.outChannels >= 16 else { return nil }
         var u = [Float](repeating: 0, count: ck_winograd_weights_size(c(g.outChannels), c(g.inChannels)))
-        u.withUnsafeMutableBufferPointer {
-            ck_winograd_weights(weight, c(g.outChannels), c(g.inChannels), 0, $0.baseAddress!)
+        try u.withUnsafeMutableBufferPointer {
+            try check(ck_winograd_weights(weight, c(g.outChannels), c(g.inChannels), 0, $0.baseAddress!), "the Winograd weights")
         }
         return u
     }
 
     public func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, winograd: UnsafePointer<Float>,
-                            _ y: UnsafeMutablePointer<Float>) {
-        ck_winograd_conv3x3(1, x, c(g.inChannels), c(g.height), c(g.width), winograd, c(g.outChannels), y)
+                            _ y: UnsafeMutablePointer<Float>) throws {
+        try check(ck_winograd_conv3x3(1, x, c(g.inChannels), c(g.height), c(g.width), winograd, c(g.outChannels), y), "the Winograd convolution")
     }
 
     public func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
-                             _ cOut: UnsafeMutablePointer<Float>) {
-        ck_winograd_conv3x3(c(n), s, c(g.outChannels), c(g.height), c(g.width), prepared, c(g.inChannels), cOut)
+                             _ cOut: UnsafeMutablePointer<Float>) throws {
+        try check(ck_winograd_conv3x3(c(n), s, c(g.outChannels), c(g.height), c(g.width), prepared, c(g.inChannels), cOut), "the Winograd convolution")
     }
 
     /// Non-overlapping pools (kernel = stride, no padding; VGG's 2 x 2): unpooled as the Winograd
@@ -393,34 +393,34 @@ public struct CKernelsBackend: Kernels {
     public func lrpTermUnpooling(n: Int, _ Rp: UnsafePointer<Float>, argmax: UnsafePointer<Int32>,
                                  _ pool: PoolGeometry, _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry,
                                  prepared: UnsafePointer<Float>, _ a: UnsafePointer<Float>?, scale: Float,
-                                 _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) {
+                                 _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) throws {
         guard pool.windowsTile(g) else {
-            unpoolThenTerm(n: n, Rp, argmax: argmax, pool, z, epsilon: epsilon, g, prepared: prepared, a,
+            try unpoolThenTerm(n: n, Rp, argmax: argmax, pool, z, epsilon: epsilon, g, prepared: prepared, a,
                            scale: scale, Rin, accumulate: accumulate)
             return
         }
-        ck_winograd_lrp_unpool(c(n), Rp, argmax, c(pool.outHeight), c(pool.outWidth), c(pool.strideH),
+        try check(ck_winograd_lrp_unpool(c(n), Rp, argmax, c(pool.outHeight), c(pool.outWidth), c(pool.strideH),
                                c(pool.strideW), z, epsilon, c(g.outChannels), c(g.height), c(g.width), prepared,
-                               c(g.inChannels), a, scale, accumulate ? 1 : 0, Rin)
+                               c(g.inChannels), a, scale, accumulate ? 1 : 0, Rin), "the Winograd backward")
     }
 
     /// s packed for the GEMM straight from R and z, shared by the terms (z^B has three), col2im and
     /// the products per map (ck_lrp_direct).
     public func lrpDirect(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float,
                           _ g: ConvGeometry, weights: [UnsafePointer<Float>], inputs: [UnsafePointer<Float>?],
-                          scale: Float, _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) {
+                          scale: Float, _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) throws {
         precondition(weights.count == inputs.count, "one input per weight")
         let ws: [UnsafePointer<Float>?] = weights.map { Optional($0) }
-        ck_lrp_direct(c(n), R, z, epsilon, c(g.outChannels), c(g.outHeight), c(g.outWidth), c(weights.count), ws,
+        try check(ck_lrp_direct(c(n), R, z, epsilon, c(g.outChannels), c(g.outHeight), c(g.outWidth), c(weights.count), ws,
                       inputs, scale, c(g.inChannels), c(g.height), c(g.width), c(g.kernelH), c(g.kernelW),
-                      c(g.strideH), c(g.strideW), c(g.padH), c(g.padW), accumulate ? 1 : 0, Rin)
+                      c(g.strideH), c(g.strideW), c(g.padH), c(g.padW), accumulate ? 1 : 0, Rin), "the direct backward")
     }
 
     public func lrpTerm(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float, _ g: ConvGeometry,
                         prepared: UnsafePointer<Float>, _ a: UnsafePointer<Float>?, scale: Float,
-                        _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) {
-        ck_winograd_lrp(c(n), R, z, epsilon, c(g.outChannels), c(g.height), c(g.width), prepared, c(g.inChannels),
-                        a, scale, accumulate ? 1 : 0, Rin)
+                        _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) throws {
+        try check(ck_winograd_lrp(c(n), R, z, epsilon, c(g.outChannels), c(g.height), c(g.width), prepared, c(g.inChannels),
+                        a, scale, accumulate ? 1 : 0, Rin), "the Winograd backward")
     }
 
     /// The instruction set the C kernels use on this thread: "avx512", "avx2" or "portable".
@@ -434,9 +434,9 @@ public struct CKernelsBackend: Kernels {
     }
 
     public func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, weight: UnsafePointer<Float>,
-                            bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>) {
-        ck_conv2d_forward(x, c(g.inChannels), c(g.height), c(g.width), weight, bias, c(g.outChannels),
-                          c(g.kernelH), c(g.kernelW), c(g.strideH), c(g.strideW), c(g.padH), c(g.padW), y)
+                            bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>) throws {
+        try check(ck_conv2d_forward(x, c(g.inChannels), c(g.height), c(g.width), weight, bias, c(g.outChannels),
+                          c(g.kernelH), c(g.kernelW), c(g.strideH), c(g.strideW), c(g.padH), c(g.padW), y), "the forward convolution")
     }
 
     /// Every convolution's forward weight, packed for the micro-kernels (the same packing on every
@@ -452,16 +452,16 @@ public struct CKernelsBackend: Kernels {
     }
 
     public func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
-                            bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>) {
-        ck_conv2d_forward_packed(x, c(g.inChannels), c(g.height), c(g.width), prepared, bias, c(g.outChannels),
-                                 c(g.kernelH), c(g.kernelW), c(g.strideH), c(g.strideW), c(g.padH), c(g.padW), y)
+                            bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>) throws {
+        try check(ck_conv2d_forward_packed(x, c(g.inChannels), c(g.height), c(g.width), prepared, bias, c(g.outChannels),
+                                 c(g.kernelH), c(g.kernelW), c(g.strideH), c(g.strideW), c(g.padH), c(g.padW), y), "the forward convolution")
     }
 
     public func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, weight: UnsafePointer<Float>,
-                             _ cOut: UnsafeMutablePointer<Float>) {
-        ck_conv2d_backward(c(n), s, c(g.outChannels), c(g.outHeight), c(g.outWidth), weight, c(g.inChannels),
+                             _ cOut: UnsafeMutablePointer<Float>) throws {
+        try check(ck_conv2d_backward(c(n), s, c(g.outChannels), c(g.outHeight), c(g.outWidth), weight, c(g.inChannels),
                            c(g.height), c(g.width), c(g.kernelH), c(g.kernelW), c(g.strideH), c(g.strideW),
-                           c(g.padH), c(g.padW), cOut)
+                           c(g.padH), c(g.padW), cOut), "the convolution backward")
     }
 
     public func lrpDivide(n: Int, count: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float,
@@ -532,8 +532,8 @@ public struct CKernelsBackend: Kernels {
     }
 
     public func cellsContract(channels: Int, map: (Int, Int), _ layout: CellLayout, _ v: UnsafePointer<Float>,
-                              n: Int, _ R: UnsafePointer<Float>, _ A: UnsafeMutablePointer<Float>, lda: Int) {
-        layout.withC { l in ck_cells_contract(c(channels), c(map.0), c(map.1), l, v, c(n), R, A, lda) }
+                              n: Int, _ R: UnsafePointer<Float>, _ A: UnsafeMutablePointer<Float>, lda: Int) throws {
+        try layout.withC { l in try check(ck_cells_contract(c(channels), c(map.0), c(map.1), l, v, c(n), R, A, lda), "the patch-side contraction") }
     }
 
     public func cellsPackedCount(channels: Int, _ layout: CellLayout) -> Int {
@@ -546,7 +546,7 @@ public struct CKernelsBackend: Kernels {
     }
 
     public func cellsContract(channels: Int, map: (Int, Int), _ layout: CellLayout, packed: UnsafePointer<Float>,
-                              n: Int, _ R: UnsafePointer<Float>, _ A: UnsafeMutablePointer<Float>, lda: Int) {
+                              n: Int, _ R: UnsafePointer<Float>, _ A: UnsafeMutablePointer<Float>, lda: Int) throws {
         layout.withC { l in
             ck_cells_contract_lanes(c(channels), c(map.0), c(map.1), l, packed, c(n), R, A, lda)
         }
@@ -558,9 +558,15 @@ public struct CKernelsBackend: Kernels {
     }
 
     public func pairProduct(p: Int, q: Int, h: Int, _ A: UnsafePointer<Float>, _ B: UnsafePointer<Float>,
-                            _ R: UnsafeMutablePointer<Float>) {
-        ck_pair_product(c(p), c(q), c(h), A, B, R)
+                            _ R: UnsafeMutablePointer<Float>) throws {
+        try check(ck_pair_product(c(p), c(q), c(h), A, B, R), "the pair product")
     }
 
     @inline(__always) private func c(_ v: Int) -> Int32 { Int32(truncatingIfNeeded: v) }
+
+    /// A kernel's status (ckernels.h): CK_ERROR_MEMORY when an allocation it needed failed; its
+    /// outputs are then undefined and the explanation stops with the error.
+    private func check(_ status: Int32, _ kernel: String) throws {
+        if status != 0 { throw BiLRPError.outOfMemory("\(kernel) could not allocate its working memory") }
+    }
 }

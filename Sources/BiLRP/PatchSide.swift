@@ -190,7 +190,7 @@ extension Explainer {
     /// The patch side through the first k layers, in chunks of grid rows: per chunk its first
     /// patch, the cell layout at layer k's input and the vectors there (C_k channels of mosaic).
     func patchSide(_ trace: Trace, _ grid: PatchGrid, layers k: Int, profile: ExplainerProfile?,
-                   pool: BufferPool) -> [PatchSideChunk] {
+                   pool: BufferPool) throws -> [PatchSideChunk] {
         let all = try! allLayers(for: trace.inputShape)
         let rowsPerChunk = max(1, Self.patchSideChunk / max(1, grid.columns))
         let chunks = (grid.rows + rowsPerChunk - 1) / rowsPerChunk
@@ -231,10 +231,10 @@ extension Explainer {
                             kernels.cellsLoad(channels: s.channels, map: (s.height, s.width), from: layout, v.const,
                                               to: cells, factor: factor, u.pointer)
                             let y = t == 0 ? o.pointer : tmp!.pointer
-                            if let w = c.winogradForward(term.weight, kernels) {
-                                kernels.convForward(u.const, gm, winograd: w.const, y)
+                            if let w = try c.winogradForward(term.weight, kernels) {
+                                try kernels.convForward(u.const, gm, winograd: w.const, y)
                             } else {
-                                c.forward(u.const, gm, term.weight, bias: nil, y, kernels)
+                                try c.forward(u.const, gm, term.weight, bias: nil, y, kernels)
                             }
                             if t > 0 { for i in 0..<gm.outCount { o.pointer[i] += tmp!.pointer[i] } }
                         }

@@ -81,15 +81,15 @@ final class PreparedConv: @unchecked Sendable {
     /// forward is one matrix-vector product, and a packed copy of a classifier's weight is 400 MB.
     let forward: [WeightModifier: Buffer]
 
-    convenience init(index: Int, conv: Conv2d, rule: Rule, nonNegativeInput: Bool, kernels: any Kernels) {
-        self.init(index: index, rule: rule, isLinear: false, conv: conv, weight: Buffer(conv.weight), bias: conv.bias,
+    convenience init(index: Int, conv: Conv2d, rule: Rule, nonNegativeInput: Bool, kernels: any Kernels) throws {
+        try self.init(index: index, rule: rule, isLinear: false, conv: conv, weight: Buffer(conv.weight), bias: conv.bias,
                   inChannels: conv.inChannels, outChannels: conv.outChannels,
                   geometry: (conv.kernelH, conv.kernelW, conv.strideH, conv.strideW, conv.padH, conv.padW),
                   nonNegativeInput: nonNegativeInput, kernels: kernels)
     }
 
-    convenience init(index: Int, linear: Linear, rule: Rule, nonNegativeInput: Bool, kernels: any Kernels) {
-        self.init(linear: Buffer(linear.weight), bias: linear.bias, inFeatures: linear.inFeatures,
+    convenience init(index: Int, linear: Linear, rule: Rule, nonNegativeInput: Bool, kernels: any Kernels) throws {
+        try self.init(linear: Buffer(linear.weight), bias: linear.bias, inFeatures: linear.inFeatures,
                   outFeatures: linear.outFeatures, index: index, rule: rule, nonNegativeInput: nonNegativeInput,
                   kernels: kernels)
     }
@@ -97,9 +97,9 @@ final class PreparedConv: @unchecked Sendable {
     /// A linear layer whose (out, in) weight is already in a buffer, which it keeps (a similarity
     /// head of 1000 x 524288 is 2 GB: copying it would take seconds).
     convenience init(linear weight: Buffer, bias: [Float]?, inFeatures: Int, outFeatures: Int, index: Int, rule: Rule,
-                     nonNegativeInput: Bool, kernels: any Kernels) {
+                     nonNegativeInput: Bool, kernels: any Kernels) throws {
         precondition(weight.count == inFeatures * outFeatures)
-        self.init(index: index, rule: rule, isLinear: true, conv: nil, weight: weight, bias: bias,
+        try self.init(index: index, rule: rule, isLinear: true, conv: nil, weight: weight, bias: bias,
                   inChannels: inFeatures, outChannels: outFeatures, geometry: (1, 1, 1, 1, 0, 0),
                   nonNegativeInput: nonNegativeInput, kernels: kernels)
     }
@@ -108,7 +108,7 @@ final class PreparedConv: @unchecked Sendable {
         index: Int, rule: Rule, isLinear: Bool, conv: Conv2d?, weight: Buffer, bias: [Float]?,
         inChannels: Int, outChannels: Int, geometry g: (Int, Int, Int, Int, Int, Int), nonNegativeInput: Bool,
         kernels: any Kernels
-    ) {
+    ) throws {
         self.index = index; self.rule = rule; self.isLinear = isLinear; self.conv = conv
         self.inChannels = inChannels; self.outChannels = outChannels
         (kernelH, kernelW, strideH, strideW, padH, padW) = g
@@ -133,7 +133,7 @@ final class PreparedConv: @unchecked Sendable {
             }
             for pass in rulePasses {
                 for term in pass.terms where backward[term.weight] == nil {
-                    if let u = kernels.prepareBackward(weight: weights[term.weight]!.array, geo) {
+                    if let u = try kernels.prepareBackward(weight: weights[term.weight]!.array, geo) {
                         backward[term.weight] = Buffer(u)
                     }
                 }
@@ -168,7 +168,7 @@ final class PreparedConv: @unchecked Sendable {
     private var winogradForwardCache: [WeightModifier: Buffer?] = [:]
     private let winogradForwardLock = NSLock()
 
-    func winogradForward(_ m: WeightModifier, _ kernels: any Kernels) -> Buffer? {
+    func winogradForward(_ m: WeightModifier, _ kernels: any Kernels) throws -> Buffer? {
         guard let conv else { return nil }
         winogradForwardLock.lock()
         defer { winogradForwardLock.unlock() }
@@ -176,7 +176,7 @@ final class PreparedConv: @unchecked Sendable {
         let geo = ConvGeometry(inChannels: inChannels, height: 1, width: 1, outChannels: outChannels,
                                kernelH: kernelH, kernelW: kernelW, strideH: strideH, strideW: strideW,
                                padH: padH, padW: padW)
-        let u = kernels.prepareWinogradForward(weight: conv.weight.map(m.apply), geo).map(Buffer.init)
+        let u = try kernels.prepareWinogradForward(weight: conv.weight.map(m.apply), geo).map(Buffer.init)
         winogradForwardCache[m] = .some(u)
         return u
     }
@@ -189,11 +189,11 @@ final class PreparedConv: @unchecked Sendable {
     /// against small |z|: R against the PyTorch float64 fixture (VGG-16 features[:10]) was off by
     /// 11x (paper-vgg) to 160x (LRP-0) the 1e-4 tolerance the direct forward meets.
     func forward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, _ m: WeightModifier, bias: UnsafePointer<Float>?,
-                 _ y: UnsafeMutablePointer<Float>, _ kernels: any Kernels) {
+                 _ y: UnsafeMutablePointer<Float>, _ kernels: any Kernels) throws {
         if let p = forward[m] {
-            kernels.convForward(x, g, prepared: p.const, bias: bias, y)
+            try kernels.convForward(x, g, prepared: p.const, bias: bias, y)
         } else {
-            kernels.convForward(x, g, weight: weights[m]!.const, bias: bias, y)
+            try kernels.convForward(x, g, weight: weights[m]!.const, bias: bias, y)
         }
     }
 

@@ -46,30 +46,31 @@ func withSchedule<T>(_ schedule: Int32, _ body: () throws -> T) rethrows -> T {
 }
 
 /// Stable pointers to each array for the duration of body.
-func withPointers<T>(_ arrays: [[Float]], _ body: ([UnsafePointer<Float>]) -> T) -> T {
+func withPointers<T>(_ arrays: [[Float]], _ body: ([UnsafePointer<Float>]) throws -> T) rethrows -> T {
     let buffers = arrays.map { a -> UnsafeMutableBufferPointer<Float> in
         let b = UnsafeMutableBufferPointer<Float>.allocate(capacity: a.count)
         _ = b.initialize(from: a)
         return b
     }
     defer { for b in buffers { b.deallocate() } }
-    return body(buffers.map { UnsafePointer($0.baseAddress!) })
+    return try body(buffers.map { UnsafePointer($0.baseAddress!) })
 }
 
-func withOptionalPointers<T>(_ arrays: [[Float]?], _ body: ([UnsafePointer<Float>?]) -> T) -> T {
+func withOptionalPointers<T>(_ arrays: [[Float]?], _ body: ([UnsafePointer<Float>?]) throws -> T) rethrows -> T {
     let present = arrays.compactMap { $0 }
-    return withPointers(present) { ps in
+    return try withPointers(present) { ps in
         var it = ps.makeIterator()
-        return body(arrays.map { $0 == nil ? nil : it.next()! })
+        return try body(arrays.map { $0 == nil ? nil : it.next()! })
     }
 }
 
 /// Runs a kernel on both backends with fresh output buffers and returns (fast, reference).
-func both(_ outCount: Int, _ body: (any Kernels, UnsafeMutablePointer<Float>) -> Void) -> ([Float], [Float]) {
+func both(_ outCount: Int, _ body: (any Kernels, UnsafeMutablePointer<Float>) throws -> Void) rethrows
+    -> ([Float], [Float]) {
     var a = [Float](repeating: .nan, count: outCount)
     var b = [Float](repeating: .nan, count: outCount)
-    a.withUnsafeMutableBufferPointer { body(CKernelsBackend(), $0.baseAddress!) }
-    b.withUnsafeMutableBufferPointer { body(ReferenceKernels(), $0.baseAddress!) }
+    try a.withUnsafeMutableBufferPointer { try body(CKernelsBackend(), $0.baseAddress!) }
+    try b.withUnsafeMutableBufferPointer { try body(ReferenceKernels(), $0.baseAddress!) }
     return (a, b)
 }
 
@@ -117,9 +118,10 @@ struct KernelTests {
                 for acc in [false, true] {
                     let start = random(m * n, seed: UInt64(30 + i))
                     var fast = start, ref = start
-                    fast.withUnsafeMutableBufferPointer { c in
+                    let status = fast.withUnsafeMutableBufferPointer { c in
                         ck_sgemm(Int32(m), Int32(n), Int32(k), a, rsa, csa, b, rsb, csb, c.baseAddress!, n, acc ? 1 : 0)
                     }
+                    #expect(status == Int32(CK_OK))
                     ReferenceKernels.gemm(m: m, n: n, k: k, a, rsa: rsa, csa: csa, b, rsb: rsb, csb: csb, &ref, ldc: n,
                                           accumulate: acc)
                     expectClose(fast, ref, tol: 1e-5, "gemm \(m)x\(n)x\(k) ta=\(ta) tb=\(tb) acc=\(acc)")
@@ -136,43 +138,43 @@ struct KernelTests {
     /// (the Winograd backward picks its schedule by it, winograd.c; the recycled-buffers test compares
     /// bits of two explanations).
     @Test("forward: implicit GEMM, packed panels and prepared weights give identical results")
-    func implicitBitwise() {
+    func implicitBitwise() throws {
         let threads = CKernelsBackend.threads
         for (i, g) in convCases.enumerated() where g.strideH == 1 && g.strideW == 1 {
             let x = random(g.inCount, seed: UInt64(50 + i))
             let w = random(g.outChannels * g.inChannels * g.kernelH * g.kernelW, seed: UInt64(60 + i))
             let bias = random(g.outChannels, seed: UInt64(70 + i))
             let k = CKernelsBackend(), packed = k.prepareForward(weight: w, g)!
-            func run(_ implicit: Bool, prepared: Bool) -> [Float] {
+            func run(_ implicit: Bool, prepared: Bool) throws -> [Float] {
                 let old = ck_conv_set_implicit(implicit ? 1 : 0)
                 defer { ck_conv_set_implicit(old) }
                 var y = [Float](repeating: .nan, count: g.outCount)
-                y.withUnsafeMutableBufferPointer {
-                    if prepared { k.convForward(x, g, prepared: packed, bias: bias, $0.baseAddress!) }
-                    else { k.convForward(x, g, weight: w, bias: bias, $0.baseAddress!) }
+                try y.withUnsafeMutableBufferPointer {
+                    if prepared { try k.convForward(x, g, prepared: packed, bias: bias, $0.baseAddress!) }
+                    else { try k.convForward(x, g, weight: w, bias: bias, $0.baseAddress!) }
                 }
                 return y
             }
-            let packedPanels = run(false, prepared: false)
-            #expect(run(true, prepared: false) == packedPanels, "\(g), \(threads) threads")
-            #expect(run(true, prepared: true) == packedPanels, "prepared weights \(g), \(threads) threads")
-            #expect(run(false, prepared: true) == packedPanels, "prepared weights, packed panels \(g), \(threads) threads")
+            let packedPanels = try run(false, prepared: false)
+            #expect(try run(true, prepared: false) == packedPanels, "\(g), \(threads) threads")
+            #expect(try run(true, prepared: true) == packedPanels, "prepared weights \(g), \(threads) threads")
+            #expect(try run(false, prepared: true) == packedPanels, "prepared weights, packed panels \(g), \(threads) threads")
         }
     }
 
     /// implicit: stride-1 convolutions read im2col rows in place on AVX-512; off, every ISA packs.
     @Test("convolution forward", arguments: isaPaths, [true, false])
-    func convForward(isa: Int32, implicit: Bool) {
+    func convForward(isa: Int32, implicit: Bool) throws {
         let old = ck_conv_set_implicit(implicit ? 1 : 0)
         defer { ck_conv_set_implicit(old) }
-        withISA(isa) {
+        try withISA(isa) {
             for (i, g) in convCases.enumerated() {
                 let x = random(g.inCount, seed: UInt64(i))
                 let w = random(g.outChannels * g.inChannels * g.kernelH * g.kernelW, seed: UInt64(100 + i))
                 let bias = random(g.outChannels, seed: UInt64(200 + i))
                 for withBias in [false, true] {
-                    let (f, r) = both(g.outCount) { k, y in
-                        k.convForward(x, g, weight: w, bias: withBias ? bias : nil, y)
+                    let (f, r) = try both(g.outCount) { k, y in
+                        try k.convForward(x, g, weight: w, bias: withBias ? bias : nil, y)
                     }
                     expectClose(f, r, tol: 1e-5, "conv forward \(g) bias=\(withBias)")
                     // Weights packed once per layer (what explanations use), on this ISA too.
@@ -181,8 +183,8 @@ struct KernelTests {
                         Issue.record("no packed forward weights for \(g)"); continue
                     }
                     var y = [Float](repeating: .nan, count: g.outCount)
-                    y.withUnsafeMutableBufferPointer {
-                        k.convForward(x, g, prepared: packed, bias: withBias ? bias : nil, $0.baseAddress!)
+                    try y.withUnsafeMutableBufferPointer {
+                        try k.convForward(x, g, prepared: packed, bias: withBias ? bias : nil, $0.baseAddress!)
                     }
                     expectClose(y, r, tol: 1e-5, "conv forward, prepared weights \(g) bias=\(withBias)")
                 }
@@ -191,13 +193,13 @@ struct KernelTests {
     }
 
     @Test("convolution relevance backward (transposed), blocks of n maps", arguments: isaPaths)
-    func convBackward(isa: Int32) {
-        withISA(isa) {
+    func convBackward(isa: Int32) throws {
+        try withISA(isa) {
             for (i, g) in convCases.enumerated() {
                 let w = random(g.outChannels * g.inChannels * g.kernelH * g.kernelW, seed: UInt64(300 + i))
                 for n in [1, 3, 5] {
                     let s = random(n * g.outCount, seed: UInt64(400 + i * 7 + n))
-                    let (f, r) = both(n * g.inCount) { k, c in k.convBackward(n: n, s, g, weight: w, c) }
+                    let (f, r) = try both(n * g.inCount) { k, c in try k.convBackward(n: n, s, g, weight: w, c) }
                     expectClose(f, r, tol: 1e-5, "conv backward n=\(n) \(g)")
                 }
             }
@@ -207,8 +209,8 @@ struct KernelTests {
     /// Winograd changes rounding; measured against the float64 reference its max error stays below
     /// 1e-5 of the largest value on these shapes (the bound asserted here).
     @Test("Winograd F(4x4, 3x3) backward against the float64 reference", arguments: isaPaths, winogradSchedules)
-    func winogradBackward(isa: Int32, schedule: Int32) {
-        withISA(isa) { withSchedule(schedule) {
+    func winogradBackward(isa: Int32, schedule: Int32) throws {
+        try withISA(isa) { try withSchedule(schedule) {
             // (16, 8, 6, 70): 18 tiles per row, so the vector pass runs 16 tiles and a masked tail;
             // (24, 20, 28, 28): VGG's 28 x 28 rows of 7 tiles, chunks ending inside rows;
             // (20, 18, 16, 16), (19, 24, 13, 14), (16, 17, 15, 13): maps of 4 x 4 tiles, one map per
@@ -220,12 +222,12 @@ struct KernelTests {
                                      padH: 1, padW: 1)
                 let wt = random(cout * cin * 9, seed: UInt64(700 + i))
                 let fast = CKernelsBackend(convolution: .winograd)
-                guard let u = fast.prepareBackward(weight: wt, g) else { Issue.record("no Winograd path"); return }
-                #expect(CKernelsBackend(convolution: .direct).prepareBackward(weight: wt, g) == nil)
+                guard let u = try fast.prepareBackward(weight: wt, g) else { Issue.record("no Winograd path"); return }
+                #expect(try CKernelsBackend(convolution: .direct).prepareBackward(weight: wt, g) == nil)
                 for n in [1, 3] {
                     let s = random(n * g.outCount, seed: UInt64(800 + i * 7 + n))
                     var f = [Float](repeating: .nan, count: n * g.inCount), r = f
-                    f.withUnsafeMutableBufferPointer { fast.convBackward(n: n, s, g, prepared: u, $0.baseAddress!) }
+                    try f.withUnsafeMutableBufferPointer { try fast.convBackward(n: n, s, g, prepared: u, $0.baseAddress!) }
                     r.withUnsafeMutableBufferPointer { ReferenceKernels().convBackward(n: n, s, g, weight: wt, $0.baseAddress!) }
                     expectClose(f, r, tol: 1e-5, "winograd backward n=\(n) \(g)")
                 }
@@ -235,8 +237,8 @@ struct KernelTests {
 
     @Test("fused LRP term (divide, Winograd backward, product) against the reference steps",
           arguments: isaPaths, winogradSchedules)
-    func fusedTerm(isa: Int32, schedule: Int32) {
-        withISA(isa) { withSchedule(schedule) {
+    func fusedTerm(isa: Int32, schedule: Int32) throws {
+        try withISA(isa) { try withSchedule(schedule) {
           // 11 x 67: row-wise transforms; 9 x 14: at most 4 tiles per row, the 16-tiles-per-vector
           // variants on AVX-512, with 3 maps of 12 tiles so vectors and 64-tile units span maps;
           // 16 x 16 and 14 x 13: 16 tiles a map, the map-per-vector variants.
@@ -246,12 +248,12 @@ struct KernelTests {
             let R = random(n * g.outCount, seed: 902), a = random(g.inCount, seed: 903)
             var z = random(g.outCount, seed: 904)
             z[0] = 0; z[5] = 1e-12
-            let u = CKernelsBackend(convolution: .winograd).prepareBackward(weight: wt, g)!
+            let u = try CKernelsBackend(convolution: .winograd).prepareBackward(weight: wt, g)!
             for (useA, acc) in [(true, false), (false, true)] {
                 let start = random(n * g.inCount, seed: 905)
                 var f = start, r = start
-                f.withUnsafeMutableBufferPointer {
-                    CKernelsBackend().lrpTerm(n: n, R, z, epsilon: 0.01, g, prepared: u, useA ? a : nil, scale: -2,
+                try f.withUnsafeMutableBufferPointer {
+                    try CKernelsBackend().lrpTerm(n: n, R, z, epsilon: 0.01, g, prepared: u, useA ? a : nil, scale: -2,
                                               $0.baseAddress!, accumulate: acc)
                 }
                 let ref = ReferenceKernels()
@@ -271,8 +273,8 @@ struct KernelTests {
     /// when there are at least two maps per thread, else the separate steps; both against the
     /// reference's steps, with inputs and without, accumulating and not.
     @Test("fused direct LRP pass (T terms) against the reference steps", arguments: isaPaths)
-    func directPass(isa: Int32) {
-        withISA(isa) {
+    func directPass(isa: Int32) throws {
+        try withISA(isa) {
             let nFused = 2 * CKernelsBackend.threads + 1
             for (i, g) in convCases.enumerated() {
                 let wCount = g.outChannels * g.inChannels * g.kernelH * g.kernelW
@@ -285,17 +287,17 @@ struct KernelTests {
                     let R = random(n * g.outCount, seed: UInt64(1300 + i))
                     for acc in [false, true] {
                         let start = random(n * g.inCount, seed: UInt64(1400 + i))
-                        func run(_ k: any Kernels) -> [Float] {
+                        func run(_ k: any Kernels) throws -> [Float] {
                             var out = start
-                            withPointers(ws) { wp in withOptionalPointers(inputs) { ip in
-                                out.withUnsafeMutableBufferPointer {
-                                    k.lrpDirect(n: n, R, z, epsilon: 0.01, g, weights: wp, inputs: ip, scale: -0.5,
+                            try withPointers(ws) { wp in try withOptionalPointers(inputs) { ip in
+                                try out.withUnsafeMutableBufferPointer {
+                                    try k.lrpDirect(n: n, R, z, epsilon: 0.01, g, weights: wp, inputs: ip, scale: -0.5,
                                                 $0.baseAddress!, accumulate: acc)
                                 }
                             } }
                             return out
                         }
-                        expectClose(run(CKernelsBackend()), run(ReferenceKernels()), tol: 1e-5,
+                        expectClose(try run(CKernelsBackend()), try run(ReferenceKernels()), tol: 1e-5,
                                     "direct pass \(g) terms=\(terms) n=\(n) accumulate=\(acc)")
                     }
                 }
@@ -308,8 +310,8 @@ struct KernelTests {
     /// column no window covers), on the 16-tiles-per-vector path (8 x 8), on the map-per-vector
     /// path (16 x 16, 14 x 15), and a 3 x 3 stride-2 pool (overlapping: the separate steps).
     @Test("Winograd LRP term unpooling on load against pool backward then term", arguments: isaPaths, winogradSchedules)
-    func unpoolingTerm(isa: Int32, schedule: Int32) {
-        withISA(isa) { withSchedule(schedule) {
+    func unpoolingTerm(isa: Int32, schedule: Int32) throws {
+        try withISA(isa) { try withSchedule(schedule) {
             let k = CKernelsBackend(convolution: .winograd)
             for (i, (h, w, pk, ps)) in [(13, 19, 2, 2), (6, 70, 2, 2), (8, 8, 2, 2), (12, 15, 3, 2), (16, 16, 2, 2),
                                         (14, 15, 2, 2)].enumerated() {
@@ -319,7 +321,7 @@ struct KernelTests {
                 let pg = PoolGeometry(channels: 20, height: h, width: w,
                                       pool: Pool2d(kernel: (pk, pk), stride: (ps, ps)))
                 let n = 3
-                let u = k.prepareBackward(weight: random(20 * 17 * 9, seed: UInt64(1500 + i)), g)!
+                let u = try k.prepareBackward(weight: random(20 * 17 * 9, seed: UInt64(1500 + i)), g)!
                 let act = random(g.outCount, seed: UInt64(1510 + i))
                 var argmax = [Int32](repeating: 0, count: pg.outCount), pooledAct = [Float](repeating: 0, count: pg.outCount)
                 k.maxPoolForward(act, pg, &pooledAct, argmax: &argmax)
@@ -329,14 +331,14 @@ struct KernelTests {
                 let a = random(g.inCount, seed: UInt64(1540 + i)), start = random(n * g.inCount, seed: UInt64(1550 + i))
                 for acc in [false, true] {
                     var fused = start, steps = start
-                    fused.withUnsafeMutableBufferPointer {
-                        k.lrpTermUnpooling(n: n, Rp, argmax: argmax, pg, z, epsilon: 0.01, g, prepared: u, a, scale: 0.5,
+                    try fused.withUnsafeMutableBufferPointer {
+                        try k.lrpTermUnpooling(n: n, Rp, argmax: argmax, pg, z, epsilon: 0.01, g, prepared: u, a, scale: 0.5,
                                            $0.baseAddress!, accumulate: acc)
                     }
                     var R = [Float](repeating: .nan, count: n * pg.inCount)
                     k.maxPoolBackward(n: n, Rp, pg, argmax: argmax, &R)
-                    steps.withUnsafeMutableBufferPointer {
-                        k.lrpTerm(n: n, R, z, epsilon: 0.01, g, prepared: u, a, scale: 0.5, $0.baseAddress!, accumulate: acc)
+                    try steps.withUnsafeMutableBufferPointer {
+                        try k.lrpTerm(n: n, R, z, epsilon: 0.01, g, prepared: u, a, scale: 0.5, $0.baseAddress!, accumulate: acc)
                     }
                     #expect(fused == steps, "\(h)x\(w) pool \(pk)/\(ps) accumulate=\(acc)")
                 }
@@ -375,8 +377,8 @@ struct KernelTests {
     /// the 16/32/64 column tiles. Block sizes: 1, 5 (short map tiles: 64 columns on AVX-512 where
     /// the channels allow), 13 and 29 (a padded tile).
     @Test("sparse LRP term (non-zero relevance only) against the reference steps", arguments: isaPaths)
-    func sparseTerm(isa: Int32) {
-        withISA(isa) {
+    func sparseTerm(isa: Int32) throws {
+        try withISA(isa) {
             let k = CKernelsBackend(convolution: .winograd, sparseBelowDensity: 2)
             let shapes = [
                 ConvGeometry(inChannels: 20, height: 11, width: 19, outChannels: 24, kernelH: 3, kernelW: 3, padH: 1, padW: 1),
@@ -395,8 +397,8 @@ struct KernelTests {
                     for (useA, acc) in [(true, false), (false, true)] {
                         let start = random(n * g.inCount, seed: UInt64(1640 + i))
                         var fast = start
-                        fast.withUnsafeMutableBufferPointer {
-                            k.lrpTermSparse(n: n, R, pooled: nil, z, epsilon: 0.01, g, prepared: prepared,
+                        try fast.withUnsafeMutableBufferPointer {
+                            try k.lrpTermSparse(n: n, R, pooled: nil, z, epsilon: 0.01, g, prepared: prepared,
                                             useA ? a : nil, scale: -1.5, $0.baseAddress!, accumulate: acc)
                         }
                         let ref = referenceTerm(n: n, R, z, g, weight: w, useA ? a : nil, scale: -1.5, start: start,
@@ -411,8 +413,8 @@ struct KernelTests {
     /// The sparse term reading a max-pool's relevance: 2 x 2 windows unpooled while packing (an odd
     /// side leaves a row and a column no window covers), 3 x 3 stride 2 (overlapping: unpooled first).
     @Test("sparse LRP term unpooling a max-pool against pool backward then the reference steps", arguments: isaPaths)
-    func sparseUnpoolingTerm(isa: Int32) {
-        withISA(isa) {
+    func sparseUnpoolingTerm(isa: Int32) throws {
+        try withISA(isa) {
             let k = CKernelsBackend(convolution: .winograd, sparseBelowDensity: 2)
             for (i, (h, w, pk, ps)) in [(13, 19, 2, 2), (8, 8, 2, 2), (12, 15, 3, 2)].enumerated() {
                 let g = ConvGeometry(inChannels: 18, height: h, width: w, outChannels: 20, kernelH: 3, kernelW: 3,
@@ -433,9 +435,9 @@ struct KernelTests {
                     for acc in [false, true] {
                         let start = random(n * g.inCount, seed: UInt64(1750 + i))
                         var fast = start
-                        argmax.withUnsafeBufferPointer { am in
-                            fast.withUnsafeMutableBufferPointer {
-                                k.lrpTermSparse(n: n, Rp, pooled: (am.baseAddress!, pg), z, epsilon: 0.01, g,
+                        try argmax.withUnsafeBufferPointer { am in
+                            try fast.withUnsafeMutableBufferPointer {
+                                try k.lrpTermSparse(n: n, Rp, pooled: (am.baseAddress!, pg), z, epsilon: 0.01, g,
                                                 prepared: prepared, a, scale: 0.5, $0.baseAddress!, accumulate: acc)
                             }
                         }
@@ -462,23 +464,23 @@ struct KernelTests {
     }
 
     @Test("Winograd is only offered for 3x3, stride 1, padding 1")
-    func winogradScope() {
+    func winogradScope() throws {
         let k = CKernelsBackend(convolution: .winograd)
         let w = random(4 * 3 * 9, seed: 1)
-        #expect(k.prepareBackward(weight: w, ConvGeometry(inChannels: 3, height: 8, width: 8, outChannels: 4, kernelH: 3, kernelW: 3, strideH: 2, strideW: 2, padH: 1, padW: 1)) == nil)
-        #expect(k.prepareBackward(weight: w, ConvGeometry(inChannels: 3, height: 8, width: 8, outChannels: 4, kernelH: 3, kernelW: 3)) == nil)
-        #expect(k.prepareBackward(weight: w, ConvGeometry(inChannels: 3, height: 8, width: 8, outChannels: 4, kernelH: 3, kernelW: 3, padH: 1, padW: 1)) == nil, "3 output channels: direct")
+        #expect(try k.prepareBackward(weight: w, ConvGeometry(inChannels: 3, height: 8, width: 8, outChannels: 4, kernelH: 3, kernelW: 3, strideH: 2, strideW: 2, padH: 1, padW: 1)) == nil)
+        #expect(try k.prepareBackward(weight: w, ConvGeometry(inChannels: 3, height: 8, width: 8, outChannels: 4, kernelH: 3, kernelW: 3)) == nil)
+        #expect(try k.prepareBackward(weight: w, ConvGeometry(inChannels: 3, height: 8, width: 8, outChannels: 4, kernelH: 3, kernelW: 3, padH: 1, padW: 1)) == nil, "3 output channels: direct")
     }
 
     @Test("the backward is the adjoint of the forward: <conv(x), s> == <x, conv^T(s)>")
-    func adjoint() {
+    func adjoint() throws {
         let g = convCases[3]
         let x = random(g.inCount, seed: 1), s = random(g.outCount, seed: 2)
         let w = random(g.outChannels * g.inChannels * g.kernelH * g.kernelW, seed: 3)
         var y = [Float](repeating: 0, count: g.outCount), c = [Float](repeating: 0, count: g.inCount)
         let k = CKernelsBackend()
-        y.withUnsafeMutableBufferPointer { k.convForward(x, g, weight: w, bias: nil, $0.baseAddress!) }
-        c.withUnsafeMutableBufferPointer { k.convBackward(n: 1, s, g, weight: w, $0.baseAddress!) }
+        try y.withUnsafeMutableBufferPointer { try k.convForward(x, g, weight: w, bias: nil, $0.baseAddress!) }
+        try c.withUnsafeMutableBufferPointer { try k.convBackward(n: 1, s, g, weight: w, $0.baseAddress!) }
         let lhs = zip(y, s).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
         let rhs = zip(x, c).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
         #expect(abs(lhs - rhs) <= 1e-4 * max(abs(lhs), 1))
@@ -569,11 +571,11 @@ struct KernelTests {
     }
 
     @Test("pair product A A'^T, h = 1 and h off the block sizes", arguments: isaPaths)
-    func pair(isa: Int32) {
-        withISA(isa) {
+    func pair(isa: Int32) throws {
+        try withISA(isa) {
             for (p, q, h) in [(5, 3, 1), (64, 49, 13), (256, 256, 100)] {
                 let a = random(p * h, seed: 90), b = random(q * h, seed: 91)
-                let (f, r) = both(p * q) { k, R in k.pairProduct(p: p, q: q, h: h, a, b, R) }
+                let (f, r) = try both(p * q) { k, R in try k.pairProduct(p: p, q: q, h: h, a, b, R) }
                 expectClose(f, r, tol: 1e-5, "pair \(p)x\(q)x\(h)")
             }
         }
@@ -596,7 +598,7 @@ struct KernelTests {
     }
 
     @Test("results do not depend on the thread count")
-    func threadCounts() {
+    func threadCounts() throws {
         let g = convCases[5]
         let w = random(g.outChannels * g.inChannels * 9, seed: 3), s = random(4 * g.outCount, seed: 4)
         var outs: [[Float]] = []
@@ -604,7 +606,7 @@ struct KernelTests {
         for t in [1, 2, 3] {
             CKernelsBackend.threads = t
             var c = [Float](repeating: 0, count: 4 * g.inCount)
-            c.withUnsafeMutableBufferPointer { CKernelsBackend().convBackward(n: 4, s, g, weight: w, $0.baseAddress!) }
+            try c.withUnsafeMutableBufferPointer { try CKernelsBackend().convBackward(n: 4, s, g, weight: w, $0.baseAddress!) }
             outs.append(c)
         }
         CKernelsBackend.threads = saved
@@ -617,4 +619,107 @@ struct KernelTests {
       .enabled(if: ProcessInfo.processInfo.environment["BILRP_EXPECT_OPENMP"] != nil))
 func openMPBuild() {
     #expect(CKernelsBackend.usesOpenMP == (ProcessInfo.processInfo.environment["BILRP_EXPECT_OPENMP"] == "1"))
+}
+
+/// Allocation failures (ckernels.h, CK_ERROR_MEMORY): forced with a per-thread limit on what the
+/// kernels may allocate, every kernel that allocates reports it (the library throws
+/// BiLRPError.outOfMemory) instead of aborting, and the next call without the limit is correct.
+@Suite("C kernels: allocation failures are errors", .serialized)
+struct AllocationFailureTests {
+    /// body under an allocation limit of `bytes` for this thread's kernel calls.
+    func limited<T>(_ bytes: Int, _ body: () throws -> T) rethrows -> T {
+        let old = ck_set_thread_alloc_limit(bytes)
+        defer { ck_set_thread_alloc_limit(old) }
+        return try body()
+    }
+
+    func isOutOfMemory(_ e: any Error) -> Bool {
+        if case .outOfMemory(let m)? = e as? BiLRPError { return m.contains("could not allocate") }
+        return false
+    }
+
+    @Test("GEMM: CK_ERROR_MEMORY under the limit, the right product after", arguments: isaPaths)
+    func gemm(isa: Int32) {
+        withISA(isa) {
+            let (m, n, k) = (37, 300, 129)
+            let a = random(m * k, seed: 1), b = random(k * n, seed: 2)
+            var c = [Float](repeating: 0, count: m * n), ref = c
+            let failed = limited(64) {
+                c.withUnsafeMutableBufferPointer { ck_sgemm(Int32(m), Int32(n), Int32(k), a, k, 1, b, n, 1, $0.baseAddress!, n, 0) }
+            }
+            #expect(failed == Int32(CK_ERROR_MEMORY))
+            let ok = c.withUnsafeMutableBufferPointer {
+                ck_sgemm(Int32(m), Int32(n), Int32(k), a, k, 1, b, n, 1, $0.baseAddress!, n, 0)
+            }
+            #expect(ok == Int32(CK_OK))
+            ReferenceKernels.gemm(m: m, n: n, k: k, a, rsa: k, csa: 1, b, rsb: n, csb: 1, &ref, ldc: n, accumulate: false)
+            expectClose(c, ref, tol: 1e-5, "gemm after a failed call")
+        }
+    }
+
+    /// Every kernel of the Kernels protocol that allocates, under a limit of 64 bytes.
+    @Test("every allocating kernel throws outOfMemory under the limit, then agrees with the reference",
+          arguments: isaPaths, winogradSchedules)
+    func kernels(isa: Int32, schedule: Int32) throws {
+        try withISA(isa) { try withSchedule(schedule) {
+            let k = CKernelsBackend()
+            let g = ConvGeometry(inChannels: 16, height: 12, width: 12, outChannels: 24, kernelH: 3, kernelW: 3,
+                                 padH: 1, padW: 1)
+            let n = 2 * CKernelsBackend.threads + 1
+            let w = random(g.outChannels * g.inChannels * 9, seed: 3, scale: 0.2)
+            let x = random(g.inCount, seed: 4), z = random(g.outCount, seed: 5), R = random(n * g.outCount, seed: 6)
+            let packed = k.prepareForward(weight: w, g)!
+            #expect(limited(64) { k.prepareForward(weight: w, g) } == packed)  // packs in place: allocates nothing
+            #expect { try limited(64) { _ = try k.prepareBackward(weight: w, g) } } throws: { isOutOfMemory($0) }
+            let u = try k.prepareBackward(weight: w, g)!
+            let sparse = k.prepareSparseBackward(weight: w, g)!
+            // (name, output count, the call on a backend)
+            let calls: [(String, Int, (any Kernels, UnsafeMutablePointer<Float>) throws -> Void)] = [
+                ("forward", g.outCount, { try $0.convForward(x, g, weight: w, bias: nil, $1) }),
+                ("forward prepared", g.outCount, { b, y in
+                    if b is CKernelsBackend { try b.convForward(x, g, prepared: packed, bias: nil, y) }
+                    else { try b.convForward(x, g, weight: w, bias: nil, y) } }),
+                ("backward", n * g.inCount, { try $0.convBackward(n: n, R, g, weight: w, $1) }),
+                ("backward 1 map", g.inCount, { try $0.convBackward(n: 1, R, g, weight: w, $1) }),
+                ("direct pass", n * g.inCount, { b, y in
+                    try withPointers([w]) { try b.lrpDirect(n: n, R, z, epsilon: 0.01, g, weights: $0, inputs: [nil],
+                                                            scale: 1, y, accumulate: false) } }),
+                ("direct pass 1 map", g.inCount, { b, y in
+                    try withPointers([w]) { try b.lrpDirect(n: 1, R, z, epsilon: 0.01, g, weights: $0, inputs: [nil],
+                                                            scale: 1, y, accumulate: false) } }),
+                ("Winograd term", n * g.inCount, { b, y in
+                    if b is CKernelsBackend { try b.lrpTerm(n: n, R, z, epsilon: 0.01, g, prepared: u, nil, scale: 1, y,
+                                                            accumulate: false) }
+                    else { try withPointers([w]) { try b.lrpDirect(n: n, R, z, epsilon: 0.01, g, weights: $0,
+                                                                   inputs: [nil], scale: 1, y, accumulate: false) } } }),
+                ("sparse term", n * g.inCount, { b, y in
+                    if b is CKernelsBackend { try b.lrpTermSparse(n: n, R, pooled: nil, z, epsilon: 0.01, g,
+                                                                  prepared: sparse, nil, scale: 1, y, accumulate: false) }
+                    else { try withPointers([w]) { try b.lrpDirect(n: n, R, z, epsilon: 0.01, g, weights: $0,
+                                                                   inputs: [nil], scale: 1, y, accumulate: false) } } }),
+                ("pair product", 9 * 11, { b, y in
+                    try b.pairProduct(p: 9, q: 11, h: 40, random(9 * 40, seed: 7), random(11 * 40, seed: 8), y) }),
+            ]
+            for (name, count, call) in calls {
+                var out = [Float](repeating: 0, count: count)
+                #expect {
+                    try limited(64) { try out.withUnsafeMutableBufferPointer { try call(k, $0.baseAddress!) } }
+                } throws: { isOutOfMemory($0) }
+                let (fast, slow) = try both(count, call)
+                expectClose(fast, slow, tol: 1e-4, "\(name) after a failed call")
+            }
+        } }
+    }
+
+    @Test("an explanation under the limit throws outOfMemory; the next one equals one computed before")
+    func explanation() throws {
+        let model = try stride1Net(seed: 5)
+        let ex = try Explainer(model: model, head: .randomProjection(outputs: 6, seed: 2), composite: try .named("paper-vgg"),
+                               bounds: bounds)
+        let x = try image(Shape3(3, 24, 24), seed: 31), x2 = try image(Shape3(3, 24, 24), seed: 32)
+        let before = try ex.explain(x, x2, patch: 4)
+        #expect { try limited(64) { _ = try ex.explain(x, x2, patch: 4) } } throws: { isOutOfMemory($0) }
+        let after = try ex.explain(x, x2, patch: 4)
+        #expect(after.relevance == before.relevance)
+    }
 }

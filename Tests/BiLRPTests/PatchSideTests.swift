@@ -73,8 +73,8 @@ struct PatchSideTests {
     }
 
     @Test("cells contract against blocks of 1, 4, 6 and 9 maps", arguments: isaPaths)
-    func contract(isa: Int32) {
-        withISA(isa) {
+    func contract(isa: Int32) throws {
+        try withISA(isa) {
             let (C, H, W) = (6, 12, 41)
             // Cells wider than 16 (two vector steps a row; most of them inside the map) and narrower.
             for (cell, seed) in [((5, 19), UInt64(10)), ((4, 7), UInt64(20))] {
@@ -83,9 +83,9 @@ struct PatchSideTests {
                 for n in [1, 4, 6, 9] {
                     let R = random(n * C * H * W, seed: seed + UInt64(n))
                     let lda = n + 3
-                    let (a, b) = both(l.count * lda) { k, out in
+                    let (a, b) = try both(l.count * lda) { k, out in
                         for i in 0..<l.count * lda { out[i] = 42 }
-                        k.cellsContract(channels: C, map: (H, W), l, v, n: n, R, out, lda: lda)
+                        try k.cellsContract(channels: C, map: (H, W), l, v, n: n, R, out, lda: lda)
                     }
                     expectClose(a, b, tol: 1e-5, "contract n=\(n) cell \(cell)")
                     // Columns past n are the caller's.
@@ -104,8 +104,8 @@ struct PatchSideTests {
     }
 
     @Test("cells contract from packed cells (16 a vector) against the reference, on every ISA", arguments: isaPaths)
-    func contractPacked(isa: Int32) {
-        withISA(isa) {
+    func contractPacked(isa: Int32) throws {
+        try withISA(isa) {
             let C = 3
             // Grid rows of 5 cells (one short group), 16 (one full), 21 and 37 (groups split evenly);
             // cells partly above, below, left and right of the map; cells wider than a vector.
@@ -127,8 +127,8 @@ struct PatchSideTests {
                     let R = random(n * C * t.map.0 * t.map.1, seed: UInt64(70 + i * 40 + n))
                     let lda = n + 2
                     var a = [Float](repeating: 42, count: l.count * lda), b = a
-                    a.withUnsafeMutableBufferPointer {
-                        CKernelsBackend().cellsContract(channels: C, map: t.map, l, packed: packed, n: n, R,
+                    try a.withUnsafeMutableBufferPointer {
+                        try CKernelsBackend().cellsContract(channels: C, map: t.map, l, packed: packed, n: n, R,
                                                         $0.baseAddress!, lda: lda)
                     }
                     b.withUnsafeMutableBufferPointer {
@@ -152,18 +152,18 @@ struct PatchSideTests {
 
     /// Winograd rounds differently; the bound is the one asserted for its backward.
     @Test("Winograd F(4x4, 3x3) forward against the float64 reference", arguments: isaPaths, winogradSchedules)
-    func winogradForward(isa: Int32, schedule: Int32) {
-        withISA(isa) { withSchedule(schedule) {
+    func winogradForward(isa: Int32, schedule: Int32) throws {
+        try withISA(isa) { try withSchedule(schedule) {
             for (i, (cin, cout, h, w)) in [(16, 17, 9, 7), (20, 64, 12, 13), (64, 16, 18, 70), (16, 24, 28, 28)].enumerated() {
                 let g = ConvGeometry(inChannels: cin, height: h, width: w, outChannels: cout, kernelH: 3, kernelW: 3,
                                      padH: 1, padW: 1)
                 let wt = random(cout * cin * 9, seed: UInt64(900 + i))
                 let x = random(g.inCount, seed: UInt64(950 + i))
-                guard let u = CKernelsBackend(convolution: .winograd).prepareWinogradForward(weight: wt, g) else {
+                guard let u = try CKernelsBackend(convolution: .winograd).prepareWinogradForward(weight: wt, g) else {
                     Issue.record("no Winograd forward"); return
                 }
                 var f = [Float](repeating: .nan, count: g.outCount), r = f
-                f.withUnsafeMutableBufferPointer { CKernelsBackend().convForward(x, g, winograd: u, $0.baseAddress!) }
+                try f.withUnsafeMutableBufferPointer { try CKernelsBackend().convForward(x, g, winograd: u, $0.baseAddress!) }
                 r.withUnsafeMutableBufferPointer { ReferenceKernels().convForward(x, g, weight: wt, bias: nil, $0.baseAddress!) }
                 expectClose(f, r, tol: 1e-5, "winograd forward \(g)")
             }
@@ -171,18 +171,18 @@ struct PatchSideTests {
     }
 
     @Test("Winograd forward is offered for 3x3 / stride 1 / padding 1 with 16 or more channels, Winograd mode only")
-    func winogradForwardScope() {
+    func winogradForwardScope() throws {
         let wt = random(16 * 16 * 9, seed: 1)
         func geo(_ cin: Int, _ cout: Int, k: Int = 3, stride: Int = 1, pad: Int = 1) -> ConvGeometry {
             ConvGeometry(inChannels: cin, height: 1, width: 1, outChannels: cout, kernelH: k, kernelW: k,
                          strideH: stride, strideW: stride, padH: pad, padW: pad)
         }
-        #expect(CKernelsBackend(convolution: .winograd).prepareWinogradForward(weight: wt, geo(16, 16)) != nil)
-        #expect(CKernelsBackend(convolution: .direct).prepareWinogradForward(weight: wt, geo(16, 16)) == nil)
-        #expect(CKernelsBackend().prepareWinogradForward(weight: wt, geo(16, 16, stride: 2)) == nil)
-        #expect(CKernelsBackend().prepareWinogradForward(weight: wt, geo(16, 16, pad: 0)) == nil)
-        #expect(CKernelsBackend().prepareWinogradForward(weight: random(3 * 16 * 9, seed: 2), geo(3, 16)) == nil)
-        #expect(ReferenceKernels().prepareWinogradForward(weight: wt, geo(16, 16)) == nil)
+        #expect(try CKernelsBackend(convolution: .winograd).prepareWinogradForward(weight: wt, geo(16, 16)) != nil)
+        #expect(try CKernelsBackend(convolution: .direct).prepareWinogradForward(weight: wt, geo(16, 16)) == nil)
+        #expect(try CKernelsBackend().prepareWinogradForward(weight: wt, geo(16, 16, stride: 2)) == nil)
+        #expect(try CKernelsBackend().prepareWinogradForward(weight: wt, geo(16, 16, pad: 0)) == nil)
+        #expect(try CKernelsBackend().prepareWinogradForward(weight: random(3 * 16 * 9, seed: 2), geo(3, 16)) == nil)
+        #expect(try ReferenceKernels().prepareWinogradForward(weight: wt, geo(16, 16)) == nil)
     }
 
     /// Every split of a net the patch side can take whole: 3x3 (Winograd on the patch side) and
