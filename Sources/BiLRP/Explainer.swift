@@ -288,7 +288,7 @@ public final class Explainer: @unchecked Sendable {
     }
 
     /// Cache of head layers per feature shape (the random projection is drawn once per shape).
-    private let headCache = HeadCache()
+    let headCache = HeadCache()
 
     func allLayers(for input: Shape3, cancellation: Cancellation? = nil) throws -> [PreparedLayer] {
         var s = input
@@ -590,6 +590,19 @@ final class HeadCache: @unchecked Sendable {
     private let lock = NSLock()
     func get(_ s: Shape3) -> [PreparedLayer]? { lock.lock(); defer { lock.unlock() }; return entries[s] }
     func set(_ s: Shape3, _ l: [PreparedLayer]) { lock.lock(); entries[s] = l; lock.unlock() }
+    var all: [PreparedLayer] { lock.lock(); defer { lock.unlock() }; return entries.values.flatMap { $0 } }
+}
+
+extension Explainer {
+    /// Bytes of weights this explainer holds in prepared forms (modified, packed, Winograd,
+    /// sparse), with the heads drawn so far (one per input shape: h x D floats each). What a
+    /// server that keeps several explainers counts against its memory bound.
+    public var preparedBytes: Int {
+        (layers + headCache.all).reduce(0) { sum, l in
+            if case let .conv(c) = l { return sum + c.preparedBytes }
+            return sum
+        }
+    }
 }
 
 import Foundation

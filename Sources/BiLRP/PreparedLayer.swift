@@ -159,6 +159,14 @@ final class PreparedConv: @unchecked Sendable {
         }
     }
 
+    /// Bytes of its weights in every form it keeps (see `Explainer.preparedBytes`).
+    var preparedBytes: Int {
+        let buffers = Array(weights.values) + Array(backward.values) + Array(sparse.values) + Array(forward.values)
+            + passes.compactMap(\.bias) + [bias].compactMap { $0 }
+            + winogradForwardLock.withLock { winogradForwardCache.values.compactMap { $0 } }
+        return buffers.reduce(0) { $0 + $1.count * MemoryLayout<Float>.stride }
+    }
+
     /// Terms over all passes: each is one convolution, forward or backward.
     var termCount: Int { passes.reduce(0) { $0 + $1.terms.count } }
 

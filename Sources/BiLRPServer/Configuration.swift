@@ -28,6 +28,8 @@ public struct ServerConfiguration: Sendable, Codable {
     public var cacheBytes = 256 << 20
     /// Explainer variants (other layer, head or rules than the loaded one) kept at once.
     public var maxVariants = 2
+    /// Bytes of prepared weights and drawn heads the kept variants may hold together.
+    public var maxVariantBytes = 2 << 30
     /// Open connections beyond which new ones wait in the listen backlog.
     public var maxConnections = 512
     /// A connection with no request under way for this long is closed.
@@ -53,7 +55,8 @@ public struct ServerConfiguration: Sendable, Codable {
         case maxOutputs = "max_outputs", maxExplanationBytes = "max_explanation_bytes"
         case maxResponseBytes = "max_response_bytes"
         case timeoutSeconds = "timeout_seconds", computeSlots = "compute_slots", queueLimit = "queue_limit"
-        case cacheBytes = "cache_bytes", maxVariants = "max_variants", maxConnections = "max_connections"
+        case cacheBytes = "cache_bytes", maxVariants = "max_variants", maxVariantBytes = "max_variant_bytes"
+        case maxConnections = "max_connections"
         case idleTimeoutSeconds = "idle_timeout_seconds", headerTimeoutSeconds = "header_timeout_seconds"
         case bodyTimeoutSeconds = "body_timeout_seconds", logFormat = "log_format"
     }
@@ -77,6 +80,7 @@ public struct ServerConfiguration: Sendable, Codable {
         try read(.maxExplanationBytes, &maxExplanationBytes); try read(.maxResponseBytes, &maxResponseBytes)
         try read(.timeoutSeconds, &timeoutSeconds); try read(.computeSlots, &computeSlots)
         try read(.queueLimit, &queueLimit); try read(.cacheBytes, &cacheBytes); try read(.maxVariants, &maxVariants)
+        try read(.maxVariantBytes, &maxVariantBytes)
         try read(.maxConnections, &maxConnections); try read(.idleTimeoutSeconds, &idleTimeoutSeconds)
         try read(.headerTimeoutSeconds, &headerTimeoutSeconds); try read(.bodyTimeoutSeconds, &bodyTimeoutSeconds)
         try read(.logFormat, &logFormat)
@@ -98,6 +102,9 @@ public struct ServerConfiguration: Sendable, Codable {
         guard queueLimit >= 0 else { throw BiLRPError.invalidArgument("queue_limit must be >= 0 (got \(queueLimit))") }
         guard cacheBytes >= 0 else { throw BiLRPError.invalidArgument("cache_bytes must be >= 0 (got \(cacheBytes))") }
         guard maxVariants >= 0 else { throw BiLRPError.invalidArgument("max_variants must be >= 0 (got \(maxVariants))") }
+        guard maxVariantBytes >= 0 else {
+            throw BiLRPError.invalidArgument("max_variant_bytes must be >= 0 (got \(maxVariantBytes))")
+        }
         try positive(timeoutSeconds, "timeout_seconds"); try positive(idleTimeoutSeconds, "idle_timeout_seconds")
         try positive(headerTimeoutSeconds, "header_timeout_seconds"); try positive(bodyTimeoutSeconds, "body_timeout_seconds")
         guard ["text", "json", "off"].contains(logFormat) else {

@@ -7,17 +7,22 @@ import NIOPosix
 
 /// The explainer variants requests ask for (another layer, head or rules than the loaded one):
 /// built on a thread of their own, off the request path and the cooperative pool, once for
-/// concurrent requests, at most `limit` kept (least recently used evicted).
+/// concurrent requests. At most `limit` are kept, holding at most `maxBytes` of prepared weights
+/// and drawn heads together (`Explainer.preparedBytes`, which grows when a head is drawn for a new
+/// input size): least recently used evicted first, counted on every use. A variant that alone
+/// exceeds the bound serves the request that built it and is not kept.
 actor ExplainerVariants {
     private var entries: [String: (value: LoadedExplainer, tick: Int)] = [:]
     private var building: [String: Task<LoadedExplainer, any Error>] = [:]
     private var tick = 0
     private let limit: Int
+    private let maxBytes: Int
     private let thread: NIOThreadPool
     private let metrics: ServerMetrics
 
-    init(limit: Int, metrics: ServerMetrics) {
+    init(limit: Int, maxBytes: Int, metrics: ServerMetrics) {
         self.limit = limit
+        self.maxBytes = maxBytes
         self.metrics = metrics
         thread = NIOThreadPool(numberOfThreads: 1)
         thread.start()
@@ -25,7 +30,11 @@ actor ExplainerVariants {
 
     func get(_ key: String, build: @escaping @Sendable () throws -> LoadedExplainer) async throws -> LoadedExplainer {
         tick += 1
-        if let e = entries[key] { entries[key] = (e.value, tick); return e.value }
+        if let e = entries[key] {
+            entries[key] = (e.value, tick)
+            evict()
+            return e.value
+        }
         guard limit > 0 else {
             throw ServiceError(400, "this server explains with its loaded layer, head and rules only (max_variants is 0)")
         }
@@ -36,11 +45,25 @@ actor ExplainerVariants {
         metrics.explainerBuilds.increment()
         tick += 1
         entries[key] = (v, tick)
-        while entries.count > limit, let oldest = entries.min(by: { $0.value.tick < $1.value.tick }) {
+        evict()
+        return v
+    }
+
+    /// Applies the bounds again after a computation (a variant's first input of a size draws its head).
+    func refresh() { evict() }
+
+    /// Bytes the kept variants hold now.
+    var bytes: Int { entries.values.reduce(0) { $0 + $1.value.explainer.preparedBytes } }
+
+    private func evict() {
+        var total = bytes
+        while entries.count > limit || total > maxBytes,
+              let oldest = entries.min(by: { $0.value.tick < $1.value.tick }) {
+            total -= oldest.value.value.explainer.preparedBytes
             entries[oldest.key] = nil
         }
         metrics.explainers.record(entries.count + 1)
-        return v
+        metrics.variantBytes.record(total)
     }
 
     func shutdown() async throws { try await thread.shutdownGracefully() }
@@ -68,7 +91,8 @@ public final class ExplanationService: @unchecked Sendable {
         decoding = NIOThreadPool(numberOfThreads: 2)
         decoding.start()
         cache = FactorCache(capacity: configuration.cacheBytes, metrics: metrics)
-        variants = ExplainerVariants(limit: configuration.maxVariants, metrics: metrics)
+        variants = ExplainerVariants(limit: configuration.maxVariants, maxBytes: configuration.maxVariantBytes,
+                                     metrics: metrics)
         metrics.explainers.record(1)
     }
 
@@ -218,6 +242,7 @@ public final class ExplanationService: @unchecked Sendable {
             }
         }
         RequestStats.current?.cache(hit: hit)
+        if loaded.explainer !== base.explainer { await variants.refresh() }
         return (id, v, hit)
     }
 

@@ -331,6 +331,7 @@ extension ExplanationService {
                        "max_explanation_bytes": c.maxExplanationBytes, "max_response_bytes": c.maxResponseBytes,
                        "timeout_seconds": c.timeoutSeconds, "queue_limit": c.queueLimit,
                        "compute_slots": c.computeSlots, "cache_bytes": c.cacheBytes, "max_variants": c.maxVariants,
+                       "max_variant_bytes": c.maxVariantBytes,
                        "max_patch": RequestSettings.maxPatch, "max_top_k": RequestSettings.maxTopK],
             "overridable": ["rules", "patch", "top_k", "similarity", "head", "layer"],
             "max_layer": b.model.layers.count,

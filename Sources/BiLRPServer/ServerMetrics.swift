@@ -19,6 +19,7 @@ final class ServerMetrics: @unchecked Sendable {
     let cacheMisses: CoreMetrics.Counter
     let factorComputations: CoreMetrics.Counter
     let explainers: CoreMetrics.Gauge
+    let variantBytes: CoreMetrics.Gauge
     let explainerBuilds: CoreMetrics.Counter
 
     /// Request durations from 5 ms to 2 min.
@@ -36,6 +37,7 @@ final class ServerMetrics: @unchecked Sendable {
         cacheMisses = CoreMetrics.Counter(label: "bilrp_cache_misses_total", factory: f)
         factorComputations = CoreMetrics.Counter(label: "bilrp_factor_computations_total", factory: f)
         explainers = CoreMetrics.Gauge(label: "bilrp_explainers", factory: f)
+        variantBytes = CoreMetrics.Gauge(label: "bilrp_explainer_variant_bytes", factory: f)
         explainerBuilds = CoreMetrics.Counter(label: "bilrp_explainer_builds_total", factory: f)
         CoreMetrics.Gauge(label: "bilrp_build_info", dimensions: [("version", version)], factory: f).record(1)
     }

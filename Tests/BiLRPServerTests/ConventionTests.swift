@@ -174,6 +174,54 @@ struct ConventionTests {
         }
     }
 
+    /// A metric's value in the Prometheus text of /metrics.
+    func metric(_ name: String, _ client: some TestClientProtocol) async throws -> Double {
+        try await client.execute(uri: "/metrics", method: .get) { r in
+            let line = String(buffer: r.body).split(separator: "\n").first { $0.hasPrefix(name + " ") }
+            return Double(line?.split(separator: " ").last ?? "") ?? -1
+        }
+    }
+
+    /// POST /v1/factors with an image (base64) and settings (JSON text); expects 200.
+    static func factors(_ img: String, _ settings: String, _ client: some TestClientProtocol) async throws {
+        let json = "{\"image\": \"\(img)\", \"settings\": \(settings)}"
+        try await client.execute(uri: "/v1/factors", method: .post, headers: jsonType, body: ByteBuffer(string: json)) { r in
+            #expect(r.status == .ok, "\(settings): \(errorText(r.body))")
+        }
+    }
+
+    @Test("explainer variants are bounded in memory: the least recently used is evicted, the bytes are in /metrics")
+    func variantMemory() async throws {
+        let img = try imageData("baseline.jpg").base64EncodedString()
+        let (a, b) = ("{\"layer\": 5}", "{\"head\": \"random:4:1\"}")
+        // The bytes of each variant (weights in their prepared forms, the drawn head), from a
+        // server with room for both.
+        let (sizeA, sizeB) = try await makeApp(try ExplanationService(configuration: configuration())).test(.router) {
+            client in
+            try await Self.factors(img, a, client)
+            let sizeA = try await metric("bilrp_explainer_variant_bytes", client)
+            try await Self.factors(img, b, client)
+            let both = try await metric("bilrp_explainer_variant_bytes", client)
+            #expect(try await metric("bilrp_explainers", client) == 3)
+            return (sizeA, both - sizeA)
+        }
+        #expect(sizeA > 0 && sizeB > 0)
+        // Room for either, not both: each use of the other evicts the one kept, and it is built again.
+        var c = configuration()
+        c.maxVariantBytes = Int(sizeA + sizeB) - 1
+        try await makeApp(try ExplanationService(configuration: c)).test(.router) { client in
+            try await Self.factors(img, a, client)
+            try await Self.factors(img, b, client)
+            #expect(try await metric("bilrp_explainer_variant_bytes", client) == sizeB)
+            #expect(try await metric("bilrp_explainers", client) == 2)
+            try await Self.factors(img, a, client)  // the same image and settings: cached factors, no build
+            #expect(try await metric("bilrp_explainer_builds_total", client) == 2)
+            try await Self.factors(img, "{\"layer\": 5, \"patch\": 8}", client)  // new factors: A built again
+            #expect(try await metric("bilrp_explainer_builds_total", client) == 3)
+            #expect(try await metric("bilrp_explainer_variant_bytes", client) == sizeA)
+        }
+    }
+
     /// Wall-clock tests: `make test` runs them in a process of their own (BILRP_SERVER_TIMING=1),
     /// where no synchronous engine test holds the cooperative threads the server's tasks need.
     static let timing = ProcessInfo.processInfo.environment["BILRP_SERVER_TIMING"] == "1"
