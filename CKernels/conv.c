@@ -521,11 +521,14 @@ int ck_lrp_direct(int n, const float *R, const float *z, float eps, int K, int H
     // Few maps (fewer than two per thread) or a linear layer (one column per map): the separate
     // steps, which parallelize inside a map or run all maps as one product.
     if (n < 2 * nt || N == 1 || K == 0 || CKK == 0) {
-        float *s = ck_malloc((size_t)n * K * N * sizeof(float)), *c = s ? ck_malloc((size_t)n * CHW * sizeof(float)) : NULL;
-        for (int t = 0; c && t < T; t++) {
-            if (t == 0) ck_lrp_divide(n, K * N, R, z, eps, s);
-            if (ck_conv2d_backward(n, s, K, Ho, Wo, w[t], C, H, W, kh, kw, sh, sw, ph, pw, c) != CK_OK) break;
-            ck_lrp_product(n, CHW, a[t], c, scale, Rin, accumulate || t > 0);
+        float *s = ck_malloc((size_t)n * K * N * sizeof(float));
+        float *c = s ? ck_malloc((size_t)n * CHW * sizeof(float)) : NULL;
+        if (c) {
+            ck_lrp_divide(n, K * N, R, z, eps, s);
+            for (int t = 0; t < T; t++) {
+                if (ck_conv2d_backward(n, s, K, Ho, Wo, w[t], C, H, W, kh, kw, sh, sw, ph, pw, c) != CK_OK) break;
+                ck_lrp_product(n, CHW, a[t], c, scale, Rin, accumulate || t > 0);
+            }
         }
         free(s);
         free(c);

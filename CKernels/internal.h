@@ -30,7 +30,6 @@ float *ck_scratch(int slot, size_t floats);
 /// `unsigned long before = ck_alloc_failures()` first and returns `ck_status_since(before)`:
 /// CK_ERROR_MEMORY when anything it (or its tasks) allocated failed, and its outputs are undefined.
 void *ck_malloc(size_t bytes);
-void ck_note_alloc_failure(void);
 unsigned long ck_alloc_failures(void);
 int ck_status_since(unsigned long before);
 

@@ -118,7 +118,7 @@ static _Thread_local unsigned long failures;
 static _Thread_local _Atomic int *region_failed;
 static _Thread_local size_t alloc_limit;  // bytes; 0: none (ck_set_thread_alloc_limit)
 
-void ck_note_alloc_failure(void) {
+static void ck_note_alloc_failure(void) {
     failures++;
     if (region_failed) atomic_store(region_failed, 1);
 }

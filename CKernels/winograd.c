@@ -869,7 +869,11 @@ static int winograd(int n, const float *x, const float *z, float eps, int C, int
     // the transforms.
     j.V = ck_scratch(4, 36 * (size_t)C * Tmax);
     j.M = ck_scratch(5, 36 * (size_t)K * Tmax);
-    for (long g0 = 0; j.V && j.M && g0 < total; g0 += Tmax) {
+    if (!j.V || !j.M) {
+        free(unpooled);
+        return CK_ERROR_MEMORY;
+    }
+    for (long g0 = 0; g0 < total; g0 += Tmax) {
         j.g0 = g0;
         j.T = ck_min(Tmax, total - g0);
         j.Tp = (j.T + nr - 1) / nr * nr;

@@ -59,14 +59,14 @@ double ck_fma_peak_gflops(int threads);
 /// B(k, j) = B[k * rsb + j * csb] and C(i, j) = C[i * ldc + j]. Any strides: transposes are free.
 /// Parallel over tiles of C.
 int ck_sgemm(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb,
-              long csb, float *C, long ldc, int accumulate);
+             long csb, float *C, long ldc, int accumulate);
 
 // MARK: - Convolution
 
 /// y (K, Ho, Wo) = conv2d(x (C, H, W), w (K, C, kh, kw)) + bias (nullable), cross-correlation as in
 /// PyTorch, zero padding. Ho = (H + 2 ph - kh) / sh + 1.
 int ck_conv2d_forward(const float *x, int C, int H, int W, const float *w, const float *bias, int K,
-                       int kh, int kw, int sh, int sw, int ph, int pw, float *y);
+                      int kh, int kw, int sh, int sw, int ph, int pw, float *y);
 
 /// Floats of a convolution weight (K, C, kh, kw) packed by ck_conv_weights.
 long ck_conv_weights_size(int K, int C, int kh, int kw);
@@ -76,7 +76,7 @@ long ck_conv_weights_size(int K, int C, int kh, int kw);
 void ck_conv_weights(const float *w, int K, int C, int kh, int kw, float *packed);
 /// ck_conv2d_forward with the weight packed by ck_conv_weights. Same bits.
 int ck_conv2d_forward_packed(const float *x, int C, int H, int W, const float *packed, const float *bias, int K,
-                              int kh, int kw, int sh, int sw, int ph, int pw, float *y);
+                             int kh, int kw, int sh, int sw, int ph, int pw, float *y);
 
 /// Stride-1 convolutions on AVX-512 run as an implicit GEMM (the micro-kernel reads im2col rows in
 /// place from padded rows of the image, copied per thread); elsewhere, and when disabled for the calling thread
@@ -88,7 +88,7 @@ int ck_conv_implicit_enabled(void);
 /// Ho, Wo), w), the adjoint of ck_conv2d_forward without bias (what autograd computes as the input
 /// gradient). Output positions of the forward that no window covers get 0.
 int ck_conv2d_backward(int n, const float *s, int K, int Ho, int Wo, const float *w, int C, int H,
-                        int W, int kh, int kw, int sh, int sw, int ph, int pw, float *c);
+                       int W, int kh, int kw, int sh, int sw, int ph, int pw, float *c);
 
 /// One LRP pass through any convolution (or linear layer as 1 x 1) by the direct path, fused: for
 /// the T terms of the pass with weights w[t] (K, C, kh, kw) and inputs a[t] (C, H, W; NULL for 1),
@@ -96,8 +96,8 @@ int ck_conv2d_backward(int n, const float *s, int K, int Ho, int Wo, const float
 /// z (K, Ho, Wo) shared by the n maps. s is packed for the GEMM straight from R and z and shared by
 /// the terms (the input layer's z^B rule has three).
 int ck_lrp_direct(int n, const float *R, const float *z, float eps, int K, int Ho, int Wo, int T,
-                   const float *const *w, const float *const *a, float scale, int C, int H, int W, int kh, int kw,
-                   int sh, int sw, int ph, int pw, int accumulate, float *Rin);
+                  const float *const *w, const float *const *a, float scale, int C, int H, int W, int kh, int kw,
+                  int sh, int sw, int ph, int pw, int accumulate, float *Rin);
 
 /// Floats of U from ck_winograd_weights: 36 x K x C, K rounded up to the GEMM's 6-row slivers.
 long ck_winograd_weights_size(int K, int C);
@@ -114,7 +114,7 @@ int ck_winograd_conv3x3(int n, const float *x, int C, int H, int W, const float 
 /// Rin (n, K, H, W) = [Rin +] scale * a * c on storing (a (K, H, W) shared, NULL for 1). Saves the
 /// separate element-wise passes over the whole block.
 int ck_winograd_lrp(int n, const float *R, const float *z, float eps, int C, int H, int W, const float *U, int K,
-                     const float *a, float scale, int accumulate, float *Rin);
+                    const float *a, float scale, int accumulate, float *Rin);
 
 /// ck_winograd_lrp for a layer followed by a max-pool with non-overlapping sh x sw windows (no
 /// padding): Rp (n, C, Ho, Wo) is the relevance at the pool's output and argmax (C, Ho, Wo) its
@@ -122,8 +122,8 @@ int ck_winograd_lrp(int n, const float *R, const float *z, float eps, int C, int
 /// unpooled block (3 zeros in 4) is never written and read back. Same results as
 /// ck_maxpool_backward then ck_winograd_lrp. z is required.
 int ck_winograd_lrp_unpool(int n, const float *Rp, const int32_t *argmax, int Ho, int Wo, int sh, int sw,
-                            const float *z, float eps, int C, int H, int W, const float *U, int K, const float *a,
-                            float scale, int accumulate, float *Rin);
+                           const float *z, float eps, int C, int H, int W, const float *U, int K, const float *a,
+                           float scale, int accumulate, float *Rin);
 
 /// Floats of the weights prepared by ck_sparse_weights: kh * kw * K rows of C channels, padded to
 /// a multiple of 32.
@@ -140,8 +140,8 @@ void ck_sparse_weights(const float *w, int K, int C, int kh, int kw, float *Wb);
 /// cost per map is the direct convolution's times the density of the relevance. Sums in a
 /// different order than the direct path (rounding only).
 int ck_sparse_lrp(int n, const float *R, const int32_t *argmax, int Hp, int Wp, const float *z, float eps, int K,
-                   int Ho, int Wo, const float *Wb, int C, int H, int W, int kh, int kw, int ph, int pw,
-                   const float *a, float scale, int accumulate, float *Rin);
+                  int Ho, int Wo, const float *Wb, int C, int H, int W, int kh, int kw, int ph, int pw,
+                  const float *a, float scale, int accumulate, float *Rin);
 
 /// Schedules of the Winograd kernels (same arithmetic, same results): FUSED runs transform, GEMMs
 /// and output transform per 64 tiles on one thread (V and M stay in L2); CHUNKED runs each step over
@@ -218,7 +218,7 @@ void ck_cells_unpool(int C, int H, int W, int Ho, int Wo, const int32_t *argmax,
 /// A[p * lda + m] = sum over channels and the in-map pixels of cell p of v * R[m] (R (n, C, H, W)),
 /// for m < n: the P cell vectors against a block of n relevance maps.
 int ck_cells_contract(int C, int H, int W, const ck_cells *layout, const float *v, int n, const float *R,
-                       float *A, long lda);
+                      float *A, long lda);
 /// ck_cells_contract with 16 cells of a grid row in the lanes of a vector, for layouts whose cells
 /// sit at unit steps: in each grid row the same origin row, origins one column apart (the patch
 /// side's cells at the layer where the patch grid has the map's resolution, VGG-16's pool3 with 8 x

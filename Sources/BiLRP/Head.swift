@@ -68,20 +68,18 @@ public enum SimilarityHead: Sendable, Equatable {
                              cancellation: Cancellation?) throws {
         let scale = 1 / Double(h).squareRoot()
         let workers = max(1, min(h, ProcessInfo.processInfo.activeProcessorCount))
-        let next = SharedCounter()
-        let stopped = SharedCounter()
+        let next = RowCounter()
         nonisolated(unsafe) let w = w  // rows are disjoint
         DispatchQueue.concurrentPerform(iterations: workers) { _ in
-            while stopped.value == 0 {
-                let row = next.increment() - 1
+            while cancellation?.isCancelled != true {
+                let row = next.take()
                 if row >= h { return }
-                if cancellation?.isCancelled == true { stopped.set(1); return }
                 var rng = SplitMix64(seed: seed &+ UInt64(truncatingIfNeeded: 2 * d * row) &* SplitMix64.gamma)
                 let out = w + row * d
                 for j in 0..<d { out[j] = Float(rng.nextNormal() * scale) }
             }
         }
-        if stopped.value != 0 { throw BiLRPError.cancelled }
+        try cancellation?.check()
     }
 
     /// Parses `random:H[:SEED]`, `identity`, `sumpool`, `avgpool` (a projection file is loaded by the caller).
@@ -146,12 +144,10 @@ public enum Similarity: String, Sendable, CaseIterable {
     case cosine
 }
 
-/// A counter shared by the draw's workers.
-final class SharedCounter: @unchecked Sendable {
+/// The next row to draw, shared by the draw's workers.
+final class RowCounter: @unchecked Sendable {
     private let lock = NSLock()
-    private var count = 0
-    /// Adds one and returns the new count.
-    func increment() -> Int { lock.withLock { count += 1; return count } }
-    func set(_ v: Int) { lock.withLock { count = v } }
-    var value: Int { lock.withLock { count } }
+    private var next = 0
+    /// The next row, each handed out once.
+    func take() -> Int { lock.withLock { defer { next += 1 }; return next } }
 }
