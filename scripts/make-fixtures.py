@@ -34,6 +34,8 @@ LOW, HIGH = (0 - MEAN) / STD, (1 - MEAN) / STD
 PRESETS = {
     "paper-vgg": "0:zb;1-10:gamma=0.5;11-17:gamma=0.25;18-24:gamma=0.1;25-:zero",
     "hp": "*:zero",
+    "epsilon-gamma-box": "first:zb;conv:gamma=0.25;linear:epsilon=1e-6",
+    "epsilon-plus-flat": "first:flat;conv:zplus;linear:epsilon=1e-6",
 }
 
 
@@ -448,8 +450,269 @@ def make_image_fixtures():
     print("images:", sorted(expected))
 
 
+# ---------------------------------------------------------------- graphs (ResNet)
+class SplitMix:
+    """numpy twin of SplitMix64 (Head.swift): the k-th draw mixes seed + k * gamma."""
+    GAMMA = np.uint64(0x9E3779B97F4A7C15)
+
+    def __init__(self, seed):
+        self.state = np.uint64(seed)
+
+    def uniforms(self, k):
+        with np.errstate(over="ignore"):
+            s = self.state + np.arange(1, k + 1, dtype=np.uint64) * self.GAMMA
+            self.state = self.state + np.uint64(k) * self.GAMMA
+            z = (s ^ (s >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z = z ^ (z >> np.uint64(31))
+        return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+    def normals(self, k):
+        u = self.uniforms(2 * k)
+        return np.sqrt(-2 * np.log(1 - u[0::2])) * np.cos(2 * np.pi * u[1::2])
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+
+class TorchvisionResNet(nn.Module):
+    """torchvision.models.ResNet (v1.5), written out: same modules, same state_dict names and order.
+    (torchvision's wheels pin one torch version each; this keeps the fixtures to torch alone.)"""
+    LAYERS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4, 6, 3]),
+              "resnet50": (Bottleneck, [3, 4, 6, 3]), "resnet101": (Bottleneck, [3, 4, 23, 3])}
+
+    def __init__(self, arch, num_classes=1000):
+        super().__init__()
+        block, layers = self.LAYERS[arch]
+        self.inplanes = 64
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        for i, n in enumerate(layers):
+            setattr(self, f"layer{i + 1}", self._make_layer(block, 64 << i, n, 1 if i == 0 else 2))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(512 * block.expansion, num_classes)
+
+    def _make_layer(self, block, planes, blocks, stride):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                                       nn.BatchNorm2d(planes * block.expansion))
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def seeded_resnet(arch, seed):
+    """The ResNet with the weights ResNet.graph(seed:) draws (same generator, same order)."""
+    model = TorchvisionResNet(arch).eval()
+    rng = SplitMix(seed)
+    sd = model.state_dict()
+    for name, t in sd.items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        n = t.numel()
+        if name.endswith("running_var"):
+            v = 0.5 + rng.uniforms(n)
+        elif name.endswith("running_mean"):
+            v = 0.1 * rng.normals(n)
+        elif t.dim() == 1 and name.endswith("weight"):
+            v = 0.75 + 0.5 * rng.uniforms(n)
+        elif t.dim() == 1:
+            v = 0.05 * rng.normals(n)
+        else:
+            v = rng.normals(n) * math.sqrt(2.0 / (n // t.shape[0]))
+        sd[name] = torch.from_numpy(v.astype(np.float32)).view(t.shape).to(t.dtype)
+    model.load_state_dict(sd)
+    return model
+
+
+def fold(conv, bn):
+    """A float64 conv with the batch norm after it folded in (this script's own folding)."""
+    s = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    c = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True)
+    c.weight.data = conv.weight.detach() * s.view(-1, 1, 1, 1)
+    b = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
+    c.bias.data = (b - bn.running_mean) * s + bn.bias.detach()
+    return c
+
+
+def resnet_nodes(model, stages):
+    """The ResNet up to layer `stages` as (name, kind, module, inputs, output) nodes, BN folded."""
+    nodes = [("conv1", "conv", fold(model.conv1, model.bn1), ["input"], "conv1"),
+             ("relu", "relu", None, ["conv1"], "relu"),
+             ("maxpool", "maxpool", model.maxpool, ["relu"], "maxpool")]
+    x = "maxpool"
+    for si in range(1, stages + 1):
+        for bi, block in enumerate(getattr(model, f"layer{si}")):
+            p = f"layer{si}.{bi}"
+            convs = [("conv1", "bn1"), ("conv2", "bn2")] + ([("conv3", "bn3")] if hasattr(block, "conv3") else [])
+            y = x
+            for k, (c, b) in enumerate(convs):
+                nodes.append((f"{p}.{c}", "conv", fold(getattr(block, c), getattr(block, b)), [y], f"{p}.{c}"))
+                y = f"{p}.{c}"
+                if k < len(convs) - 1:
+                    nodes.append((f"{p}.relu{k + 1}", "relu", None, [y], f"{p}.relu{k + 1}"))
+                    y = f"{p}.relu{k + 1}"
+            short = x
+            if block.downsample is not None:
+                nodes.append((f"{p}.downsample.0", "conv", fold(block.downsample[0], block.downsample[1]), [x],
+                              f"{p}.downsample.0"))
+                short = f"{p}.downsample.0"
+            nodes.append((f"{p}.add", "add", None, [y, short], f"{p}.add"))
+            nodes.append((p, "relu", None, [f"{p}.add"], p))
+            x = p
+    return nodes, x
+
+
+def graph_forward(nodes, x):
+    vals = {"input": x}
+    for name, kind, mod, ins, out in nodes:
+        a = [vals[v] for v in ins]
+        vals[out] = a[0] + a[1] if kind == "add" else F.relu(a[0]) if kind == "relu" else mod(a[0])
+    return vals
+
+
+def graph_backward(nodes, entries, vals, out, R):
+    """LRP over the node list in reverse, relevance summed where a value has several readers."""
+    n = R.shape[0]
+    convs = [i for i, nd in enumerate(nodes) if nd[1] == "conv"]
+    rel = {out: R}
+    for i in reversed(range(len(nodes))):
+        name, kind, mod, ins, o = nodes[i]
+        if o not in rel:
+            continue
+        R = rel.pop(o)
+        a = [vals[v].detach().expand(n, *vals[v].shape[1:]) for v in ins]
+        if kind == "relu":
+            Rin = [R]
+        elif kind == "maxpool":
+            _, idx = F.max_pool2d(a[0], mod.kernel_size, mod.stride, mod.padding, return_indices=True)
+            r = torch.zeros_like(a[0]).flatten(2)
+            r.scatter_add_(2, idx.flatten(2), R.flatten(2))
+            Rin = [r.view_as(a[0])]
+        elif kind == "add":
+            xs = [t.clone().requires_grad_(True) for t in a]
+            z = xs[0] + xs[1]
+            s = (R / stab(z, EPS)).detach()
+            (z * s).sum().backward()
+            Rin = [(t * t.grad).detach() for t in xs]
+        else:
+            rname, arg = rule_for(entries, i, "conv", i == convs[0])
+            Rin = [relevance_backward([mod], ["conv"], [("*", rname, arg)], [a[0][:1]], R)]
+        for v, r in zip(ins, Rin):
+            rel[v] = rel[v] + r if v in rel else r
+    return rel["input"]
+
+
+def graph_factors(nodes, out, entries, head, x, patch):
+    vals = graph_forward(nodes, x)
+    feat = vals[out].flatten(1)[0]
+    phi = head @ feat
+    h = phi.numel()
+    s = torch.diag(phi) / stab(phi, EPS)
+    Rfeat = (feat * (s @ head)).view(h, *vals[out].shape[1:])
+    Rx = graph_backward(nodes, entries, vals, out, Rfeat)
+    return pool(Rx.sum(1), patch).T.contiguous(), phi
+
+
+def make_resnet_case(gen, arch="resnet18", seed=18, size=64, h=8, patch=8, stages=4,
+                     composites=("epsilon-plus-flat", "hp")):
+    composites = list(composites)
+    model = seeded_resnet(arch, seed).double()
+    nodes, out = resnet_nodes(model, stages)
+    x1, x2 = image(gen, size, size), image(gen, size, size)
+    x1, x2 = x1.float().double(), x2.float().double()
+    with torch.no_grad():
+        d = graph_forward(nodes, x1)[out].numel()
+        # The folded graph against torchvision's own forward (batch norm in eval mode).
+        t = model.maxpool(model.relu(model.bn1(model.conv1(x1))))
+        for si in range(1, stages + 1):
+            t = getattr(model, f"layer{si}")(t)
+        assert torch.allclose(t, graph_forward(nodes, x1)[out], atol=1e-9), "folding changed the forward"
+    head = (torch.randn(h, d, generator=gen) / math.sqrt(h)).float().double()
+    tensors = {"x1": f32(x1[0]), "x2": f32(x2[0]), "head": f32(head)}
+    for spec in composites:
+        entries = parse_composite(spec)
+        A1, phi1 = graph_factors(nodes, out, entries, head, x1, patch)
+        A2, phi2 = graph_factors(nodes, out, entries, head, x2, patch)
+        R = A1 @ A2.T
+        tensors[f"{spec}.A1"], tensors[f"{spec}.A2"], tensors[f"{spec}.R"] = f32(A1), f32(A2), f32(R)
+        tensors[f"{spec}.y"] = f32((phi1 @ phi2).reshape(1))
+        tensors[f"{spec}.phi1"] = f32(phi1)
+        print(f"{arch} {spec}: y={float(phi1 @ phi2):.6g} sumR={float(R.sum()):.6g}")
+
+    # The true Hessian x Product through torchvision's module (batch norm unfolded), double backward.
+    class Features(nn.Module):
+        def forward(self, x):
+            t = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+            for si in range(1, stages + 1):
+                t = getattr(model, f"layer{si}")(t)
+            return t
+    hp, y = hessian_product([Features()], head, x1, x2, patch)
+    tensors["hessian.R"], tensors["hessian.y"] = f32(hp), f32(y.reshape(1))
+    print(f"{arch} hessian: y={float(y):.6g} sumHP={float(hp.sum()):.6g}")
+    meta = {"composites": json.dumps(composites), "h": str(h), "patch": str(patch), "size": json.dumps([size, size]),
+            "arch": arch, "seed": str(seed), "cut": f"layer{stages}"}
+    path = os.path.join(OUT, f"{arch}_graph.safetensors")
+    save_file(tensors, path, metadata=meta)
+    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+    return model
+
+
+def make_graph_fixtures():
+    gen = torch.Generator().manual_seed(20261203)
+    make_resnet_case(gen)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    if "--only" in sys.argv and sys.argv[sys.argv.index("--only") + 1] == "graphs":
+        make_graph_fixtures()
+        return 0
     make_image_fixtures()
     gen = torch.Generator().manual_seed(20260101)
     small = small_net()
@@ -466,6 +729,7 @@ def main():
                "probe_bf16_as_f32": probe.to(torch.bfloat16).float(), "probe_f16": probe.to(torch.float16),
                "probe_f16_as_f32": probe.to(torch.float16).float()}, os.path.join(OUT, "misc.safetensors"))
     make_onnx_fixtures(gen, vgg)
+    make_graph_fixtures()
     print("torch", torch.__version__)
 
 

@@ -6,15 +6,22 @@
 ///
 /// As a string (CLI, server): entries separated by `;`, each `SELECTOR:RULE`, e.g.
 /// `0:zb;1-10:gamma=0.5;11-17:gamma=0.25;18-24:gamma=0.1;25-:zero`. Selectors: `N`, `N-M`
-/// (inclusive), `N-` (N and above), `-M`, `first` (the first conv/linear layer), `conv`, `linear`,
-/// `*`. Rules: see `Rule.init(parsing:)`.
+/// (inclusive), `N-` (N and above), `-M`, `first` / `last` (the first / last conv or linear layer),
+/// `conv`, `linear`, `add` (residual sums: their epsilon), `*`, and a node-name pattern with `*` and
+/// `?` wildcards (`layer4.*`, `/layer1/*`). Indices are a chain's layer indices; for a general graph
+/// a node's index is its position in the graph's topological order (`bilrp inspect` lists it).
+/// Rules: see `Rule.init(parsing:)`.
 public struct Composite: Sendable, Equatable, CustomStringConvertible {
     public enum Selector: Sendable, Equatable {
         case range(ClosedRange<Int>)
         case first
         case conv
         case linear
+        case add
+        case last
         case all
+        /// Node names matching a glob (`*` any run of characters, `?` one character).
+        case pattern(String)
     }
 
     public var entries: [(selector: Selector, rule: Rule)]
@@ -26,19 +33,41 @@ public struct Composite: Sendable, Equatable, CustomStringConvertible {
             && zip(a.entries, b.entries).allSatisfy { $0.selector == $1.selector && $0.rule == $1.rule }
     }
 
-    /// The rule for a layer at `index`; `isFirst` marks the model's first conv/linear layer.
+    /// The rule for a layer at `index` of a chain; `isFirst` marks the model's first conv/linear layer.
     public func rule(index: Int, layer: Layer, isFirst: Bool) -> Rule {
+        rule(index: index, name: "\(index)", op: .layer(layer), isFirst: isFirst, isLast: false)
+    }
+
+    /// The rule for a graph node: the first entry whose selector matches it, else LRP-0.
+    public func rule(index: Int, name: String, op: Graph.Op, isFirst: Bool, isLast: Bool) -> Rule {
         for (selector, rule) in entries {
             switch selector {
             case let .range(r) where r.contains(index): return rule
             case .first where isFirst: return rule
-            case .conv: if case .conv2d = layer { return rule }
-            case .linear: if case .linear = layer { return rule }
+            case .last where isLast: return rule
+            case .conv: if case .layer(.conv2d) = op { return rule }
+            case .linear: if case .layer(.linear) = op { return rule }
+            case .add: if case .add = op { return rule }
             case .all: return rule
+            case let .pattern(p) where Composite.glob(p, matches: name): return rule
             default: continue
             }
         }
         return .zero
+    }
+
+    /// Whether a glob (`*`, `?`) matches the whole name.
+    static func glob(_ pattern: String, matches name: String) -> Bool {
+        let p = Array(pattern), s = Array(name)
+        var i = 0, j = 0, star = -1, mark = 0
+        while j < s.count {
+            if i < p.count, p[i] == "?" || p[i] == s[j] { i += 1; j += 1 }
+            else if i < p.count, p[i] == "*" { star = i; mark = j; i += 1 }
+            else if star >= 0 { i = star + 1; mark += 1; j = mark }
+            else { return false }
+        }
+        while i < p.count, p[i] == "*" { i += 1 }
+        return i == p.count
     }
 
     /// Whether some entry uses z^B (which needs input bounds).
@@ -96,13 +125,23 @@ public struct Composite: Sendable, Equatable, CustomStringConvertible {
     }
 
     static func parseSelector(_ raw: String, entry: String) throws -> Selector {
-        let s = raw.trimmingCharacters(in: .whitespaces).lowercased()
+        let trimmed = raw.trimmingCharacters(in: .whitespaces)
+        let s = trimmed.lowercased()
         switch s {
         case "first": return .first
+        case "last": return .last
         case "conv": return .conv
         case "linear": return .linear
+        case "add": return .add
         case "*", "all": return .all
         default: break
+        }
+        // Anything but digits and one dash is a node-name pattern (names keep their case).
+        if s.isEmpty {
+            throw BiLRPError.invalidComposite("entry '\(entry)' has an empty selector")
+        }
+        if s.contains(where: { !$0.isNumber && $0 != "-" }) || s.filter({ $0 == "-" }).count > 1 {
+            return .pattern(trimmed)
         }
         func index(_ t: Substring) throws -> Int {
             guard let v = Int(t), v >= 0 else {
@@ -132,7 +171,10 @@ public struct Composite: Sendable, Equatable, CustomStringConvertible {
             case .first: s = "first"
             case .conv: s = "conv"
             case .linear: s = "linear"
+            case .add: s = "add"
+            case .last: s = "last"
             case .all: s = "*"
+            case let .pattern(p): s = p
             }
             return "\(s):\(rule)"
         }.joined(separator: ";")

@@ -6,6 +6,8 @@ public enum BiLRPError: Error, Sendable, Equatable, CustomStringConvertible {
     case invalidComposite(String)
     case unknownPreset(String)
     case unsupported(String)
+    /// A model graph that cannot run: a cycle, a value no node writes, a name used twice.
+    case invalidGraph(String)
     case invalidArgument(String)
     case io(String)
     /// A request over a `ResourceLimits` bound (h, or the estimated memory).
@@ -29,6 +31,8 @@ public enum BiLRPError: Error, Sendable, Equatable, CustomStringConvertible {
             return "unknown rule preset '\(name)' (known: \(Composite.presetNames.joined(separator: ", ")))"
         case let .unsupported(message):
             return "unsupported: \(message)"
+        case let .invalidGraph(message):
+            return "invalid model graph: \(message)"
         case let .invalidArgument(message):
             return message
         case let .io(message):

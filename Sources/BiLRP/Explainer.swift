@@ -25,83 +25,131 @@ public final class Explainer: @unchecked Sendable {
     /// Bytes the relevance blocks may use (default 256 MiB).
     public let memoryBudget: Int
     public let kernels: any Kernels
-    /// The rule chosen for each conv/linear layer of the model, by layer index.
+    /// The rule chosen for each conv/linear node, by its index (the layer index of a chain, the
+    /// node's position in `graph.nodes` otherwise).
     public let rules: [Int: Rule]
+    /// The rule chosen for each conv/linear node, by node name.
+    public let nodeRules: [String: Rule]
+    /// The graph explained, canonized (batch norms folded, dropout and identities removed).
+    public let graph: Graph
     /// Bounds on h and on the estimated memory of one explanation, checked before it allocates.
     public let limits: ResourceLimits
 
-    let layers: [PreparedLayer]
+    /// The model's nodes, ready for explanation; values are numbered, 0 the input.
+    let nodes: [PreparedNode]
+    let valueCount: Int
+    let outputValue: Int
     let inputChannels: Int?
 
     /// - Parameters:
-    ///   - model: the feature extractor F (already truncated).
+    ///   - model: the feature extractor F (already truncated), as a chain of layers.
     ///   - head: the linear map H to the h outputs phi.
     ///   - composite: rules per layer.
     ///   - bounds: input domain bounds; required when the composite uses z^B.
     ///   - kernels: the arithmetic (the C kernels by default; `ReferenceKernels` for checking).
     ///   - limits: h and memory bounds; an input over them is an error before anything is allocated.
-    public init(
+    public convenience init(
         model: SequentialModel, head: SimilarityHead = .randomProjection(outputs: 100, seed: 0),
         similarity: Similarity = .dot, composite: Composite, bounds: InputBounds? = nil,
         blockSize: Int? = nil, memoryBudget: Int = 256 << 20, kernels: any Kernels = CKernelsBackend(),
         limits: ResourceLimits = .default
     ) throws {
-        let canon = try model.canonized()
-        guard !canon.isEmpty else { throw BiLRPError.invalidArgument("the model has no layers") }
+        try self.init(graph: Graph(chain: model), head: head, similarity: similarity, composite: composite,
+                      bounds: bounds, blockSize: blockSize, memoryBudget: memoryBudget, kernels: kernels,
+                      limits: limits)
+    }
+
+    /// An explainer of any model graph (a ResNet, an ONNX DAG); the head reads the graph's output.
+    public init(
+        graph model: Graph, head: SimilarityHead = .randomProjection(outputs: 100, seed: 0),
+        similarity: Similarity = .dot, composite: Composite, bounds: InputBounds? = nil,
+        blockSize: Int? = nil, memoryBudget: Int = 256 << 20, kernels: any Kernels = CKernelsBackend(),
+        limits: ResourceLimits = .default
+    ) throws {
+        let graph = try model.canonized()
+        guard !graph.nodes.isEmpty else { throw BiLRPError.invalidArgument("the model has no layers") }
         if let blockSize, blockSize < 1 { throw BiLRPError.invalidArgument("block size must be at least 1") }
-        let firstIndex = canon.first { l in
-            if case .conv2d = l.layer { return true }
-            if case .linear = l.layer { return true }
-            return false
-        }?.index
-        var rules: [Int: Rule] = [:]
-        var prepared: [PreparedLayer] = []
-        var nonNegative = false
+        var ids = [graph.input: 0]
+        for n in graph.nodes { ids[n.output] = ids.count }
+        let weighted = graph.nodes.indices.filter { graph.nodes[$0].op.isWeighted }
+        var rules: [Int: Rule] = [:], nodeRules: [String: Rule] = [:]
+        var prepared: [PreparedNode] = []
+        var nonNegative = [Bool](repeating: false, count: ids.count)
         var channels: Int? = nil
-        for item in canon {
-            let rule = composite.rule(index: item.index, layer: item.layer, isFirst: item.index == firstIndex)
-            switch item.layer {
-            case let .conv2d(conv):
-                if channels == nil { channels = conv.inChannels }
+        for (position, node) in graph.nodes.enumerated() {
+            let inputs = node.inputs.map { ids[$0]! }, output = ids[node.output]!
+            let index = node.index ?? position
+            let rule = composite.rule(
+                index: index, name: node.name, op: node.op,
+                isFirst: position == weighted.first, isLast: position == weighted.last)
+            let nonNegativeInput = inputs.allSatisfy { nonNegative[$0] }
+            let label = node.index.map { "layer \($0)" } ?? "node '\(node.name)'"
+            let op: PreparedLayer
+            switch node.op {
+            case let .layer(.conv2d(conv)):
+                if channels == nil, inputs == [0] { channels = conv.inChannels }
                 if rule == .zBox {
                     guard let bounds else {
                         throw BiLRPError.invalidArgument(
-                            "rule zb at layer \(item.index) needs input bounds: give a preprocessing (torchvision or caffe) or explicit bounds")
+                            "rule zb at \(label) needs input bounds: give a preprocessing (torchvision or caffe) or explicit bounds")
                     }
                     guard bounds.lower.count == conv.inChannels else {
                         throw BiLRPError.shapeMismatch(
-                            what: "input bounds for zb at layer \(item.index)", expected: "\(conv.inChannels) channels",
+                            what: "input bounds for zb at \(label)", expected: "\(conv.inChannels) channels",
                             found: "\(bounds.lower.count)")
                     }
                 }
-                rules[item.index] = rule
-                prepared.append(.conv(try PreparedConv(
-                    index: item.index, conv: conv, rule: rule, nonNegativeInput: nonNegative, kernels: kernels)))
-                nonNegative = false
-            case let .linear(lin):
-                if rule == .zBox { throw BiLRPError.unsupported("rule zb on linear layer \(item.index)") }
-                rules[item.index] = rule
-                prepared.append(.conv(try PreparedConv(
-                    index: item.index, linear: lin, rule: rule, nonNegativeInput: nonNegative, kernels: kernels)))
-                nonNegative = false
-            case .relu:
-                prepared.append(.relu)
-                nonNegative = true
-            case let .maxPool2d(p):
-                prepared.append(.maxPool(p, index: item.index))
-            case let .avgPool2d(p):
-                prepared.append(.avgPool(p, epsilon: rule.poolingEpsilon, index: item.index))
-            case let .adaptiveAvgPool2d(h, w):
-                prepared.append(.adaptivePool(h, w, epsilon: rule.poolingEpsilon, sum: false))
-            case .flatten:
-                prepared.append(.flatten)
-            case .dropout, .identity, .batchNorm2d:
-                break  // removed by canonization
+                rules[index] = rule; nodeRules[node.name] = rule
+                op = .conv(try PreparedConv(index: index, conv: conv, rule: rule, nonNegativeInput: nonNegativeInput,
+                                            kernels: kernels))
+            case let .layer(.linear(lin)):
+                if rule == .zBox { throw BiLRPError.unsupported("rule zb on linear \(label)") }
+                rules[index] = rule; nodeRules[node.name] = rule
+                op = .conv(try PreparedConv(index: index, linear: lin, rule: rule, nonNegativeInput: nonNegativeInput,
+                                            kernels: kernels))
+            case .layer(.relu):
+                op = .relu
+            case let .layer(.maxPool2d(p)):
+                op = .maxPool(p, index: index)
+            case let .layer(.avgPool2d(p)):
+                op = .avgPool(p, epsilon: rule.poolingEpsilon, index: index)
+            case let .layer(.adaptiveAvgPool2d(h, w)):
+                op = .adaptivePool(h, w, epsilon: rule.poolingEpsilon, sum: false)
+            case .layer(.flatten):
+                op = .flatten
+            case let .layer(.batchNorm2d(bn)):
+                let (scale, shift) = bn.affine
+                op = .affine(scale: Buffer(scale), shift: Buffer(shift), epsilon: rule.poolingEpsilon)
+            case .layer(.dropout), .layer(.identity):
+                preconditionFailure("removed by canonization")
+            case .add:
+                op = .add(epsilon: rule.residualEpsilon)
+            case .concat:
+                op = .concat
+            case let .scale(k):
+                op = .scale(k)
             }
+            // Which values are known to be >= 0: a conv after them drops its negative-input terms.
+            switch node.op {
+            case .layer(.relu): nonNegative[output] = true
+            case .layer(.maxPool2d), .layer(.avgPool2d), .layer(.adaptiveAvgPool2d), .layer(.flatten), .add, .concat:
+                nonNegative[output] = nonNegativeInput
+            case let .scale(k): nonNegative[output] = nonNegativeInput && k >= 0
+            default: break
+            }
+            prepared.append(PreparedNode(name: node.name, op: op, inputs: inputs, output: output))
         }
-        self.layers = prepared
+        for case let (.pattern(p), _) in composite.entries where !graph.nodes.contains(where: { Composite.glob(p, matches: $0.name) }) {
+            throw BiLRPError.invalidComposite(
+                "selector '\(p)' matches no node of the model (nodes: \(graph.nodes.prefix(4).map(\.name).joined(separator: ", "))\(graph.nodes.count > 4 ? ", ..." : ""); `bilrp inspect` lists them)")
+        }
+        self.nodes = prepared
+        self.valueCount = ids.count
+        self.outputValue = ids[graph.output]!
+        self.graph = graph
         self.inputChannels = channels
         self.rules = rules
+        self.nodeRules = nodeRules
         self.head = head
         self.similarity = similarity
         self.composite = composite
@@ -253,10 +301,14 @@ public final class Explainer: @unchecked Sendable {
 
     struct Trace {
         var inputShape: Shape3
-        /// Per layer: the activation entering it and its shape.
+        /// Per node: the activation of its first input and that input's shape (the patch side and
+        /// the cost model read these on the leading chain).
         var inputs: [Buffer] = []
         var shapes: [Shape3] = []
-        /// Per layer: conv denominators (one per pass) and modified inputs; pooling outputs; argmax.
+        /// Per value: its activation and shape (value 0 the input).
+        var values: [Buffer?] = []
+        var valueShapes: [Shape3] = []
+        /// Per node: conv denominators (one per pass) and modified inputs; pooling outputs; argmax.
         var denominators: [[Buffer]] = []
         var modifiedInputs: [[InputModifier: Buffer]] = []
         var argmax: [IndexBuffer?] = []
@@ -264,7 +316,7 @@ public final class Explainer: @unchecked Sendable {
         var outputShape: Shape3
     }
 
-    /// The layers that compute phi: the model's, then the head's.
+    /// The layers that compute phi from the model's output: the head's.
     func headLayers(after shape: Shape3, cancellation: Cancellation? = nil) throws -> [PreparedLayer] {
         switch head {
         case .identity:
@@ -290,13 +342,37 @@ public final class Explainer: @unchecked Sendable {
     /// Cache of head layers per feature shape (the random projection is drawn once per shape).
     let headCache = HeadCache()
 
+    /// The model's nodes and the head's for an input shape, with the value bookkeeping.
+    func plan(for input: Shape3, cancellation: Cancellation? = nil) throws -> ExecutionPlan {
+        let shapes = try valueShapes(for: input)
+        let s = shapes[outputValue]
+        let head: [PreparedLayer]
+        if let cached = headCache.get(s) {
+            head = cached
+        } else {
+            head = try headLayers(after: s, cancellation: cancellation)
+            headCache.set(s, head)
+        }
+        var all = nodes
+        var v = outputValue
+        for (i, l) in head.enumerated() {
+            all.append(PreparedNode(name: "head.\(i)", op: l, inputs: [v], output: valueCount + i))
+            v = valueCount + i
+        }
+        return ExecutionPlan(nodes: all, valueCount: valueCount + head.count, output: v)
+    }
+
+    /// The nodes' ops in order (the head's included): what the patch side and profiles index.
     func allLayers(for input: Shape3, cancellation: Cancellation? = nil) throws -> [PreparedLayer] {
-        var s = input
-        for l in layers { s = try l.outputShape(s) }
-        if let cached = headCache.get(s) { return layers + cached }
-        let h = try headLayers(after: s, cancellation: cancellation)
-        headCache.set(s, h)
-        return layers + h
+        try plan(for: input, cancellation: cancellation).nodes.map(\.op)
+    }
+
+    /// Shapes of the model's values for an input shape (the head's not included).
+    func valueShapes(for input: Shape3) throws -> [Shape3] {
+        _ = try graph.shapes(for: input)  // errors name the node that does not fit
+        var shapes = [Shape3](repeating: input, count: valueCount)
+        for n in nodes { shapes[n.output] = try n.outputShape(n.inputs.map { shapes[$0] }) }
+        return shapes
     }
 
     /// The forward pass. `patch` is the factors' patch size for the limits check (nil: no factors,
@@ -310,20 +386,25 @@ public final class Explainer: @unchecked Sendable {
             throw BiLRPError.shapeMismatch(what: "input", expected: "a non-empty image", found: "\(x.shape)")
         }
         try limits.check(requirements(for: shape, patch: patch ?? max(shape.height, shape.width)))
-        let all = try allLayers(for: shape, cancellation: cancellation)
-        var a = Buffer(x.data)
-        var s = shape
-        var trace = Trace(inputShape: shape, output: a, outputShape: shape)
-        for layer in all {
+        let plan = try plan(for: shape, cancellation: cancellation)
+        let input = Buffer(x.data)
+        var trace = Trace(inputShape: shape, output: input, outputShape: shape)
+        trace.values = [Buffer?](repeating: nil, count: plan.valueCount)
+        trace.valueShapes = [Shape3](repeating: shape, count: plan.valueCount)
+        trace.values[0] = input
+        for node in plan.nodes {
             try cancellation?.check()
-            let next = try layer.outputShape(s)
+            let ins = node.inputs.map { trace.values[$0]! }
+            let inShapes = node.inputs.map { trace.valueShapes[$0] }
+            let a = ins[0], s = inShapes[0]
+            let next = try node.op.outputShape(inShapes)
             trace.inputs.append(a)
             trace.shapes.append(s)
             var dens: [Buffer] = []
             var mods: [InputModifier: Buffer] = [:]
             var arg: IndexBuffer? = nil
             let y: Buffer
-            switch layer {
+            switch node.op {
             case let .conv(c):
                 let g = c.geometry(s)
                 y = Buffer(count: g.outCount)
@@ -362,15 +443,46 @@ public final class Explainer: @unchecked Sendable {
                 dens.append(y)
             case .flatten:
                 y = a
+            case .add:
+                y = Buffer(count: s.count)
+                y.pointer.update(from: a.const, count: s.count)
+                for b in ins.dropFirst() {
+                    kernels.lrpProduct(n: 1, count: s.count, nil, b.const, scale: 1, y.pointer, accumulate: true)
+                }
+                dens.append(y)
+            case .concat:
+                y = Buffer(count: next.count)
+                var offset = 0
+                for (b, bs) in zip(ins, inShapes) {
+                    (y.pointer + offset).update(from: b.const, count: bs.count)
+                    offset += bs.count
+                }
+            case let .scale(k):
+                y = Buffer(count: s.count)
+                kernels.lrpProduct(n: 1, count: s.count, nil, a.const, scale: k, y.pointer, accumulate: false)
+            case let .affine(scale, shift, _):
+                // y = s_c x + t_c; the backward divides by y and multiplies by s_c x (kept).
+                y = Buffer(count: s.count)
+                let sx = Buffer(count: s.count)
+                let plane = s.height * s.width
+                for c in 0..<s.channels {
+                    let k = scale.pointer[c], t = shift.pointer[c]
+                    for i in (c * plane)..<((c + 1) * plane) {
+                        sx.pointer[i] = k * a.pointer[i]
+                        y.pointer[i] = sx.pointer[i] + t
+                    }
+                }
+                dens.append(y)
+                dens.append(sx)
             }
             trace.denominators.append(dens)
             trace.modifiedInputs.append(mods)
             trace.argmax.append(arg)
-            a = y
-            s = next
+            trace.values[node.output] = y
+            trace.valueShapes[node.output] = next
         }
-        trace.output = a
-        trace.outputShape = s
+        trace.output = trace.values[plan.output]!
+        trace.outputShape = trace.valueShapes[plan.output]
         return trace
     }
 
@@ -443,133 +555,249 @@ public final class Explainer: @unchecked Sendable {
         return threshold
     }
 
-    /// Propagates a block of n output relevance vectors down to the input of layer `through` (0: the
-    /// model input): (n, C, H, W) of that layer's input shape. Buffers come from `pool` and every
-    /// intermediate one goes back to it (the start buffer included).
+    /// The relevance of a block of maps at one value: full maps, or a max-pool's output maps with
+    /// its winners, left pooled for a convolution below that unpools as it loads.
+    enum BlockRelevance {
+        case full(Buffer)
+        case pooled(Buffer, PoolGeometry, IndexBuffer)
+    }
+
+    /// Whether the relevance at a max-pool's input may stay pooled: that value is a ReLU's output
+    /// read by the pool alone, the ReLU reads a convolution's output that only it reads, and the
+    /// convolution has a fused Winograd or a sparse backward (both unpool while they load).
+    func poolsCarry(_ plan: ExecutionPlan, _ l: Int) -> Bool {
+        let v = plan.nodes[l].inputs[0]
+        guard let r = plan.writer[v], plan.readers[v] == 1, case .relu = plan.nodes[r].op else { return false }
+        let u = plan.nodes[r].inputs[0]
+        guard let c = plan.writer[u], plan.readers[u] == 1, case let .conv(below) = plan.nodes[c].op else { return false }
+        return below.fusedBackward || below.sparseBackward
+    }
+
+    /// Propagates a block of n output relevance vectors down to the input of node `through` (0: the
+    /// model input; a node of the leading chain): (n, C, H, W) of that input's shape. The nodes run
+    /// in reverse order; relevance reaching a value from several readers is summed, and each
+    /// value's relevance goes back to `pool` once the node that writes it has used it (the start
+    /// buffer included).
     func backward(_ trace: Trace, _ start: Buffer, n: Int, through last: Int = 0, profile: ExplainerProfile? = nil,
                   pool: BufferPool = BufferPool(), cancellation: Cancellation? = nil) throws -> Buffer {
-        var R = start
-        func replace(_ next: Buffer) {
-            pool.give(R)
-            R = next
-        }
-        let all = try! allLayers(for: trace.inputShape)
+        let plan = try! plan(for: trace.inputShape)
         if let profile, profile.layers.isEmpty {
-            profile.layers = all.enumerated().map { (i, l) in (l.name(trace.shapes[i]), 0) }
+            profile.layers = plan.nodes.enumerated().map { (i, l) in (l.op.name(trace.shapes[i]), 0) }
         }
-        var tLayer = DispatchTime.now().uptimeNanoseconds
-        // A max-pool's relevance not unpooled yet: its geometry and winners (R is its output's).
-        var pooled: (PoolGeometry, IndexBuffer)? = nil
-        for l in stride(from: all.count - 1, through: last, by: -1) {
-            if let cancellation, cancellation.isCancelled {
-                pool.give(R)
-                throw BiLRPError.cancelled
+        var rel = [BlockRelevance?](repeating: nil, count: plan.valueCount)
+        rel[plan.output] = .full(start)
+        func release(_ r: BlockRelevance) {
+            switch r {
+            case let .full(b), let .pooled(b, _, _): pool.give(b)
             }
-            if let profile {
-                let t = DispatchTime.now().uptimeNanoseconds
-                if l + 1 < all.count { profile.layers[l + 1].seconds += Double(t - tLayer) * 1e-9 }
-                tLayer = t
+        }
+        func unpooled(_ r: BlockRelevance) -> Buffer {
+            switch r {
+            case let .full(b): return b
+            case let .pooled(b, pg, am):
+                let full = pool.take(n * pg.inCount)
+                kernels.maxPoolBackward(n: n, b.const, pg, argmax: UnsafePointer(am.pointer), full.pointer)
+                pool.give(b)
+                return full
             }
+        }
+        /// Adds relevance to a value (the sum over its readers).
+        func deposit(_ v: Int, _ r: BlockRelevance) {
+            guard let have = rel[v] else { rel[v] = r; return }
+            let a = unpooled(have), b = unpooled(r)
+            kernels.lrpProduct(n: n, count: trace.valueShapes[v].count, nil, b.const, scale: 1, a.pointer,
+                               accumulate: true)
+            pool.give(b)
+            rel[v] = .full(a)
+        }
+        defer { for r in rel { if let r { release(r) } } }
+        for l in stride(from: plan.nodes.count - 1, through: last, by: -1) {
+            try cancellation?.check()
+            let node = plan.nodes[l]
+            guard let Rout = rel[node.output] else { continue }  // no relevance reaches this node
+            rel[node.output] = nil
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            defer { profile?.layers[l].seconds += Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9 }
             let s = trace.shapes[l]
             let a = trace.inputs[l]
-            switch all[l] {
+            switch node.op {
             case let .conv(c):
-                let g = c.geometry(s)
-                let sparse = c.sparseBackward && useSparse(R.const, pooled, g, winograd: c.fusedBackward)
-                if let (pg, am) = pooled, !sparse, !c.fusedBackward {
-                    // Left pooled for a sparse path the density then did not pick: unpool here.
-                    let full = pool.take(n * pg.inCount)
-                    kernels.maxPoolBackward(n: n, R.const, pg, argmax: UnsafePointer(am.pointer), full.pointer)
-                    replace(full)
-                    pooled = nil
-                }
-                let Rin = pool.take(n * g.inCount)
-                var first = true
-                for (p, pass) in c.passes.enumerated() {
-                    let z = trace.denominators[l][p].const
-                    let inputs: [UnsafePointer<Float>?] = pass.terms.map { term in
-                        term.input == .ones ? nil
-                            : term.input == .identity ? a.const : trace.modifiedInputs[l][term.input]!.const
-                    }
-                    if sparse {
-                        // Gathered over the non-zero relevance (and the pool above unpooled on packing).
-                        let p = pooled.map { (argmax: UnsafePointer($0.1.pointer), pool: $0.0) }
-                        for (term, input) in zip(pass.terms, inputs) {
-                            try kernels.lrpTermSparse(n: n, R.const, pooled: p, z, epsilon: pass.epsilon, g,
-                                                  prepared: c.sparse[term.weight]!.const, input, scale: pass.scale,
-                                                  Rin.pointer, accumulate: !first)
-                            first = false
-                        }
-                    } else if c.fusedBackward {
-                        // Divide, Winograd backward and product in one pass over the block, per term
-                        // (and the max-pool above unpooled on loading, when it was left pooled).
-                        for (term, input) in zip(pass.terms, inputs) {
-                            let u = c.backward[term.weight]!.const
-                            if let (pg, am) = pooled {
-                                try kernels.lrpTermUnpooling(n: n, R.const, argmax: UnsafePointer(am.pointer), pg, z,
-                                                         epsilon: pass.epsilon, g, prepared: u, input,
-                                                         scale: pass.scale, Rin.pointer, accumulate: !first)
-                            } else {
-                                try kernels.lrpTerm(n: n, R.const, z, epsilon: pass.epsilon, g, prepared: u, input,
-                                                scale: pass.scale, Rin.pointer, accumulate: !first)
-                            }
-                            first = false
-                        }
-                    } else {
-                        try kernels.lrpDirect(n: n, R.const, z, epsilon: pass.epsilon, g,
-                                          weights: pass.terms.map { c.weights[$0.weight]!.const }, inputs: inputs,
-                                          scale: pass.scale, Rin.pointer, accumulate: !first)
-                        first = false
-                    }
-                }
-                pooled = nil
-                replace(Rin)
-            case .relu, .flatten:
-                continue
+                deposit(node.inputs[0], .full(try convBackward(c, trace, l, Rout, n: n, pool: pool)))
+            case .relu, .flatten, .scale:
+                // ReLU and flatten pass relevance through; so does y = k x under LRP-0 (k x / (k x) = 1).
+                deposit(node.inputs[0], Rout)
             case let .maxPool(p, _):
                 let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, pool: p)
-                // Left pooled when the next layer down (past ReLUs) is a fused Winograd layer or
-                // may take the sparse path: they unpool as they load.
-                var k = l - 1
-                while k >= 0, case .relu = all[k] { k -= 1 }
-                if k >= 0, case let .conv(below) = all[k], below.fusedBackward || below.sparseBackward {
-                    pooled = (g, trace.argmax[l]!)
+                let R = unpooled(Rout)
+                if poolsCarry(plan, l) {
+                    deposit(node.inputs[0], .pooled(R, g, trace.argmax[l]!))
                     continue
                 }
                 let Rin = pool.take(n * g.inCount)
                 kernels.maxPoolBackward(n: n, R.const, g, argmax: UnsafePointer(trace.argmax[l]!.pointer), Rin.pointer)
-                replace(Rin)
+                pool.give(R)
+                deposit(node.inputs[0], .full(Rin))
             case let .avgPool(p, eps, _):
                 let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, pool: p)
+                let R = unpooled(Rout)
                 let sBuf = pool.take(n * g.outCount)
                 kernels.lrpDivide(n: n, count: g.outCount, R.const, trace.denominators[l][0].const, epsilon: eps, sBuf.pointer)
+                pool.give(R)
                 let Rin = pool.take(n * g.inCount)
                 kernels.avgPoolBackward(n: n, sBuf.const, g, Rin.pointer)
                 pool.give(sBuf)
                 kernels.lrpProduct(n: n, count: g.inCount, a.const, Rin.const, scale: 1, Rin.pointer, accumulate: false)
-                replace(Rin)
+                deposit(node.inputs[0], .full(Rin))
             case let .adaptivePool(oh, ow, eps, sum):
                 let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, adaptiveTo: oh, ow)
+                let R = unpooled(Rout)
                 let sBuf = pool.take(n * g.outCount)
                 kernels.lrpDivide(n: n, count: g.outCount, R.const, trace.denominators[l][0].const, epsilon: eps, sBuf.pointer)
+                pool.give(R)
                 let Rin = pool.take(n * g.inCount)
                 kernels.adaptiveAvgPoolBackward(n: n, sBuf.const, g, Rin.pointer)
                 pool.give(sBuf)
                 let k: Float = sum ? Float(s.height * s.width) : 1
                 kernels.lrpProduct(n: n, count: g.inCount, a.const, Rin.const, scale: k, Rin.pointer, accumulate: false)
-                replace(Rin)
+                deposit(node.inputs[0], .full(Rin))
+            case let .add(eps):
+                // Each summand gets its share a_k / (sum_j a_j + eps sign) of the sum's relevance.
+                let R = unpooled(Rout)
+                let sBuf = pool.take(n * s.count)
+                kernels.lrpDivide(n: n, count: s.count, R.const, trace.denominators[l][0].const, epsilon: eps, sBuf.pointer)
+                pool.give(R)
+                for v in node.inputs {
+                    let Rin = pool.take(n * s.count)
+                    kernels.lrpProduct(n: n, count: s.count, trace.values[v]!.const, sBuf.const, scale: 1, Rin.pointer,
+                                       accumulate: false)
+                    deposit(v, .full(Rin))
+                }
+                pool.give(sBuf)
+            case .concat:
+                let R = unpooled(Rout)
+                let total = trace.valueShapes[node.output].count
+                var offset = 0
+                for v in node.inputs {
+                    let count = trace.valueShapes[v].count
+                    let Rin = pool.take(n * count)
+                    for m in 0..<n { (Rin.pointer + m * count).update(from: R.const + m * total + offset, count: count) }
+                    deposit(v, .full(Rin))
+                    offset += count
+                }
+                pool.give(R)
+            case let .affine(_, _, eps):
+                // LRP-epsilon on y = s x + t: R_in = s x / stab(y) R.
+                let R = unpooled(Rout)
+                let Rin = pool.take(n * s.count)
+                kernels.lrpDivide(n: n, count: s.count, R.const, trace.denominators[l][0].const, epsilon: eps, Rin.pointer)
+                pool.give(R)
+                kernels.lrpProduct(n: n, count: s.count, trace.denominators[l][1].const, Rin.const, scale: 1, Rin.pointer,
+                                   accumulate: false)
+                deposit(node.inputs[0], .full(Rin))
             }
         }
-        if let (pg, am) = pooled {
-            // Stopped above the layer that was to unpool it (the patch side meets the maps here).
+        let v = plan.nodes[last].inputs[0]
+        guard let r = rel[v] else {
+            // No path from the output reaches this value: its relevance is zero.
+            let zero = pool.take(n * trace.valueShapes[v].count)
+            zero.pointer.initialize(repeating: 0, count: zero.count)
+            return zero
+        }
+        rel[v] = nil
+        return unpooled(r)
+    }
+
+    /// One conv or linear node's backward for a block: the relevance at its input.
+    private func convBackward(_ c: PreparedConv, _ trace: Trace, _ l: Int, _ Rout: BlockRelevance, n: Int,
+                              pool: BufferPool) throws -> Buffer {
+        let s = trace.shapes[l], a = trace.inputs[l]
+        let g = c.geometry(s)
+        var R: Buffer
+        var pooled: (PoolGeometry, IndexBuffer)? = nil
+        switch Rout {
+        case let .full(b): R = b
+        case let .pooled(b, pg, am): R = b; pooled = (pg, am)
+        }
+        defer { pool.give(R) }
+        let sparse = c.sparseBackward && useSparse(R.const, pooled, g, winograd: c.fusedBackward)
+        if let (pg, am) = pooled, !sparse, !c.fusedBackward {
+            // Left pooled for a sparse path the density then did not pick: unpool here.
             let full = pool.take(n * pg.inCount)
             kernels.maxPoolBackward(n: n, R.const, pg, argmax: UnsafePointer(am.pointer), full.pointer)
-            replace(full)
+            pool.give(R)
+            R = full
+            pooled = nil
         }
-        if let profile {
-            profile.layers[last].seconds += Double(DispatchTime.now().uptimeNanoseconds - tLayer) * 1e-9
+        let Rin = pool.take(n * g.inCount)
+        var first = true
+        for (p, pass) in c.passes.enumerated() {
+            let z = trace.denominators[l][p].const
+            let inputs: [UnsafePointer<Float>?] = pass.terms.map { term in
+                term.input == .ones ? nil
+                    : term.input == .identity ? a.const : trace.modifiedInputs[l][term.input]!.const
+            }
+            if sparse {
+                // Gathered over the non-zero relevance (and the pool above unpooled on packing).
+                let p = pooled.map { (argmax: UnsafePointer($0.1.pointer), pool: $0.0) }
+                for (term, input) in zip(pass.terms, inputs) {
+                    try kernels.lrpTermSparse(n: n, R.const, pooled: p, z, epsilon: pass.epsilon, g,
+                                          prepared: c.sparse[term.weight]!.const, input, scale: pass.scale,
+                                          Rin.pointer, accumulate: !first)
+                    first = false
+                }
+            } else if c.fusedBackward {
+                // Divide, Winograd backward and product in one pass over the block, per term
+                // (and the max-pool above unpooled on loading, when it was left pooled).
+                for (term, input) in zip(pass.terms, inputs) {
+                    let u = c.backward[term.weight]!.const
+                    if let (pg, am) = pooled {
+                        try kernels.lrpTermUnpooling(n: n, R.const, argmax: UnsafePointer(am.pointer), pg, z,
+                                                 epsilon: pass.epsilon, g, prepared: u, input,
+                                                 scale: pass.scale, Rin.pointer, accumulate: !first)
+                    } else {
+                        try kernels.lrpTerm(n: n, R.const, z, epsilon: pass.epsilon, g, prepared: u, input,
+                                        scale: pass.scale, Rin.pointer, accumulate: !first)
+                    }
+                    first = false
+                }
+            } else {
+                try kernels.lrpDirect(n: n, R.const, z, epsilon: pass.epsilon, g,
+                                  weights: pass.terms.map { c.weights[$0.weight]!.const }, inputs: inputs,
+                                  scale: pass.scale, Rin.pointer, accumulate: !first)
+                first = false
+            }
         }
-        return R
+        return Rin
+    }
+}
+
+/// The nodes one input runs through (the model's, then the head's), with the values' writers and
+/// reader counts.
+struct ExecutionPlan {
+    let nodes: [PreparedNode]
+    let valueCount: Int
+    let output: Int
+    /// Per value: the node that writes it (nil for the input), and how many node inputs read it.
+    let writer: [Int?]
+    let readers: [Int]
+    /// How many nodes from the first form a chain: each reads the value the one before it wrote,
+    /// and that value has no other reader (the patch side runs on these).
+    let chainPrefix: Int
+
+    init(nodes: [PreparedNode], valueCount: Int, output: Int) {
+        self.nodes = nodes; self.valueCount = valueCount; self.output = output
+        var writer = [Int?](repeating: nil, count: valueCount), readers = [Int](repeating: 0, count: valueCount)
+        for (i, n) in nodes.enumerated() {
+            writer[n.output] = i
+            for v in n.inputs { readers[v] += 1 }
+        }
+        self.writer = writer; self.readers = readers
+        var k = 0, prev = 0
+        while k < nodes.count, nodes[k].inputs == [prev], readers[prev] == 1 {
+            prev = nodes[k].output
+            k += 1
+        }
+        chainPrefix = k
     }
 }
 
@@ -598,7 +826,7 @@ extension Explainer {
     /// sparse), with the heads drawn so far (one per input shape: h x D floats each). What a
     /// server that keeps several explainers counts against its memory bound.
     public var preparedBytes: Int {
-        (layers + headCache.all).reduce(0) { sum, l in
+        (nodes.map(\.op) + headCache.all).reduce(0) { sum, l in
             if case let .conv(c) = l { return sum + c.preparedBytes }
             return sum
         }

@@ -102,10 +102,11 @@ extension SimilarityHead {
 
 extension ExplanationRequirements {
     /// The estimate from the layers' input and output shapes (in order, the model's, without the
-    /// head), the head and the input.
+    /// head), the head and the input; `features` is the model's output shape (default: the last
+    /// layer's output, right for a chain).
     public static func estimate(
         shapes: [(input: Shape3, output: Shape3)], head: SimilarityHead, input shape: Shape3, patch: Int,
-        blockSize: Int? = nil, memoryBudget: Int = 256 << 20
+        features featureShape: Shape3? = nil, blockSize: Int? = nil, memoryBudget: Int = 256 << 20
     ) throws -> ExplanationRequirements {
         guard patch >= 1 else { throw BiLRPError.invalidArgument("patch size must be at least 1 (got \(patch))") }
         var trace = 0, largest = shape.count
@@ -115,6 +116,7 @@ extension ExplanationRequirements {
             largest = max(largest, a.count, b.count)
             features = b
         }
+        if let featureShape { features = featureShape }
         let h = head.outputs(featureShape: features)
         let headMatrix: Int
         switch head {
@@ -150,14 +152,11 @@ extension SequentialModel {
 extension Explainer {
     /// What explaining an input of `shape` with patches of `patch` pixels needs (no allocation).
     public func requirements(for shape: Shape3, patch: Int) throws -> ExplanationRequirements {
-        var shapes: [(input: Shape3, output: Shape3)] = []
-        var s = shape
-        for l in layers {
-            let next = try l.outputShape(s)
-            shapes.append((s, next))
-            s = next
-        }
-        return try .estimate(shapes: shapes, head: head, input: shape, patch: patch, blockSize: blockSize,
+        let values = try valueShapes(for: shape)
+        // The output last: the estimate takes the last output as the feature shape.
+        let shapes = nodes.map { (input: values[$0.inputs[0]], output: values[$0.output]) }
+        return try .estimate(shapes: shapes, head: head, input: shape, patch: patch, features: values[outputValue],
+                             blockSize: blockSize,
                              memoryBudget: memoryBudget)
     }
 }

@@ -48,19 +48,7 @@ extension SequentialModel {
                     throw BiLRPError.unsupported(
                         "BatchNorm2d at layer \(i) does not follow a convolution, so it cannot be folded")
                 }
-                guard bn.weight.count == conv.outChannels else {
-                    throw BiLRPError.shapeMismatch(
-                        what: "BatchNorm2d at layer \(i)", expected: "\(conv.outChannels) channels",
-                        found: "\(bn.weight.count)")
-                }
-                let per = conv.inChannels * conv.kernelH * conv.kernelW
-                var bias = conv.bias ?? [Float](repeating: 0, count: conv.outChannels)
-                for k in 0..<conv.outChannels {
-                    let scale = bn.weight[k] / (bn.runningVar[k] + bn.eps).squareRoot()
-                    for j in 0..<per { conv.weight[k * per + j] *= scale }
-                    bias[k] = (bias[k] - bn.runningMean[k]) * scale + bn.bias[k]
-                }
-                conv.bias = bias
+                try conv.fold(bn, at: "layer \(i)")
                 out[out.count - 1].layer = .conv2d(conv)
             default:
                 out.append(IndexedLayer(index: i, layer: layer))

@@ -79,9 +79,9 @@ struct PatchSupports {
 extension Explainer {
     /// The layers the patch side can take: from the input, stride-1 convolutions with odd kernels
     /// and "same" padding, ReLUs and max-pools. Returns how many.
-    func patchSideReach(_ all: [PreparedLayer]) -> Int {
+    func patchSideReach(_ plan: ExecutionPlan) -> Int {
         var k = 0
-        for l in all {
+        for l in plan.nodes.prefix(plan.chainPrefix).map(\.op) {
             switch l {
             case let .conv(c):
                 guard !c.isLinear, c.strideH == 1, c.strideW == 1, c.kernelH % 2 == 1, c.kernelW % 2 == 1,
@@ -111,8 +111,9 @@ extension Explainer {
     /// patch side at 224 x 224: 5.15 against 5.29 s per pair, medians of 4, 947 against 1031 MB);
     /// the meeting point P h C times the cell area, four times (its gathered rows).
     func patchSidePlan(_ trace: Trace, patch: Int, outputs h: Int) -> Int {
-        let all = try! allLayers(for: trace.inputShape)
-        let reach = patchSideReach(all)
+        let plan = try! plan(for: trace.inputShape)
+        let all = plan.nodes.map(\.op)
+        let reach = patchSideReach(plan)
         if let forced = kernels.patchSideLayers { return min(max(0, forced), reach) }
         guard reach > 0 else { return 0 }
         let grid = PatchGrid(height: trace.inputShape.height, width: trace.inputShape.width, patch: patch)
@@ -126,7 +127,7 @@ extension Explainer {
                 let g = c.geometry(trace.shapes[l])
                 let terms = Double(c.termCount)
                 cost = Double(h) * terms * Double(g.outCount * g.inChannels * g.kernelH * g.kernelW)
-                if c.sparseBackward, let d = relevanceDensity(trace, all, below: l),
+                if c.sparseBackward, let d = relevanceDensity(trace, plan, below: l),
                    d < sparseThreshold(g, winograd: c.fusedBackward) {
                     cost *= 2 * d
                 } else if c.fusedBackward {
@@ -169,11 +170,15 @@ extension Explainer {
     /// The share of conv layer l's outputs that can carry relevance: those whose activation,
     /// after the ReLU and a max-pool (only winners), is non-zero, read from the input of the next
     /// weighted layer. nil when the layers after l are not ReLU / max-pool / convolution.
-    func relevanceDensity(_ trace: Trace, _ all: [PreparedLayer], below l: Int) -> Double? {
+    func relevanceDensity(_ trace: Trace, _ plan: ExecutionPlan, below l: Int) -> Double? {
+        let all = plan.nodes.map(\.op)
         guard case let .conv(c) = all[l] else { return nil }
         let out = c.geometry(trace.shapes[l]).outCount
         var k = l + 1
         scan: while k < all.count {
+            // Only along a chain: node k reads node k - 1's output, which nothing else reads.
+            let v = plan.nodes[k - 1].output
+            guard plan.nodes[k].inputs == [v], plan.readers[v] == 1 else { return nil }
             switch all[k] {
             case .relu, .maxPool: k += 1
             case .conv: break scan

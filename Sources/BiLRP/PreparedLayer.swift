@@ -10,6 +10,14 @@ enum PreparedLayer: @unchecked Sendable {
     /// Adaptive average pooling; `sum` multiplies by the window area (global sum pooling head).
     case adaptivePool(Int, Int, epsilon: Float, sum: Bool)
     case flatten
+    /// The sum of its inputs; relevance split in proportion to the summands (LRP-epsilon).
+    case add(epsilon: Float)
+    /// Channel concatenation; relevance sliced back to the inputs.
+    case concat
+    /// Multiplication by a constant; relevance passes through.
+    case scale(Float)
+    /// A standalone batch norm y = s_c x + t_c (one not folded into a convolution), LRP-epsilon.
+    case affine(scale: Buffer, shift: Buffer, epsilon: Float)
 
     /// A label for profiles: the layer and its input shape.
     func name(_ s: Shape3) -> String {
@@ -22,6 +30,18 @@ enum PreparedLayer: @unchecked Sendable {
         case .avgPool: return "AvgPool @\(s.height)x\(s.width)"
         case .adaptivePool: return "AdaptivePool @\(s.height)x\(s.width)"
         case .flatten: return "Flatten"
+        case .add: return "Add @\(s.height)x\(s.width)"
+        case .concat: return "Concat"
+        case .scale: return "Mul"
+        case .affine: return "BatchNorm @\(s.height)x\(s.width)"
+        }
+    }
+
+    /// The output shape for the input shapes (checked when the graph was built).
+    func outputShape(_ ins: [Shape3]) throws -> Shape3 {
+        switch self {
+        case .concat: return Shape3(ins.reduce(0) { $0 + $1.channels }, ins[0].height, ins[0].width)
+        default: return try outputShape(ins[0])
         }
     }
 
@@ -41,6 +61,22 @@ enum PreparedLayer: @unchecked Sendable {
         case let .avgPool(p, _, i): return try Layer.avgPool2d(p).outputShape(s, index: i)
         case let .adaptivePool(h, w, _, _): return Shape3(s.channels, h, w)
         case .flatten: return Shape3(s.count, 1, 1)
+        case .add, .concat, .scale, .affine: return s
+        }
+    }
+}
+
+/// A node of the graph ready for explanation: its op and the numbers of the values it reads and
+/// writes (0 is the model input).
+struct PreparedNode: @unchecked Sendable {
+    let name: String
+    let op: PreparedLayer
+    let inputs: [Int]
+    let output: Int
+
+    func outputShape(_ ins: [Shape3]) throws -> Shape3 {
+        do { return try op.outputShape(ins) } catch let BiLRPError.shapeMismatch(what, e, f) {
+            throw BiLRPError.shapeMismatch(what: "node '\(name)': \(what)", expected: e, found: f)
         }
     }
 }

@@ -126,6 +126,9 @@ public enum Rule: Hashable, Sendable, CustomStringConvertible {
         return Rule.defaultEpsilon
     }
 
+    /// The stabilizer of a residual sum under this rule: the matched epsilon, else the default.
+    var residualEpsilon: Float { poolingEpsilon }
+
     /// The spelling used in composite strings.
     public var description: String {
         switch self {

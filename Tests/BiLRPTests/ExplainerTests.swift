@@ -226,7 +226,7 @@ struct ErrorTests {
     @Test("malformed composite strings", arguments: [
         ("0:zb;1-10:gama=0.5", "unknown rule 'gama=0.5'"),
         ("0-:gamma", "rule 'gamma' needs a number after '='"),
-        ("x:zero", "selector 'x' in 'x:zero' is not a layer index"),
+        (":zero", "entry ':zero' is not SELECTOR:RULE"),
         ("5-2:zero", "range '5-2' in '5-2:zero' is empty"),
         ("0:alphabeta=2,2", "alpha - beta must be 1"),
         ("zb", "unknown rule preset 'zb'"),
@@ -236,6 +236,15 @@ struct ErrorTests {
     func badComposite(spec: String, expected: String) {
         let m = message { _ = try Composite.named(spec) }
         #expect(m.contains(expected), "\(m)")
+    }
+
+    @Test("a node-name pattern that matches no node is an error naming the pattern")
+    func unmatchedPattern() throws {
+        let m = message { _ = try Explainer(model: try smallNet(seed: 1, bias: true), composite: try .named("layer4.*:zero")) }
+        #expect(m.contains("selector 'layer4.*' matches no node of the model (nodes: 0, 1, 2, 3, ..."), "\(m)")
+        // A pattern that matches: the chain's nodes are named by their indices.
+        let ex = try Explainer(model: try smallNet(seed: 1, bias: true), composite: try .named("?:gamma=0.25;*:zero"))
+        #expect(ex.rules[0] == .gamma(0.25))
     }
 
     @Test func zBoxNeedsBounds() throws {

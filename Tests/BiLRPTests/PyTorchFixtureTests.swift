@@ -35,11 +35,16 @@ func fixtureSmallNet(_ f: SafetensorsFile) throws -> SequentialModel {
 
 func compareWithFixture(_ f: SafetensorsFile, model: SequentialModel, blockSize: Int? = nil,
                         kernels: any Kernels = CKernelsBackend()) throws {
+    try compareWithFixture(f, graph: Graph(chain: model), blockSize: blockSize, kernels: kernels)
+}
+
+func compareWithFixture(_ f: SafetensorsFile, graph model: Graph, blockSize: Int? = nil,
+                        kernels: any Kernels = CKernelsBackend()) throws {
     let composites = try JSONDecoder().decode([String].self, from: Data(f.metadata["composites"]!.utf8))
     let patch = Int(f.metadata["patch"]!)!
     let x1 = try f.t("x1"), x2 = try f.t("x2"), head = try f.t("head")
     for spec in composites {
-        let ex = try Explainer(model: model, head: .projection(head), composite: try .named(spec),
+        let ex = try Explainer(graph: model, head: .projection(head), composite: try .named(spec),
                                bounds: Preprocessing.torchvision.bounds, blockSize: blockSize, kernels: kernels)
         let pair = try ex.explain(x1, x2, patch: patch)
         expectClose(pair.first.a, try f.t("\(spec).A1").data, tol: 1e-4, "A(x) \(spec)")
@@ -50,7 +55,7 @@ func compareWithFixture(_ f: SafetensorsFile, model: SequentialModel, blockSize:
         expectClose(pair.first.embedding, try f.t("\(spec).phi1").data, tol: 1e-5, "phi \(spec)")
     }
     // BiLRP with the hp preset is the Hessian x Product (ReLU network, LRP-0 everywhere).
-    let hp = try Explainer(model: model, head: .projection(head), composite: try .preset("hp"), blockSize: blockSize,
+    let hp = try Explainer(graph: model, head: .projection(head), composite: try .preset("hp"), blockSize: blockSize,
                            kernels: kernels)
     let pair = try hp.explain(x1, x2, patch: patch)
     expectClose(pair.relevance, try f.t("hessian.R").data, tol: 1e-4, "R hp vs true Hessian x Product")
@@ -71,6 +76,19 @@ struct PyTorchFixtureTests {
         let f = try fixture("vgg16_l10")
         try compareWithFixture(f, model: try VGG.vgg16.features(layers: 10, weights: f),
                                kernels: CKernelsBackend(convolution: convolution))
+    }
+
+    /// epsilon-gamma-box is not among the fixture's presets: on this ResNet its relevance at layer4
+    /// sums to 240 y (gamma's denominators z + gamma z+ cross zero at the convolutions before a
+    /// residual sum, whose outputs may be negative), and no float32 computation meets 1e-4 there:
+    /// PyTorch's own float32 run of the script's recipe is off by 2.5e-4 of max |A| (4.2e-4 at
+    /// layer1), this engine by 1.2e-3 (2.1e-4 at layer1), while on epsilon-plus-flat both agree to 7e-7.
+    @Test("ResNet-18 (seeded weights, batch norms with nonzero statistics) at layer4, 64 x 64: epsilon-plus-flat and hp",
+          arguments: [CKernelsBackend.Convolution.winograd, .direct])
+    func resnet18(convolution: CKernelsBackend.Convolution) throws {
+        let f = try fixture("resnet18_graph")
+        let graph = try ResNet.resnet18.graph(cut: f.metadata["cut"]!, seed: UInt64(f.metadata["seed"]!)!)
+        try compareWithFixture(f, graph: graph, blockSize: 3, kernels: CKernelsBackend(convolution: convolution))
     }
 
     @Test("the Gaussian projection equals the Python twin of its generator")
@@ -103,3 +121,4 @@ struct PyTorchFixtureTests {
         #expect(f.entries["probe_bf16"]?.dtype == "BF16" && f.entries["probe_f16"]?.dtype == "F16")
     }
 }
+

@@ -1,0 +1,171 @@
+/// The ResNet family as in torchvision (`resnet18` ... `resnet152`, v1.5: the stride of a
+/// bottleneck on its 3 x 3 convolution), as a graph with torchvision's parameter names
+/// (`conv1.weight`, `bn1.running_mean`, `layer1.0.conv1.weight`, `layer1.0.downsample.0.weight`,
+/// `fc.weight`).
+///
+/// Nodes are named after the modules: `conv1`, `bn1`, `relu`, `maxpool`, then per block
+/// `layer2.0.conv1`, `layer2.0.bn1`, `layer2.0.relu1`, ..., `layer2.0.downsample.0` / `.1`,
+/// `layer2.0.add` (the residual sum) and `layer2.0` (the block's ReLU, whose output is the block's),
+/// then `avgpool`, `flatten`, `fc`. The stage names `layer1` ... `layer4` cut after the stage's last
+/// block.
+public enum ResNet: String, Sendable, CaseIterable {
+    case resnet18, resnet34, resnet50, resnet101, resnet152
+
+    var blocks: [Int] {
+        switch self {
+        case .resnet18: return [2, 2, 2, 2]
+        case .resnet34, .resnet50: return [3, 4, 6, 3]
+        case .resnet101: return [3, 4, 23, 3]
+        case .resnet152: return [3, 8, 36, 3]
+        }
+    }
+
+    var bottleneck: Bool { self != .resnet18 && self != .resnet34 }
+    var expansion: Int { bottleneck ? 4 : 1 }
+
+    /// Channels of the features after `layer4` (512 or 2048).
+    public var featureChannels: Int { 512 * expansion }
+
+    /// The names `cut` accepts besides node names, in order: the stem, the stages, the head.
+    public var stageNames: [String] { ["conv1", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"] }
+
+    /// The network up to `cut` (a node name or stage name; nil: everything the weights have, `fc`
+    /// when they hold `fc.weight`, else `avgpool`), weights from `source` under torchvision's names.
+    public func graph(cut: String? = nil, weights source: any TensorSource) throws -> Graph {
+        let classes = try source.tensor(named: "fc.weight")?.shape.first
+        return try build(cut: cut, classifier: classes) { name, shape in try source.required(name, shape: shape) }
+    }
+
+    /// The network with seeded random weights (He-normal convolutions, batch norms with nonzero
+    /// statistics and affine parameters, a random fc): for benchmarks and tests.
+    public func graph(cut: String? = nil, seed: UInt64) throws -> Graph {
+        var rng = SplitMix64(seed: seed)
+        return try build(cut: cut, classifier: 1000) { name, shape in
+            // One draw per value, in the order the tensors are built (torchvision's state_dict
+            // order); scripts/make-fixtures.py draws the same values from the same generator.
+            let n = shape.reduce(1, *)
+            if name.hasSuffix("running_var") { return (0..<n).map { _ in Float(0.5 + rng.nextUniform()) } }
+            if name.hasSuffix("running_mean") { return (0..<n).map { _ in Float(0.1 * rng.nextNormal()) } }
+            if shape.count == 1 && name.hasSuffix("weight") {
+                return (0..<n).map { _ in Float(0.75 + 0.5 * rng.nextUniform()) }
+            }
+            if shape.count == 1 { return (0..<n).map { _ in Float(0.05 * rng.nextNormal()) } }
+            let std = (2.0 / Double(shape.dropFirst().reduce(1, *))).squareRoot()
+            return (0..<n).map { _ in Float(rng.nextNormal() * std) }
+        }
+    }
+
+    /// Every node name, in order (with `fc` last), and the stage names: what `cut` accepts.
+    public var nodeNames: [String] {
+        var names = ["conv1", "bn1", "relu", "maxpool"]
+        for (stage, count) in blocks.enumerated() {
+            for b in 0..<count {
+                let p = "layer\(stage + 1).\(b)"
+                let body = bottleneck ? ["conv1", "bn1", "relu1", "conv2", "bn2", "relu2", "conv3", "bn3"]
+                    : ["conv1", "bn1", "relu1", "conv2", "bn2"]
+                names += body.map { "\(p).\($0)" }
+                if b == 0 && (stage > 0 || bottleneck) { names += ["\(p).downsample.0", "\(p).downsample.1"] }
+                names += ["\(p).add", p]
+            }
+        }
+        return names + ["avgpool", "flatten", "fc"]
+    }
+
+    private func build(cut: String?, classifier classes: Int?, weight: (String, [Int]) throws -> [Float]) throws -> Graph {
+        let known = stageNames
+        if let cut, !known.contains(cut), !nodeNames.contains(cut) {
+            throw BiLRPError.invalidArgument(
+                "\(rawValue) has no node or stage named '\(cut)' (stages: \(known.joined(separator: ", ")); blocks like layer3.1; nodes like layer3.1.conv2; `bilrp inspect --arch \(rawValue)` lists them)")
+        }
+        if let cut, cut == "fc", classes == nil {
+            throw BiLRPError.missingTensor("fc.weight")
+        }
+        var nodes: [Graph.Node] = []
+        func conv(_ name: String, _ from: String, _ inC: Int, _ outC: Int, kernel k: Int, stride: Int,
+                  padding: Int) throws -> String {
+            let w = try weight("\(name).weight", [outC, inC, k, k])
+            nodes.append(Graph.Node(name: name, op: .layer(.conv2d(try Conv2d(
+                weight: w, bias: nil, outChannels: outC, inChannels: inC, kernel: (k, k), stride: (stride, stride),
+                padding: (padding, padding)))), inputs: [from], output: name))
+            return name
+        }
+        func bn(_ name: String, _ from: String, _ c: Int) throws -> String {
+            nodes.append(Graph.Node(name: name, op: .layer(.batchNorm2d(try BatchNorm2d(
+                weight: try weight("\(name).weight", [c]), bias: try weight("\(name).bias", [c]),
+                runningMean: try weight("\(name).running_mean", [c]), runningVar: try weight("\(name).running_var", [c])))),
+                inputs: [from], output: name))
+            return name
+        }
+        func relu(_ name: String, _ from: String) -> String {
+            nodes.append(Graph.Node(name: name, op: .layer(.relu), inputs: [from], output: name))
+            return name
+        }
+        // Stops as soon as the cut is reached: weights past it need not exist.
+        func done(_ value: String) -> Bool { cut == value }
+
+        var x = try conv("conv1", "input", 3, 64, kernel: 7, stride: 2, padding: 3)
+        if done(x) { return try Graph(input: "input", nodes: nodes, output: x) }
+        x = relu("relu", try bn("bn1", x, 64))
+        if cut == "bn1" || cut == "relu" { return try Graph(input: "input", nodes: nodes, output: x).cut(at: cut!) }
+        nodes.append(Graph.Node(name: "maxpool", op: .layer(.maxPool2d(Pool2d(kernel: (3, 3), stride: (2, 2),
+                                                                                padding: (1, 1)))),
+                                inputs: [x], output: "maxpool"))
+        x = "maxpool"
+        if done(x) { return try Graph(input: "input", nodes: nodes, output: x) }
+        var inC = 64
+        for (stage, count) in blocks.enumerated() {
+            let planes = 64 << stage
+            for b in 0..<count {
+                let p = "layer\(stage + 1).\(b)"
+                let stride = b == 0 && stage > 0 ? 2 : 1
+                let outC = planes * expansion
+                var y: String
+                if bottleneck {
+                    y = relu("\(p).relu1", try bn("\(p).bn1", try conv("\(p).conv1", x, inC, planes, kernel: 1, stride: 1, padding: 0), planes))
+                    y = relu("\(p).relu2", try bn("\(p).bn2", try conv("\(p).conv2", y, planes, planes, kernel: 3, stride: stride, padding: 1), planes))
+                    y = try bn("\(p).bn3", try conv("\(p).conv3", y, planes, outC, kernel: 1, stride: 1, padding: 0), outC)
+                } else {
+                    y = relu("\(p).relu1", try bn("\(p).bn1", try conv("\(p).conv1", x, inC, planes, kernel: 3, stride: stride, padding: 1), planes))
+                    y = try bn("\(p).bn2", try conv("\(p).conv2", y, planes, planes, kernel: 3, stride: 1, padding: 1), planes)
+                }
+                var shortcut = x
+                if stride != 1 || inC != outC {
+                    shortcut = try bn("\(p).downsample.1",
+                                      try conv("\(p).downsample.0", x, inC, outC, kernel: 1, stride: stride, padding: 0), outC)
+                }
+                nodes.append(Graph.Node(name: "\(p).add", op: .add, inputs: [y, shortcut], output: "\(p).add"))
+                x = relu(p, "\(p).add")
+                inC = outC
+                if let cut, cut.hasPrefix(p + "."), nodes.contains(where: { $0.name == cut }) {
+                    return try Graph(input: "input", nodes: nodes, output: x).cut(at: cut)
+                }
+                if done(p) || (b == count - 1 && cut == "layer\(stage + 1)") {
+                    return try Graph(input: "input", nodes: nodes, output: x)
+                }
+            }
+        }
+        nodes.append(Graph.Node(name: "avgpool", op: .layer(.adaptiveAvgPool2d(height: 1, width: 1)), inputs: [x],
+                                output: "avgpool"))
+        x = "avgpool"
+        guard let classes, !done(x) else {
+            if let cut, cut != x {
+                throw BiLRPError.invalidArgument(
+                    "\(rawValue) has no node or stage named '\(cut)' (stages: \(known.joined(separator: ", ")); blocks like layer3.1; nodes like layer3.1.conv2)")
+            }
+            return try Graph(input: "input", nodes: nodes, output: x)
+        }
+        nodes.append(Graph.Node(name: "flatten", op: .layer(.flatten), inputs: [x], output: "flatten"))
+        if cut == "flatten" { return try Graph(input: "input", nodes: nodes, output: "flatten") }
+        let fcIn = featureChannels
+        let w = try weight("fc.weight", [classes, fcIn])
+        let bias = try weight("fc.bias", [classes])
+        nodes.append(Graph.Node(name: "fc", op: .layer(.linear(try Linear(weight: w, bias: bias, inFeatures: fcIn,
+                                                                           outFeatures: classes))),
+                                inputs: ["flatten"], output: "fc"))
+        if let cut, cut != "fc" {
+            throw BiLRPError.invalidArgument(
+                "\(rawValue) has no node or stage named '\(cut)' (stages: \(known.joined(separator: ", ")); blocks like layer3.1; nodes like layer3.1.conv2)")
+        }
+        return try Graph(input: "input", nodes: nodes, output: "fc")
+    }
+}
