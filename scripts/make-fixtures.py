@@ -703,9 +703,45 @@ def make_resnet_case(gen, arch="resnet18", seed=18, size=64, h=8, patch=8, stage
     return model
 
 
+def make_resnet_onnx(arch, seed, size, gen):
+    """torch.onnx.export of the seeded ResNet (batch norms kept as nodes, so initializers keep the
+    parameter names), checked by onnxruntime at every stage and the logits; the committed file has
+    its initializers emptied (the test draws the same weights), the outputs go to a safetensors."""
+    import onnx
+    torch.set_default_dtype(torch.float32)
+    model = seeded_resnet(arch, seed).float().eval()
+    x = torch.rand(1, 3, size, size, generator=gen)
+    path = os.path.join(OUT, f"{arch}_noweights.onnx")
+    torch.onnx.export(model, x, path, dynamo=False, opset_version=13, input_names=["input"], output_names=["output"],
+                      do_constant_folding=False)
+    m = onnx.load(path)
+    stages = {}
+    for n in m.graph.node:  # the block outputs: /layerS/layerS.B/relu_1/Relu (the last one of each stage)
+        parts = n.name.split("/")
+        if n.op_type == "Relu" and len(parts) >= 3 and parts[1].startswith("layer"):
+            stages[parts[1]] = n.output[0]
+    names = [stages[k] for k in sorted(stages)] + ["output"]
+    for v in names[:-1]:
+        m.graph.output.append(onnx.helper.make_tensor_value_info(v, onnx.TensorProto.FLOAT, None))
+    outs = run_ort(m.SerializeToString(), {"input": x.numpy()}, names)
+    tensors = {"input": x[0].contiguous()}
+    for k, v in zip(sorted(stages) + ["logits"], outs):
+        tensors[k] = torch.from_numpy(v[0]).contiguous()
+    save_file(tensors, os.path.join(OUT, f"{arch}_ort.safetensors"), metadata={"seed": str(seed)})
+    m = onnx.load(path)
+    for t in m.graph.initializer:
+        t.ClearField("raw_data")
+        t.ClearField("float_data")
+    onnx.save(m, path)
+    print(f"{arch}: ONNX without weights {os.path.getsize(path)} bytes, stages {sorted(stages)}")
+    torch.set_default_dtype(torch.float64)
+
+
 def make_graph_fixtures():
     gen = torch.Generator().manual_seed(20261203)
     make_resnet_case(gen)
+    make_resnet_onnx("resnet18", 18, 64, gen)
+    make_resnet_onnx("resnet50", 50, 64, gen)
 
 
 def main():

@@ -72,7 +72,7 @@ struct Workload {
 
     init(size: Int) throws {
         if haveAssets {
-            model = try ONNXImporter.load(path: realModel, cut: .layers(31)).model
+            model = try ONNXImporter.load(path: realModel, cut: .layers(31)).chain!
             preprocessing = .caffe
             let load = { (name: String) in
                 try PreparedInput.load(path: "\(assets)/images/\(name)", size: size, preprocessing: .caffe).tensor

@@ -255,3 +255,73 @@ extension BatchNorm2d {
         return (s, (0..<weight.count).map { bias[$0] - runningMean[$0] * s[$0] })
     }
 }
+
+/// Where a model is cut: after a chain's first N layers (`features[:N]`), or at a named node,
+/// value or stage. As text (`--layer`, JSON `"layer"`): an integer is an index, anything else a name.
+public enum LayerCut: Sendable, Hashable, Codable, CustomStringConvertible, ExpressibleByIntegerLiteral,
+    ExpressibleByStringLiteral {
+    case index(Int)
+    case name(String)
+
+    public init(integerLiteral value: Int) { self = .index(value) }
+    public init(stringLiteral value: String) { self = .name(value) }
+
+    public init(parsing text: String) {
+        let t = text.trimmingCharacters(in: .whitespaces)
+        self = Int(t).map(LayerCut.index) ?? .name(t)
+    }
+
+    public var description: String {
+        switch self {
+        case let .index(i): return "\(i)"
+        case let .name(n): return n
+        }
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if let i = try? c.decode(Int.self) { self = .index(i); return }
+        self = .name(try c.decode(String.self))
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch self {
+        case let .index(i): try c.encode(i)
+        case let .name(n): try c.encode(n)
+        }
+    }
+}
+
+extension Graph {
+    /// The graph cut at a chain index or a node name. An index needs a chain (every node has one).
+    public func cut(_ c: LayerCut) throws -> Graph {
+        switch c {
+        case let .name(n):
+            return try cut(at: n)
+        case let .index(l):
+            guard nodes.allSatisfy({ $0.index != nil }) else {
+                throw BiLRPError.invalidArgument(
+                    "this model is a graph, not a chain of layers: cut it at a node or stage name, not at index \(l) (`bilrp inspect` lists the names)")
+            }
+            let count = (nodes.map { $0.index! }.max() ?? -1) + 1
+            guard l >= 1, l <= count else { throw BiLRPError.invalidLayerIndex(l, count: count) }
+            let keep = nodes.filter { $0.index! < l }
+            return try Graph(input: input, nodes: keep, output: keep.last?.output ?? input).cut(at: keep.last!.name)
+        }
+    }
+
+    /// How many layers an index cut may keep (the last chain index + 1); 0 for a graph.
+    public var chainLength: Int {
+        guard isChain, nodes.allSatisfy({ $0.index != nil }) else { return 0 }
+        return (nodes.last?.index ?? -1) + 1
+    }
+
+    /// The input channels the model expects: those of the first convolution reading the input.
+    public var inputChannels: Int? {
+        for n in nodes where n.inputs.contains(input) {
+            if case let .layer(.conv2d(c)) = n.op { return c.inChannels }
+        }
+        return nil
+    }
+}

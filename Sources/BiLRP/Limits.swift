@@ -149,6 +149,16 @@ extension SequentialModel {
     }
 }
 
+extension Graph {
+    /// What explaining an input of `shape` through this graph and `head` needs, without preparing
+    /// an explainer.
+    public func requirements(head: SimilarityHead, input shape: Shape3, patch: Int) throws -> ExplanationRequirements {
+        let s = try shapes(for: shape)
+        return try .estimate(shapes: nodes.map { (input: s[$0.inputs[0]]!, output: s[$0.output]!) }, head: head,
+                             input: shape, patch: patch, features: s[output]!)
+    }
+}
+
 extension Explainer {
     /// What explaining an input of `shape` with patches of `patch` pixels needs (no allocation).
     public func requirements(for shape: Shape3, patch: Int) throws -> ExplanationRequirements {

@@ -75,6 +75,13 @@ extension TensorSource {
     }
 }
 
+/// Tensors in memory by name.
+public struct NamedTensors: TensorSource, Sendable {
+    public var tensors: [String: Tensor]
+    public init(_ tensors: [String: Tensor]) { self.tensors = tensors }
+    public func tensor(named name: String) throws -> Tensor? { tensors[name] }
+}
+
 /// The VGG family as in torchvision (`vgg11` ... `vgg19`, with or without batch norm): the
 /// convolutional part `features`, whose indices match torchvision's.
 public enum VGG: String, Sendable, CaseIterable {

@@ -39,8 +39,25 @@ public enum ResNet: String, Sendable, CaseIterable {
     /// The network with seeded random weights (He-normal convolutions, batch norms with nonzero
     /// statistics and affine parameters, a random fc): for benchmarks and tests.
     public func graph(cut: String? = nil, seed: UInt64) throws -> Graph {
+        try build(cut: cut, classifier: 1000, weight: ResNet.seeded(seed))
+    }
+
+    /// The seeded weights of `graph(seed:)` by torchvision's names, as a tensor source (to load an
+    /// ONNX export of the same network whose initializers were left empty).
+    public func randomWeights(seed: UInt64) throws -> NamedTensors {
+        var tensors: [String: Tensor] = [:]
+        let draw = ResNet.seeded(seed)
+        _ = try build(cut: nil, classifier: 1000) { name, shape in
+            let v = try draw(name, shape)
+            tensors[name] = try Tensor(shape: shape, data: v)
+            return v
+        }
+        return NamedTensors(tensors)
+    }
+
+    static func seeded(_ seed: UInt64) -> (String, [Int]) throws -> [Float] {
         var rng = SplitMix64(seed: seed)
-        return try build(cut: cut, classifier: 1000) { name, shape in
+        return { name, shape in
             // One draw per value, in the order the tensors are built (torchvision's state_dict
             // order); scripts/make-fixtures.py draws the same values from the same generator.
             let n = shape.reduce(1, *)

@@ -2,74 +2,89 @@ import BiLRP
 import Foundation
 import SwiftProtobuf
 
-/// A sequential CNN read from an ONNX file.
+/// A model read from an ONNX file: the graph of its supported nodes.
 public struct ONNXModel: Sendable {
-    /// The supported chain of layers from the input (up to the cut, when one was asked for).
-    public var model: SequentialModel
-    /// The ONNX node behind each layer index (`"-"` for an index the exporter folded away).
-    public var nodeNames: [String]
+    /// The supported nodes (up to the cut, when one was asked for), named as in the file.
+    public var graph: Graph
+    /// The same model as a chain of layers, numbered as `--layer` counts them, when the graph is a
+    /// chain (VGG); nil for a DAG (ResNet).
+    public var chain: SequentialModel?
     /// True when the file's input is channels-last (N, H, W, C) and a Transpose makes it NCHW;
     /// this library always takes (C, H, W), so the transpose is absorbed.
     public var channelsLastInput: Bool
     /// The file's static input size (C, H, W), when it declares one.
     public var inputShape: Shape3?
-    /// Ops after the supported chain, as "op X at node Y": layers past them cannot be used.
+    /// Nodes that cannot be used, as "op X at node Y": they and every node that reads them.
     public var unsupported: [String]
     public var producer: String
-    /// How layer indices were assigned: "module names" (torch export: `/features/features.2/Relu` is
-    /// index 2, matching torchvision) or "node order" (one index per layer node, as torchvision numbers
-    /// a sequential model; layout Transposes, Identity, Dropout and Softmax take none).
+    /// How chain indices were assigned: "module names" (torch export: `/features/features.2/Relu` is
+    /// index 2, matching torchvision), "node order" (one index per layer node, as torchvision numbers
+    /// a sequential model; layout Transposes, Identity, Dropout and Softmax take none), or "graph"
+    /// (a DAG: nodes are cut by name).
     public var numbering: String
+
+    /// The ONNX node behind each chain index (`"-"` for an index the exporter folded away).
+    public var nodeNames: [String] {
+        guard let chain else { return graph.nodes.map(\.name) }
+        var names = [String](repeating: "-", count: chain.layers.count)
+        for n in graph.nodes { if let i = n.index, i < names.count { names[i] = n.name } }
+        return names
+    }
 }
 
-/// Imports sequential CNN graphs from ONNX: Conv, Relu, MaxPool, AveragePool, GlobalAveragePool,
-/// BatchNormalization (folded later), Flatten, Reshape (as a flatten), Gemm, MatMul + Add,
-/// Transpose (channels-last input, or channels-last flatten before a dense layer), Identity,
-/// Dropout, Softmax (dropped for explanation); explicit pads and auto_pad.
+/// Imports ONNX graphs (any DAG of the supported ops, nodes in any order): Conv, Relu, MaxPool,
+/// AveragePool, GlobalAveragePool, BatchNormalization (folded later), Flatten, Reshape (as a
+/// flatten), Gemm, MatMul (+ Add of a bias), Add of two activations, Concat over channels, Mul by a
+/// scalar constant, Transpose (channels-last input, or channels-last flatten before a dense layer),
+/// Identity, Dropout, Softmax (dropped for explanation); explicit pads and auto_pad. Other ops are
+/// listed in `unsupported`; a cut that needs one is an error naming the op and the node.
 public enum ONNXImporter {
     /// Where to cut the graph.
     public enum Cut: Sendable, Equatable {
-        /// Keep layers [0, L) (`features[:L]`; for VGG-16, 31 ends after pool5).
+        /// Keep chain layers [0, L) (`features[:L]`; for VGG-16, 31 ends after pool5).
         case layers(Int)
-        /// Keep everything up to and including the layer produced by this node.
+        /// Keep everything the named node (or value) needs, that node last. A module path of a torch
+        /// export (`layer4`, `layer3.1`) names the last node of that module.
         case node(String)
     }
 
-    public static func load(path: String, cut: Cut? = nil) throws -> ONNXModel {
+    /// - Parameter weights: where initializers the file leaves empty (dims but no data) come from,
+    ///   by initializer name: a graph saved without its weights, the weights in safetensors.
+    public static func load(path: String, cut: Cut? = nil, weights: (any TensorSource)? = nil) throws -> ONNXModel {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw BiLRPError.io("cannot read ONNX file '\(path)'")
         }
-        return try load(data: data, name: path, cut: cut)
+        return try load(data: data, name: path, cut: cut, weights: weights)
     }
 
-    public static func load(data: Data, name: String = "ONNX model", cut: Cut? = nil) throws -> ONNXModel {
+    public static func load(data: Data, name: String = "ONNX model", cut: Cut? = nil,
+                            weights: (any TensorSource)? = nil) throws -> ONNXModel {
         let proto: Onnx_ModelProto
         do { proto = try Onnx_ModelProto(serializedBytes: data) } catch {
             throw BiLRPError.io("\(name): not a valid ONNX model (protobuf decoding failed: \(error))")
         }
-        var b = try Builder(graph: proto.graph, name: name)
+        var b = try Builder(graph: proto.graph, name: name, weights: weights)
         try b.run()
-        var model = ONNXModel(
-            model: SequentialModel(b.layers.map(\.layer)), nodeNames: b.layers.map(\.node),
-            channelsLastInput: b.channelsLastInput, inputShape: b.inputShape, unsupported: b.unsupported,
-            producer: proto.producerName, numbering: b.numbering)
-        guard let cut else { return model }
-        let keep: Int
-        switch cut {
-        case let .layers(l):
-            if l > model.model.layers.count, let first = model.unsupported.first {
-                throw BiLRPError.unsupported("\(first) stops the import after layer \(model.model.layers.count - 1); layer \(l) cannot be reached")
-            }
-            keep = l
-        case let .node(n):
-            guard let i = model.nodeNames.firstIndex(of: n) else {
-                throw BiLRPError.invalidArgument("\(name): no supported layer comes from a node named '\(n)'")
-            }
-            keep = i + 1
+        let all = try b.finish()
+        var model = ONNXModel(graph: all, chain: nil, channelsLastInput: b.channelsLastInput, inputShape: b.inputShape,
+                              unsupported: b.unsupported.map(\.message), producer: proto.producerName,
+                              numbering: b.numbering)
+        if let cut {
+            model.graph = try b.cut(all, cut)
         }
-        model.model = try model.model.truncated(to: keep)
-        model.nodeNames = Array(model.nodeNames.prefix(keep))
+        model.chain = model.graph.isChain && b.numbering != "graph" ? ONNXImporter.chain(model.graph) : nil
         return model
+    }
+
+    /// A chain graph as layers by index (identities where an exporter folded an index away).
+    static func chain(_ g: Graph) -> SequentialModel {
+        var layers: [Layer] = []
+        for n in g.nodes {
+            guard case let .layer(l) = n.op else { continue }
+            while layers.count < (n.index ?? layers.count) { layers.append(.identity) }
+            layers.append(l)
+        }
+        return SequentialModel(layers)
     }
 
     // MARK: - Graph walk
@@ -78,19 +93,38 @@ public enum ONNXImporter {
         let graph: Onnx_GraphProto
         let name: String
         var constants: [String: Tensor] = [:]
-        var layers: [(layer: Layer, node: String, nameIndex: Int?)] = []
+        var nodes: [Graph.Node] = []
+        /// Values renamed by dropped ops (Identity, Dropout, Softmax, layout Transposes, fused bias Adds).
+        var alias: [String: String] = [:]
+        /// Outputs of unsupported nodes and of every node that reads one, with the first cause.
+        var blocked: [String: String] = [:]
+        var unsupported: [(node: String, message: String)] = []
         var channelsLastInput = false
         var inputShape: Shape3? = nil
-        var unsupported: [String] = []
         var numbering = "node order"
-        /// Set by Transpose(0, 2, 3, 1): the next flatten reads (H, W, C) order.
-        var channelsLastFlatten = false
-        var flattenedFrom: Shape3? = nil
+        var input = ""
+        /// Values in channels-last order (after Transpose(0, 2, 3, 1)), and flattens of them: a
+        /// dense layer reading one has its columns in (H, W, C) order.
+        var channelsLast: Set<String> = []
+        var flattenedChannelsLast: [String: String] = [:]
+        var reorder: [(node: Int, from: String)] = []
+        var fusedAdds: Set<Int> = []
 
-        init(graph: Onnx_GraphProto, name: String) throws {
+        init(graph: Onnx_GraphProto, name: String, weights: (any TensorSource)?) throws {
             self.graph = graph
             self.name = name
-            for t in graph.initializer { constants[t.name] = try ONNXImporter.tensor(t, file: name) }
+            for t in graph.initializer {
+                let shape = t.dims.map(Int.init)
+                if t.rawData.isEmpty, t.floatData.isEmpty, t.int64Data.isEmpty, t.int32Data.isEmpty, t.doubleData.isEmpty,
+                   t.dataLocation != .external, shape.reduce(1, *) > 0 {
+                    guard let weights else {
+                        throw BiLRPError.io("\(name): initializer '\(t.name)' has no data (a graph saved without weights needs them from a weights file)")
+                    }
+                    constants[t.name] = try Tensor(shape: shape, data: try weights.required(t.name, shape: shape))
+                    continue
+                }
+                constants[t.name] = try ONNXImporter.tensor(t, file: name)
+            }
             for n in graph.node where n.opType == "Constant" {
                 if let a = n.attribute.first(where: { $0.name == "value" }), a.hasT, let out = n.output.first {
                     constants[out] = try ONNXImporter.tensor(a.t, file: name)
@@ -98,142 +132,232 @@ public enum ONNXImporter {
             }
         }
 
+        func resolve(_ v: String) -> String { alias[v] ?? v }
+
+        /// ONNX nodes in a topological order (files are sorted, but a valid graph need not be).
+        func ordered() throws -> [Int] {
+            var writer: [String: Int] = [:]
+            for (i, n) in graph.node.enumerated() { for o in n.output { writer[o] = i } }
+            var state = [UInt8](repeating: 0, count: graph.node.count)
+            var order: [Int] = []
+            func visit(_ i: Int) throws {
+                if state[i] == 2 { return }
+                if state[i] == 1 {
+                    let n = graph.node[i]
+                    throw BiLRPError.invalidGraph("\(name): node '\(n.name.isEmpty ? n.output.first ?? "?" : n.name)' is on a cycle")
+                }
+                state[i] = 1
+                for v in graph.node[i].input { if let j = writer[v] { try visit(j) } }
+                state[i] = 2
+                order.append(i)
+            }
+            for i in graph.node.indices { try visit(i) }
+            return order
+        }
+
         mutating func run() throws {
-            guard let input = graph.input.first(where: { constants[$0.name] == nil }) else {
+            guard let inputProto = graph.input.first(where: { constants[$0.name] == nil }) else {
                 throw BiLRPError.io("\(name): the graph has no data input")
             }
-            let dims = input.type.tensorType.shape.dim.map { { if case .dimValue(let v)? = $0.value { return Int(v) } else { return -1 } }($0) }
-            defer {
-                finishNumbering()
-                if dims.count == 4, dims.dropFirst().allSatisfy({ $0 > 0 }) {
-                    inputShape = channelsLastInput ? Shape3(dims[3], dims[1], dims[2]) : Shape3(dims[1], dims[2], dims[3])
-                }
-            }
-            var current = input.name
-            let nodes = graph.node
-            var i = 0
-            while i < nodes.count {
-                let node = nodes[i]
-                i += 1
-                guard node.input.first == current, let out = node.output.first else { continue }
+            input = inputProto.name
+            let dims = inputProto.type.tensorType.shape.dim.map { { if case .dimValue(let v)? = $0.value { return Int(v) } else { return -1 } }($0) }
+            let onnxNodes = graph.node
+            let order = try ordered()
+            var readers: [String: [Int]] = [:]
+            for (i, n) in onnxNodes.enumerated() { for v in n.input { readers[v, default: []].append(i) } }
+            for i in order where !fusedAdds.contains(i) {
+                let node = onnxNodes[i]
+                guard let out = node.output.first, node.opType != "Constant" else { continue }
                 let label = node.name.isEmpty ? out : node.name
-                func add(_ layer: Layer) { layers.append((layer, label, ONNXImporter.moduleIndex(label))) }
+                let ins = node.input.filter { !$0.isEmpty }.map(resolve)
+                // A Reshape's second input is its target shape, not an activation.
+                let data = (node.opType == "Reshape" ? Array(ins.prefix(1)) : ins).filter { constants[$0] == nil }
+                if let cause = data.compactMap({ blocked[$0] }).first {
+                    blocked[out] = cause
+                    continue
+                }
+                guard !data.isEmpty else { continue }  // constant folding the exporter left: not a layer
+                func add(_ op: Graph.Op, _ inputs: [String], output: String? = nil) {
+                    nodes.append(Graph.Node(name: label, op: op, inputs: inputs, output: output ?? out,
+                                            index: ONNXImporter.moduleIndex(label)))
+                }
+                func refuse(_ what: String) {
+                    let message = "op \(what) at node \(label)"
+                    unsupported.append((label, message))
+                    blocked[out] = message
+                }
                 switch node.opType {
+                case "Shape", "Gather", "Unsqueeze", "Squeeze", "Cast", "ConstantOfShape":
+                    // Shape arithmetic (a Reshape's target): no activation comes out of it.
+                    blocked[out] = "op \(node.opType) at node \(label)"
                 case "Identity", "Dropout", "Softmax":
-                    break
+                    alias[out] = data[0]
                 case "Transpose":
                     let perm = attr(node, "perm")?.ints.map(Int.init) ?? []
-                    if layers.isEmpty && perm == [0, 3, 1, 2] {
+                    if data[0] == input && perm == [0, 3, 1, 2] {
                         channelsLastInput = true
+                        alias[out] = data[0]
                     } else if perm == [0, 2, 3, 1] {
-                        channelsLastFlatten = true
+                        alias[out] = data[0]
+                        channelsLast.insert(out)
                     } else {
-                        unsupported.append("op Transpose (perm \(perm)) at node \(label)"); return
+                        refuse("Transpose (perm \(perm))")
                     }
                 case "Conv":
-                    add(try conv(node, label))
+                    do { add(.layer(try conv(node, label)), [data[0]]) } catch let BiLRPError.unsupported(m) { refuse("Conv (\(m))") }
                 case "Relu":
-                    add(.relu)
+                    add(.layer(.relu), [data[0]])
                 case "MaxPool", "AveragePool":
-                    add(try pool(node, label))
+                    do { add(.layer(try pool(node, label)), [data[0]]) } catch let BiLRPError.unsupported(m) {
+                        refuse("\(node.opType) (\(m))")
+                    }
                 case "GlobalAveragePool":
-                    add(.adaptiveAvgPool2d(height: 1, width: 1))
+                    add(.layer(.adaptiveAvgPool2d(height: 1, width: 1)), [data[0]])
                 case "BatchNormalization":
                     let p = try (1...4).map { try constant(node, $0, label) }
-                    add(.batchNorm2d(try BatchNorm2d(
+                    add(.layer(.batchNorm2d(try BatchNorm2d(
                         weight: p[0].data, bias: p[1].data, runningMean: p[2].data, runningVar: p[3].data,
-                        eps: attr(node, "epsilon")?.f ?? 1e-5)))
+                        eps: attr(node, "epsilon")?.f ?? 1e-5))), [data[0]])
                 case "Flatten", "Reshape":
                     if node.opType == "Flatten", let axis = attr(node, "axis")?.i, axis != 1 {
-                        unsupported.append("op Flatten with axis \(axis) at node \(label)"); return
+                        refuse("Flatten with axis \(axis)"); continue
                     }
                     if node.opType == "Reshape", node.input.count > 1, let shape = constants[node.input[1]],
                        !(shape.count == 2 && (shape.data[1] == -1 || shape.data[0] != 0)) {
-                        unsupported.append("op Reshape to \(shape.data.map { Int($0) }) at node \(label) (only a flatten to (N, D) is supported)")
-                        return
+                        refuse("Reshape to \(shape.data.map { Int($0) }) (only a flatten to (N, D) is supported)"); continue
                     }
-                    if channelsLastFlatten {
-                        flattenedFrom = try shapeSoFar(dims)
-                    }
-                    add(.flatten)
+                    if channelsLast.contains(node.input[0]) { flattenedChannelsLast[out] = data[0] }
+                    add(.layer(.flatten), [data[0]])
                 case "Gemm":
                     let w = try constant(node, 1, label)
                     let transB = attr(node, "transB")?.i ?? 0, transA = attr(node, "transA")?.i ?? 0
-                    guard transA == 0, w.shape.count == 2 else {
-                        unsupported.append("op Gemm with transA=1 at node \(label)"); return
-                    }
+                    guard transA == 0, w.shape.count == 2 else { refuse("Gemm with transA=1"); continue }
                     let alpha = attr(node, "alpha")?.f ?? 1, beta = attr(node, "beta")?.f ?? 1
                     let (outF, inF) = transB == 1 ? (w.shape[0], w.shape[1]) : (w.shape[1], w.shape[0])
                     var weight = transB == 1 ? w.data : ONNXImporter.transpose(w)
                     weight = weight.map { $0 * alpha }
                     let bias = node.input.count > 2 ? try constant(node, 2, label).data.map { $0 * beta } : nil
-                    add(.linear(try linear(weight, bias, inF, outF, label)))
+                    denseReads(node.input[0])
+                    add(.layer(.linear(try Linear(weight: weight, bias: bias, inFeatures: inF, outFeatures: outF))), [data[0]])
                 case "MatMul":
-                    let w = try constant(node, 1, label)
-                    guard w.shape.count == 2 else {
-                        unsupported.append("op MatMul with a \(w.shape.count)-D weight at node \(label)"); return
+                    guard let w = constants[node.input[1]], constants[node.input[0]] == nil else {
+                        refuse("MatMul of two activations"); continue
                     }
+                    guard w.shape.count == 2 else { refuse("MatMul with a \(w.shape.count)-D weight"); continue }
                     var bias: [Float]? = nil
                     var output = out
                     // MatMul + Add(bias) is one linear layer.
-                    if let next = nodes[i...].first(where: { $0.input.contains(out) }), next.opType == "Add",
-                       let b = next.input.first(where: { $0 != out }).flatMap({ constants[$0] }), b.count == w.shape[1] {
+                    if let r = readers[out], r.count == 1, onnxNodes[r[0]].opType == "Add",
+                       let b = onnxNodes[r[0]].input.first(where: { $0 != out }).flatMap({ constants[$0] }), b.count == w.shape[1] {
                         bias = b.data
-                        output = next.output[0]
-                        i = nodes.firstIndex(where: { $0 == next })! + 1
+                        output = onnxNodes[r[0]].output[0]
+                        fusedAdds.insert(r[0])
                     }
-                    add(.linear(try linear(ONNXImporter.transpose(w), bias, w.shape[0], w.shape[1], label)))
-                    current = output
-                    continue
+                    denseReads(node.input[0])
+                    add(.layer(.linear(try Linear(weight: ONNXImporter.transpose(w), bias: bias, inFeatures: w.shape[0],
+                                                  outFeatures: w.shape[1]))), [data[0]], output: output)
+                case "Add":
+                    guard data.count == ins.count else { refuse("Add of a constant"); continue }
+                    add(.add, data)
+                case "Mul":
+                    guard data.count == 1, let k = ins.compactMap({ constants[$0] }).first, k.count == 1 else {
+                        refuse("Mul"); continue
+                    }
+                    add(.scale(k.data[0]), data)
+                case "Concat":
+                    let axis = attr(node, "axis")?.i ?? 0
+                    guard axis == 1 || axis == -3, data.count == ins.count else {
+                        refuse("Concat on axis \(axis) (only channels, axis 1, of activations)"); continue
+                    }
+                    add(.concat, data)
                 default:
-                    unsupported.append("op \(node.opType) at node \(label)")
-                    return
+                    refuse(node.opType)
                 }
-                current = out
             }
+            if dims.count == 4, dims.dropFirst().allSatisfy({ $0 > 0 }) {
+                inputShape = channelsLastInput ? Shape3(dims[3], dims[1], dims[2]) : Shape3(dims[1], dims[2], dims[3])
+            }
+        }
+
+        /// A dense layer about to be added reads this value: remember a channels-last flatten.
+        mutating func denseReads(_ v: String) {
+            if let from = flattenedChannelsLast[v] { reorder.append((nodes.count, from)) }
+        }
+
+        /// The graph of every supported node, ended at the file's output when it is supported, else
+        /// at the last supported node; chain indices assigned; dense layers after a channels-last
+        /// flatten reordered to this library's (C, H, W) flatten.
+        mutating func finish() throws -> Graph {
+            guard let last = nodes.last else {
+                if let first = unsupported.first { throw BiLRPError.unsupported("\(name): \(first.message): no layer can be imported") }
+                throw BiLRPError.io("\(name): the graph has no nodes")
+            }
+            let declared = graph.output.first.map { resolve($0.name) }
+            let output = declared.flatMap { d in nodes.contains { $0.output == d } ? d : nil } ?? last.output
+            var g = try Graph(input: input, nodes: nodes, output: output)
+            if !reorder.isEmpty {
+                guard let inputShape else {
+                    throw BiLRPError.unsupported("\(name): a channels-last flatten needs a static input size")
+                }
+                let shapes = try g.shapes(for: inputShape)
+                for (i, from) in reorder {
+                    guard case let .layer(.linear(lin)) = nodes[i].op, let s = shapes[from] else { continue }
+                    nodes[i].op = .layer(.linear(try ONNXImporter.channelsLastColumns(lin, s, label: nodes[i].name)))
+                }
+            }
+            assignIndices(chain: g.isChain)
+            g = try Graph(input: input, nodes: nodes, output: output)
+            return g
         }
 
         /// Torch exports name nodes after their module (`/features/features.12/Conv`): when every layer
-        /// has such a name and the indices increase, use them (filling folded-away indices with
-        /// identities), so indices match the PyTorch model even where the exporter fused BatchNorm.
-        mutating func finishNumbering() {
-            let idx = layers.compactMap(\.nameIndex)
-            guard !layers.isEmpty, idx.count == layers.count, zip(idx, idx.dropFirst()).allSatisfy({ $0 < $1 }) else { return }
-            var out: [(layer: Layer, node: String, nameIndex: Int?)] = []
-            for l in layers {
-                while out.count < l.nameIndex! { out.append((.identity, "-", nil)) }
-                out.append(l)
+        /// of a chain has such a name and the indices increase, use them, so indices match the PyTorch
+        /// model even where the exporter fused BatchNorm. Other chains count their layer nodes; a DAG
+        /// has no chain indices.
+        mutating func assignIndices(chain: Bool) {
+            guard chain else {
+                numbering = "graph"
+                for i in nodes.indices { nodes[i].index = nil }
+                return
             }
-            layers = out
-            numbering = "module names"
+            let idx = nodes.compactMap(\.index)
+            if idx.count == nodes.count, zip(idx, idx.dropFirst()).allSatisfy({ $0 < $1 }) {
+                numbering = "module names"
+            } else {
+                numbering = "node order"
+                for i in nodes.indices { nodes[i].index = i }
+            }
         }
 
-        func shapeSoFar(_ dims: [Int]) throws -> Shape3 {
-            guard dims.count == 4, dims.dropFirst().allSatisfy({ $0 > 0 }) else {
-                throw BiLRPError.unsupported("\(name): a channels-last flatten needs a static input size")
-            }
-            let s = channelsLastInput ? Shape3(dims[3], dims[1], dims[2]) : Shape3(dims[1], dims[2], dims[3])
-            return try SequentialModel(layers.map(\.layer)).shapes(for: s).last ?? s
-        }
-
-        mutating func linear(_ w: [Float], _ b: [Float]?, _ inF: Int, _ outF: Int, _ label: String) throws -> Linear {
-            var weight = w
-            if channelsLastFlatten, let s = flattenedFrom {
-                // Columns are in (H, W, C) order; reorder them to this library's (C, H, W) flatten.
-                guard s.count == inF else {
-                    throw BiLRPError.shapeMismatch(what: "dense layer \(label) after a channels-last flatten",
-                                                   expected: "\(s.count) inputs", found: "\(inF)")
+        /// The graph cut as asked; errors name an unsupported op the cut needs, or the unknown name.
+        func cut(_ g: Graph, _ cut: Cut) throws -> Graph {
+            switch cut {
+            case let .layers(l):
+                guard numbering != "graph" else {
+                    throw BiLRPError.invalidArgument(
+                        "\(name) is a graph, not a chain of layers: cut at a node name (`bilrp inspect \(name)` lists them), not at index \(l)")
                 }
-                for o in 0..<outF {
-                    for c in 0..<s.channels {
-                        for p in 0..<(s.height * s.width) {
-                            weight[o * inF + c * s.height * s.width + p] = w[o * inF + p * s.channels + c]
-                        }
-                    }
+                let count = (g.nodes.last?.index ?? -1) + 1
+                if l > count, let first = unsupported.first {
+                    throw BiLRPError.unsupported("\(first.message) stops the import after layer \(count - 1); layer \(l) cannot be reached")
                 }
-                channelsLastFlatten = false
+                guard l >= 1, l <= count else { throw BiLRPError.invalidLayerIndex(l, count: count) }
+                let keep = g.nodes.filter { ($0.index ?? 0) < l }
+                return try Graph(input: g.input, nodes: keep, output: keep.last?.output ?? g.input)
+            case let .node(n):
+                if let cause = blocked[n] ?? unsupported.first(where: { $0.node == n })?.message {
+                    throw BiLRPError.unsupported("\(name): '\(n)' needs \(cause), which is not supported")
+                }
+                if g.nodes.contains(where: { $0.name == n || $0.output == resolve(n) }) {
+                    return try g.cut(at: g.nodes.contains { $0.name == n } ? n : resolve(n))
+                }
+                // A module path of a torch export: the last node inside it.
+                if let last = g.nodes.last(where: { $0.name.hasPrefix("/\(n)/") }) {
+                    return try g.cut(at: last.name)
+                }
+                throw BiLRPError.invalidArgument(
+                    "\(name): no node, value or module is named '\(n)' (`bilrp inspect \(name)` lists the names)")
             }
-            return try Linear(weight: weight, bias: b, inFeatures: inF, outFeatures: outF)
         }
 
         func attr(_ n: Onnx_NodeProto, _ key: String) -> Onnx_AttributeProto? { n.attribute.first { $0.name == key } }
@@ -312,6 +436,23 @@ public enum ONNXImporter {
         let module = parts[parts.count - 2]
         let last = module.split(separator: ".").last.map(String.init) ?? String(module)
         return Int(last)
+    }
+
+    /// A dense layer whose columns are in (H, W, C) order reordered to (C, H, W).
+    static func channelsLastColumns(_ lin: Linear, _ s: Shape3, label: String) throws -> Linear {
+        let inF = lin.inFeatures
+        guard s.count == inF else {
+            throw BiLRPError.shapeMismatch(what: "dense layer \(label) after a channels-last flatten",
+                                           expected: "\(s.count) inputs", found: "\(inF)")
+        }
+        var weight = lin.weight
+        let plane = s.height * s.width
+        for o in 0..<lin.outFeatures {
+            for c in 0..<s.channels {
+                for p in 0..<plane { weight[o * inF + c * plane + p] = lin.weight[o * inF + p * s.channels + c] }
+            }
+        }
+        return try Linear(weight: weight, bias: lin.bias, inFeatures: inF, outFeatures: lin.outFeatures)
     }
 
     static func transpose(_ t: Tensor) -> [Float] {

@@ -3,14 +3,16 @@ import Foundation
 
 /// Everything that defines an explanation setup, as the CLI and the server take it.
 public struct ExplanationSettings: Sendable, Codable, Equatable {
-    /// An ONNX file (`--model`), or safetensors weights with a VGG architecture (`--weights`, `--arch`).
+    /// An ONNX file (`--model`), or safetensors weights with a built-in architecture (`--weights`, `--arch`).
     public var model: String?
     public var weights: String?
-    /// vgg11, vgg13, vgg16, vgg19, with `-bn` for batch norm variants (e.g. `vgg16-bn`).
+    /// vgg11, vgg13, vgg16, vgg19, with `-bn` for batch norm variants (e.g. `vgg16-bn`); resnet18,
+    /// resnet34, resnet50, resnet101, resnet152.
     public var arch: String = "vgg16"
-    /// Keep layers [0, L) (`features[:L]`): 31 is after pool5 of VGG-16. nil: all of `features`
-    /// for --arch; required for ONNX models.
-    public var layer: Int?
+    /// Where to cut: an integer keeps a chain's layers [0, L) (`features[:L]`: 31 is after pool5 of
+    /// VGG-16); a name cuts at that node or stage (`layer4` of a ResNet). nil: all of `features`
+    /// for a VGG, `layer4` for a ResNet; required for ONNX models.
+    public var layer: LayerCut?
     /// `random:H[:SEED]`, `identity`, `sumpool`, `avgpool`; or a projection file with `projection`.
     public var head: String = "random:100:0"
     public var projection: String?
@@ -47,7 +49,7 @@ public struct ExplanationSettings: Sendable, Codable, Equatable {
             weights = try c.decodeIfPresent(String.self, forKey: .weights)
         }
         arch = try c.decodeIfPresent(String.self, forKey: .arch) ?? arch
-        if c.contains(.layer) { layer = try c.decodeIfPresent(Int.self, forKey: .layer) }
+        if c.contains(.layer) { layer = try c.decodeIfPresent(LayerCut.self, forKey: .layer) }
         head = try c.decodeIfPresent(String.self, forKey: .head) ?? head
         if c.contains(.projection) { projection = try c.decodeIfPresent(String.self, forKey: .projection) }
         similarity = try c.decodeIfPresent(String.self, forKey: .similarity) ?? similarity
@@ -79,39 +81,47 @@ public struct LoadedExplainer: Sendable {
     public var explainer: Explainer
     public var settings: ExplanationSettings
     public var preprocessing: Preprocessing
-    public var model: SequentialModel
+    /// The model as loaded (cut at `settings.layer`); a request may cut it further.
+    public var graph: Graph
     public var source: String
     /// For JSON output: what was loaded, in words.
     public var notes: [String]
 
     public init(explainer: Explainer, settings: ExplanationSettings, preprocessing: Preprocessing,
-                model: SequentialModel, source: String, notes: [String]) {
+                graph: Graph, source: String, notes: [String]) {
         self.explainer = explainer; self.settings = settings; self.preprocessing = preprocessing
-        self.model = model; self.source = source; self.notes = notes
+        self.graph = graph; self.source = source; self.notes = notes
     }
+
+    /// The architectures `--arch` knows.
+    public static let architectures = VGG.allCases.flatMap { [$0.rawValue, "\($0.rawValue)-bn"] }
+        + ResNet.allCases.map(\.rawValue)
 
     /// Builds the model, head and rules from settings. `kernels` selects the C or the reference path.
     public static func load(_ s: ExplanationSettings, kernels: any Kernels = CKernelsBackend(),
                             limits: ResourceLimits = .default) throws -> LoadedExplainer {
         try s.validate()
         var notes: [String] = []
-        let model: SequentialModel
+        let model: Graph
         let source: String
         var preprocess = Preprocessing(rawValue: s.preprocess)
         if let path = s.model {
             guard let l = s.layer else {
-                throw BiLRPError.invalidArgument("--layer is required with an ONNX model (run `bilrp inspect \(path)` to see the indices)")
+                throw BiLRPError.invalidArgument("--layer is required with an ONNX model (run `bilrp inspect \(path)` to see the indices and names)")
             }
-            let onnx = try ONNXImporter.load(path: path, cut: .layers(l))
-            model = onnx.model
+            let cut: ONNXImporter.Cut
+            switch l {
+            case let .index(i): cut = .layers(i)
+            case let .name(n): cut = .node(n)
+            }
+            let onnx = try ONNXImporter.load(path: path, cut: cut)
+            model = onnx.graph
             source = path
             notes.append("ONNX model from \(onnx.producer.isEmpty ? "unknown producer" : onnx.producer), layers numbered by \(onnx.numbering)")
             if onnx.channelsLastInput { notes.append("channels-last input transposed to (C, H, W)") }
             if preprocess == nil { preprocess = onnx.channelsLastInput ? .caffe : .torchvision }
         } else if let path = s.weights {
-            let (vgg, bn) = try parseArch(s.arch)
-            let file = try SafetensorsFile(path: path)
-            model = try vgg.features(layers: s.layer, batchNorm: bn, weights: file)
+            model = try architecture(s.arch, cut: s.layer, weights: try SafetensorsFile(path: path))
             source = path
         } else {
             throw BiLRPError.invalidArgument("no model: give --model FILE.onnx or --weights FILE.safetensors --arch vgg16")
@@ -125,9 +135,29 @@ public struct LoadedExplainer: Sendable {
         }
         let composite = try Composite.named(s.rules)
         let explainer = try Explainer(
-            model: model, head: head, similarity: Similarity(rawValue: s.similarity)!, composite: composite,
+            graph: model, head: head, similarity: Similarity(rawValue: s.similarity)!, composite: composite,
             bounds: pre.bounds, kernels: kernels, limits: limits)
-        return LoadedExplainer(explainer: explainer, settings: s, preprocessing: pre, model: model, source: source, notes: notes)
+        return LoadedExplainer(explainer: explainer, settings: s, preprocessing: pre, graph: model, source: source, notes: notes)
+    }
+
+    /// A built-in architecture with weights by torchvision's names, cut as asked (default: all of a
+    /// VGG's `features`, a ResNet's `layer4`).
+    public static func architecture(_ arch: String, cut: LayerCut?, weights: any TensorSource) throws -> Graph {
+        if let r = ResNet(rawValue: arch.lowercased()) {
+            switch cut {
+            case nil: return try r.graph(cut: "layer4", weights: weights)
+            case let .name(n): return try r.graph(cut: n, weights: weights)
+            case let .index(i):
+                throw BiLRPError.invalidArgument(
+                    "\(r.rawValue) is a graph, not a chain of layers: cut it at a stage or node name (layer3, layer4, avgpool, layer4.1.conv2), not at index \(i)")
+            }
+        }
+        let (vgg, bn) = try parseArch(arch)
+        switch cut {
+        case nil: return Graph(chain: try vgg.features(batchNorm: bn, weights: weights))
+        case let .index(i): return Graph(chain: try vgg.features(layers: i, batchNorm: bn, weights: weights))
+        case let .name(n): return try Graph(chain: try vgg.features(batchNorm: bn, weights: weights)).cut(at: n)
+        }
     }
 
     /// Parses `vgg16`, `vgg16-bn`, ... into the architecture and its batch-norm flag.
@@ -136,7 +166,7 @@ public struct LoadedExplainer: Sendable {
         let bn = lower.hasSuffix("-bn") || lower.hasSuffix("_bn")
         let base = bn ? String(lower.dropLast(3)) : lower
         guard let v = VGG(rawValue: base) else {
-            throw BiLRPError.invalidArgument("unknown architecture '\(a)' (expected vgg11, vgg13, vgg16, vgg19, optionally with -bn)")
+            throw BiLRPError.invalidArgument("unknown architecture '\(a)' (expected \(architectures.joined(separator: ", ")))")
         }
         return (v, bn)
     }
@@ -211,7 +241,7 @@ public struct ExplanationReport: Codable, Sendable {
         dot = e.dot
         conservation = e.conservation
         model = ModelInfo(
-            source: loaded.source, layers: loaded.model.layers.count, head: loaded.explainer.head.description,
+            source: loaded.source, layers: loaded.graph.nodes.count, head: loaded.explainer.head.description,
             outputs: e.first.outputs, similarity: s.similarity, rules: loaded.explainer.composite.description,
             preprocess: loaded.preprocessing.rawValue, notes: loaded.notes)
         patch = e.first.grid.patch

@@ -104,7 +104,7 @@ public final class ExplanationService: @unchecked Sendable {
 
     /// What makes an explainer different (patch and top_k do not).
     static func key(_ s: ExplanationSettings) -> String {
-        "\(s.layer ?? -1)|\(s.head)|\(s.projection ?? "")|\(s.rules)|\(s.similarity)"
+        "\(s.layer?.description ?? "-1")|\(s.head)|\(s.projection ?? "")|\(s.rules)|\(s.similarity)"
     }
 
     /// Request settings on top of the loaded ones, each value checked in its JSON field's name, and
@@ -146,29 +146,42 @@ public final class ExplanationService: @unchecked Sendable {
             s.projection = nil
         }
         if let v = r.layer {
-            let n = base.model.layers.count
-            guard (1...n).contains(v) else {
-                throw ServiceError(400, "settings.layer must be in 1...\(n), the loaded model's layers (got \(v))")
+            switch v {
+            case let .index(i):
+                let n = base.graph.chainLength
+                guard n > 0 else {
+                    throw ServiceError(400, "settings.layer: the loaded model is a graph: give a node name (nodes of GET /v1/model), not \(i)")
+                }
+                guard (1...n).contains(i) else {
+                    throw ServiceError(400, "settings.layer must be in 1...\(n), the loaded model's layers (got \(i))")
+                }
+                s.layer = .index(i)
+            case let .name(name):
+                guard base.graph.nodes.contains(where: { $0.name == name }) else {
+                    throw ServiceError(400, "settings.layer: the loaded model has no node named '\(name)' (GET /v1/model lists its nodes)")
+                }
+                s.layer = .name(name)
             }
-            s.layer = v
         }
         return s
     }
 
     /// The model's input channels (those of its first convolution; 3 for a model without one).
-    var inputChannels: Int {
-        for l in base.model.layers { if case let .conv2d(c) = l { return c.inChannels } }
-        return 3
+    var inputChannels: Int { base.graph.inputChannels ?? 3 }
+
+    /// The loaded model cut as the settings ask (the loaded one when they ask for no cut).
+    func model(_ s: ExplanationSettings) throws -> Graph {
+        guard let cut = s.layer, cut != base.settings.layer else { return base.graph }
+        return try base.graph.cut(cut)
     }
 
     /// h and the estimated memory of explaining an input of `shape` with settings s, against the limits.
     func checkLimits(_ s: ExplanationSettings, input shape: Shape3) throws {
         do {
-            let model = try base.model.truncated(to: s.layer ?? base.model.layers.count)
             let head = s.projection != nil ? base.explainer.head : try SimilarityHead(parsing: s.head)
-            try configuration.limits.check(try model.requirements(head: head, input: shape, patch: s.patch))
+            try configuration.limits.check(try model(s).requirements(head: head, input: shape, patch: s.patch))
         } catch let e as BiLRPError {
-            throw ServiceError(400, "\(e) (settings: layer \(s.layer ?? base.model.layers.count), head \(s.head), patch \(s.patch))")
+            throw ServiceError(400, "\(e) (settings: layer \(s.layer?.description ?? "as loaded"), head \(s.head), patch \(s.patch))")
         }
     }
 
@@ -181,12 +194,12 @@ public final class ExplanationService: @unchecked Sendable {
             let base = self.base, limits = configuration.limits
             loaded = try await variants.get(Self.key(s)) {
                 do {
-                    let model = try base.model.truncated(to: s.layer ?? base.model.layers.count)
+                    let model = try self.model(s)
                     let head: SimilarityHead = s.projection != nil ? base.explainer.head : try SimilarityHead(parsing: s.head)
-                    let ex = try Explainer(model: model, head: head, similarity: Similarity(rawValue: s.similarity)!,
+                    let ex = try Explainer(graph: model, head: head, similarity: Similarity(rawValue: s.similarity)!,
                                            composite: try Composite.named(s.rules), bounds: base.preprocessing.bounds,
                                            limits: limits)
-                    return LoadedExplainer(explainer: ex, settings: s, preprocessing: base.preprocessing, model: model,
+                    return LoadedExplainer(explainer: ex, settings: s, preprocessing: base.preprocessing, graph: model,
                                            source: base.source, notes: base.notes)
                 } catch let e as BiLRPError {
                     throw ServiceError(400, "\(e)")
@@ -201,7 +214,7 @@ public final class ExplanationService: @unchecked Sendable {
     func factorID(_ image: Data, _ s: ExplanationSettings) -> String {
         var h = SHA256()
         h.update(data: image)
-        h.update(data: Data("|\(s.layer ?? -1)|\(s.head)|\(s.projection ?? "")|\(s.rules)|\(s.patch)|\(s.size)|\(base.preprocessing.rawValue)".utf8))
+        h.update(data: Data("|\(s.layer?.description ?? "-1")|\(s.head)|\(s.projection ?? "")|\(s.rules)|\(s.patch)|\(s.size)|\(base.preprocessing.rawValue)".utf8))
         return h.finalize().map { String(format: "%02x", $0) }.joined()
     }
 
@@ -254,7 +267,7 @@ public final class ExplanationService: @unchecked Sendable {
         RequestStats.current?.cache(hit: true)
         let a = v.settings
         var differences: [String] = []
-        if (a.layer ?? -1) != (s.layer ?? -1) { differences.append("layer \(a.layer.map(String.init) ?? "-") (asked: \(s.layer.map(String.init) ?? "-"))") }
+        if a.layer != s.layer { differences.append("layer \(a.layer?.description ?? "-") (asked: \(s.layer?.description ?? "-"))") }
         if a.head != s.head || a.projection != s.projection { differences.append("head \(a.head) (asked: \(s.head))") }
         if a.rules != s.rules { differences.append("rules \(a.rules) (asked: \(s.rules))") }
         if a.patch != s.patch { differences.append("patch \(a.patch) (asked: \(s.patch))") }

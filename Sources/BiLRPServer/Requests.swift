@@ -28,7 +28,7 @@ struct RequestSettings: Decodable, Sendable {
     var top_k: Int?
     var similarity: String?
     var head: String?
-    var layer: Int?
+    var layer: LayerCut?
 
     enum CodingKeys: String, CodingKey, CaseIterable { case rules, patch, top_k, similarity, head, layer }
 
@@ -40,7 +40,12 @@ struct RequestSettings: Decodable, Sendable {
         top_k = try integer(c, .top_k)
         similarity = try c.decodeIfPresent(String.self, forKey: .similarity)
         head = try c.decodeIfPresent(String.self, forKey: .head)
-        layer = try integer(c, .layer)
+        // An integer cuts a chain after that many layers; a string names a node.
+        if let name = try? c.decodeIfPresent(String.self, forKey: .layer) {
+            layer = .name(name)
+        } else {
+            layer = try integer(c, .layer).map(LayerCut.index)
+        }
     }
 
     static let maxPatch = 64

@@ -322,7 +322,7 @@ extension ExplanationService {
     func modelDescription() throws -> Data {
         let b = base, c = configuration
         let info: [String: Any] = [
-            "source": b.source, "layers": b.model.layers.map(\.name), "head": b.explainer.head.description,
+            "source": b.source, "layers": b.graph.nodes.map(\.op.name), "nodes": b.graph.nodes.map(\.name), "head": b.explainer.head.description,
             "rules": b.explainer.composite.description, "similarity": b.settings.similarity,
             "patch": b.settings.patch, "size": b.settings.size, "preprocess": b.preprocessing.rawValue,
             "notes": b.notes, "version": BiLRPVersion.string,
@@ -334,7 +334,7 @@ extension ExplanationService {
                        "max_variant_bytes": c.maxVariantBytes,
                        "max_patch": RequestSettings.maxPatch, "max_top_k": RequestSettings.maxTopK],
             "overridable": ["rules", "patch", "top_k", "similarity", "head", "layer"],
-            "max_layer": b.model.layers.count,
+            "max_layer": b.graph.chainLength,
         ]
         return try JSONSerialization.data(withJSONObject: info, options: [.prettyPrinted, .sortedKeys])
     }

@@ -37,7 +37,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "ONNX model (default \(d.settings.model ?? "-")).") var model: String?
     @Option(help: "Safetensors weights with torchvision names (with --arch).") var weights: String?
     @Option(help: "Architecture for --weights (default \(d.settings.arch)).") var arch: String?
-    @Option(help: "Keep layers [0, L) (default \(d.settings.layer ?? 0)).") var layer: Int?
+    @Option(help: "Cut: an integer keeps layers [0, L), a name cuts at that node or stage (default \(d.settings.layer?.description ?? "-")).")
+    var layer: String?
     @Option(help: "Head (default \(d.settings.head)).") var head: String?
     @Option(help: "Rules (default \(d.settings.rules)).") var rules: String?
     @Option(help: "Patch size (default \(d.settings.patch)).") var patch: Int?
@@ -66,7 +67,7 @@ struct Serve: AsyncParsableCommand {
             if let model { c.settings.model = model; c.settings.weights = nil }
             if let weights { c.settings.weights = weights; c.settings.model = nil }
             if let arch { c.settings.arch = arch }
-            if let layer { c.settings.layer = layer }
+            if let layer { c.settings.layer = LayerCut(parsing: layer) }
             if let head { c.settings.head = head }
             if let rules { c.settings.rules = rules }
             if let patch { c.settings.patch = patch }
@@ -115,11 +116,13 @@ extension Similarity: ExpressibleByArgument {}
 
 /// Options shared by the commands that build an explainer.
 struct ModelOptions: ParsableArguments {
-    @Option(help: "ONNX model file (sequential CNN).") var model: String?
-    @Option(help: "Safetensors weights with torchvision names (features.0.weight, ...).") var weights: String?
-    @Option(help: "Architecture for --weights: vgg11, vgg13, vgg16, vgg19, optionally -bn.") var arch = "vgg16"
-    @Option(help: "Keep layers [0, L) (features[:L]); 31 ends after pool5 of VGG-16. Required with --model.")
-    var layer: Int?
+    @Option(help: "ONNX model file (any DAG of the supported ops).") var model: String?
+    @Option(help: "Safetensors weights with torchvision names (features.0.weight, layer1.0.conv1.weight, ...).")
+    var weights: String?
+    @Option(help: "Architecture for --weights: vgg11, vgg13, vgg16, vgg19 (optionally -bn), resnet18, resnet34, resnet50, resnet101, resnet152.")
+    var arch = "vgg16"
+    @Option(help: "Cut: an integer keeps a chain's layers [0, L) (31 ends after pool5 of VGG-16); a name cuts at that node or stage (layer4, avgpool, layer3.1). Required with --model.")
+    var layer: String?
     @Option(help: "Head: random:H[:SEED], identity, sumpool or avgpool.") var head = "random:100:0"
     @Option(help: "Projection matrix file (NPY or safetensors), (h, D) or (D, h); replaces --head.")
     var projection: String?
@@ -136,7 +139,7 @@ struct ModelOptions: ParsableArguments {
 
     func settings(topK: Int = 10) -> ExplanationSettings {
         var s = ExplanationSettings()
-        s.model = model; s.weights = weights; s.arch = arch; s.layer = layer; s.head = head
+        s.model = model; s.weights = weights; s.arch = arch; s.layer = layer.map(LayerCut.init(parsing:)); s.head = head
         s.projection = projection; s.similarity = similarity.rawValue; s.rules = rules; s.patch = patch
         s.size = size; s.preprocess = preprocess.rawValue; s.topK = topK
         return s
@@ -291,44 +294,73 @@ struct Heatmap: ParsableCommand {
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "List a model's layers, shapes, parameters and the --layer value that cuts after each.")
+        abstract: "List a model's nodes, their ops, inputs, output shapes, parameters and the --layer values that cut at each.")
 
-    @Argument(help: "ONNX model, or safetensors weights (with --arch).") var model: String
+    @Argument(help: "ONNX model, or safetensors weights (with --arch); none: the --arch structure with random weights.")
+    var model: String?
     @Option(help: "Architecture for safetensors weights.") var arch = "vgg16"
     @Option(help: "Input size N (N x N, 3 channels) for the shapes; default: the model's own, or 224.") var size: Int?
 
     func run() throws {
         try reportingErrors {
-            let layers: SequentialModel
-            var names: [String] = []
+            let graph: Graph
             var unsupported: [String] = []
             var inputSize = size
-            if model.lowercased().hasSuffix(".onnx") {
+            if let model, model.lowercased().hasSuffix(".onnx") {
                 let m = try ONNXImporter.load(path: model)
-                layers = m.model; names = m.nodeNames; unsupported = m.unsupported
+                graph = m.graph; unsupported = m.unsupported
                 if inputSize == nil, let s = m.inputShape { inputSize = s.height }
                 print("ONNX model \(model): producer \(m.producer.isEmpty ? "-" : m.producer), input \(m.channelsLastInput ? "channels-last (N, H, W, C), transposed" : "(N, C, H, W)"), layers numbered by \(m.numbering)")
+            } else if let model {
+                let file = try SafetensorsFile(path: model)
+                if let r = ResNet(rawValue: arch.lowercased()) {
+                    graph = try r.graph(weights: file)  // all of it, fc when the file has it
+                } else {
+                    graph = try LoadedExplainer.architecture(arch, cut: nil, weights: file)
+                }
+                print("\(arch) from \(model)")
             } else {
-                let (vgg, bn) = try LoadedExplainer.parseArch(arch)
-                layers = try vgg.features(batchNorm: bn, weights: try SafetensorsFile(path: model))
-                print("\(arch) features from \(model)")
+                graph = try Inspect.structure(arch)
+                print("\(arch): the architecture with random weights")
             }
             let n = inputSize ?? 224
-            var shape = Shape3(3, n, n)
+            let shapes = (try? graph.shapes(for: Shape3(3, n, n))) ?? [:]
             func pad(_ s: String, _ n: Int, left: Bool = false) -> String {
                 let fill = String(repeating: " ", count: max(0, n - s.count))
                 return left ? fill + s : s + fill
             }
-            print(pad("index", 5, left: true) + "  " + pad("layer", 32) + pad("output shape", 18) + pad("parameters", 11, left: true) + "  --layer  node")
-            for (i, l) in layers.layers.enumerated() {
-                var shapeText = "-"
-                if let s = try? l.outputShape(shape, index: i) { shape = s; shapeText = s.description } else { shapeText = "does not fit" }
-                let node = i < names.count ? names[i] : ""
-                print(pad("\(i)", 5, left: true) + "  " + pad(l.name, 32) + pad(shapeText, 18)
-                      + pad("\(l.parameterCount)", 11, left: true) + "  " + pad("\(i + 1)", 7) + "  " + node)
+            func params(_ op: Graph.Op) -> Int {
+                if case let .layer(l) = op { return l.parameterCount }
+                return 0
             }
-            print("parameters: \(layers.parameterCount)")
-            for u in unsupported { print("not supported: \(u) (layers after it cannot be used)") }
+            if graph.chainLength > 0 {
+                print(pad("index", 5, left: true) + "  " + pad("layer", 32) + pad("output shape", 18) + pad("parameters", 11, left: true) + "  --layer  node")
+                for node in graph.nodes {
+                    let i = node.index!
+                    print(pad("\(i)", 5, left: true) + "  " + pad(node.op.name, 32) + pad(shapes[node.output]?.description ?? "does not fit", 18)
+                          + pad("\(params(node.op))", 11, left: true) + "  " + pad("\(i + 1)", 7) + "  " + node.name)
+                }
+            } else {
+                print(pad("#", 4, left: true) + "  " + pad("node (--layer NAME)", 34) + pad("op", 30) + pad("output shape", 18)
+                      + pad("parameters", 11, left: true) + "  inputs")
+                for (i, node) in graph.nodes.enumerated() {
+                    print(pad("\(i)", 4, left: true) + "  " + pad(node.name, 34) + pad(node.op.name, 30)
+                          + pad(shapes[node.output]?.description ?? "does not fit", 18) + pad("\(params(node.op))", 11, left: true)
+                          + "  " + node.inputs.joined(separator: ", "))
+                }
+                if let r = ResNet(rawValue: arch.lowercased()), model == nil || !(model!.lowercased().hasSuffix(".onnx")) {
+                    print("stages (--layer): \(r.stageNames.joined(separator: ", "))")
+                }
+            }
+            print("parameters: \(graph.parameterCount)")
+            for u in unsupported { print("not supported: \(u) (nodes that read it cannot be used)") }
         }
+    }
+
+    /// The architecture's graph with seeded weights: the structure, for listing.
+    static func structure(_ arch: String) throws -> Graph {
+        if let r = ResNet(rawValue: arch.lowercased()) { return try r.graph(seed: 0) }
+        let (vgg, bn) = try LoadedExplainer.parseArch(arch)
+        return Graph(chain: try vgg.features(batchNorm: bn, seed: 0))
     }
 }

@@ -67,7 +67,7 @@ struct ConventionTests {
         }
         // The library: an Explainer with limits throws limitExceeded before allocating.
         let loaded = try LoadedExplainer.load(configuration().settings)
-        let ex = try Explainer(model: loaded.model, head: .randomProjection(outputs: 1_000_000_000, seed: 0),
+        let ex = try Explainer(graph: loaded.graph, head: .randomProjection(outputs: 1_000_000_000, seed: 0),
                                composite: try .preset("paper-vgg"), bounds: Preprocessing.torchvision.bounds)
         let x = try loaded.input(data: try imageData("baseline.jpg"), name: "x", maxPixels: 1 << 20).tensor
         #expect { try ex.factors(x, patch: 4) } throws: { e in

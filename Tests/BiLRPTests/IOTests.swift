@@ -21,9 +21,9 @@ struct ONNXTests {
     func smallTorch() throws {
         let m = try ONNXImporter.load(path: fixturePath("small_torch.onnx"))
         #expect(m.unsupported.isEmpty)
-        #expect(m.model.layers.map(\.name).contains("Flatten"))
+        #expect(m.chain!.layers.map(\.name).contains("Flatten"))
         let f = try SafetensorsFile(path: fixturePath("small_torch_ort.safetensors"))
-        let ex = try Explainer(model: m.model, head: .identity, composite: try .preset("hp"))
+        let ex = try Explainer(graph: m.graph, head: .identity, composite: try .preset("hp"))
         let out = try ex.embedding(try f.t("input"))
         expectClose(out, try f.t("logits").data, tol: 1e-4, "logits (softmax dropped)")
     }
@@ -33,9 +33,9 @@ struct ONNXTests {
         let m = try ONNXImporter.load(path: fixturePath("vgg16_l10.onnx"))
         #expect(m.numbering == "module names")
         let reference = try VGG.vgg16.features(layers: 10, weights: try SafetensorsFile(path: fixturePath("vgg16_l10.safetensors")))
-        #expect(m.model == reference, "same layers, same indices, same weights as the safetensors load")
+        #expect(m.chain == reference, "same layers, same indices, same weights as the safetensors load")
         let f = try SafetensorsFile(path: fixturePath("vgg16_l10_ort.safetensors"))
-        let out = try Explainer(model: m.model, head: .identity, composite: try .preset("hp")).embedding(try f.t("input"))
+        let out = try Explainer(graph: m.graph, head: .identity, composite: try .preset("hp")).embedding(try f.t("input"))
         expectClose(out, try f.t("output").data, tol: 1e-4, "VGG-16 [:10] forward")
     }
 
@@ -47,13 +47,13 @@ struct ONNXTests {
         let torchvisionLayout = try VGG.vgg16.features(seed: 1).layers.map { l -> String in
             if case .conv2d = l { return "conv" } else { return l.name }
         }
-        #expect(m.model.layers.map { l -> String in if case .conv2d = l { return "conv" } else { return l.name } } == torchvisionLayout)
+        #expect(m.chain!.layers.map { l -> String in if case .conv2d = l { return "conv" } else { return l.name } } == torchvisionLayout)
         // The same seeded input as the fixture script: NHWC uniforms * 255 - 128, here in CHW.
         var rng = SplitMix64(seed: 11)
         let nhwc = (0..<(240 * 240 * 3)).map { _ in Float(rng.nextUniform()) * 255 - 128 }
         var chw = [Float](repeating: 0, count: nhwc.count)
         for p in 0..<(240 * 240) { for c in 0..<3 { chw[c * 240 * 240 + p] = nhwc[p * 3 + c] } }
-        let out = try Explainer(model: m.model, head: .identity, composite: try .preset("hp"))
+        let out = try Explainer(graph: m.graph, head: .identity, composite: try .preset("hp"))
             .embedding(try Tensor(shape: [3, 240, 240], data: chw))
         let expected = try SafetensorsFile(path: fixturePath("vgg16_imagenet_pool5_ort.safetensors")).t("pool5")
         expectClose(out, expected.data, tol: 1e-4, "pool5")
@@ -67,6 +67,45 @@ struct ONNXTests {
         } catch {
             #expect("\(error)".contains("op Mul at node functional_1/batch_normalization_1/batchnorm/mul_1"))
         }
+    }
+
+    @Test("torch.onnx.export of ResNet-18 and ResNet-50 (a DAG: residual Adds, batch norms as nodes): every stage and the logits equal onnxruntime",
+          arguments: [ResNet.resnet18, .resnet50])
+    func resnetExport(arch: ResNet) throws {
+        let f = try SafetensorsFile(path: fixturePath("\(arch.rawValue)_ort.safetensors"))
+        // The committed file has empty initializers; the weights are the seeded ones the script used.
+        let weights = try arch.randomWeights(seed: UInt64(f.metadata["seed"]!)!)
+        let path = fixturePath("\(arch.rawValue)_noweights.onnx")
+        let m = try ONNXImporter.load(path: path, weights: weights)
+        #expect(m.numbering == "graph" && m.chain == nil && m.unsupported.isEmpty)
+        let x = try f.t("input")
+        for (cut, expected) in [("layer1", "layer1"), ("layer2", "layer2"), ("layer3", "layer3"), ("layer4", "layer4"),
+                                ("/fc/Gemm", "logits")] {
+            let g = try ONNXImporter.load(path: path, cut: .node(cut), weights: weights).graph
+            let out = try Explainer(graph: g, head: .identity, composite: try .preset("hp")).embedding(x)
+            let ref = try f.t(expected)
+            let err = zip(out, ref.data).map { abs($0 - $1) }.max()!, scale = ref.data.map(abs).max()!
+            #expect(out.count == ref.count && err <= 1e-4 * scale, "\(arch) \(cut): \(err) of \(scale)")
+        }
+        // The same network built in: the same forward.
+        let builtIn = try arch.graph(cut: "layer4", seed: UInt64(f.metadata["seed"]!)!)
+        let ours = try Explainer(graph: builtIn, head: .identity, composite: try .preset("hp")).embedding(x)
+        expectClose(ours, try f.t("layer4").data, tol: 1e-4, "\(arch) built in, layer4")
+    }
+
+    @Test("ONNX graph errors: an index cut on a DAG, an unknown name, a file without weights")
+    func graphErrors() throws {
+        let path = fixturePath("resnet18_noweights.onnx")
+        let w = try ResNet.resnet18.randomWeights(seed: 18)
+        func message(_ body: () throws -> Void) -> String {
+            do { try body(); return "" } catch { return "\(error)" }
+        }
+        #expect(message { _ = try ONNXImporter.load(path: path, cut: .layers(10), weights: w) }
+            .contains("is a graph, not a chain of layers: cut at a node name"))
+        #expect(message { _ = try ONNXImporter.load(path: path, cut: .node("layer9"), weights: w) }
+            .contains("no node, value or module is named 'layer9'"))
+        #expect(message { _ = try ONNXImporter.load(path: path) }
+            .contains("initializer 'conv1.weight' has no data"))
     }
 
     @Test func notAnONNXFile() {
