@@ -64,18 +64,58 @@ func peakRSSKiB() -> Int {
 let realModel = "\(assets)/models/vgg16_imagenet.onnx"
 let haveAssets = FileManager.default.fileExists(atPath: realModel)
 
+/// The second workload: ResNet-50 cut at layer4 (2048 x 7 x 7 at 224 x 224), seeded weights (no
+/// pretrained ResNet can be fetched here; the arithmetic does not depend on the values), the same
+/// inputs as the VGG workload. Rules epsilon-plus-flat: epsilon-gamma-box (the issue's choice)
+/// costs the same (one term per convolution, z^B's three on conv1 aside), but on these weights its
+/// relevance explodes (sum R / y = -8e12 at layer4: gamma's denominators cross zero before the
+/// residual sums), so no two float32 computations of it agree (PyTorch's and ours differed by
+/// 1.1 max |R|) and its times would compare numbers that mean nothing. BILRP_BENCH_RESNET_RULES
+/// selects it anyway.
+struct ResNetWorkload {
+    static let rules = ProcessInfo.processInfo.environment["BILRP_BENCH_RESNET_RULES"] ?? "epsilon-plus-flat"
+    var graph: Graph
+    var x1: Tensor, x2: Tensor
+    var source: String
+
+    init(size: Int) throws {
+        graph = try ResNet.resnet50.graph(cut: "layer4", seed: 50)
+        let vgg = try Workload(size: size, preprocessing: .torchvision)
+        x1 = vgg.x1; x2 = vgg.x2
+        source = "ResNet-50 to layer4, seeded weights; " + (haveAssets ? "motorcycle stereo pair" : "seeded inputs")
+    }
+
+    func explainer(h: Int) throws -> Explainer {
+        try Explainer(graph: graph, head: .randomProjection(outputs: h, seed: 0), composite: try .named(Self.rules),
+                      bounds: Preprocessing.torchvision.bounds)
+    }
+
+    /// Direct-convolution FLOPs of one forward pass (2 per multiply-add), and of the head.
+    func forwardFLOPs(size: Int, h: Int) throws -> (convs: Double, head: Double) {
+        let shapes = try graph.shapes(for: Shape3(3, size, size))
+        var total = 0.0
+        for n in graph.nodes {
+            if case let .layer(.conv2d(c)) = n.op {
+                total += 2.0 * Double(shapes[n.output]!.count) * Double(c.inChannels * c.kernelH * c.kernelW)
+            }
+        }
+        return (total, 2.0 * Double(shapes[graph.output]!.count) * Double(h))
+    }
+}
+
 struct Workload {
     var model: SequentialModel
     var preprocessing: Preprocessing
     var x1: Tensor, x2: Tensor
     var source: String
 
-    init(size: Int) throws {
+    init(size: Int, preprocessing forced: Preprocessing? = nil) throws {
         if haveAssets {
             model = try ONNXImporter.load(path: realModel, cut: .layers(31)).chain!
-            preprocessing = .caffe
+            preprocessing = forced ?? .caffe
+            let pre = preprocessing
             let load = { (name: String) in
-                try PreparedInput.load(path: "\(assets)/images/\(name)", size: size, preprocessing: .caffe).tensor
+                try PreparedInput.load(path: "\(assets)/images/\(name)", size: size, preprocessing: pre).tensor
             }
             x1 = try load("motorcycle_left.png")
             x2 = try load("motorcycle_right.png")
@@ -126,10 +166,11 @@ struct ChildResult: Codable {
     var source: String
 }
 
-func child(size: Int, threads: Int, h: Int, runs: Int, profile: Bool) throws {
+func child(size: Int, threads: Int, h: Int, runs: Int, profile: Bool, resnet: Bool = false) throws {
     CKernelsBackend.threads = threads
     let w = try Workload(size: size)
-    let ex = try w.explainer(h: h)
+    let rw = resnet ? try ResNetWorkload(size: size) : nil
+    let ex = try rw?.explainer(h: h) ?? w.explainer(h: h)
     var times: [Double] = []
     if runs > 1 { _ = try ex.explain(w.x1, w.x2, patch: patch) }  // warm-up
     for _ in 0..<runs { times.append(try seconds { _ = try ex.explain(w.x1, w.x2, patch: patch) }) }
@@ -141,20 +182,20 @@ func child(size: Int, threads: Int, h: Int, runs: Int, profile: Bool) throws {
     }
     let r = ChildResult(size: size, threads: threads, h: h, pairSeconds: times, rssKiB: peakRSSKiB(),
                         forwardSeconds: fwd, layers: names, layerSeconds: layerSeconds, patchSideLayers: side,
-                        isa: CKernelsBackend.activeISA, openmp: CKernelsBackend.usesOpenMP, source: w.source)
+                        isa: CKernelsBackend.activeISA, openmp: CKernelsBackend.usesOpenMP, source: rw?.source ?? w.source)
     print(String(decoding: try JSONEncoder().encode(r), as: UTF8.self))
 }
 
 if let spec = option("--child") {
     let v = spec.split(separator: ",").map { Int($0)! }
-    try child(size: v[0], threads: v[1], h: v[2], runs: v[3], profile: v[4] == 1)
+    try child(size: v[0], threads: v[1], h: v[2], runs: v[3], profile: v[4] == 1, resnet: v.count > 5 && v[5] == 1)
     exit(0)
 }
 
-func runChild(size: Int, threads: Int, h: Int, runs: Int, profile: Bool) throws -> ChildResult {
+func runChild(size: Int, threads: Int, h: Int, runs: Int, profile: Bool, resnet: Bool = false) throws -> ChildResult {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
-    p.arguments = ["--child", "\(size),\(threads),\(h),\(runs),\(profile ? 1 : 0)", "--assets", assets]
+    p.arguments = ["--child", "\(size),\(threads),\(h),\(runs),\(profile ? 1 : 0),\(resnet ? 1 : 0)", "--assets", assets]
     let pipe = Pipe()
     p.standardOutput = pipe
     try p.run()
@@ -177,10 +218,12 @@ for t in threadCounts.sorted() { print("measured fp32 FMA peak, \(t) thread(s): 
 print("workload: VGG-16 features[:31], head h = \(outputs), paper-vgg, patch \(patch), median and min of \(runs) runs after a warm-up")
 print("FLOPs per pair = 2 inputs x (1 + h) x direct-conv forward FLOPs (each of the h backward passes counted as one forward)")
 let kernelsOnly = args.contains("--kernels-only")
+let resnetOnly = args.contains("--resnet-only")
+let resnetSize = 224
 print("")
-if !kernelsOnly { print("  size  threads   s/pair (median)    min   GFLOP/s  % of peak   peak RSS MB") }
+if !kernelsOnly && !resnetOnly { print("  size  threads   s/pair (median)    min   GFLOP/s  % of peak   peak RSS MB") }
 var results: [Int: ChildResult] = [:]
-for size in kernelsOnly ? [] : sizes {
+for size in kernelsOnly || resnetOnly ? [] : sizes {
     let w = try Workload(size: size)
     let flops = try w.forwardFLOPs(size: size, h: outputs)
     let perPair = 2 * Double(1 + outputs) * flops.convs
@@ -195,10 +238,38 @@ for size in kernelsOnly ? [] : sizes {
     print("        (\(f(perPair * 1e-12, 3)) TFLOP per pair at \(size) x \(size); \(results[size]?.source ?? ""))")
 }
 
+// ResNet-50 to layer4 at 224 x 224: the graph engine's workload.
+var resnetResult: ChildResult? = nil
+if !kernelsOnly {
+    let w = try ResNetWorkload(size: resnetSize)
+    let flops = try w.forwardFLOPs(size: resnetSize, h: outputs)
+    let perPair = 2 * Double(1 + outputs) * flops.convs
+    print("")
+    print("ResNet-50 to layer4 (\(ResNetWorkload.rules), h = \(outputs), patch \(patch)); \(w.source)")
+    print("  size  threads   s/pair (median)    min   GFLOP/s  % of peak   peak RSS MB")
+    for t in threadCounts.sorted() {
+        let r = try runChild(size: resnetSize, threads: t, h: outputs, runs: min(runs, 3), profile: t == nt, resnet: true)
+        if t == nt { resnetResult = r }
+        let med = median(r.pairSeconds)
+        let g = perPair / med * 1e-9
+        print(pad("\(resnetSize)", 6) + pad("\(t)", 9) + pad(f(med, 3), 18) + pad(f(r.pairSeconds.min()!, 3), 8)
+              + pad(f(g, 0), 10) + pad(f(100 * g / max(peak[t]!, 1), 1), 11) + pad(f(Double(r.rssKiB) / 1024, 0), 14))
+    }
+    if let r = resnetResult {
+        let total = r.layerSeconds.reduce(0, +)
+        print("  backward per node, one input, \(nt) threads (forward \(f(r.forwardSeconds, 3)) s, backward \(f(total, 3)) s); the ten slowest:")
+        for (name, s) in zip(r.layers, r.layerSeconds).sorted(by: { $0.1 > $1.1 }).prefix(10) {
+            print("    " + name.padding(toLength: 52, withPad: " ", startingAt: 0) + pad(f(s, 3), 8) + " s")
+        }
+    }
+}
+if resnetOnly && !peers { exit(0) }
+if resnetOnly { print("(--resnet-only: the VGG sections skipped)") }
+
 // The default fast paths (Winograd, and the sparse backward where the relevance is sparse) against
 // the direct path on the real workload.
 print("")
-for size in sizes where !kernelsOnly {
+for size in sizes where !kernelsOnly && !resnetOnly {
     CKernelsBackend.threads = nt
     let w = try Workload(size: size)
     func pair(_ c: CKernelsBackend.Convolution) throws -> [Float] {
@@ -237,7 +308,7 @@ for size in sizes {
 print("")
 print("convolution forward on VGG-16 shapes (median of 7 rounds, each: FMA peak, then the fastest of 3 kernel calls)")
 print("  shape                      threads  GFLOP/s   peak   % of peak")
-for t in threadCounts.sorted() {
+for t in (resnetOnly ? [] : threadCounts.sorted()) {
     for (c, k, hw) in [(64, 64, 128), (128, 128, 64), (256, 256, 32), (512, 512, 16), (64, 64, 224), (256, 256, 56)] {
         let g = ConvGeometry(inChannels: c, height: hw, width: hw, outChannels: k, kernelH: 3, kernelW: 3, padH: 1, padW: 1)
         var r = SplitMix64(seed: 3)
@@ -269,6 +340,7 @@ for t in threadCounts.sorted() {
 CKernelsBackend.threads = nt
 
 if kernelsOnly { exit(0) }
+if !resnetOnly {
 
 // A pair from cached factors: 256 x 256 patches, h = 100.
 do {
@@ -293,6 +365,8 @@ for h in memoryH {
           + "   (\(f(r.pairSeconds[0], 2)) s per pair)")
 }
 
+}
+
 // MARK: - Peers
 
 guard peers else { exit(0) }
@@ -302,9 +376,9 @@ struct Peer {
     let input = Pipe(), output = Pipe()
     var buffer = Data()
 
-    init(dir: String, threads: Int) throws {
+    init(dir: String, threads: Int, script name: String = "torch_bilrp.py") throws {
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("peers/torch_bilrp.py").path
+            .appendingPathComponent("peers/\(name)").path
         process.executableURL = URL(fileURLWithPath: python)
         process.arguments = [script, dir, "\(patch)", "\(threads)"]
         process.standardInput = input
@@ -332,10 +406,65 @@ struct Peer {
     }
 }
 
+/// What a peer needs besides the weights to compute exactly our explanation (the head, the input
+/// bounds, the inputs), and our R to check against; returns our explanation.
+func writePeerInputs(_ dir: URL, features d: Int, bounds b: InputBounds, _ x1: Tensor, _ x2: Tensor,
+                     _ ex: Explainer) throws -> PairExplanation {
+    try NPY.write(try Tensor(shape: [outputs, d], data: SimilarityHead.gaussianMatrix(outputs: outputs, inputs: d, seed: 0)),
+                  to: dir.appendingPathComponent("projection.npy").path)
+    try NPY.write(try Tensor(shape: [2, 3], data: b.lower + b.upper), to: dir.appendingPathComponent("bounds.npy").path)
+    try NPY.write(x1, to: dir.appendingPathComponent("x1.npy").path)
+    try NPY.write(x2, to: dir.appendingPathComponent("x2.npy").path)
+    let ours = try ex.explain(x1, x2, patch: patch)
+    try NPY.write(try Tensor(shape: [ours.rows, ours.columns], data: ours.relevance), to: dir.appendingPathComponent("R_ours.npy").path)
+    return ours
+}
+
 print("")
 print("side by side with PyTorch (\(nt) threads each; runs alternate ours, batched, blocked, authors' style)")
 let peerRuns = Int(option("--peer-runs") ?? "5") ?? 5
 let authorRuns = Int(option("--author-runs") ?? "2") ?? 2
+
+// ResNet-50 to layer4 at 224 x 224 against the PyTorch batched and blocked peers.
+do {
+    CKernelsBackend.threads = nt
+    let w = try ResNetWorkload(size: resnetSize)
+    let ex = try w.explainer(h: outputs)
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("bilrp-bench-resnet-\(getpid())")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    try SafetensorsFile.write(try ResNet.resnet50.randomWeights(seed: 50).tensors, to: dir.appendingPathComponent("model.safetensors").path)
+    let d = try w.graph.shapes(for: Shape3(3, resnetSize, resnetSize))[w.graph.output]!.count
+    let ours = try writePeerInputs(dir, features: d, bounds: Preprocessing.torchvision.bounds, w.x1, w.x2, ex)
+    try Data(ResNetWorkload.rules.utf8).write(to: dir.appendingPathComponent("rules.txt"))
+    let kinds = ["batched", "blocked"]
+    var peers = try kinds.map { _ in try Peer(dir: dir.path, threads: nt, script: "torch_resnet_bilrp.py") }
+    var diffs: [String] = []
+    for (k, kind) in kinds.enumerated() {
+        diffs.append("\(kind) \(String(format: "%.2e", try peers[k].ask("check \(kind)")["diff"] as! Double))")
+    }
+    let runsHere = min(peerRuns, 3)
+    print("  ResNet-50 to layer4, \(ResNetWorkload.rules), \(resnetSize) x \(resnetSize): max |R_torch - R_ours| / max |R_ours|: "
+          + diffs.joined(separator: ", ") + "   (sum R / y = \(String(format: "%.3g", Double(ours.relevance.reduce(0, +)) / Double(ours.similarity))))")
+    var tOurs: [Double] = [], t: [String: [Double]] = [:]
+    for _ in 0..<runsHere {
+        tOurs.append(try seconds { _ = try ex.explain(w.x1, w.x2, patch: patch) })
+        for (k, kind) in kinds.enumerated() { t[kind, default: []].append(try peers[k].ask("time \(kind)")["seconds"] as! Double) }
+    }
+    let o = median(tOurs)
+    let oursRSS = resnetResult.map { " (ours: \(f(Double($0.rssKiB) / 1024, 0)) MB)" } ?? ""
+    print("    ours" + String(repeating: " ", count: 42) + "\(f(o, 3)) s/pair (median of \(tOurs.count))")
+    for (k, kind) in kinds.enumerated() {
+        let rss = try peers[k].ask("rss")["rss_kib"] as! Int
+        _ = try? peers[k].ask("quit")
+        let m = median(t[kind]!)
+        let label = kind == "batched" ? "PyTorch batched (all h maps in one batch)" : "PyTorch blocked (16 maps a batch)"
+        print("    " + label.padding(toLength: 46, withPad: " ", startingAt: 0)
+              + "\(f(m, 3)) s/pair (median of \(t[kind]!.count))   ratio \(f(m / o, 2))x   peak RSS \(f(Double(rss) / 1024, 0)) MB" + oursRSS)
+    }
+}
+if resnetOnly { exit(0) }
+
 for size in sizes {
     CKernelsBackend.threads = nt
     let w = try Workload(size: size)
@@ -353,14 +482,7 @@ for size in sizes {
     }
     try SafetensorsFile.write(named, to: dir.appendingPathComponent("model.safetensors").path)
     let d = try w.model.shapes(for: Shape3(3, size, size)).last!.count
-    try NPY.write(try Tensor(shape: [outputs, d], data: SimilarityHead.gaussianMatrix(outputs: outputs, inputs: d, seed: 0)),
-                  to: dir.appendingPathComponent("projection.npy").path)
-    let b = w.preprocessing.bounds
-    try NPY.write(try Tensor(shape: [2, 3], data: b.lower + b.upper), to: dir.appendingPathComponent("bounds.npy").path)
-    try NPY.write(w.x1, to: dir.appendingPathComponent("x1.npy").path)
-    try NPY.write(w.x2, to: dir.appendingPathComponent("x2.npy").path)
-    let ours = try ex.explain(w.x1, w.x2, patch: patch)
-    try NPY.write(try Tensor(shape: [ours.rows, ours.columns], data: ours.relevance), to: dir.appendingPathComponent("R_ours.npy").path)
+    let ours = try writePeerInputs(dir, features: d, bounds: w.preprocessing.bounds, w.x1, w.x2, ex)
     // One process per kind, so each one's peak RSS is its own.
     let kinds = ["batched", "blocked", "authors"]
     let labels = ["batched": "PyTorch batched (all h maps in one batch)", "blocked": "PyTorch blocked (16 maps a batch)",

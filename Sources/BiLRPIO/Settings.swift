@@ -156,7 +156,14 @@ public struct LoadedExplainer: Sendable {
         switch cut {
         case nil: return Graph(chain: try vgg.features(batchNorm: bn, weights: weights))
         case let .index(i): return Graph(chain: try vgg.features(layers: i, batchNorm: bn, weights: weights))
-        case let .name(n): return try Graph(chain: try vgg.features(batchNorm: bn, weights: weights)).cut(at: n)
+        case let .name(n):
+            // A chain's nodes are named by their index: node N ends features[:N + 1].
+            let count = vgg.featureCount(batchNorm: bn)
+            guard let i = Int(n), (0..<count).contains(i) else {
+                throw BiLRPError.invalidArgument(
+                    "\(arch) has no node named '\(n)': its nodes are named by their index, 0...\(count - 1)")
+            }
+            return Graph(chain: try vgg.features(layers: i + 1, batchNorm: bn, weights: weights))
         }
     }
 

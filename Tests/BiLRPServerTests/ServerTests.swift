@@ -164,6 +164,7 @@ struct ServerTests {
         ("{\"first\": {\"factors\": \"x\"}, \"second\": {\"factors\": \"y\"}, \"settings\": {\"rules\": \"nope\"}}", 400, "unknown rule preset 'nope'"),
         ("{\"first\": {\"factors\": \"x\"}, \"second\": {\"factors\": \"y\"}, \"settings\": {\"layer\": 40}}", 400, "settings.layer must be in 1...10"),
         ("{\"first\": {\"factors\": \"x\"}, \"second\": {\"factors\": \"y\"}, \"settings\": {\"patch\": \"8\"}}", 400, "settings.patch has the wrong type"),
+        ("{\"first\": {\"factors\": \"x\"}, \"second\": {\"factors\": \"y\"}, \"settings\": {\"layer\": \"layer4\"}}", 400, "settings.layer: the loaded model has no node named 'layer4'"),
         ("not json", 400, "malformed JSON"),
     ])
     func badInput(json: String, status: Int, message: String) async throws {
@@ -173,6 +174,31 @@ struct ServerTests {
                 #expect(Int(r.status.code) == status)
                 let e = try object(r.body)["error"] as? String ?? ""
                 #expect(e.contains(message), "\(e)")
+            }
+        }
+    }
+
+    @Test("settings.layer by node name: the cut the library makes at that node")
+    func layerByName() async throws {
+        let service = try ExplanationService(configuration: configuration())
+        let img = try imageData("baseline.jpg")
+        var s = configuration().settings
+        s.layer = "6"  // node 6 of the chain: layers [0, 7)
+        let loaded = try LoadedExplainer.load(s)
+        let ours = try loaded.explainer.factors(try loaded.input(data: img, name: "x", maxPixels: 1 << 20).tensor, patch: 4)
+        try await makeApp(service).test(.router) { client in
+            try await client.execute(uri: "/v1/model", method: .get) { r in
+                let m = try object(r.body)
+                #expect((m["nodes"] as? [String])?.count == 10 && m["max_layer"] as? Int == 10)
+            }
+            try await client.execute(uri: "/v1/factors", method: .post, headers: jsonType,
+                                     body: try body(["image": img.base64EncodedString(), "settings": ["layer": "6"]])) { r in
+                #expect(r.status == .ok)
+                let o = try object(r.body)
+                #expect(o["outputs"] as? Int == ours.outputs && o["patches"] as? Int == ours.grid.count)
+                let norm = ours.embedding.reduce(0) { $0 + Double($1) * Double($1) }.squareRoot()
+                let served = o["similarity_embedding_norm"] as? Double ?? -1
+                #expect(abs(served - norm) <= 1e-5 * norm, "\(served) vs \(norm)")
             }
         }
     }

@@ -179,6 +179,36 @@ struct CLITests {
         #expect(rows.count == 4)
     }
 
+    @Test("a ResNet from safetensors with torchvision's names, cut by stage name: the CLI's R equals the library's; inspect lists the graph")
+    func resnet() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let weights = dir.appendingPathComponent("resnet18.safetensors").path
+        try SafetensorsFile.write(try ResNet.resnet18.randomWeights(seed: 4).tensors, to: weights)
+        let a = fixturePath("images/baseline.jpg"), b = fixturePath("images/progressive.jpg")
+        let npy = dir.appendingPathComponent("R.npy").path
+        let args = ["--weights", weights, "--arch", "resnet18", "--layer", "layer2", "--size", "64", "--patch", "8",
+                    "--head", "random:6:1", "--rules", "epsilon-plus-flat", "--preprocess", "torchvision", "--quiet"]
+        let r = try runBilrp(["explain", a, b, "--npy", npy, "--json", dir.appendingPathComponent("p.json").path] + args)
+        #expect(r.status == 0, "\(r.stderr)")
+        var s = ExplanationSettings()
+        s.weights = weights; s.arch = "resnet18"; s.layer = "layer2"; s.size = 64; s.head = "random:6:1"
+        s.rules = "epsilon-plus-flat"; s.preprocess = "torchvision"
+        let loaded = try LoadedExplainer.load(s)
+        let pair = try loaded.explainer.explain(try loaded.input(a).tensor, try loaded.input(b).tensor, patch: 8)
+        #expect(try NPY.read(path: npy).data == pair.relevance)
+        let bad = try runBilrp(["explain", a, b] + args.map { $0 == "layer2" ? "layer7" : $0 })
+        #expect(bad.status == 1 && bad.stderr.contains("resnet18 has no node or stage named 'layer7'"), "\(bad.stderr)")
+        let index = try runBilrp(["explain", a, b] + args.map { $0 == "layer2" ? "12" : $0 })
+        #expect(index.status == 1 && index.stderr.contains("resnet18 is a graph, not a chain of layers"), "\(index.stderr)")
+        let i = try runBilrp(["inspect", weights, "--arch", "resnet18", "--size", "64"])
+        #expect(i.status == 0)
+        #expect(i.stdout.contains("layer4.1.add") && i.stdout.contains("layer4.1.bn2, layer4.0") && i.stdout.contains("[512, 2, 2]"))
+        #expect(i.stdout.contains("parameters: 11689512"))
+        let structure = try runBilrp(["inspect", "--arch", "resnet50"])
+        #expect(structure.status == 0 && structure.stdout.contains("layer4.2.conv3") && structure.stdout.contains("[2048, 7, 7]"))
+    }
+
     @Test("heatmap: the map sums to the explained output with a conservative preset")
     func heatmap() throws {
         let dir = try temporaryDirectory()
