@@ -9,7 +9,8 @@
 /// (inclusive), `N-` (N and above), `-M`, `first` / `last` (the first / last conv or linear layer),
 /// `conv`, `linear`, `add` (residual sums: their epsilon), `*`, and a node-name pattern with `*` and
 /// `?` wildcards (`layer4.*`, `/layer1/*`). Indices are a chain's layer indices; for a general graph
-/// a node's index is its position in the graph's topological order (`bilrp inspect` lists it).
+/// a node's index is its position in the graph's topological order, batch norms included (the `#`
+/// column of `bilrp inspect`).
 /// Rules: see `Rule.init(parsing:)`.
 public struct Composite: Sendable, Equatable, CustomStringConvertible {
     public enum Selector: Sendable, Equatable {

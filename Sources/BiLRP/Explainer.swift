@@ -26,7 +26,7 @@ public final class Explainer: @unchecked Sendable {
     public let memoryBudget: Int
     public let kernels: any Kernels
     /// The rule chosen for each conv/linear node, by its index (the layer index of a chain, the
-    /// node's position in `graph.nodes` otherwise).
+    /// node's position in the graph as given otherwise, before batch norms were folded).
     public let rules: [Int: Rule]
     /// The rule chosen for each conv/linear node, by node name.
     public let nodeRules: [String: Rule]
@@ -66,7 +66,13 @@ public final class Explainer: @unchecked Sendable {
         blockSize: Int? = nil, memoryBudget: Int = 256 << 20, kernels: any Kernels = CKernelsBackend(),
         limits: ResourceLimits = .default
     ) throws {
-        let graph = try model.canonized()
+        // A node without a chain index gets its position in the graph as given (what `bilrp
+        // inspect` lists), before canonization removes batch norms and dropouts.
+        let graph = try Graph(input: model.input, nodes: model.nodes.enumerated().map { i, n in
+            var n = n
+            if n.index == nil { n.index = i }
+            return n
+        }, output: model.output).canonized()
         guard !graph.nodes.isEmpty else { throw BiLRPError.invalidArgument("the model has no layers") }
         if let blockSize, blockSize < 1 { throw BiLRPError.invalidArgument("block size must be at least 1") }
         var ids = [graph.input: 0]
@@ -78,7 +84,7 @@ public final class Explainer: @unchecked Sendable {
         var channels: Int? = nil
         for (position, node) in graph.nodes.enumerated() {
             let inputs = node.inputs.map { ids[$0]! }, output = ids[node.output]!
-            let index = node.index ?? position
+            let index = node.index!
             let rule = composite.rule(
                 index: index, name: node.name, op: node.op,
                 isFirst: position == weighted.first, isLast: position == weighted.last)

@@ -110,6 +110,10 @@ struct GraphTests {
         #expect(ex.nodeRules["layer2.0.downsample.0"] == .gamma(0.1))
         // The last weighted node is in layer2, which the pattern claims first.
         #expect(ex.nodeRules["layer2.1.conv2"] == .gamma(0.1))
+        // On a graph an index is the node's position as `bilrp inspect` lists it, batch norms included.
+        let ex3 = try Explainer(graph: g, composite: try .named("4:gamma=0.5;*:zero"))
+        #expect(g.nodes[4].name == "layer1.0.conv1" && ex3.nodeRules["layer1.0.conv1"] == .gamma(0.5))
+        #expect(ex3.nodeRules.values.filter { $0 == .gamma(0.5) }.count == 1)
         let ex2 = try Explainer(graph: g, composite: try .named("last:epsilon=0.5;*:zero"))
         #expect(ex2.nodeRules["layer2.1.conv2"] == .epsilon(0.5))
         #expect(ex2.nodeRules["layer2.1.conv1"] == .zero)
