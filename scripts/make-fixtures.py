@@ -239,6 +239,19 @@ def f32(t):
     return t.detach().to(torch.float32).contiguous()
 
 
+def pair_results(tensors, name, composites, factors_of, x1, x2):
+    """A(x), A(x'), R = A A'^T, y and phi(x) per composite into `tensors`; factors_of(entries, x) -> (A, phi)."""
+    for spec in composites:
+        entries = parse_composite(spec)
+        (A1, phi1), (A2, phi2) = factors_of(entries, x1), factors_of(entries, x2)
+        R = A1 @ A2.T
+        tensors[f"{spec}.A1"], tensors[f"{spec}.A2"], tensors[f"{spec}.R"] = f32(A1), f32(A2), f32(R)
+        y = (phi1 @ phi2).detach()
+        tensors[f"{spec}.y"] = f32(y.reshape(1))
+        tensors[f"{spec}.phi1"] = f32(phi1)
+        print(f"{name} {spec}: y={float(y):.6g} sumR={float(R.sum()):.6g}")
+
+
 def make_case(name, layers, size, h, patch, composites, gen, weights_prefix="layers"):
     kinds = kinds_of(layers)
     x1, x2 = image(gen, *size), image(gen, *size)
@@ -256,15 +269,7 @@ def make_case(name, layers, size, h, patch, composites, gen, weights_prefix="lay
             l.weight.data = l.weight.data.float().double()
             l.bias.data = l.bias.data.float().double()
     x1, x2, head = x1.float().double(), x2.float().double(), head.float().double()
-    for spec in composites:
-        entries = parse_composite(spec)
-        A1, phi1 = factors(layers, kinds, entries, head, x1, patch)
-        A2, phi2 = factors(layers, kinds, entries, head, x2, patch)
-        R = A1 @ A2.T
-        tensors[f"{spec}.A1"], tensors[f"{spec}.A2"], tensors[f"{spec}.R"] = f32(A1), f32(A2), f32(R)
-        tensors[f"{spec}.y"] = f32((phi1 @ phi2).reshape(1))
-        tensors[f"{spec}.phi1"] = f32(phi1)
-        print(f"{name} {spec}: y={float(phi1 @ phi2):.6g} sumR={float(R.sum()):.6g}")
+    pair_results(tensors, name, composites, lambda entries, x: factors(layers, kinds, entries, head, x, patch), x1, x2)
     hp, y = hessian_product(layers, head, x1, x2, patch)
     tensors["hessian.R"], tensors["hessian.y"] = f32(hp), f32(y.reshape(1))
     print(f"{name} hessian: y={float(y):.6g} sumHP={float(hp.sum()):.6g}")
@@ -608,6 +613,14 @@ def resnet_nodes(model, stages):
     return nodes, x
 
 
+def resnet_features(model, x, stages):
+    """The module's forward up to layer `stages` (batch norms unfolded)."""
+    t = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    for si in range(1, stages + 1):
+        t = getattr(model, f"layer{si}")(t)
+    return t
+
+
 def graph_forward(nodes, x):
     vals = {"input": x}
     for name, kind, mod, ins, out in nodes:
@@ -668,30 +681,17 @@ def make_resnet_case(gen, arch="resnet18", seed=18, size=64, h=8, patch=8, stage
     x1, x2 = x1.float().double(), x2.float().double()
     with torch.no_grad():
         d = graph_forward(nodes, x1)[out].numel()
-        # The folded graph against torchvision's own forward (batch norm in eval mode).
-        t = model.maxpool(model.relu(model.bn1(model.conv1(x1))))
-        for si in range(1, stages + 1):
-            t = getattr(model, f"layer{si}")(t)
-        assert torch.allclose(t, graph_forward(nodes, x1)[out], atol=1e-9), "folding changed the forward"
+        # The folded graph against the module's own forward (batch norm in eval mode).
+        assert torch.allclose(resnet_features(model, x1, stages), graph_forward(nodes, x1)[out], atol=1e-9), \
+            "folding changed the forward"
     head = (torch.randn(h, d, generator=gen) / math.sqrt(h)).float().double()
     tensors = {"x1": f32(x1[0]), "x2": f32(x2[0]), "head": f32(head)}
-    for spec in composites:
-        entries = parse_composite(spec)
-        A1, phi1 = graph_factors(nodes, out, entries, head, x1, patch)
-        A2, phi2 = graph_factors(nodes, out, entries, head, x2, patch)
-        R = A1 @ A2.T
-        tensors[f"{spec}.A1"], tensors[f"{spec}.A2"], tensors[f"{spec}.R"] = f32(A1), f32(A2), f32(R)
-        tensors[f"{spec}.y"] = f32((phi1 @ phi2).reshape(1))
-        tensors[f"{spec}.phi1"] = f32(phi1)
-        print(f"{arch} {spec}: y={float(phi1 @ phi2):.6g} sumR={float(R.sum()):.6g}")
+    pair_results(tensors, arch, composites, lambda entries, x: graph_factors(nodes, out, entries, head, x, patch), x1, x2)
 
     # The true Hessian x Product through torchvision's module (batch norm unfolded), double backward.
     class Features(nn.Module):
         def forward(self, x):
-            t = model.maxpool(model.relu(model.bn1(model.conv1(x))))
-            for si in range(1, stages + 1):
-                t = getattr(model, f"layer{si}")(t)
-            return t
+            return resnet_features(model, x, stages)
     hp, y = hessian_product([Features()], head, x1, x2, patch)
     tensors["hessian.R"], tensors["hessian.y"] = f32(hp), f32(y.reshape(1))
     print(f"{arch} hessian: y={float(y):.6g} sumHP={float(hp.sum()):.6g}")

@@ -37,7 +37,9 @@ public final class Explainer: @unchecked Sendable {
 
     /// The model's nodes, ready for explanation; values are numbered, 0 the input.
     let nodes: [PreparedNode]
-    let valueCount: Int
+    /// The values' names in the graph, by number.
+    let valueNames: [String]
+    var valueCount: Int { valueNames.count }
     let outputValue: Int
     let inputChannels: Int?
 
@@ -68,6 +70,7 @@ public final class Explainer: @unchecked Sendable {
     ) throws {
         // A node without a chain index gets its position in the graph as given (what `bilrp
         // inspect` lists), before canonization removes batch norms and dropouts.
+        let chain = model.nodes.allSatisfy { $0.index != nil }
         let graph = try Graph(input: model.input, nodes: model.nodes.enumerated().map { i, n in
             var n = n
             if n.index == nil { n.index = i }
@@ -89,7 +92,7 @@ public final class Explainer: @unchecked Sendable {
                 index: index, name: node.name, op: node.op,
                 isFirst: position == weighted.first, isLast: position == weighted.last)
             let nonNegativeInput = inputs.allSatisfy { nonNegative[$0] }
-            let label = node.index.map { "layer \($0)" } ?? "node '\(node.name)'"
+            let label = chain ? "layer \(index)" : "node '\(node.name)'"
             let op: PreparedLayer
             switch node.op {
             case let .layer(.conv2d(conv)):
@@ -118,18 +121,18 @@ public final class Explainer: @unchecked Sendable {
             case let .layer(.maxPool2d(p)):
                 op = .maxPool(p, index: index)
             case let .layer(.avgPool2d(p)):
-                op = .avgPool(p, epsilon: rule.poolingEpsilon, index: index)
+                op = .avgPool(p, epsilon: rule.parameterFreeEpsilon, index: index)
             case let .layer(.adaptiveAvgPool2d(h, w)):
-                op = .adaptivePool(h, w, epsilon: rule.poolingEpsilon, sum: false)
+                op = .adaptivePool(h, w, epsilon: rule.parameterFreeEpsilon, sum: false)
             case .layer(.flatten):
                 op = .flatten
             case let .layer(.batchNorm2d(bn)):
                 let (scale, shift) = bn.affine
-                op = .affine(scale: Buffer(scale), shift: Buffer(shift), epsilon: rule.poolingEpsilon)
+                op = .affine(scale: Buffer(scale), shift: Buffer(shift), epsilon: rule.parameterFreeEpsilon)
             case .layer(.dropout), .layer(.identity):
                 preconditionFailure("removed by canonization")
             case .add:
-                op = .add(epsilon: rule.residualEpsilon)
+                op = .add(epsilon: rule.parameterFreeEpsilon)
             case .concat:
                 op = .concat
             case let .scale(k):
@@ -150,7 +153,7 @@ public final class Explainer: @unchecked Sendable {
                 "selector '\(p)' matches no node of the model (nodes: \(graph.nodes.prefix(4).map(\.name).joined(separator: ", "))\(graph.nodes.count > 4 ? ", ..." : ""); `bilrp inspect` lists them)")
         }
         self.nodes = prepared
-        self.valueCount = ids.count
+        self.valueNames = [graph.input] + graph.nodes.map(\.output)
         self.outputValue = ids[graph.output]!
         self.graph = graph
         self.inputChannels = channels
@@ -205,8 +208,7 @@ public final class Explainer: @unchecked Sendable {
         // The first k layers from the patch side (PatchSide.swift), the rest by the backward.
         let k = patchSidePlan(trace, patch: patch, outputs: h)
         if let profile, profile.layers.isEmpty {
-            let all = try allLayers(for: shape)
-            profile.layers = all.enumerated().map { (i, l) in (l.name(trace.shapes[i]), 0) }
+            profile.layers = trace.plan.nodes.enumerated().map { (i, n) in (n.op.name(trace.shapes[i]), 0) }
         }
         profile?.patchSideLayers = k
         var sides = k > 0 ? try patchSide(trace, grid, layers: k, profile: profile, pool: pool) : []
@@ -307,13 +309,15 @@ public final class Explainer: @unchecked Sendable {
 
     struct Trace {
         var inputShape: Shape3
+        /// The nodes this input ran through (the model's and the head's) and every value's shape.
+        var plan: ExecutionPlan
         /// Per node: the activation of its first input and that input's shape (the patch side and
         /// the cost model read these on the leading chain).
         var inputs: [Buffer] = []
         var shapes: [Shape3] = []
-        /// Per value: its activation and shape (value 0 the input).
+        /// Per value: its activation (value 0 the input).
         var values: [Buffer?] = []
-        var valueShapes: [Shape3] = []
+        var valueShapes: [Shape3] { plan.shapes }
         /// Per node: conv denominators (one per pass) and modified inputs; pooling outputs; argmax.
         var denominators: [[Buffer]] = []
         var modifiedInputs: [[InputModifier: Buffer]] = []
@@ -350,7 +354,8 @@ public final class Explainer: @unchecked Sendable {
 
     /// The model's nodes and the head's for an input shape, with the value bookkeeping.
     func plan(for input: Shape3, cancellation: Cancellation? = nil) throws -> ExecutionPlan {
-        let shapes = try valueShapes(for: input)
+        let byName = try graph.shapes(for: input)  // errors name the node that does not fit
+        var shapes = valueNames.map { byName[$0]! }
         let s = shapes[outputValue]
         let head: [PreparedLayer]
         if let cached = headCache.get(s) {
@@ -363,22 +368,10 @@ public final class Explainer: @unchecked Sendable {
         var v = outputValue
         for (i, l) in head.enumerated() {
             all.append(PreparedNode(name: "head.\(i)", op: l, inputs: [v], output: valueCount + i))
+            shapes.append(try l.outputShape(shapes[v]))
             v = valueCount + i
         }
-        return ExecutionPlan(nodes: all, valueCount: valueCount + head.count, output: v)
-    }
-
-    /// The nodes' ops in order (the head's included): what the patch side and profiles index.
-    func allLayers(for input: Shape3, cancellation: Cancellation? = nil) throws -> [PreparedLayer] {
-        try plan(for: input, cancellation: cancellation).nodes.map(\.op)
-    }
-
-    /// Shapes of the model's values for an input shape (the head's not included).
-    func valueShapes(for input: Shape3) throws -> [Shape3] {
-        _ = try graph.shapes(for: input)  // errors name the node that does not fit
-        var shapes = [Shape3](repeating: input, count: valueCount)
-        for n in nodes { shapes[n.output] = try n.outputShape(n.inputs.map { shapes[$0] }) }
-        return shapes
+        return ExecutionPlan(nodes: all, shapes: shapes, output: v)
     }
 
     /// The forward pass. `patch` is the factors' patch size for the limits check (nil: no factors,
@@ -394,16 +387,15 @@ public final class Explainer: @unchecked Sendable {
         try limits.check(requirements(for: shape, patch: patch ?? max(shape.height, shape.width)))
         let plan = try plan(for: shape, cancellation: cancellation)
         let input = Buffer(x.data)
-        var trace = Trace(inputShape: shape, output: input, outputShape: shape)
+        var trace = Trace(inputShape: shape, plan: plan, output: input, outputShape: shape)
         trace.values = [Buffer?](repeating: nil, count: plan.valueCount)
-        trace.valueShapes = [Shape3](repeating: shape, count: plan.valueCount)
         trace.values[0] = input
         for node in plan.nodes {
             try cancellation?.check()
             let ins = node.inputs.map { trace.values[$0]! }
-            let inShapes = node.inputs.map { trace.valueShapes[$0] }
+            let inShapes = node.inputs.map { plan.shapes[$0] }
             let a = ins[0], s = inShapes[0]
-            let next = try node.op.outputShape(inShapes)
+            let next = plan.shapes[node.output]
             trace.inputs.append(a)
             trace.shapes.append(s)
             var dens: [Buffer] = []
@@ -485,10 +477,9 @@ public final class Explainer: @unchecked Sendable {
             trace.modifiedInputs.append(mods)
             trace.argmax.append(arg)
             trace.values[node.output] = y
-            trace.valueShapes[node.output] = next
         }
         trace.output = trace.values[plan.output]!
-        trace.outputShape = trace.valueShapes[plan.output]
+        trace.outputShape = plan.shapes[plan.output]
         return trace
     }
 
@@ -586,10 +577,7 @@ public final class Explainer: @unchecked Sendable {
     /// buffer included).
     func backward(_ trace: Trace, _ start: Buffer, n: Int, through last: Int = 0, profile: ExplainerProfile? = nil,
                   pool: BufferPool = BufferPool(), cancellation: Cancellation? = nil) throws -> Buffer {
-        let plan = try! plan(for: trace.inputShape)
-        if let profile, profile.layers.isEmpty {
-            profile.layers = plan.nodes.enumerated().map { (i, l) in (l.op.name(trace.shapes[i]), 0) }
-        }
+        let plan = trace.plan
         var rel = [BlockRelevance?](repeating: nil, count: plan.valueCount)
         rel[plan.output] = .full(start)
         func release(_ r: BlockRelevance) {
@@ -781,8 +769,10 @@ public final class Explainer: @unchecked Sendable {
 /// reader counts.
 struct ExecutionPlan {
     let nodes: [PreparedNode]
-    let valueCount: Int
+    /// Per value, its shape for this input.
+    let shapes: [Shape3]
     let output: Int
+    var valueCount: Int { shapes.count }
     /// Per value: the node that writes it (nil for the input), and how many node inputs read it.
     let writer: [Int?]
     let readers: [Int]
@@ -790,8 +780,9 @@ struct ExecutionPlan {
     /// and that value has no other reader (the patch side runs on these).
     let chainPrefix: Int
 
-    init(nodes: [PreparedNode], valueCount: Int, output: Int) {
-        self.nodes = nodes; self.valueCount = valueCount; self.output = output
+    init(nodes: [PreparedNode], shapes: [Shape3], output: Int) {
+        self.nodes = nodes; self.shapes = shapes; self.output = output
+        let valueCount = shapes.count
         var writer = [Int?](repeating: nil, count: valueCount), readers = [Int](repeating: 0, count: valueCount)
         for (i, n) in nodes.enumerated() {
             writer[n.output] = i

@@ -174,9 +174,8 @@ public struct Graph: Sendable, Equatable {
     static func outputShape(_ n: Node, _ ins: [Shape3]) throws -> Shape3 {
         switch n.op {
         case let .layer(l):
-            do { return try l.outputShape(ins[0], index: n.index ?? -1) } catch let BiLRPError.shapeMismatch(what, e, f) {
-                throw BiLRPError.shapeMismatch(what: "node '\(n.name)' (\(l.name)): \(what)", expected: e, found: f)
-            }
+            // A chain's nodes are named by their index: those read as the layers they are.
+            return try l.outputShape(ins[0], label: n.name == n.index.map(String.init) ? "layer \(n.name)" : "node '\(n.name)'")
         case .scale:
             return ins[0]
         case .add:
@@ -306,8 +305,7 @@ extension Graph {
             }
             let count = (nodes.map { $0.index! }.max() ?? -1) + 1
             guard l >= 1, l <= count else { throw BiLRPError.invalidLayerIndex(l, count: count) }
-            let keep = nodes.filter { $0.index! < l }
-            return try Graph(input: input, nodes: keep, output: keep.last?.output ?? input).cut(at: keep.last!.name)
+            return try cut(at: nodes.last { $0.index! < l }!.name)
         }
     }
 

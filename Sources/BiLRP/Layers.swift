@@ -131,11 +131,16 @@ public enum Layer: Sendable, Equatable {
 
     /// The output shape for an input shape, or an error naming the mismatch.
     public func outputShape(_ s: Shape3, index: Int) throws -> Shape3 {
+        try outputShape(s, label: "layer \(index)")
+    }
+
+    /// The output shape, errors naming the layer as `label` (`layer 3`, `node 'layer2.0.conv1'`).
+    func outputShape(_ s: Shape3, label: String) throws -> Shape3 {
         func window(_ n: Int, _ k: Int, _ st: Int, _ p: Int, _ axis: String) throws -> Int {
             let o = (n + 2 * p - k) / st + 1
             guard n + 2 * p >= k, o > 0 else {
                 throw BiLRPError.shapeMismatch(
-                    what: "layer \(index) (\(name)) input \(axis)", expected: "at least \(k - 2 * p)", found: "\(n)")
+                    what: "\(label) (\(name)) input \(axis)", expected: "at least \(k - 2 * p)", found: "\(n)")
             }
             return o
         }
@@ -143,7 +148,7 @@ public enum Layer: Sendable, Equatable {
         case let .conv2d(c):
             guard s.channels == c.inChannels else {
                 throw BiLRPError.shapeMismatch(
-                    what: "layer \(index) (\(name)) input channels", expected: "\(c.inChannels)", found: "\(s.channels)")
+                    what: "\(label) (\(name)) input channels", expected: "\(c.inChannels)", found: "\(s.channels)")
             }
             return Shape3(
                 c.outChannels, try window(s.height, c.kernelH, c.strideH, c.padH, "height"),
@@ -153,7 +158,7 @@ public enum Layer: Sendable, Equatable {
         case let .batchNorm2d(b):
             guard s.channels == b.weight.count else {
                 throw BiLRPError.shapeMismatch(
-                    what: "layer \(index) (\(name)) input channels", expected: "\(b.weight.count)", found: "\(s.channels)")
+                    what: "\(label) (\(name)) input channels", expected: "\(b.weight.count)", found: "\(s.channels)")
             }
             return s
         case let .maxPool2d(p), let .avgPool2d(p):
@@ -167,7 +172,7 @@ public enum Layer: Sendable, Equatable {
         case let .linear(l):
             guard s.count == l.inFeatures, s.height == 1, s.width == 1 else {
                 throw BiLRPError.shapeMismatch(
-                    what: "layer \(index) (\(name)) input", expected: "\(l.inFeatures) features (flattened)", found: "\(s)")
+                    what: "\(label) (\(name)) input", expected: "\(l.inFeatures) features (flattened)", found: "\(s)")
             }
             return Shape3(l.outFeatures, 1, 1)
         }

@@ -138,35 +138,25 @@ extension SequentialModel {
     /// What explaining an input of `shape` through this model and `head` needs, without preparing
     /// an explainer (a server refuses an oversized request before building anything for it).
     public func requirements(head: SimilarityHead, input shape: Shape3, patch: Int) throws -> ExplanationRequirements {
-        var shapes: [(input: Shape3, output: Shape3)] = []
-        var s = shape
-        for (i, l) in layers.enumerated() {
-            let next = try l.outputShape(s, index: i)
-            shapes.append((s, next))
-            s = next
-        }
-        return try .estimate(shapes: shapes, head: head, input: shape, patch: patch)
+        try Graph(chain: self).requirements(head: head, input: shape, patch: patch)
     }
 }
 
 extension Graph {
     /// What explaining an input of `shape` through this graph and `head` needs, without preparing
     /// an explainer.
-    public func requirements(head: SimilarityHead, input shape: Shape3, patch: Int) throws -> ExplanationRequirements {
+    public func requirements(head: SimilarityHead, input shape: Shape3, patch: Int, blockSize: Int? = nil,
+                             memoryBudget: Int = 256 << 20) throws -> ExplanationRequirements {
         let s = try shapes(for: shape)
         return try .estimate(shapes: nodes.map { (input: s[$0.inputs[0]]!, output: s[$0.output]!) }, head: head,
-                             input: shape, patch: patch, features: s[output]!)
+                             input: shape, patch: patch, features: s[output]!, blockSize: blockSize,
+                             memoryBudget: memoryBudget)
     }
 }
 
 extension Explainer {
     /// What explaining an input of `shape` with patches of `patch` pixels needs (no allocation).
     public func requirements(for shape: Shape3, patch: Int) throws -> ExplanationRequirements {
-        let values = try valueShapes(for: shape)
-        // The output last: the estimate takes the last output as the feature shape.
-        let shapes = nodes.map { (input: values[$0.inputs[0]], output: values[$0.output]) }
-        return try .estimate(shapes: shapes, head: head, input: shape, patch: patch, features: values[outputValue],
-                             blockSize: blockSize,
-                             memoryBudget: memoryBudget)
+        try graph.requirements(head: head, input: shape, patch: patch, blockSize: blockSize, memoryBudget: memoryBudget)
     }
 }

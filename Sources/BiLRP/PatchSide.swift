@@ -111,7 +111,7 @@ extension Explainer {
     /// patch side at 224 x 224: 5.15 against 5.29 s per pair, medians of 4, 947 against 1031 MB);
     /// the meeting point P h C times the cell area, four times (its gathered rows).
     func patchSidePlan(_ trace: Trace, patch: Int, outputs h: Int) -> Int {
-        let plan = try! plan(for: trace.inputShape)
+        let plan = trace.plan
         let all = plan.nodes.map(\.op)
         let reach = patchSideReach(plan)
         if let forced = kernels.patchSideLayers { return min(max(0, forced), reach) }
@@ -171,21 +171,20 @@ extension Explainer {
     /// after the ReLU and a max-pool (only winners), is non-zero, read from the input of the next
     /// weighted layer. nil when the layers after l are not ReLU / max-pool / convolution.
     func relevanceDensity(_ trace: Trace, _ plan: ExecutionPlan, below l: Int) -> Double? {
-        let all = plan.nodes.map(\.op)
-        guard case let .conv(c) = all[l] else { return nil }
+        guard case let .conv(c) = plan.nodes[l].op else { return nil }
         let out = c.geometry(trace.shapes[l]).outCount
         var k = l + 1
-        scan: while k < all.count {
+        scan: while k < plan.nodes.count {
             // Only along a chain: node k reads node k - 1's output, which nothing else reads.
             let v = plan.nodes[k - 1].output
             guard plan.nodes[k].inputs == [v], plan.readers[v] == 1 else { return nil }
-            switch all[k] {
+            switch plan.nodes[k].op {
             case .relu, .maxPool: k += 1
             case .conv: break scan
             default: return nil
             }
         }
-        guard k < all.count else { return nil }
+        guard k < plan.nodes.count else { return nil }
         let a = trace.inputs[k], count = trace.shapes[k].count
         var nonZero = 0
         for i in 0..<count where a.pointer[i] != 0 { nonZero += 1 }
@@ -196,7 +195,7 @@ extension Explainer {
     /// patch, the cell layout at layer k's input and the vectors there (C_k channels of mosaic).
     func patchSide(_ trace: Trace, _ grid: PatchGrid, layers k: Int, profile: ExplainerProfile?,
                    pool: BufferPool) throws -> [PatchSideChunk] {
-        let all = try! allLayers(for: trace.inputShape)
+        let all = trace.plan.nodes.map(\.op)
         let rowsPerChunk = max(1, Self.patchSideChunk / max(1, grid.columns))
         let chunks = (grid.rows + rowsPerChunk - 1) / rowsPerChunk
         let rowsEach = (grid.rows + chunks - 1) / chunks

@@ -37,14 +37,6 @@ enum PreparedLayer: @unchecked Sendable {
         }
     }
 
-    /// The output shape for the input shapes (checked when the graph was built).
-    func outputShape(_ ins: [Shape3]) throws -> Shape3 {
-        switch self {
-        case .concat: return Shape3(ins.reduce(0) { $0 + $1.channels }, ins[0].height, ins[0].width)
-        default: return try outputShape(ins[0])
-        }
-    }
-
     func outputShape(_ s: Shape3) throws -> Shape3 {
         switch self {
         case let .conv(c):
@@ -73,12 +65,6 @@ struct PreparedNode: @unchecked Sendable {
     let op: PreparedLayer
     let inputs: [Int]
     let output: Int
-
-    func outputShape(_ ins: [Shape3]) throws -> Shape3 {
-        do { return try op.outputShape(ins) } catch let BiLRPError.shapeMismatch(what, e, f) {
-            throw BiLRPError.shapeMismatch(what: "node '\(name)': \(what)", expected: e, found: f)
-        }
-    }
 }
 
 /// A convolution or linear layer with its rule expanded into passes and its weights modified.

@@ -89,100 +89,79 @@ public enum ResNet: String, Sendable, CaseIterable {
     }
 
     private func build(cut: String?, classifier classes: Int?, weight: (String, [Int]) throws -> [Float]) throws -> Graph {
-        let known = stageNames
-        if let cut, !known.contains(cut), !nodeNames.contains(cut) {
+        // The node the cut ends at: a stage ends at its last block's ReLU, a block is its ReLU.
+        var target = cut
+        if let cut, cut.hasPrefix("layer"), let s = Int(cut.dropFirst(5)), (1...4).contains(s) {
+            target = "\(cut).\(blocks[s - 1] - 1)"
+        }
+        if let target, !nodeNames.contains(target) {
             throw BiLRPError.invalidArgument(
-                "\(rawValue) has no node or stage named '\(cut)' (stages: \(known.joined(separator: ", ")); blocks like layer3.1; nodes like layer3.1.conv2; `bilrp inspect --arch \(rawValue)` lists them)")
+                "\(rawValue) has no node or stage named '\(cut!)' (stages: \(stageNames.joined(separator: ", ")); blocks like layer3.1; nodes like layer3.1.conv2; `bilrp inspect --arch \(rawValue)` lists them)")
         }
-        if let cut, cut == "fc", classes == nil {
-            throw BiLRPError.missingTensor("fc.weight")
-        }
+        if target == "fc", classes == nil { throw BiLRPError.missingTensor("fc.weight") }
+        /// Thrown once the target node is built: the nodes past it (and their weights) are not needed.
+        struct Reached: Error {}
         var nodes: [Graph.Node] = []
+        func add(_ name: String, _ op: Graph.Op, _ inputs: [String]) throws -> String {
+            nodes.append(Graph.Node(name: name, op: op, inputs: inputs, output: name))
+            if name == target { throw Reached() }
+            return name
+        }
         func conv(_ name: String, _ from: String, _ inC: Int, _ outC: Int, kernel k: Int, stride: Int,
                   padding: Int) throws -> String {
             let w = try weight("\(name).weight", [outC, inC, k, k])
-            nodes.append(Graph.Node(name: name, op: .layer(.conv2d(try Conv2d(
+            return try add(name, .layer(.conv2d(try Conv2d(
                 weight: w, bias: nil, outChannels: outC, inChannels: inC, kernel: (k, k), stride: (stride, stride),
-                padding: (padding, padding)))), inputs: [from], output: name))
-            return name
+                padding: (padding, padding)))), [from])
         }
         func bn(_ name: String, _ from: String, _ c: Int) throws -> String {
-            nodes.append(Graph.Node(name: name, op: .layer(.batchNorm2d(try BatchNorm2d(
+            try add(name, .layer(.batchNorm2d(try BatchNorm2d(
                 weight: try weight("\(name).weight", [c]), bias: try weight("\(name).bias", [c]),
                 runningMean: try weight("\(name).running_mean", [c]), runningVar: try weight("\(name).running_var", [c])))),
-                inputs: [from], output: name))
-            return name
+                [from])
         }
-        func relu(_ name: String, _ from: String) -> String {
-            nodes.append(Graph.Node(name: name, op: .layer(.relu), inputs: [from], output: name))
-            return name
-        }
-        // Stops as soon as the cut is reached: weights past it need not exist.
-        func done(_ value: String) -> Bool { cut == value }
+        func relu(_ name: String, _ from: String) throws -> String { try add(name, .layer(.relu), [from]) }
 
-        var x = try conv("conv1", "input", 3, 64, kernel: 7, stride: 2, padding: 3)
-        if done(x) { return try Graph(input: "input", nodes: nodes, output: x) }
-        x = relu("relu", try bn("bn1", x, 64))
-        if cut == "bn1" || cut == "relu" { return try Graph(input: "input", nodes: nodes, output: x).cut(at: cut!) }
-        nodes.append(Graph.Node(name: "maxpool", op: .layer(.maxPool2d(Pool2d(kernel: (3, 3), stride: (2, 2),
-                                                                                padding: (1, 1)))),
-                                inputs: [x], output: "maxpool"))
-        x = "maxpool"
-        if done(x) { return try Graph(input: "input", nodes: nodes, output: x) }
-        var inC = 64
-        for (stage, count) in blocks.enumerated() {
-            let planes = 64 << stage
-            for b in 0..<count {
-                let p = "layer\(stage + 1).\(b)"
-                let stride = b == 0 && stage > 0 ? 2 : 1
-                let outC = planes * expansion
-                var y: String
-                if bottleneck {
-                    y = relu("\(p).relu1", try bn("\(p).bn1", try conv("\(p).conv1", x, inC, planes, kernel: 1, stride: 1, padding: 0), planes))
-                    y = relu("\(p).relu2", try bn("\(p).bn2", try conv("\(p).conv2", y, planes, planes, kernel: 3, stride: stride, padding: 1), planes))
-                    y = try bn("\(p).bn3", try conv("\(p).conv3", y, planes, outC, kernel: 1, stride: 1, padding: 0), outC)
-                } else {
-                    y = relu("\(p).relu1", try bn("\(p).bn1", try conv("\(p).conv1", x, inC, planes, kernel: 3, stride: stride, padding: 1), planes))
-                    y = try bn("\(p).bn2", try conv("\(p).conv2", y, planes, planes, kernel: 3, stride: 1, padding: 1), planes)
-                }
-                var shortcut = x
-                if stride != 1 || inC != outC {
-                    shortcut = try bn("\(p).downsample.1",
-                                      try conv("\(p).downsample.0", x, inC, outC, kernel: 1, stride: stride, padding: 0), outC)
-                }
-                nodes.append(Graph.Node(name: "\(p).add", op: .add, inputs: [y, shortcut], output: "\(p).add"))
-                x = relu(p, "\(p).add")
-                inC = outC
-                if let cut, cut.hasPrefix(p + "."), nodes.contains(where: { $0.name == cut }) {
-                    return try Graph(input: "input", nodes: nodes, output: x).cut(at: cut)
-                }
-                if done(p) || (b == count - 1 && cut == "layer\(stage + 1)") {
-                    return try Graph(input: "input", nodes: nodes, output: x)
+        do {
+            var x = try relu("relu", try bn("bn1", try conv("conv1", "input", 3, 64, kernel: 7, stride: 2, padding: 3), 64))
+            x = try add("maxpool", .layer(.maxPool2d(Pool2d(kernel: (3, 3), stride: (2, 2), padding: (1, 1)))), [x])
+            var inC = 64
+            for (stage, count) in blocks.enumerated() {
+                let planes = 64 << stage
+                for b in 0..<count {
+                    let p = "layer\(stage + 1).\(b)"
+                    let stride = b == 0 && stage > 0 ? 2 : 1
+                    let outC = planes * expansion
+                    var y: String
+                    if bottleneck {
+                        y = try relu("\(p).relu1", try bn("\(p).bn1", try conv("\(p).conv1", x, inC, planes, kernel: 1, stride: 1, padding: 0), planes))
+                        y = try relu("\(p).relu2", try bn("\(p).bn2", try conv("\(p).conv2", y, planes, planes, kernel: 3, stride: stride, padding: 1), planes))
+                        y = try bn("\(p).bn3", try conv("\(p).conv3", y, planes, outC, kernel: 1, stride: 1, padding: 0), outC)
+                    } else {
+                        y = try relu("\(p).relu1", try bn("\(p).bn1", try conv("\(p).conv1", x, inC, planes, kernel: 3, stride: stride, padding: 1), planes))
+                        y = try bn("\(p).bn2", try conv("\(p).conv2", y, planes, planes, kernel: 3, stride: 1, padding: 1), planes)
+                    }
+                    var shortcut = x
+                    if stride != 1 || inC != outC {
+                        shortcut = try bn("\(p).downsample.1",
+                                          try conv("\(p).downsample.0", x, inC, outC, kernel: 1, stride: stride, padding: 0), outC)
+                    }
+                    x = try relu(p, try add("\(p).add", .add, [y, shortcut]))
+                    inC = outC
                 }
             }
-        }
-        nodes.append(Graph.Node(name: "avgpool", op: .layer(.adaptiveAvgPool2d(height: 1, width: 1)), inputs: [x],
-                                output: "avgpool"))
-        x = "avgpool"
-        guard let classes, !done(x) else {
-            if let cut, cut != x {
-                throw BiLRPError.invalidArgument(
-                    "\(rawValue) has no node or stage named '\(cut)' (stages: \(known.joined(separator: ", ")); blocks like layer3.1; nodes like layer3.1.conv2)")
+            x = try add("avgpool", .layer(.adaptiveAvgPool2d(height: 1, width: 1)), [x])
+            guard let classes else {
+                if target == "flatten" { _ = try add("flatten", .layer(.flatten), [x]) }  // reaches the target
+                return try Graph(input: "input", nodes: nodes, output: x)
             }
+            x = try add("flatten", .layer(.flatten), [x])
+            let fcIn = featureChannels
+            let w = try weight("fc.weight", [classes, fcIn]), bias = try weight("fc.bias", [classes])
+            x = try add("fc", .layer(.linear(try Linear(weight: w, bias: bias, inFeatures: fcIn, outFeatures: classes))), [x])
             return try Graph(input: "input", nodes: nodes, output: x)
+        } catch is Reached {
+            return try Graph(input: "input", nodes: nodes, output: target!).cut(at: target!)
         }
-        nodes.append(Graph.Node(name: "flatten", op: .layer(.flatten), inputs: [x], output: "flatten"))
-        if cut == "flatten" { return try Graph(input: "input", nodes: nodes, output: "flatten") }
-        let fcIn = featureChannels
-        let w = try weight("fc.weight", [classes, fcIn])
-        let bias = try weight("fc.bias", [classes])
-        nodes.append(Graph.Node(name: "fc", op: .layer(.linear(try Linear(weight: w, bias: bias, inFeatures: fcIn,
-                                                                           outFeatures: classes))),
-                                inputs: ["flatten"], output: "fc"))
-        if let cut, cut != "fc" {
-            throw BiLRPError.invalidArgument(
-                "\(rawValue) has no node or stage named '\(cut)' (stages: \(known.joined(separator: ", ")); blocks like layer3.1; nodes like layer3.1.conv2)")
-        }
-        return try Graph(input: "input", nodes: nodes, output: "fc")
     }
 }

@@ -119,15 +119,13 @@ public enum Rule: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// The stabilizer used for average pooling layers under this rule (they are linear layers with
-    /// positive constant weights, where gamma and z+ reduce to LRP-0).
-    var poolingEpsilon: Float {
+    /// The stabilizer of the ops without weights the rule is matched to: average pooling (linear
+    /// layers with positive constant weights, where gamma and z+ reduce to LRP-0), residual sums
+    /// and standalone batch norms. The matched epsilon, else the default.
+    var parameterFreeEpsilon: Float {
         if case let .epsilon(e) = self { return e }
         return Rule.defaultEpsilon
     }
-
-    /// The stabilizer of a residual sum under this rule: the matched epsilon, else the default.
-    var residualEpsilon: Float { poolingEpsilon }
 
     /// The spelling used in composite strings.
     public var description: String {

@@ -208,7 +208,7 @@ public enum ONNXImporter {
                 case "Relu":
                     add(.layer(.relu), [data[0]])
                 case "MaxPool", "AveragePool":
-                    do { add(.layer(try pool(node, label)), [data[0]]) } catch let BiLRPError.unsupported(m) {
+                    do { add(.layer(try pool(node)), [data[0]]) } catch let BiLRPError.unsupported(m) {
                         refuse("\(node.opType) (\(m))")
                     }
                 case "GlobalAveragePool":
@@ -369,13 +369,13 @@ public enum ONNXImporter {
             return t
         }
 
-        func pads(_ n: Onnx_NodeProto, _ label: String, kernel: [Int], stride: [Int]) throws -> (Int, Int) {
+        func pads(_ n: Onnx_NodeProto, kernel: [Int], stride: [Int]) throws -> (Int, Int) {
             let auto = attr(n, "auto_pad").map { String(decoding: $0.s, as: UTF8.self) } ?? "NOTSET"
             switch auto {
             case "NOTSET", "":
                 let p = attr(n, "pads")?.ints.map(Int.init) ?? [0, 0, 0, 0]
                 guard p.count == 4, p[0] == p[2], p[1] == p[3] else {
-                    throw BiLRPError.unsupported("asymmetric padding \(p) at node \(label)")
+                    throw BiLRPError.unsupported("asymmetric padding \(p)")
                 }
                 return (p[0], p[1])
             case "VALID":
@@ -383,46 +383,46 @@ public enum ONNXImporter {
             case "SAME_UPPER", "SAME_LOWER":
                 // Symmetric when stride 1 and odd kernels: total padding k - 1.
                 guard stride.allSatisfy({ $0 == 1 }), kernel.allSatisfy({ $0 % 2 == 1 }) else {
-                    throw BiLRPError.unsupported("auto_pad \(auto) with stride \(stride) and kernel \(kernel) at node \(label) (asymmetric padding)")
+                    throw BiLRPError.unsupported("auto_pad \(auto) with stride \(stride) and kernel \(kernel): asymmetric padding")
                 }
                 return ((kernel[0] - 1) / 2, (kernel[1] - 1) / 2)
             default:
-                throw BiLRPError.unsupported("auto_pad '\(auto)' at node \(label)")
+                throw BiLRPError.unsupported("auto_pad '\(auto)'")
             }
         }
 
         func conv(_ n: Onnx_NodeProto, _ label: String) throws -> Layer {
             let w = try constant(n, 1, label)
             guard w.shape.count == 4 else {
-                throw BiLRPError.unsupported("Conv at node \(label): only 2-D convolutions are supported")
+                throw BiLRPError.unsupported("only 2-D convolutions are supported")
             }
-            if let g = attr(n, "group")?.i, g != 1 { throw BiLRPError.unsupported("grouped Conv (group \(g)) at node \(label)") }
+            if let g = attr(n, "group")?.i, g != 1 { throw BiLRPError.unsupported("grouped, group \(g)") }
             if let d = attr(n, "dilations")?.ints, d.contains(where: { $0 != 1 }) {
-                throw BiLRPError.unsupported("dilated Conv at node \(label)")
+                throw BiLRPError.unsupported("dilated")
             }
             let k = attr(n, "kernel_shape")?.ints.map(Int.init) ?? [w.shape[2], w.shape[3]]
             let s = attr(n, "strides")?.ints.map(Int.init) ?? [1, 1]
-            let p = try pads(n, label, kernel: k, stride: s)
+            let p = try pads(n, kernel: k, stride: s)
             let bias = n.input.count > 2 && !n.input[2].isEmpty ? try constant(n, 2, label).data : nil
             return .conv2d(try Conv2d(
                 weight: w.data, bias: bias, outChannels: w.shape[0], inChannels: w.shape[1], kernel: (k[0], k[1]),
                 stride: (s[0], s[1]), padding: p))
         }
 
-        func pool(_ n: Onnx_NodeProto, _ label: String) throws -> Layer {
+        func pool(_ n: Onnx_NodeProto) throws -> Layer {
             guard let k = attr(n, "kernel_shape")?.ints.map(Int.init), k.count == 2 else {
-                throw BiLRPError.unsupported("\(n.opType) at node \(label) without a 2-D kernel_shape")
+                throw BiLRPError.unsupported("without a 2-D kernel_shape")
             }
-            if let c = attr(n, "ceil_mode")?.i, c != 0 { throw BiLRPError.unsupported("ceil_mode at node \(label)") }
+            if let c = attr(n, "ceil_mode")?.i, c != 0 { throw BiLRPError.unsupported("ceil_mode") }
             if let d = attr(n, "dilations")?.ints, d.contains(where: { $0 != 1 }) {
-                throw BiLRPError.unsupported("dilated \(n.opType) at node \(label)")
+                throw BiLRPError.unsupported("dilated")
             }
             let s = attr(n, "strides")?.ints.map(Int.init) ?? [1, 1]
-            let p = try pads(n, label, kernel: k, stride: s)
+            let p = try pads(n, kernel: k, stride: s)
             let pool = Pool2d(kernel: (k[0], k[1]), stride: (s[0], s[1]), padding: p)
             if n.opType == "MaxPool" { return .maxPool2d(pool) }
             if (p.0 > 0 || p.1 > 0) && (attr(n, "count_include_pad")?.i ?? 0) == 0 {
-                throw BiLRPError.unsupported("AveragePool with padding and count_include_pad=0 at node \(label)")
+                throw BiLRPError.unsupported("padding with count_include_pad=0")
             }
             return .avgPool2d(pool)
         }

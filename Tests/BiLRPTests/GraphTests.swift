@@ -89,15 +89,28 @@ struct GraphTests {
         #expect(abs(sum - Double(pair.similarity)) <= 1e-4 * abs(Double(pair.similarity)), "\(spec): sum R \(sum), y \(pair.similarity)")
     }
 
-    @Test("a chain given as a graph gives the chain's numbers, bit for bit")
+    @Test("a chain given as a general graph (other names, no indices, nodes in reverse order) gives the chain's numbers, bit for bit")
     func chainIsAGraph() throws {
         let model = try smallNet(seed: 7, bias: true)
         let x1 = try Tensor(shape: [3, 29, 27], data: random(3 * 29 * 27, seed: 1))
         let x2 = try Tensor(shape: [3, 29, 27], data: random(3 * 29 * 27, seed: 2))
         let a = try Explainer(model: model, composite: try .preset("paper-vgg"), bounds: Preprocessing.torchvision.bounds)
-        let b = try Explainer(graph: Graph(chain: model), composite: try .preset("paper-vgg"),
-                              bounds: Preprocessing.torchvision.bounds)
+        // Sorted back into the chain's order; indices from positions, so the composite's ranges match.
+        let nodes = model.layers.enumerated().map { i, l in
+            Graph.Node(name: "n\(i)", op: .layer(l), inputs: [i == 0 ? "image" : "v\(i - 1)"], output: "v\(i)")
+        }
+        let g = try Graph(input: "image", nodes: nodes.reversed(), output: "v\(model.layers.count - 1)")
+        #expect(g.nodes.map(\.name) == nodes.map(\.name))
+        let b = try Explainer(graph: g, composite: try .preset("paper-vgg"), bounds: Preprocessing.torchvision.bounds)
+        #expect(b.rules == a.rules)
         #expect(try a.explain(x1, x2, patch: 4).relevance == b.explain(x1, x2, patch: 4).relevance)
+    }
+
+    @Test("ResNet node names: the list cuts are checked against is the one the builder makes")
+    func resnetNames() throws {
+        for arch in [ResNet.resnet18, .resnet50] {
+            #expect(arch.nodeNames == (try arch.graph(seed: 1).nodes.map(\.name)), "\(arch)")
+        }
     }
 
     @Test("composites select nodes by name pattern, first and last")
