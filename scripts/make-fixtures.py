@@ -57,7 +57,7 @@ def rule_for(entries, index, kind, is_first):
             hit = True
         elif sel == "first":
             hit = is_first
-        elif sel in ("conv", "linear"):
+        elif sel in ("conv", "linear", "max", "min"):
             hit = sel == kind
         elif "-" in sel:
             lo, hi = sel.split("-")
@@ -209,7 +209,7 @@ def kinds_of(layers):
 def randomize(layers, gen):
     for l in layers:
         if isinstance(l, nn.Conv2d):
-            fan = l.in_channels * l.kernel_size[0] * l.kernel_size[1]
+            fan = l.weight[0].numel()  # (in / groups) kh kw
             l.weight.data = torch.randn(l.weight.shape, generator=gen) * math.sqrt(2 / fan)
             l.bias.data = torch.randn(l.bias.shape, generator=gen) * 0.1
 
@@ -621,11 +621,25 @@ def resnet_features(model, x, stages):
     return t
 
 
+def graph_op(kind, mod, a):
+    """A node's forward on its input values."""
+    if kind == "add":
+        return a[0] + a[1]
+    if kind == "relu":
+        return F.relu(a[0])
+    if kind == "max":
+        return torch.stack(a).max(0).values
+    if kind == "min":
+        return torch.stack(a).min(0).values
+    if kind == "concat":
+        return torch.cat(a, 1)
+    return mod(a[0])
+
+
 def graph_forward(nodes, x):
     vals = {"input": x}
     for name, kind, mod, ins, out in nodes:
-        a = [vals[v] for v in ins]
-        vals[out] = a[0] + a[1] if kind == "add" else F.relu(a[0]) if kind == "relu" else mod(a[0])
+        vals[out] = graph_op(kind, mod, [vals[v] for v in ins])
     return vals
 
 
@@ -647,9 +661,15 @@ def graph_backward(nodes, entries, vals, out, R):
             r = torch.zeros_like(a[0]).flatten(2)
             r.scatter_add_(2, idx.flatten(2), R.flatten(2))
             Rin = [r.view_as(a[0])]
-        elif kind == "add":
+        elif kind in ("max", "min") and rule_for(entries, i, kind, False)[0] != "proportional":
+            # Winner-take-all: the first input that gives the extremum takes it all.
+            win = torch.stack(a).argmax(0) if kind == "max" else torch.stack(a).argmin(0)
+            Rin = [R * (win == k) for k in range(len(a))]
+        elif kind in ("add", "max", "min", "concat", "slice", "pad", "mul", "reduce"):
+            # Ops without weights, LRP-0 (max/min: proportional, on the sum of the inputs):
+            # relevance moves with the values, R_in = x * d(z . s)/dx with s = R / stab(z).
             xs = [t.clone().requires_grad_(True) for t in a]
-            z = xs[0] + xs[1]
+            z = sum(xs) if kind in ("max", "min") else graph_op(kind, mod, xs)
             s = (R / stab(z, EPS)).detach()
             (z * s).sum().backward()
             Rin = [(t * t.grad).detach() for t in xs]
@@ -737,6 +757,100 @@ def make_resnet_onnx(arch, seed, size, gen):
     torch.set_default_dtype(torch.float64)
 
 
+class OpsGraph(nn.Module):
+    """The ops of general graphs beyond ResNet's: Max, Min at a shift (Slice then Pad: the tables
+    model's bigram of two maps one step apart), Concat, Mul by a constant, ReduceSum and ReduceMean
+    over channels, a max-pool, a dilated grouped convolution and a depthwise one; biases nonzero."""
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2)
+        self.conv3 = nn.Conv2d(16, 16, (3, 5), padding=(1, 2), groups=16)
+
+    def forward(self, x):
+        a = F.relu(self.conv1(x))
+        b = F.relu(self.conv2(a))
+        c = torch.maximum(a, b)
+        d = torch.minimum(b, F.pad(a[:, :, :, 2:], (0, 2)))  # a two columns to the left, zeros at the right
+        e = torch.cat([c, d], 1) * 0.5
+        g = F.relu(self.conv3(e))
+        return F.max_pool2d(torch.cat([g.sum(1, keepdim=True), c.mean(1, keepdim=True)], 1), 2)
+
+    def nodes(self):
+        """The same forward as (name, kind, module, inputs, output) nodes for graph_backward."""
+        return [("conv1", "conv", self.conv1, ["input"], "conv1"), ("relu1", "relu", None, ["conv1"], "a"),
+                ("conv2", "conv", self.conv2, ["a"], "conv2"), ("relu2", "relu", None, ["conv2"], "b"),
+                ("max", "max", None, ["a", "b"], "c"),
+                ("slice", "slice", lambda t: t[:, :, :, 2:], ["a"], "sliced"),
+                ("pad", "pad", lambda t: F.pad(t, (0, 2)), ["sliced"], "shifted"),
+                ("min", "min", None, ["b", "shifted"], "d"),
+                ("concat", "concat", None, ["c", "d"], "cd"), ("mul", "mul", lambda t: t * 0.5, ["cd"], "e"),
+                ("conv3", "conv", self.conv3, ["e"], "conv3"), ("relu3", "relu", None, ["conv3"], "g"),
+                ("sum", "reduce", lambda t: t.sum(1, keepdim=True), ["g"], "gs"),
+                ("mean", "reduce", lambda t: t.mean(1, keepdim=True), ["c"], "cm"),
+                ("concat2", "concat", None, ["gs", "cm"], "sm"),
+                ("pool", "maxpool", nn.MaxPool2d(2), ["sm"], "out")]
+
+
+def make_ops_case(gen, size=(20, 22), h=6, patch=4,
+                  composites=("epsilon-gamma-box", "hp", "first:zb;conv:gamma=0.25;max:proportional;min:proportional")):
+    """The ops graph exported to ONNX (weights inside, 7 KB) and explained here by graph_backward on
+    its node list, in float64; the forward checked against the module and against onnxruntime."""
+    composites = list(composites)
+    model = OpsGraph()
+    randomize([model.conv1, model.conv2, model.conv3], gen)
+    model = model.float().double()
+    nodes = model.nodes()
+    x1, x2 = image(gen, *size).float().double(), image(gen, *size).float().double()
+    with torch.no_grad():
+        assert torch.allclose(model(x1), graph_forward(nodes, x1)["out"], atol=1e-12), "node list != module"
+        d = model(x1).numel()
+    head = (torch.randn(h, d, generator=gen) / math.sqrt(h)).float().double()
+    tensors = {"x1": f32(x1[0]), "x2": f32(x2[0]), "head": f32(head)}
+    pair_results(tensors, "ops", composites, lambda entries, x: graph_factors(nodes, "out", entries, head, x, patch), x1, x2)
+    hp, y = hessian_product([model], head, x1, x2, patch)
+    tensors["hessian.R"], tensors["hessian.y"] = f32(hp), f32(y.reshape(1))
+    print(f"ops hessian: y={float(y):.6g} sumHP={float(hp.sum()):.6g}")
+    path = os.path.join(OUT, "ops_graph.onnx")
+    torch.set_default_dtype(torch.float32)
+    m32 = model.float().eval()
+    torch.onnx.export(m32, x1.float(), path, dynamo=False, opset_version=13, input_names=["input"],
+                      output_names=["output"])
+    (ort_out,) = run_ort(open(path, "rb").read(), {"input": x1.float().numpy()}, ["output"])
+    tensors["ort.output"] = torch.from_numpy(ort_out[0]).contiguous()
+    assert np.allclose(ort_out, model(x1.float()).detach().numpy(), atol=1e-5), "onnxruntime != torch"
+    torch.set_default_dtype(torch.float64)
+    import onnx
+    print("ops ONNX nodes:", [n.op_type for n in onnx.load(path).graph.node])
+    meta = {"composites": json.dumps(composites), "h": str(h), "patch": str(patch), "size": json.dumps(list(size))}
+    out = os.path.join(OUT, "ops_graph.safetensors")
+    save_file(tensors, out, metadata=meta)
+    print(f"wrote {out} ({os.path.getsize(out)} bytes), {path} ({os.path.getsize(path)} bytes)")
+
+
+def make_unsupported_ops_onnx():
+    """A tiny ONNX graph (no weights) whose second branch needs ops the importer refuses: Pad in
+    reflect mode, a Slice with step 2, a Max with a constant (a clamp). The first branch is fine."""
+    import onnx
+    from onnx import TensorProto, helper
+    i64 = lambda name, v: helper.make_tensor(name, TensorProto.INT64, [len(v)], v)
+    nodes = [
+        helper.make_node("Relu", ["input"], ["r"], name="relu"),
+        helper.make_node("Pad", ["r", "pads"], ["p"], name="reflect_pad", mode="reflect"),
+        helper.make_node("Slice", ["r", "s0", "s1", "s2", "s3"], ["s"], name="strided_slice"),
+        helper.make_node("Max", ["r", "zero"], ["m"], name="clamp"),
+        helper.make_node("ReduceSum", ["r", "axes"], ["sum"], name="sum", keepdims=1),
+    ]
+    inits = [i64("pads", [0, 0, 1, 1, 0, 0, 1, 1]), i64("s0", [0]), i64("s1", [8]), i64("s2", [3]), i64("s3", [2]),
+             helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]), i64("axes", [1])]
+    graph = helper.make_graph(nodes, "unsupported", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("sum", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path = os.path.join(OUT, "ops_unsupported.onnx")
+    onnx.save(m, path)
+    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+
+
 def make_graph_fixtures():
     gen = torch.Generator().manual_seed(20261203)
     make_resnet_case(gen)
@@ -748,6 +862,10 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     if "--only" in sys.argv and sys.argv[sys.argv.index("--only") + 1] == "graphs":
         make_graph_fixtures()
+        return 0
+    if "--only" in sys.argv and sys.argv[sys.argv.index("--only") + 1] == "ops":
+        make_ops_case(torch.Generator().manual_seed(20261204))
+        make_unsupported_ops_onnx()
         return 0
     make_image_fixtures()
     gen = torch.Generator().manual_seed(20260101)
@@ -766,6 +884,8 @@ def main():
                "probe_f16_as_f32": probe.to(torch.float16).float()}, os.path.join(OUT, "misc.safetensors"))
     make_onnx_fixtures(gen, vgg)
     make_graph_fixtures()
+    make_ops_case(torch.Generator().manual_seed(20261204))
+    make_unsupported_ops_onnx()
     print("torch", torch.__version__)
 
 

@@ -96,7 +96,7 @@ struct ResNetWorkload {
         var total = 0.0
         for n in graph.nodes {
             if case let .layer(.conv2d(c)) = n.op {
-                total += 2.0 * Double(shapes[n.output]!.count) * Double(c.inChannels * c.kernelH * c.kernelW)
+                total += 2.0 * Double(shapes[n.output]!.count) * Double(c.inChannels / c.groups * c.kernelH * c.kernelW)
             }
         }
         return (total, 2.0 * Double(shapes[graph.output]!.count) * Double(h))

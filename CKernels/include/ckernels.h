@@ -230,6 +230,33 @@ void ck_cells_lanes_pack(int C, int H, int W, const ck_cells *layout, const floa
 void ck_cells_contract_lanes(int C, int H, int W, const ck_cells *layout, const float *vt, int n, const float *R,
                              float *A, long lda);
 
+// MARK: - Graph ops (moving, selecting and reducing values)
+
+/// The extent of a (C, H, W) tensor, or of a box inside one.
+typedef struct { int C, H, W; } ck_shape3;
+/// A position (channel, row, column) inside a (C, H, W) tensor.
+typedef struct { int c, h, w; } ck_at3;
+
+/// For each of n maps: the box of `box` values of src starting at src_at is copied to dst at dst_at
+/// (added when accumulate). Values of dst outside the box are left as they are. src and dst are
+/// blocks of n maps of their shapes. Pad and Slice, forward and backward, are this copy.
+void ck_copy_box(int n, const float *src, ck_shape3 src_shape, ck_at3 src_at, float *dst, ck_shape3 dst_shape,
+                 ck_at3 dst_at, ck_shape3 box, int accumulate);
+
+/// y[i] = max (is_max) or min over the k inputs x[j][i]; winner[i] = the first j that gives it
+/// (NaN wins, as in max-pool).
+void ck_extremum_forward(int k, const float *const *x, long len, int is_max, float *y, int32_t *winner);
+/// Winner-take-all for input j, n maps: Rin[m, i] = winner[i] == j ? R[m, i] : 0.
+void ck_extremum_backward(int n, long len, const float *R, const int32_t *winner, int j, float *Rin);
+
+/// Axes of a (C, H, W) tensor, as bits.
+enum { CK_AXIS_C = 1, CK_AXIS_H = 2, CK_AXIS_W = 4 };
+/// y = scale * the sum of x over the axes in `axes` (those of y have extent 1: keepdims).
+void ck_reduce_forward(const float *x, ck_shape3 s, int axes, float scale, float *y);
+/// The reduction's LRP step, n maps: Rin[m, c, h, w] = scale * a[c, h, w] * S[m, reduced (c, h, w)],
+/// S (n, reduced shape) the relevance already divided by the stabilized outputs.
+void ck_reduce_backward(int n, const float *S, const float *a, ck_shape3 s, int axes, float scale, float *Rin);
+
 // MARK: - Pairs
 
 /// out (n, Ph, Pw) = sum over channels and over patch x patch windows of R (n, C, H, W);

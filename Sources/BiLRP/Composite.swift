@@ -7,7 +7,9 @@
 /// As a string (CLI, server): entries separated by `;`, each `SELECTOR:RULE`, e.g.
 /// `0:zb;1-10:gamma=0.5;11-17:gamma=0.25;18-24:gamma=0.1;25-:zero`. Selectors: `N`, `N-M`
 /// (inclusive), `N-` (N and above), `-M`, `first` / `last` (the first / last conv or linear layer),
-/// `conv`, `linear`, `add` (residual sums: their epsilon), `*`, and a node-name pattern with `*` and
+/// `conv`, `linear`, `add` (residual sums: their epsilon), `max` / `min` (element-wise Max / Min
+/// nodes: `proportional` splits their relevance, any other rule keeps winner-take-all), `*`, and a
+/// node-name pattern with `*` and
 /// `?` wildcards (`layer4.*`, `/layer1/*`). Indices are a chain's layer indices; for a general graph
 /// a node's index is its position in the graph's topological order, batch norms included (the `#`
 /// column of `bilrp inspect`).
@@ -19,6 +21,9 @@ public struct Composite: Sendable, Equatable, CustomStringConvertible {
         case conv
         case linear
         case add
+        /// Element-wise Max / Min nodes.
+        case maximum
+        case minimum
         case last
         case all
         /// Node names matching a glob (`*` any run of characters, `?` one character).
@@ -49,6 +54,8 @@ public struct Composite: Sendable, Equatable, CustomStringConvertible {
             case .conv: if case .layer(.conv2d) = op { return rule }
             case .linear: if case .layer(.linear) = op { return rule }
             case .add: if case .add = op { return rule }
+            case .maximum: if case .maximum = op { return rule }
+            case .minimum: if case .minimum = op { return rule }
             case .all: return rule
             case let .pattern(p) where Composite.glob(p, matches: name): return rule
             default: continue
@@ -134,6 +141,8 @@ public struct Composite: Sendable, Equatable, CustomStringConvertible {
         case "conv": return .conv
         case "linear": return .linear
         case "add": return .add
+        case "max": return .maximum
+        case "min": return .minimum
         case "*", "all": return .all
         default: break
         }
@@ -173,6 +182,8 @@ public struct Composite: Sendable, Equatable, CustomStringConvertible {
             case .conv: s = "conv"
             case .linear: s = "linear"
             case .add: s = "add"
+            case .maximum: s = "max"
+            case .minimum: s = "min"
             case .last: s = "last"
             case .all: s = "*"
             case let .pattern(p): s = p

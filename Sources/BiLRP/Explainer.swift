@@ -28,7 +28,7 @@ public final class Explainer: @unchecked Sendable {
     /// The rule chosen for each conv/linear node, by its index (the layer index of a chain, the
     /// node's position in the graph as given otherwise, before batch norms were folded).
     public let rules: [Int: Rule]
-    /// The rule chosen for each conv/linear node, by node name.
+    /// The rule chosen for each conv/linear node and each Max / Min node, by node name.
     public let nodeRules: [String: Rule]
     /// The graph explained, canonized (batch norms folded, dropout and identities removed).
     public let graph: Graph
@@ -93,6 +93,9 @@ public final class Explainer: @unchecked Sendable {
                 isFirst: position == weighted.first, isLast: position == weighted.last)
             let nonNegativeInput = inputs.allSatisfy { nonNegative[$0] }
             let label = chain ? "layer \(index)" : "node '\(node.name)'"
+            if node.op.isWeighted, !rule.appliesToWeightedLayers {
+                throw BiLRPError.invalidComposite("rule \(rule) at \(label) (\(node.op.name)) is for Max and Min nodes only")
+            }
             let op: PreparedLayer
             switch node.op {
             case let .layer(.conv2d(conv)):
@@ -137,12 +140,24 @@ public final class Explainer: @unchecked Sendable {
                 op = .concat
             case let .scale(k):
                 op = .scale(k)
+            case let .pad(p):
+                op = .pad(p)
+            case let .slice(sl):
+                op = .slice(sl)
+            case .maximum, .minimum:
+                nodeRules[node.name] = rule
+                op = .extremum(maximum: node.op == .maximum, proportional: rule == .proportional,
+                               epsilon: Rule.defaultEpsilon)
+            case let .reduce(axes, mean):
+                op = .reduce(axes, mean: mean, epsilon: rule.parameterFreeEpsilon)
             }
             // Which values are known to be >= 0: a conv after them drops its negative-input terms.
             switch node.op {
             case .layer(.relu): nonNegative[output] = true
-            case .layer(.maxPool2d), .layer(.avgPool2d), .layer(.adaptiveAvgPool2d), .layer(.flatten), .add, .concat:
+            case .layer(.maxPool2d), .layer(.avgPool2d), .layer(.adaptiveAvgPool2d), .layer(.flatten), .add, .concat,
+                 .slice, .maximum, .minimum, .reduce:
                 nonNegative[output] = nonNegativeInput
+            case let .pad(p): nonNegative[output] = nonNegativeInput && p.value >= 0
             case let .scale(k): nonNegative[output] = nonNegativeInput && k >= 0
             default: break
             }
@@ -472,6 +487,33 @@ public final class Explainer: @unchecked Sendable {
                 }
                 dens.append(y)
                 dens.append(sx)
+            case let .pad(p):
+                y = Buffer(count: next.count)
+                y.pointer.initialize(repeating: p.value, count: next.count)
+                kernels.copyBox(n: 1, a.const, s, at: .zero, y.pointer, next, at: p.before, box: s, accumulate: false)
+            case let .slice(sl):
+                y = Buffer(count: next.count)
+                kernels.copyBox(n: 1, a.const, s, at: sl.resolve(s)!.at, y.pointer, next, at: .zero, box: next,
+                                accumulate: false)
+            case let .extremum(maximum, proportional, _):
+                y = Buffer(count: s.count)
+                let winner = IndexBuffer(count: s.count)
+                kernels.extremumForward(ins.map(\.const), count: s.count, maximum: maximum, y.pointer,
+                                        winner: winner.pointer)
+                arg = winner
+                if proportional {
+                    // The split's denominator: the sum of the inputs.
+                    let z = Buffer(count: s.count)
+                    z.pointer.update(from: a.const, count: s.count)
+                    for b in ins.dropFirst() {
+                        kernels.lrpProduct(n: 1, count: s.count, nil, b.const, scale: 1, z.pointer, accumulate: true)
+                    }
+                    dens.append(z)
+                }
+            case let .reduce(axes, mean, _):
+                y = Buffer(count: next.count)
+                kernels.reduceForward(a.const, s, axes: axes, scale: mean ? 1 / Float(axes.count(s)) : 1, y.pointer)
+                dens.append(y)
             }
             trace.denominators.append(dens)
             trace.modifiedInputs.append(mods)
@@ -687,6 +729,57 @@ public final class Explainer: @unchecked Sendable {
                 pool.give(R)
                 kernels.lrpProduct(n: n, count: s.count, trace.denominators[l][1].const, Rin.const, scale: 1, Rin.pointer,
                                    accumulate: false)
+                deposit(node.inputs[0], .full(Rin))
+            case let .pad(p):
+                // Relevance at padded positions has no input: it stays out of the explanation.
+                let R = unpooled(Rout)
+                let Rin = pool.take(n * s.count)
+                kernels.copyBox(n: n, R.const, trace.valueShapes[node.output], at: p.before, Rin.pointer, s, at: .zero,
+                                box: s, accumulate: false)
+                pool.give(R)
+                deposit(node.inputs[0], .full(Rin))
+            case let .slice(sl):
+                let R = unpooled(Rout)
+                let out = trace.valueShapes[node.output]
+                let Rin = pool.take(n * s.count)
+                Rin.pointer.initialize(repeating: 0, count: n * s.count)
+                kernels.copyBox(n: n, R.const, out, at: .zero, Rin.pointer, s, at: sl.resolve(s)!.at, box: out,
+                                accumulate: false)
+                pool.give(R)
+                deposit(node.inputs[0], .full(Rin))
+            case let .extremum(_, proportional, eps):
+                let R = unpooled(Rout)
+                if proportional {
+                    // a_k / stab(sum_j a_j) R, as a residual sum splits.
+                    let sBuf = pool.take(n * s.count)
+                    kernels.lrpDivide(n: n, count: s.count, R.const, trace.denominators[l][0].const, epsilon: eps,
+                                      sBuf.pointer)
+                    for v in node.inputs {
+                        let Rin = pool.take(n * s.count)
+                        kernels.lrpProduct(n: n, count: s.count, trace.values[v]!.const, sBuf.const, scale: 1,
+                                           Rin.pointer, accumulate: false)
+                        deposit(v, .full(Rin))
+                    }
+                    pool.give(sBuf)
+                } else {
+                    for (j, v) in node.inputs.enumerated() {
+                        let Rin = pool.take(n * s.count)
+                        kernels.extremumBackward(n: n, count: s.count, R.const,
+                                                 winner: UnsafePointer(trace.argmax[l]!.pointer), input: j, Rin.pointer)
+                        deposit(v, .full(Rin))
+                    }
+                }
+                pool.give(R)
+            case let .reduce(axes, mean, eps):
+                let R = unpooled(Rout)
+                let out = trace.valueShapes[node.output]
+                let sBuf = pool.take(n * out.count)
+                kernels.lrpDivide(n: n, count: out.count, R.const, trace.denominators[l][0].const, epsilon: eps, sBuf.pointer)
+                pool.give(R)
+                let Rin = pool.take(n * s.count)
+                kernels.reduceBackward(n: n, sBuf.const, a.const, s, axes: axes,
+                                       scale: mean ? 1 / Float(axes.count(s)) : 1, Rin.pointer)
+                pool.give(sBuf)
                 deposit(node.inputs[0], .full(Rin))
             }
         }

@@ -16,6 +16,17 @@ public struct Graph: Sendable, Equatable {
         case concat
         /// Multiplication by a constant scalar.
         case scale(Float)
+        /// Constant padding (ONNX Pad, mode constant).
+        case pad(Padding3)
+        /// A box of the input, step 1 (ONNX Slice).
+        case slice(Slice3)
+        /// The element-wise maximum / minimum of two or more activations of one shape. Relevance
+        /// goes to the input that won (like max-pool), or, under the `proportional` rule, is split
+        /// in proportion to the inputs.
+        case maximum
+        case minimum
+        /// The sum (or mean) over some axes, kept with extent 1 (ONNX ReduceSum / ReduceMean).
+        case reduce(Axes3, mean: Bool)
 
         public var name: String {
             switch self {
@@ -23,6 +34,12 @@ public struct Graph: Sendable, Equatable {
             case .add: return "Add"
             case .concat: return "Concat"
             case let .scale(k): return "Mul(\(k))"
+            case let .pad(p):
+                return "Pad(\(p.before) before, \(p.after) after\(p.value == 0 ? "" : ", value \(p.value)"))"
+            case let .slice(sl): return "Slice\(sl.description)"
+            case .maximum: return "Max"
+            case .minimum: return "Min"
+            case let .reduce(axes, mean): return "\(mean ? "ReduceMean" : "ReduceSum")(\(axes))"
             }
         }
 
@@ -36,8 +53,8 @@ public struct Graph: Sendable, Equatable {
 
         var arity: ClosedRange<Int> {
             switch self {
-            case .layer, .scale: return 1...1
-            case .add: return 2...Int.max
+            case .layer, .scale, .pad, .slice, .reduce: return 1...1
+            case .add, .maximum, .minimum: return 2...Int.max
             case .concat: return 1...Int.max
             }
         }
@@ -178,12 +195,22 @@ public struct Graph: Sendable, Equatable {
             return try l.outputShape(ins[0], label: n.name == n.index.map(String.init) ? "layer \(n.name)" : "node '\(n.name)'")
         case .scale:
             return ins[0]
-        case .add:
+        case .add, .maximum, .minimum:
             for (k, s) in ins.enumerated() where s != ins[0] {
                 throw BiLRPError.shapeMismatch(
-                    what: "input \(k) of node '\(n.name)' (Add)", expected: "\(ins[0]) like input 0", found: "\(s)")
+                    what: "input \(k) of node '\(n.name)' (\(n.op.name))", expected: "\(ins[0]) like input 0", found: "\(s)")
             }
             return ins[0]
+        case let .pad(p):
+            return p.outputShape(ins[0])
+        case let .slice(sl):
+            guard let (_, box) = sl.resolve(ins[0]) else {
+                throw BiLRPError.shapeMismatch(
+                    what: "node '\(n.name)' (\(n.op.name))", expected: "a non-empty slice", found: "input \(ins[0])")
+            }
+            return box
+        case let .reduce(axes, _):
+            return axes.reduce(ins[0])
         case .concat:
             for (k, s) in ins.enumerated() where s.height != ins[0].height || s.width != ins[0].width {
                 throw BiLRPError.shapeMismatch(
@@ -236,7 +263,7 @@ extension Conv2d {
             throw BiLRPError.shapeMismatch(
                 what: "BatchNorm2d at \(name)", expected: "\(outChannels) channels", found: "\(bn.weight.count)")
         }
-        let per = inChannels * kernelH * kernelW
+        let per = weight.count / outChannels
         var b = bias ?? [Float](repeating: 0, count: outChannels)
         for k in 0..<outChannels {
             let scale = bn.weight[k] / (bn.runningVar[k] + bn.eps).squareRoot()

@@ -76,6 +76,22 @@ public protocol Kernels: Sendable {
     func adaptiveAvgPoolBackward(n: Int, _ s: UnsafePointer<Float>, _ g: PoolGeometry,
                                  _ c: UnsafeMutablePointer<Float>)
     func patchPool(n: Int, _ R: UnsafePointer<Float>, _ shape: Shape3, patch: Int, _ out: UnsafeMutablePointer<Float>)
+    /// For each of n maps, dst's box at dstAt = [dst +] src's box at srcAt (ck_copy_box); the rest
+    /// of dst untouched. Pad and Slice, both ways.
+    func copyBox(n: Int, _ src: UnsafePointer<Float>, _ srcShape: Shape3, at srcAt: Position3,
+                 _ dst: UnsafeMutablePointer<Float>, _ dstShape: Shape3, at dstAt: Position3, box: Shape3,
+                 accumulate: Bool)
+    /// y = the element-wise max (or min) of the inputs, winner = the first input that gives it.
+    func extremumForward(_ x: [UnsafePointer<Float>], count: Int, maximum: Bool, _ y: UnsafeMutablePointer<Float>,
+                         winner: UnsafeMutablePointer<Int32>)
+    /// Winner-take-all to input j: Rin = R where j won, else 0 (n maps).
+    func extremumBackward(n: Int, count: Int, _ R: UnsafePointer<Float>, winner: UnsafePointer<Int32>, input j: Int,
+                          _ Rin: UnsafeMutablePointer<Float>)
+    /// y = scale * the sum of x over `axes` (keepdims).
+    func reduceForward(_ x: UnsafePointer<Float>, _ s: Shape3, axes: Axes3, scale: Float, _ y: UnsafeMutablePointer<Float>)
+    /// Rin = scale * a * S broadcast over `axes` (n maps; S of the reduced shape).
+    func reduceBackward(n: Int, _ S: UnsafePointer<Float>, _ a: UnsafePointer<Float>, _ s: Shape3, axes: Axes3,
+                        scale: Float, _ Rin: UnsafeMutablePointer<Float>)
     func pairProduct(p: Int, q: Int, h: Int, _ A: UnsafePointer<Float>, _ B: UnsafePointer<Float>,
                      _ R: UnsafeMutablePointer<Float>) throws
 
@@ -561,6 +577,36 @@ public struct CKernelsBackend: Kernels {
                             _ R: UnsafeMutablePointer<Float>) throws {
         try check(ck_pair_product(c(p), c(q), c(h), A, B, R), "the pair product")
     }
+
+    public func copyBox(n: Int, _ src: UnsafePointer<Float>, _ srcShape: Shape3, at srcAt: Position3,
+                        _ dst: UnsafeMutablePointer<Float>, _ dstShape: Shape3, at dstAt: Position3, box: Shape3,
+                        accumulate: Bool) {
+        ck_copy_box(c(n), src, ck(srcShape), ck(srcAt), dst, ck(dstShape), ck(dstAt), ck(box), accumulate ? 1 : 0)
+    }
+
+    public func extremumForward(_ x: [UnsafePointer<Float>], count: Int, maximum: Bool,
+                                _ y: UnsafeMutablePointer<Float>, winner: UnsafeMutablePointer<Int32>) {
+        let xs: [UnsafePointer<Float>?] = x
+        ck_extremum_forward(c(x.count), xs, count, maximum ? 1 : 0, y, winner)
+    }
+
+    public func extremumBackward(n: Int, count: Int, _ R: UnsafePointer<Float>, winner: UnsafePointer<Int32>,
+                                 input j: Int, _ Rin: UnsafeMutablePointer<Float>) {
+        ck_extremum_backward(c(n), count, R, winner, c(j), Rin)
+    }
+
+    public func reduceForward(_ x: UnsafePointer<Float>, _ s: Shape3, axes: Axes3, scale: Float,
+                              _ y: UnsafeMutablePointer<Float>) {
+        ck_reduce_forward(x, ck(s), c(axes.rawValue), scale, y)
+    }
+
+    public func reduceBackward(n: Int, _ S: UnsafePointer<Float>, _ a: UnsafePointer<Float>, _ s: Shape3, axes: Axes3,
+                               scale: Float, _ Rin: UnsafeMutablePointer<Float>) {
+        ck_reduce_backward(c(n), S, a, ck(s), c(axes.rawValue), scale, Rin)
+    }
+
+    private func ck(_ s: Shape3) -> ck_shape3 { ck_shape3(C: c(s.channels), H: c(s.height), W: c(s.width)) }
+    private func ck(_ p: Position3) -> ck_at3 { ck_at3(c: c(p.channel), h: c(p.row), w: c(p.column)) }
 
     @inline(__always) private func c(_ v: Int) -> Int32 { Int32(truncatingIfNeeded: v) }
 

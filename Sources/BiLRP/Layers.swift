@@ -1,6 +1,7 @@
-/// A 2-D convolution (cross-correlation, zero padding), PyTorch's `Conv2d` without groups/dilation.
+/// A 2-D convolution as `torch.nn.Conv2d`: any kernel, stride, zero padding, dilation and groups
+/// (depthwise when groups = inChannels). Weight (outChannels, inChannels / groups, kernelH, kernelW).
 public struct Conv2d: Sendable, Equatable {
-    /// (outChannels, inChannels, kernelH, kernelW), C order.
+    /// (outChannels, inChannels / groups, kernelH, kernelW), C order.
     public var weight: [Float]
     public var bias: [Float]?
     public var outChannels: Int, inChannels: Int
@@ -8,34 +9,74 @@ public struct Conv2d: Sendable, Equatable {
     public var kernelH: Int, kernelW: Int
     public var strideH: Int, strideW: Int
     public var padH: Int, padW: Int
+    public var dilationH: Int, dilationW: Int
+    public var groups: Int
 
     public init(
         weight: [Float], bias: [Float]?, outChannels: Int, inChannels: Int, kernel: (Int, Int),
-        stride: (Int, Int) = (1, 1), padding: (Int, Int) = (0, 0)
+        stride: (Int, Int) = (1, 1), padding: (Int, Int) = (0, 0), dilation: (Int, Int) = (1, 1), groups: Int = 1
     ) throws {
-        let expected = outChannels * inChannels * kernel.0 * kernel.1
+        guard kernel.0 > 0, kernel.1 > 0, stride.0 > 0, stride.1 > 0, padding.0 >= 0, padding.1 >= 0,
+              dilation.0 > 0, dilation.1 > 0 else {
+            throw BiLRPError.invalidArgument("conv: kernel, stride and dilation must be positive, padding non-negative")
+        }
+        guard groups > 0, inChannels % groups == 0, outChannels % groups == 0 else {
+            throw BiLRPError.invalidArgument(
+                "conv: groups \(groups) must divide the input channels \(inChannels) and the output channels \(outChannels)")
+        }
+        let expected = outChannels * (inChannels / groups) * kernel.0 * kernel.1
         guard weight.count == expected else {
             throw BiLRPError.shapeMismatch(
-                what: "conv weight", expected: "[\(outChannels), \(inChannels), \(kernel.0), \(kernel.1)]",
+                what: "conv weight", expected: "[\(outChannels), \(inChannels / groups), \(kernel.0), \(kernel.1)]",
                 found: "\(weight.count) values")
         }
         if let bias, bias.count != outChannels {
             throw BiLRPError.shapeMismatch(what: "conv bias", expected: "[\(outChannels)]", found: "[\(bias.count)]")
-        }
-        guard kernel.0 > 0, kernel.1 > 0, stride.0 > 0, stride.1 > 0, padding.0 >= 0, padding.1 >= 0 else {
-            throw BiLRPError.invalidArgument("conv: kernel and stride must be positive, padding non-negative")
         }
         self.weight = weight; self.bias = bias
         self.outChannels = outChannels; self.inChannels = inChannels
         self.kernelH = kernel.0; self.kernelW = kernel.1
         self.strideH = stride.0; self.strideW = stride.1
         self.padH = padding.0; self.padW = padding.1
+        self.dilationH = dilation.0; self.dilationW = dilation.1
+        self.groups = groups
+    }
+
+    /// No dilation and one group: the kernels run the weight as it is.
+    public var isDense: Bool { dilationH == 1 && dilationW == 1 && groups == 1 }
+
+    /// The extent of the kernel on the input, (k - 1) d + 1.
+    public var spanH: Int { (kernelH - 1) * dilationH + 1 }
+    public var spanW: Int { (kernelW - 1) * dilationW + 1 }
+
+    /// The weight as a dense convolution (outChannels, inChannels, spanH, spanW) with rho applied to
+    /// the layer's own weights and zeros where the layer has none (between dilated taps, across
+    /// groups). Rules see exactly the layer's weights: `flat` (rho = 1) sets the real taps only.
+    /// The cost of a grouped layer run this way is `groups` times its own; a native grouped kernel
+    /// is the fast path still to come.
+    public func denseWeight(_ rho: WeightModifier = .identity) -> [Float] {
+        if isDense { return rho == .identity ? weight : weight.map(rho.apply) }
+        let perIn = inChannels / groups, perOut = outChannels / groups
+        var dense = [Float](repeating: 0, count: outChannels * inChannels * spanH * spanW)
+        for o in 0..<outChannels {
+            let g = o / perOut
+            for c in 0..<perIn {
+                for i in 0..<kernelH {
+                    for j in 0..<kernelW {
+                        let w = weight[((o * perIn + c) * kernelH + i) * kernelW + j]
+                        dense[((o * inChannels + g * perIn + c) * spanH + i * dilationH) * spanW + j * dilationW] = rho.apply(w)
+                    }
+                }
+            }
+        }
+        return dense
     }
 
     public static func == (a: Conv2d, b: Conv2d) -> Bool {
         a.weight == b.weight && a.bias == b.bias && a.outChannels == b.outChannels
             && a.inChannels == b.inChannels && a.kernelH == b.kernelH && a.kernelW == b.kernelW
             && a.strideH == b.strideH && a.strideW == b.strideW && a.padH == b.padH && a.padW == b.padW
+            && a.dilationH == b.dilationH && a.dilationW == b.dilationW && a.groups == b.groups
     }
 }
 
@@ -106,7 +147,10 @@ public enum Layer: Sendable, Equatable {
     public var name: String {
         switch self {
         case let .conv2d(c):
-            return "Conv2d(\(c.inChannels), \(c.outChannels), \(c.kernelH)x\(c.kernelW), s\(c.strideH), p\(c.padH))"
+            func pair(_ a: Int, _ b: Int) -> String { a == b ? "\(a)" : "(\(a), \(b))" }
+            return "Conv2d(\(c.inChannels), \(c.outChannels), \(c.kernelH)x\(c.kernelW), s\(pair(c.strideH, c.strideW)), "
+                + "p\(pair(c.padH, c.padW))" + (c.dilationH == 1 && c.dilationW == 1 ? "" : ", d\(pair(c.dilationH, c.dilationW))")
+                + (c.groups == 1 ? "" : ", g\(c.groups)") + ")"
         case .relu: return "ReLU"
         case let .maxPool2d(p): return "MaxPool2d(\(p.kernelH)x\(p.kernelW), s\(p.strideH))"
         case let .avgPool2d(p): return "AvgPool2d(\(p.kernelH)x\(p.kernelW), s\(p.strideH))"
@@ -151,8 +195,8 @@ public enum Layer: Sendable, Equatable {
                     what: "\(label) (\(name)) input channels", expected: "\(c.inChannels)", found: "\(s.channels)")
             }
             return Shape3(
-                c.outChannels, try window(s.height, c.kernelH, c.strideH, c.padH, "height"),
-                try window(s.width, c.kernelW, c.strideW, c.padW, "width"))
+                c.outChannels, try window(s.height, c.spanH, c.strideH, c.padH, "height"),
+                try window(s.width, c.spanW, c.strideW, c.padW, "width"))
         case .relu, .dropout, .identity:
             return s
         case let .batchNorm2d(b):

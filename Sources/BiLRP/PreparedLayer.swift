@@ -18,6 +18,14 @@ enum PreparedLayer: @unchecked Sendable {
     case scale(Float)
     /// A standalone batch norm y = s_c x + t_c (one not folded into a convolution), LRP-epsilon.
     case affine(scale: Buffer, shift: Buffer, epsilon: Float)
+    /// Constant padding; relevance cropped back to the input.
+    case pad(Padding3)
+    /// A box of the input; relevance put back in place (zero elsewhere).
+    case slice(Slice3)
+    /// Element-wise max / min: winner-take-all, or a split a_k / stab(sum_j a_j) when `proportional`.
+    case extremum(maximum: Bool, proportional: Bool, epsilon: Float)
+    /// Sum / mean over axes: R_in = a / stab(z) R (LRP-epsilon on a linear map of unit weights).
+    case reduce(Axes3, mean: Bool, epsilon: Float)
 
     /// A label for profiles: the layer and its input shape.
     func name(_ s: Shape3) -> String {
@@ -34,6 +42,10 @@ enum PreparedLayer: @unchecked Sendable {
         case .concat: return "Concat"
         case .scale: return "Mul"
         case .affine: return "BatchNorm @\(s.height)x\(s.width)"
+        case .pad: return "Pad @\(s.height)x\(s.width)"
+        case .slice: return "Slice @\(s.height)x\(s.width)"
+        case let .extremum(maximum, _, _): return "\(maximum ? "Max" : "Min") @\(s.height)x\(s.width)"
+        case let .reduce(axes, mean, _): return "\(mean ? "ReduceMean" : "ReduceSum")(\(axes)) @\(s.height)x\(s.width)"
         }
     }
 
@@ -53,7 +65,14 @@ enum PreparedLayer: @unchecked Sendable {
         case let .avgPool(p, _, i): return try Layer.avgPool2d(p).outputShape(s, index: i)
         case let .adaptivePool(h, w, _, _): return Shape3(s.channels, h, w)
         case .flatten: return Shape3(s.count, 1, 1)
-        case .add, .concat, .scale, .affine: return s
+        case .add, .concat, .scale, .affine, .extremum: return s
+        case let .pad(p): return p.outputShape(s)
+        case let .slice(sl):
+            guard let (_, box) = sl.resolve(s) else {
+                throw BiLRPError.shapeMismatch(what: "slice \(sl.description)", expected: "a non-empty slice", found: "input \(s)")
+            }
+            return box
+        case let .reduce(axes, _, _): return axes.reduce(s)
         }
     }
 }
@@ -104,9 +123,10 @@ final class PreparedConv: @unchecked Sendable {
     let forward: [WeightModifier: Buffer]
 
     convenience init(index: Int, conv: Conv2d, rule: Rule, nonNegativeInput: Bool, kernels: any Kernels) throws {
-        try self.init(index: index, rule: rule, isLinear: false, conv: conv, weight: Buffer(conv.weight), bias: conv.bias,
-                  inChannels: conv.inChannels, outChannels: conv.outChannels,
-                  geometry: (conv.kernelH, conv.kernelW, conv.strideH, conv.strideW, conv.padH, conv.padW),
+        // Dilated and grouped layers run as the dense convolution of their span (Conv2d.denseWeight).
+        try self.init(index: index, rule: rule, isLinear: false, conv: conv, weight: Buffer(conv.denseWeight()),
+                  bias: conv.bias, inChannels: conv.inChannels, outChannels: conv.outChannels,
+                  geometry: (conv.spanH, conv.spanW, conv.strideH, conv.strideW, conv.padH, conv.padW),
                   nonNegativeInput: nonNegativeInput, kernels: kernels)
     }
 
@@ -138,6 +158,10 @@ final class PreparedConv: @unchecked Sendable {
         var weights: [WeightModifier: Buffer] = [.identity: weight]
         for pass in rulePasses {
             for term in pass.terms where weights[term.weight] == nil {
+                if let conv, !conv.isDense {
+                    weights[term.weight] = Buffer(conv.denseWeight(term.weight))
+                    continue
+                }
                 let modified = Buffer(count: weight.count)
                 for i in 0..<weight.count { modified.pointer[i] = term.weight.apply(weight.pointer[i]) }
                 weights[term.weight] = modified
@@ -206,7 +230,7 @@ final class PreparedConv: @unchecked Sendable {
         let geo = ConvGeometry(inChannels: inChannels, height: 1, width: 1, outChannels: outChannels,
                                kernelH: kernelH, kernelW: kernelW, strideH: strideH, strideW: strideW,
                                padH: padH, padW: padW)
-        let u = try kernels.prepareWinogradForward(weight: conv.weight.map(m.apply), geo).map(Buffer.init)
+        let u = try kernels.prepareWinogradForward(weight: conv.denseWeight(m), geo).map(Buffer.init)
         winogradForwardCache[m] = .some(u)
         return u
     }

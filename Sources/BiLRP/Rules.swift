@@ -81,6 +81,9 @@ public enum Rule: Hashable, Sendable, CustomStringConvertible {
     case wSquare
     /// flat: rho(w) = 1, inputs replaced by 1.
     case flat
+    /// For element-wise Min / Max nodes: relevance split in proportion to the inputs,
+    /// a_k / stab(sum_j a_j), instead of winner-take-all. Not a rule for weighted layers.
+    case proportional
 
     /// The rule as passes of terms, for inputs of unknown sign or (when `nonNegativeInput`) for
     /// inputs known to be >= 0 (after a ReLU), where the negative-input terms vanish.
@@ -116,6 +119,9 @@ public enum Rule: Hashable, Sendable, CustomStringConvertible {
             return [RulePass(terms: [RuleTerm(input: .ones, weight: .square)], bias: nil, epsilon: e, scale: 1)]
         case .flat:
             return [RulePass(terms: [RuleTerm(input: .ones, weight: .one)], bias: nil, epsilon: e, scale: 1)]
+        case .proportional:
+            // Refused on weighted layers by the explainer (`Rule.appliesToWeightedLayers`).
+            return single(.identity, bias: .identity)
         }
     }
 
@@ -126,6 +132,9 @@ public enum Rule: Hashable, Sendable, CustomStringConvertible {
         if case let .epsilon(e) = self { return e }
         return Rule.defaultEpsilon
     }
+
+    /// Whether a convolution or linear layer can take this rule (`proportional` is for Min / Max).
+    var appliesToWeightedLayers: Bool { self != .proportional }
 
     /// The spelling used in composite strings.
     public var description: String {
@@ -138,10 +147,12 @@ public enum Rule: Hashable, Sendable, CustomStringConvertible {
         case .zBox: return "zb"
         case .wSquare: return "wsquare"
         case .flat: return "flat"
+        case .proportional: return "proportional"
         }
     }
 
-    /// Parses `zero`, `epsilon=E` (or `eps=E`), `gamma=G`, `zplus`, `alphabeta=A,B`, `zb`, `wsquare`, `flat`.
+    /// Parses `zero`, `epsilon=E` (or `eps=E`), `gamma=G`, `zplus`, `alphabeta=A,B`, `zb`, `wsquare`, `flat`,
+    /// `proportional`.
     public init(parsing text: String) throws {
         let t = text.trimmingCharacters(in: .whitespaces).lowercased()
         let parts = t.split(separator: "=", maxSplits: 1).map(String.init)
@@ -178,9 +189,10 @@ public enum Rule: Hashable, Sendable, CustomStringConvertible {
         case "zb", "zbox": try noArgument(); self = .zBox
         case "wsquare", "w2": try noArgument(); self = .wSquare
         case "flat": try noArgument(); self = .flat
+        case "proportional": try noArgument(); self = .proportional
         default:
             throw BiLRPError.invalidComposite(
-                "unknown rule '\(text)' (known: zero, epsilon=E, gamma=G, zplus, alphabeta=A,B, zb, wsquare, flat)")
+                "unknown rule '\(text)' (known: zero, epsilon=E, gamma=G, zplus, alphabeta=A,B, zb, wsquare, flat, proportional)")
         }
     }
 }

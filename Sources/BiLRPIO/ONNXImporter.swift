@@ -35,7 +35,8 @@ public struct ONNXModel: Sendable {
 /// Imports ONNX graphs (any DAG of the supported ops, nodes in any order): Conv, Relu, MaxPool,
 /// AveragePool, GlobalAveragePool, BatchNormalization (folded later), Flatten, Reshape (as a
 /// flatten), Gemm, MatMul (+ Add of a bias), Add of two activations, Concat over channels, Mul by a
-/// scalar constant, Transpose (channels-last input, or channels-last flatten before a dense layer),
+/// scalar constant, Max / Min of activations, Pad (constant), Slice (step 1), ReduceSum / ReduceMean
+/// (over C, H, W), Transpose (channels-last input, or channels-last flatten before a dense layer),
 /// Identity, Dropout, Softmax (dropped for explanation); explicit pads and auto_pad. Other ops are
 /// listed in `unsupported`; a cut that needs one is an error naming the op and the node.
 public enum ONNXImporter {
@@ -170,13 +171,21 @@ public enum ONNXImporter {
                 guard let out = node.output.first, node.opType != "Constant" else { continue }
                 let label = node.name.isEmpty ? out : node.name
                 let ins = node.input.filter { !$0.isEmpty }.map(resolve)
-                // A Reshape's second input is its target shape, not an activation.
-                let data = (node.opType == "Reshape" ? Array(ins.prefix(1)) : ins).filter { constants[$0] == nil }
+                // Only the first input of these is an activation (the others: shapes, pads, indices, axes).
+                let firstOnly = ["Reshape", "Pad", "Slice", "ReduceSum", "ReduceMean"].contains(node.opType)
+                let data = (firstOnly ? Array(ins.prefix(1)) : ins).filter { constants[$0] == nil }
                 if let cause = data.compactMap({ blocked[$0] }).first {
                     blocked[out] = cause
                     continue
                 }
-                guard !data.isEmpty else { continue }  // constant folding the exporter left: not a layer
+                guard !data.isEmpty else {
+                    // Arithmetic on constants the exporter left (F.pad's pads): computed here.
+                    if let t = try ONNXImporter.fold(node, node.input.map { $0.isEmpty ? nil : constants[resolve($0)] },
+                                                     file: name) {
+                        constants[out] = t
+                    }
+                    continue
+                }
                 func add(_ op: Graph.Op, _ inputs: [String], output: String? = nil) {
                     nodes.append(Graph.Node(name: label, op: op, inputs: inputs, output: output ?? out,
                                             index: ONNXImporter.moduleIndex(label)))
@@ -270,6 +279,22 @@ public enum ONNXImporter {
                         refuse("Concat on axis \(axis) (only channels, axis 1, of activations)"); continue
                     }
                     add(.concat, data)
+                case "Max", "Min":
+                    guard data.count == ins.count, data.count >= 2 else {
+                        refuse("\(node.opType) with a constant (only of two or more activations)"); continue
+                    }
+                    add(node.opType == "Max" ? .maximum : .minimum, data)
+                case "Pad":
+                    do { add(.pad(try padding(node, label)), [data[0]]) } catch let BiLRPError.unsupported(m) {
+                        refuse("Pad (\(m))")
+                    }
+                case "Slice":
+                    do { add(.slice(try slice(node, label)), [data[0]]) } catch let BiLRPError.unsupported(m) {
+                        refuse("Slice (\(m))")
+                    }
+                case "ReduceSum", "ReduceMean":
+                    do { add(.reduce(try reduction(node, label), mean: node.opType == "ReduceMean"), [data[0]]) }
+                    catch let BiLRPError.unsupported(m) { refuse("\(node.opType) (\(m))") }
                 default:
                     refuse(node.opType)
                 }
@@ -352,7 +377,7 @@ public enum ONNXImporter {
                     return try g.cut(at: g.nodes.contains { $0.name == n } ? n : resolve(n))
                 }
                 // A module path of a torch export: the last node inside it.
-                if let last = g.nodes.last(where: { $0.name.hasPrefix("/\(n)/") }) {
+                if let last = g.nodes.last(where: { ONNXImporter.modulePaths($0.name).contains(n) }) {
                     return try g.cut(at: last.name)
                 }
                 throw BiLRPError.invalidArgument(
@@ -396,17 +421,112 @@ public enum ONNXImporter {
             guard w.shape.count == 4 else {
                 throw BiLRPError.unsupported("only 2-D convolutions are supported")
             }
-            if let g = attr(n, "group")?.i, g != 1 { throw BiLRPError.unsupported("grouped, group \(g)") }
-            if let d = attr(n, "dilations")?.ints, d.contains(where: { $0 != 1 }) {
-                throw BiLRPError.unsupported("dilated")
-            }
+            let groups = attr(n, "group").map { Int($0.i) } ?? 1
+            let d = attr(n, "dilations")?.ints.map(Int.init) ?? [1, 1]
             let k = attr(n, "kernel_shape")?.ints.map(Int.init) ?? [w.shape[2], w.shape[3]]
             let s = attr(n, "strides")?.ints.map(Int.init) ?? [1, 1]
-            let p = try pads(n, kernel: k, stride: s)
+            guard d.count == 2, k.count == 2, s.count == 2 else {
+                throw BiLRPError.unsupported("dilations \(d), kernel \(k), strides \(s) (2-D only)")
+            }
+            // The kernel's span on the input decides the padding auto_pad asks for.
+            let p = try pads(n, kernel: zip(k, d).map { ($0 - 1) * $1 + 1 }, stride: s)
             let bias = n.input.count > 2 && !n.input[2].isEmpty ? try constant(n, 2, label).data : nil
-            return .conv2d(try Conv2d(
-                weight: w.data, bias: bias, outChannels: w.shape[0], inChannels: w.shape[1], kernel: (k[0], k[1]),
-                stride: (s[0], s[1]), padding: p))
+            do {
+                return .conv2d(try Conv2d(
+                    weight: w.data, bias: bias, outChannels: w.shape[0], inChannels: w.shape[1] * groups,
+                    kernel: (k[0], k[1]), stride: (s[0], s[1]), padding: p, dilation: (d[0], d[1]), groups: groups))
+            } catch let BiLRPError.invalidArgument(m) {
+                throw BiLRPError.unsupported(m)
+            }
+        }
+
+        /// Integers from an attribute (older opsets) or a constant input (newer ones); nil when neither.
+        func integers(_ n: Onnx_NodeProto, attribute: String, input i: Int, _ label: String) throws -> [Int]? {
+            if let a = attr(n, attribute) { return a.ints.map(Int.init) }
+            guard i < n.input.count, !n.input[i].isEmpty else { return nil }
+            guard let t = constants[n.input[i]] else {
+                throw BiLRPError.unsupported("its input \(i) is computed, not a constant")
+            }
+            return t.data.map(ONNXImporter.index)
+        }
+
+        /// An ONNX axis of (N, C, H, W) as one of ours; the batch axis is not one.
+        func axis(_ a: Int) throws -> Axes3 {
+            switch a < 0 ? a + 4 : a {
+            case 1: return .channels
+            case 2: return .height
+            case 3: return .width
+            default: throw BiLRPError.unsupported("axis \(a) (only the channel, height and width axes of N, C, H, W)")
+            }
+        }
+
+        func padding(_ n: Onnx_NodeProto, _ label: String) throws -> Padding3 {
+            let mode = attr(n, "mode").map { String(decoding: $0.s, as: UTF8.self) } ?? "constant"
+            guard mode == "constant" else { throw BiLRPError.unsupported("mode \(mode)") }
+            guard let pads = try integers(n, attribute: "pads", input: 1, label) else {
+                throw BiLRPError.unsupported("no pads")
+            }
+            let axes = try integers(n, attribute: "axes", input: 3, label) ?? Array(0..<(pads.count / 2))
+            guard pads.count == 2 * axes.count else { throw BiLRPError.unsupported("\(pads.count) pads for \(axes.count) axes") }
+            var before = [0, 0, 0, 0], after = [0, 0, 0, 0]
+            for (k, a) in axes.enumerated() {
+                let i = a < 0 ? a + 4 : a
+                guard (0..<4).contains(i) else { throw BiLRPError.unsupported("axis \(a)") }
+                before[i] = pads[k]; after[i] = pads[axes.count + k]
+            }
+            guard before[0] == 0, after[0] == 0 else { throw BiLRPError.unsupported("padding of the batch axis") }
+            var value: Float = attr(n, "value")?.f ?? 0
+            if n.input.count > 2, !n.input[2].isEmpty {
+                guard let v = constants[n.input[2]], v.count == 1 else { throw BiLRPError.unsupported("a computed constant_value") }
+                value = v.data[0]
+            }
+            do {
+                return try Padding3(before: Position3(before[1], before[2], before[3]),
+                                    after: Position3(after[1], after[2], after[3]), value: value)
+            } catch { throw BiLRPError.unsupported("negative pads \(pads)") }
+        }
+
+        func slice(_ n: Onnx_NodeProto, _ label: String) throws -> Slice3 {
+            guard let starts = try integers(n, attribute: "starts", input: 1, label),
+                  let ends = try integers(n, attribute: "ends", input: 2, label), starts.count == ends.count else {
+                throw BiLRPError.unsupported("starts and ends must be constants of one length")
+            }
+            let axes = try integers(n, attribute: "axes", input: 3, label) ?? Array(0..<starts.count)
+            let steps = try integers(n, attribute: "steps", input: 4, label) ?? starts.map { _ in 1 }
+            guard axes.count == starts.count, steps.allSatisfy({ $0 == 1 }) else {
+                throw BiLRPError.unsupported("steps \(steps) (only 1)")
+            }
+            var sl = Slice3()
+            for (k, a) in axes.enumerated() {
+                if a == 0 || a == -4 {  // the batch axis: only a slice that keeps the one input
+                    guard starts[k] == 0 || starts[k] == -1, ends[k] >= 1 else {
+                        throw BiLRPError.unsupported("a slice of the batch axis")
+                    }
+                    continue
+                }
+                switch try axis(a) {
+                case .channels: sl.start.channel = starts[k]; sl.end.channel = ends[k]
+                case .height: sl.start.row = starts[k]; sl.end.row = ends[k]
+                default: sl.start.column = starts[k]; sl.end.column = ends[k]
+                }
+            }
+            return sl
+        }
+
+        func reduction(_ n: Onnx_NodeProto, _ label: String) throws -> Axes3 {
+            let list = try integers(n, attribute: "axes", input: 1, label)
+            if list == nil || list!.isEmpty, (attr(n, "noop_with_empty_axes")?.i ?? 0) != 0 {
+                throw BiLRPError.unsupported("noop_with_empty_axes with no axes")
+            }
+            let axes = list?.isEmpty == false ? list! : [1, 2, 3]
+            var set: Axes3 = []
+            for a in axes { set.formUnion(try axis(a)) }
+            // keepdims=0 drops the reduced axes; kept in memory order only when they are the last ones
+            // (N, C) after a spatial sum: our (C, 1, 1) holds the same values in the same order.
+            if (attr(n, "keepdims")?.i ?? 1) == 0, set != [.width], set != .spatial, set != [.channels, .height, .width] {
+                throw BiLRPError.unsupported("keepdims=0 over axes \(axes) (only over trailing axes)")
+            }
+            return set
         }
 
         func pool(_ n: Onnx_NodeProto) throws -> Layer {
@@ -438,6 +558,20 @@ public enum ONNXImporter {
         return Int(last)
     }
 
+    /// The torch modules that enclose a torch-exported node, outermost first, as torch names them
+    /// (`named_modules`): `/layer1/layer1.0/conv1/Conv` -> layer1, layer1.0, layer1.0.conv1. The
+    /// exporter writes a child of a Sequential qualified (`layer1.0`) and others by attribute
+    /// (`conv1`); both are qualified here. Empty for names that are not scope paths.
+    public static func modulePaths(_ nodeName: String) -> [String] {
+        guard nodeName.hasPrefix("/") else { return [] }
+        var paths: [String] = []
+        for part in nodeName.split(separator: "/").dropLast().map(String.init) {
+            guard let outer = paths.last else { paths.append(part); continue }
+            paths.append(part.hasPrefix(outer + ".") ? part : outer + "." + part)
+        }
+        return paths
+    }
+
     /// A dense layer whose columns are in (H, W, C) order reordered to (C, H, W).
     static func channelsLastColumns(_ lin: Linear, _ s: Shape3, label: String) throws -> Linear {
         let inF = lin.inFeatures
@@ -460,6 +594,112 @@ public enum ONNXImporter {
         var out = [Float](repeating: 0, count: r * c)
         for i in 0..<r { for j in 0..<c { out[j * r + i] = t.data[i * c + j] } }
         return out
+    }
+
+    /// An int64 read as Float as an index; INT64_MAX and the like (open ends) clamped to what Int holds.
+    static func index(_ v: Float) -> Int {
+        v >= 1e15 ? Int.max : v <= -1e15 ? Int.min : Int(v)
+    }
+
+    /// The value of a node whose inputs are all constants, for the ops torch writes as arithmetic
+    /// on constants (F.pad's pads: ConstantOfShape, Concat, Reshape, a reversing Slice, Transpose,
+    /// Cast) and Unsqueeze / Squeeze / Identity; nil for other ops (or a missing input).
+    static func fold(_ n: Onnx_NodeProto, _ ins: [Tensor?], file: String) throws -> Tensor? {
+        func attr(_ k: String) -> Onnx_AttributeProto? { n.attribute.first { $0.name == k } }
+        func ints(_ i: Int, _ k: String) -> [Int]? {
+            if let a = attr(k) { return a.ints.map(Int.init) }
+            return i < ins.count ? ins[i]?.data.map(index) : nil
+        }
+        guard let x = ins.first ?? nil else { return nil }
+        let shape = x.shape
+        func strides(_ s: [Int]) -> [Int] {
+            var st = [Int](repeating: 1, count: s.count)
+            for d in stride(from: s.count - 2, through: 0, by: -1) { st[d] = st[d + 1] * s[d + 1] }
+            return st
+        }
+        switch n.opType {
+        case "Identity", "Cast":
+            return x
+        case "ConstantOfShape":
+            let dims = x.data.map(index)
+            let value = attr("value").flatMap { try? tensor($0.t, file: file) }?.data.first ?? 0
+            return try Tensor(shape: dims, data: [Float](repeating: value, count: dims.reduce(1, *)))
+        case "Concat":
+            let parts = ins.compactMap { $0 }
+            guard parts.count == ins.count, let a = attr("axis")?.i else { return nil }
+            let axis = Int(a) < 0 ? Int(a) + shape.count : Int(a)
+            guard (0..<shape.count).contains(axis) else { return nil }
+            let outer = shape[..<axis].reduce(1, *)
+            var data: [Float] = []
+            for o in 0..<outer {
+                for t in parts {
+                    let inner = t.shape[axis...].reduce(1, *)
+                    data += t.data[(o * inner)..<((o + 1) * inner)]
+                }
+            }
+            var out = shape
+            out[axis] = parts.reduce(0) { $0 + $1.shape[axis] }
+            return try Tensor(shape: out, data: data)
+        case "Reshape":
+            guard var dims = ints(1, "shape") else { return nil }
+            for d in dims.indices where dims[d] == 0 && d < shape.count { dims[d] = shape[d] }
+            if let free = dims.firstIndex(of: -1) {
+                dims[free] = 1
+                dims[free] = x.count / max(dims.reduce(1, *), 1)
+            }
+            return try Tensor(shape: dims, data: x.data)
+        case "Unsqueeze":
+            guard let axes = ints(1, "axes") else { return nil }
+            var dims = shape
+            for a in axes.map({ $0 < 0 ? $0 + shape.count + axes.count : $0 }).sorted() { dims.insert(1, at: a) }
+            return try Tensor(shape: dims, data: x.data)
+        case "Squeeze":
+            let axes = Set((ints(1, "axes") ?? shape.indices.filter { shape[$0] == 1 }).map { $0 < 0 ? $0 + shape.count : $0 })
+            return try Tensor(shape: shape.indices.filter { !axes.contains($0) }.map { shape[$0] }, data: x.data)
+        case "Transpose":
+            let perm = attr("perm")?.ints.map(Int.init) ?? Array(shape.indices.reversed())
+            guard perm.sorted() == Array(shape.indices) else { return nil }
+            let out = perm.map { shape[$0] }, st = strides(shape), ost = strides(out)
+            var data = [Float](repeating: 0, count: x.count)
+            for i in 0..<x.count {
+                var src = 0
+                for d in out.indices { src += (i / ost[d]) % out[d] * st[perm[d]] }
+                data[i] = x.data[src]
+            }
+            return try Tensor(shape: out, data: data)
+        case "Slice":
+            guard let starts = ints(1, "starts"), let ends = ints(2, "ends") else { return nil }
+            let axes = ints(3, "axes") ?? Array(starts.indices), steps = ints(4, "steps") ?? starts.map { _ in 1 }
+            // Per axis the indices kept, in order (numpy's rules, negative steps included).
+            var keep = shape.map { Array(0..<$0) }
+            for (k, a0) in axes.enumerated() {
+                let a = a0 < 0 ? a0 + shape.count : a0, n = shape[a], step = steps[k]
+                guard (0..<shape.count).contains(a), step != 0 else { return nil }
+                func wrap(_ v: Int) -> Int { v < 0 ? v + n : v }
+                var idx: [Int] = []
+                if step > 0 {
+                    var i = min(max(wrap(starts[k]), 0), n)
+                    let e = min(max(wrap(ends[k]), 0), n)
+                    while i < e { idx.append(i); i += step }
+                } else {
+                    var i = min(max(wrap(starts[k]), -1), n - 1)
+                    let e = min(max(wrap(ends[k]), -1), n - 1)
+                    while i > e { idx.append(i); i += step }
+                }
+                keep[a] = idx
+            }
+            let out = keep.map(\.count), st = strides(shape), ost = strides(out)
+            let count = out.reduce(1, *)
+            var data = [Float](repeating: 0, count: count)
+            for i in 0..<count {
+                var src = 0
+                for d in out.indices { src += keep[d][(i / ost[d]) % out[d]] * st[d] }
+                data[i] = x.data[src]
+            }
+            return try Tensor(shape: out, data: data)
+        default:
+            return nil
+        }
     }
 
     static func tensor(_ t: Onnx_TensorProto, file: String) throws -> Tensor {

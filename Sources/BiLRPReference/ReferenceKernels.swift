@@ -204,6 +204,78 @@ public struct ReferenceKernels: Kernels {
         }
     }
 
+    // MARK: Graph ops: every value by its (c, y, x), written out.
+
+    public func copyBox(n: Int, _ src: UnsafePointer<Float>, _ srcShape: Shape3, at srcAt: Position3,
+                        _ dst: UnsafeMutablePointer<Float>, _ dstShape: Shape3, at dstAt: Position3, box: Shape3,
+                        accumulate: Bool) {
+        func index(_ s: Shape3, _ at: Position3, _ c: Int, _ y: Int, _ x: Int) -> Int {
+            ((at.channel + c) * s.height + at.row + y) * s.width + at.column + x
+        }
+        for m in 0..<n {
+            for c in 0..<box.channels {
+                for y in 0..<box.height {
+                    for x in 0..<box.width {
+                        let v = src[m * srcShape.count + index(srcShape, srcAt, c, y, x)]
+                        let o = m * dstShape.count + index(dstShape, dstAt, c, y, x)
+                        dst[o] = accumulate ? dst[o] + v : v
+                    }
+                }
+            }
+        }
+    }
+
+    public func extremumForward(_ x: [UnsafePointer<Float>], count: Int, maximum: Bool,
+                                _ y: UnsafeMutablePointer<Float>, winner: UnsafeMutablePointer<Int32>) {
+        for i in 0..<count {
+            var best = x[0][i], w = 0
+            for j in 1..<x.count where !best.isNaN {
+                let v = x[j][i]
+                if v.isNaN || (maximum ? v > best : v < best) { best = v; w = j }
+            }
+            y[i] = best
+            winner[i] = Int32(w)
+        }
+    }
+
+    public func extremumBackward(n: Int, count: Int, _ R: UnsafePointer<Float>, winner: UnsafePointer<Int32>,
+                                 input j: Int, _ Rin: UnsafeMutablePointer<Float>) {
+        for m in 0..<n { for i in 0..<count { Rin[m * count + i] = Int(winner[i]) == j ? R[m * count + i] : 0 } }
+    }
+
+    /// The output index of input (c, y, x) under the reduction.
+    private func reducedIndex(_ s: Shape3, _ axes: Axes3, _ c: Int, _ y: Int, _ x: Int) -> Int {
+        let r = axes.reduce(s)
+        let rc = axes.contains(.channels) ? 0 : c, ry = axes.contains(.height) ? 0 : y, rx = axes.contains(.width) ? 0 : x
+        return (rc * r.height + ry) * r.width + rx
+    }
+
+    public func reduceForward(_ x: UnsafePointer<Float>, _ s: Shape3, axes: Axes3, scale: Float,
+                              _ y: UnsafeMutablePointer<Float>) {
+        var acc = [Double](repeating: 0, count: axes.reduce(s).count)
+        for c in 0..<s.channels {
+            for i in 0..<s.height {
+                for j in 0..<s.width { acc[reducedIndex(s, axes, c, i, j)] += Double(x[(c * s.height + i) * s.width + j]) }
+            }
+        }
+        for o in acc.indices { y[o] = Float(acc[o] * Double(scale)) }
+    }
+
+    public func reduceBackward(n: Int, _ S: UnsafePointer<Float>, _ a: UnsafePointer<Float>, _ s: Shape3, axes: Axes3,
+                               scale: Float, _ Rin: UnsafeMutablePointer<Float>) {
+        let r = axes.reduce(s).count
+        for m in 0..<n {
+            for c in 0..<s.channels {
+                for i in 0..<s.height {
+                    for j in 0..<s.width {
+                        let k = (c * s.height + i) * s.width + j
+                        Rin[m * s.count + k] = scale * a[k] * S[m * r + reducedIndex(s, axes, c, i, j)]
+                    }
+                }
+            }
+        }
+    }
+
     // MARK: Patch side: each cell pixel by its map position, written out.
 
     public func cellsLoad(channels: Int, map: (Int, Int), from: CellLayout, _ src: UnsafePointer<Float>,
@@ -316,5 +388,38 @@ extension ReferenceKernels {
                 c[i * ldc + j] = accumulate ? c[i * ldc + j] + Float(sum) : Float(sum)
             }
         }
+    }
+}
+
+extension ReferenceKernels {
+    /// torch.nn.Conv2d's forward with its own weight layout (out, in / groups, kh, kw), dilation and
+    /// groups: the twin of running the layer as a dense convolution of its span (`Conv2d.denseWeight`).
+    public static func conv2d(_ x: [Float], _ s: Shape3, _ conv: Conv2d) -> [Float] {
+        let Ho = (s.height + 2 * conv.padH - conv.spanH) / conv.strideH + 1
+        let Wo = (s.width + 2 * conv.padW - conv.spanW) / conv.strideW + 1
+        let perIn = conv.inChannels / conv.groups, perOut = conv.outChannels / conv.groups
+        var y = [Float](repeating: 0, count: conv.outChannels * Ho * Wo)
+        for k in 0..<conv.outChannels {
+            let c0 = k / perOut * perIn
+            for oy in 0..<Ho {
+                for ox in 0..<Wo {
+                    var sum = Double(conv.bias?[k] ?? 0)
+                    for c in 0..<perIn {
+                        for i in 0..<conv.kernelH {
+                            let iy = oy * conv.strideH - conv.padH + i * conv.dilationH
+                            guard iy >= 0, iy < s.height else { continue }
+                            for j in 0..<conv.kernelW {
+                                let ix = ox * conv.strideW - conv.padW + j * conv.dilationW
+                                guard ix >= 0, ix < s.width else { continue }
+                                let w = conv.weight[((k * perIn + c) * conv.kernelH + i) * conv.kernelW + j]
+                                sum += Double(w) * Double(x[((c0 + c) * s.height + iy) * s.width + ix])
+                            }
+                        }
+                    }
+                    y[(k * Ho + oy) * Wo + ox] = Float(sum)
+                }
+            }
+        }
+        return y
     }
 }

@@ -333,20 +333,29 @@ struct Inspect: ParsableCommand {
                 if case let .layer(l) = op { return l.parameterCount }
                 return 0
             }
+            // Columns as wide as their longest entry (op names of dilated convolutions and pads are long).
+            func width(_ items: [String], _ header: String) -> Int { max(header.count, items.map(\.count).max() ?? 0) + 2 }
+            let opW = width(graph.nodes.map(\.op.name), "layer")
             if graph.chainLength > 0 {
-                print(pad("index", 5, left: true) + "  " + pad("layer", 32) + pad("output shape", 18) + pad("parameters", 11, left: true) + "  --layer  node")
+                print(pad("index", 5, left: true) + "  " + pad("layer", opW) + pad("output shape", 18) + pad("parameters", 11, left: true) + "  --layer  node")
                 for node in graph.nodes {
                     let i = node.index!
-                    print(pad("\(i)", 5, left: true) + "  " + pad(node.op.name, 32) + pad(shapes[node.output]?.description ?? "does not fit", 18)
+                    print(pad("\(i)", 5, left: true) + "  " + pad(node.op.name, opW) + pad(shapes[node.output]?.description ?? "does not fit", 18)
                           + pad("\(params(node.op))", 11, left: true) + "  " + pad("\(i + 1)", 7) + "  " + node.name)
                 }
             } else {
-                print(pad("#", 4, left: true) + "  " + pad("node (--layer NAME)", 34) + pad("op", 30) + pad("output shape", 18)
+                // A torch export's nodes sit in modules; --layer takes a module path too (its last node).
+                let modules = graph.nodes.map { ONNXImporter.modulePaths($0.name).last ?? "" }
+                let showModules = modules.contains { !$0.isEmpty }
+                let nameW = width(graph.nodes.map(\.name), "node (--layer NAME)")
+                let moduleW = width(modules, "module (--layer NAME)")
+                print(pad("#", 4, left: true) + "  " + pad("node (--layer NAME)", nameW)
+                      + (showModules ? pad("module (--layer NAME)", moduleW) : "") + pad("op", opW) + pad("output shape", 18)
                       + pad("parameters", 11, left: true) + "  inputs")
                 for (i, node) in graph.nodes.enumerated() {
-                    print(pad("\(i)", 4, left: true) + "  " + pad(node.name, 34) + pad(node.op.name, 30)
-                          + pad(shapes[node.output]?.description ?? "does not fit", 18) + pad("\(params(node.op))", 11, left: true)
-                          + "  " + node.inputs.joined(separator: ", "))
+                    print(pad("\(i)", 4, left: true) + "  " + pad(node.name, nameW) + (showModules ? pad(modules[i], moduleW) : "")
+                          + pad(node.op.name, opW) + pad(shapes[node.output]?.description ?? "does not fit", 18)
+                          + pad("\(params(node.op))", 11, left: true) + "  " + node.inputs.joined(separator: ", "))
                 }
                 if let r = ResNet(rawValue: arch.lowercased()), model == nil || !(model!.lowercased().hasSuffix(".onnx")) {
                     print("stages (--layer): \(r.stageNames.joined(separator: ", "))")

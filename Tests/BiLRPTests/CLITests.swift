@@ -177,6 +177,12 @@ struct CLITests {
         #expect(r.stdout.contains("MaxPool2d(2x2, s2)") && r.stdout.contains("[128, 8, 8]"))
         let rows = r.stdout.split(separator: "\n").filter { $0.contains("Conv2d") }
         #expect(rows.count == 4)
+        // A graph: columns wide enough for long op names, each node's torch module.
+        let g = try runBilrp(["inspect", fixturePath("ops_graph.onnx"), "--size", "20"])
+        #expect(g.status == 0)
+        let conv2 = g.stdout.split(separator: "\n").first { $0.contains("/conv2/Conv") }.map(String.init) ?? ""
+        #expect(conv2.contains(" conv2 ") && conv2.contains("Conv2d(8, 8, 3x3, s1, p2, d2, g2)  ") && conv2.contains("[8, 20, 20]"), "\(conv2)")
+        #expect(g.stdout.contains("Slice[:, :, 2:]  ") && g.stdout.contains("module (--layer NAME)"), "\(g.stdout)")
     }
 
     @Test("a ResNet from safetensors with torchvision's names, cut by stage name: the CLI's R equals the library's; inspect lists the graph")

@@ -87,6 +87,13 @@ struct ONNXTests {
             let err = zip(out, ref.data).map { abs($0 - $1) }.max()!, scale = ref.data.map(abs).max()!
             #expect(out.count == ref.count && err <= 1e-4 * scale, "\(arch) \(cut): \(err) of \(scale)")
         }
+        // A module path of the export names its last node: a block, a convolution inside it.
+        #expect(ONNXImporter.modulePaths("/layer1/layer1.0/conv1/Conv") == ["layer1", "layer1.0", "layer1.0.conv1"])
+        let block = try ONNXImporter.load(path: path, cut: .node("layer1.0"), weights: weights).graph
+        let lastReLU = arch == .resnet18 ? "relu_1" : "relu_2"  // a block's ReLU module runs 2 or 3 times
+        #expect(block.nodes.last?.name == "/layer1/layer1.0/\(lastReLU)/Relu", "\(block.nodes.last?.name ?? "")")
+        let conv = try ONNXImporter.load(path: path, cut: .node("layer1.0.conv1"), weights: weights).graph
+        #expect(conv.nodes.last?.name == "/layer1/layer1.0/conv1/Conv", "\(conv.nodes.last?.name ?? "")")
         // The same network built in: the same forward.
         let builtIn = try arch.graph(cut: "layer4", seed: UInt64(f.metadata["seed"]!)!)
         let ours = try Explainer(graph: builtIn, head: .identity, composite: try .preset("hp")).embedding(x)
