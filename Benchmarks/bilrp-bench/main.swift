@@ -80,14 +80,15 @@ struct ResNetWorkload {
 
     init(size: Int) throws {
         graph = try ResNet.resnet50.graph(cut: "layer4", seed: 50)
-        let vgg = try Workload(size: size, preprocessing: .torchvision)
-        x1 = vgg.x1; x2 = vgg.x2
+        // The pair only: loading the VGG-16 file (528 MB) here would count in this child's peak RSS.
+        (x1, x2) = try Workload.pair(size: size, preprocessing: .torchvision)
         source = "ResNet-50 to layer4, seeded weights; " + (haveAssets ? "motorcycle stereo pair" : "seeded inputs")
     }
 
     func explainer(h: Int) throws -> Explainer {
         try Explainer(graph: graph, head: .randomProjection(outputs: h, seed: 0), composite: try .named(Self.rules),
-                      bounds: Preprocessing.torchvision.bounds)
+                      bounds: Preprocessing.torchvision.bounds,
+                      blockSize: ProcessInfo.processInfo.environment["BILRP_BENCH_BLOCK"].flatMap(Int.init))
     }
 
     /// Direct-convolution FLOPs of one forward pass (2 per multiply-add), and of the head.
@@ -113,22 +114,27 @@ struct Workload {
         if haveAssets {
             model = try ONNXImporter.load(path: realModel, cut: .layers(31)).chain!
             preprocessing = forced ?? .caffe
-            let pre = preprocessing
-            let load = { (name: String) in
-                try PreparedInput.load(path: "\(assets)/images/\(name)", size: size, preprocessing: pre).tensor
-            }
-            x1 = try load("motorcycle_left.png")
-            x2 = try load("motorcycle_right.png")
             source = "ImageNet VGG-16 (assets), motorcycle stereo pair"
         } else {
             model = try VGG.vgg16.features(layers: 31, seed: 1)
             preprocessing = .torchvision
-            var r = SplitMix64(seed: 2)
-            let rgb = { try Tensor(shape: [3, size, size], data: (0..<(3 * size * size)).map { _ in Float(r.nextUniform()) }) }
-            x1 = try preprocessing.normalize(rgb: try rgb())
-            x2 = try preprocessing.normalize(rgb: try rgb())
             source = "seeded random VGG-16 weights and inputs (no assets)"
         }
+        (x1, x2) = try Self.pair(size: size, preprocessing: preprocessing)
+    }
+
+    /// The motorcycle stereo pair (assets), else two seeded random images.
+    static func pair(size: Int, preprocessing: Preprocessing) throws -> (Tensor, Tensor) {
+        if haveAssets {
+            let load = { (name: String) in
+                try PreparedInput.load(path: "\(assets)/images/\(name)", size: size, preprocessing: preprocessing).tensor
+            }
+            return (try load("motorcycle_left.png"), try load("motorcycle_right.png"))
+        }
+        let pre = haveAssets ? preprocessing : .torchvision
+        var r = SplitMix64(seed: 2)
+        let rgb = { try Tensor(shape: [3, size, size], data: (0..<(3 * size * size)).map { _ in Float(r.nextUniform()) }) }
+        return (try pre.normalize(rgb: try rgb()), try pre.normalize(rgb: try rgb()))
     }
 
     func explainer(h: Int) throws -> Explainer {
@@ -157,6 +163,8 @@ struct ChildResult: Codable {
     var size: Int, threads: Int, h: Int
     var pairSeconds: [Double]
     var rssKiB: Int
+    /// The explainer's weights in every prepared form (Explainer.preparedBytes).
+    var preparedBytes: Int
     var forwardSeconds: Double
     var layers: [String]
     var layerSeconds: [Double]
@@ -168,21 +176,22 @@ struct ChildResult: Codable {
 
 func child(size: Int, threads: Int, h: Int, runs: Int, profile: Bool, resnet: Bool = false) throws {
     CKernelsBackend.threads = threads
-    let w = try Workload(size: size)
     let rw = resnet ? try ResNetWorkload(size: size) : nil
-    let ex = try rw?.explainer(h: h) ?? w.explainer(h: h)
+    let w = resnet ? nil : try Workload(size: size)
+    let ex = try rw?.explainer(h: h) ?? w!.explainer(h: h)
+    let (x1, x2) = rw.map { ($0.x1, $0.x2) } ?? (w!.x1, w!.x2)
     var times: [Double] = []
-    if runs > 1 { _ = try ex.explain(w.x1, w.x2, patch: patch) }  // warm-up
-    for _ in 0..<runs { times.append(try seconds { _ = try ex.explain(w.x1, w.x2, patch: patch) }) }
+    if runs > 1 { _ = try ex.explain(x1, x2, patch: patch) }  // warm-up
+    for _ in 0..<runs { times.append(try seconds { _ = try ex.explain(x1, x2, patch: patch) }) }
     var names: [String] = [], layerSeconds: [Double] = [], fwd = 0.0, side = 0
     if profile {
-        let (_, p) = try ex.profiledFactors(w.x1, patch: patch)
+        let (_, p) = try ex.profiledFactors(x1, patch: patch)
         names = p.layers.map(\.name); layerSeconds = p.layers.map(\.seconds); fwd = p.forwardSeconds
         side = p.patchSideLayers
     }
     let r = ChildResult(size: size, threads: threads, h: h, pairSeconds: times, rssKiB: peakRSSKiB(),
-                        forwardSeconds: fwd, layers: names, layerSeconds: layerSeconds, patchSideLayers: side,
-                        isa: CKernelsBackend.activeISA, openmp: CKernelsBackend.usesOpenMP, source: rw?.source ?? w.source)
+                        preparedBytes: ex.preparedBytes, forwardSeconds: fwd, layers: names, layerSeconds: layerSeconds, patchSideLayers: side,
+                        isa: CKernelsBackend.activeISA, openmp: CKernelsBackend.usesOpenMP, source: rw?.source ?? w!.source)
     print(String(decoding: try JSONEncoder().encode(r), as: UTF8.self))
 }
 

@@ -646,6 +646,19 @@ public final class Explainer: @unchecked Sendable {
             pool.give(b)
             rel[v] = .full(a)
         }
+        /// A sum's split (residual Add, proportional Max / Min): input k gets a_k / stab(z) R. In
+        /// place: s = R / stab(z) overwrites R and the last input's share overwrites s, so a block
+        /// of ResNet-50's 256 x 56 x 56 maps needs two buffers here, not four.
+        func depositShares(_ inputs: [Int], _ Rout: BlockRelevance, z: Buffer, epsilon: Float, count: Int) {
+            let sBuf = unpooled(Rout)
+            kernels.lrpDivide(n: n, count: count, sBuf.const, z.const, epsilon: epsilon, sBuf.pointer)
+            for (k, v) in inputs.enumerated() {
+                let Rin = k == inputs.count - 1 ? sBuf : pool.take(n * count)
+                kernels.lrpProduct(n: n, count: count, trace.values[v]!.const, sBuf.const, scale: 1, Rin.pointer,
+                                   accumulate: false)
+                deposit(v, .full(Rin))
+            }
+        }
         defer { for r in rel { if let r { release(r) } } }
         for l in stride(from: plan.nodes.count - 1, through: last, by: -1) {
             try cancellation?.check()
@@ -698,17 +711,7 @@ public final class Explainer: @unchecked Sendable {
                 deposit(node.inputs[0], .full(Rin))
             case let .add(eps):
                 // Each summand gets its share a_k / (sum_j a_j + eps sign) of the sum's relevance.
-                let R = unpooled(Rout)
-                let sBuf = pool.take(n * s.count)
-                kernels.lrpDivide(n: n, count: s.count, R.const, trace.denominators[l][0].const, epsilon: eps, sBuf.pointer)
-                pool.give(R)
-                for v in node.inputs {
-                    let Rin = pool.take(n * s.count)
-                    kernels.lrpProduct(n: n, count: s.count, trace.values[v]!.const, sBuf.const, scale: 1, Rin.pointer,
-                                       accumulate: false)
-                    deposit(v, .full(Rin))
-                }
-                pool.give(sBuf)
+                depositShares(node.inputs, Rout, z: trace.denominators[l][0], epsilon: eps, count: s.count)
             case .concat:
                 let R = unpooled(Rout)
                 let total = trace.valueShapes[node.output].count
@@ -748,28 +751,19 @@ public final class Explainer: @unchecked Sendable {
                 pool.give(R)
                 deposit(node.inputs[0], .full(Rin))
             case let .extremum(_, proportional, eps):
-                let R = unpooled(Rout)
                 if proportional {
                     // a_k / stab(sum_j a_j) R, as a residual sum splits.
-                    let sBuf = pool.take(n * s.count)
-                    kernels.lrpDivide(n: n, count: s.count, R.const, trace.denominators[l][0].const, epsilon: eps,
-                                      sBuf.pointer)
-                    for v in node.inputs {
-                        let Rin = pool.take(n * s.count)
-                        kernels.lrpProduct(n: n, count: s.count, trace.values[v]!.const, sBuf.const, scale: 1,
-                                           Rin.pointer, accumulate: false)
-                        deposit(v, .full(Rin))
-                    }
-                    pool.give(sBuf)
+                    depositShares(node.inputs, Rout, z: trace.denominators[l][0], epsilon: eps, count: s.count)
                 } else {
+                    let R = unpooled(Rout)
                     for (j, v) in node.inputs.enumerated() {
                         let Rin = pool.take(n * s.count)
                         kernels.extremumBackward(n: n, count: s.count, R.const,
                                                  winner: UnsafePointer(trace.argmax[l]!.pointer), input: j, Rin.pointer)
                         deposit(v, .full(Rin))
                     }
+                    pool.give(R)
                 }
-                pool.give(R)
             case let .reduce(axes, mean, eps):
                 let R = unpooled(Rout)
                 let out = trace.valueShapes[node.output]
@@ -828,7 +822,7 @@ public final class Explainer: @unchecked Sendable {
                 let p = pooled.map { (argmax: UnsafePointer($0.1.pointer), pool: $0.0) }
                 for (term, input) in zip(pass.terms, inputs) {
                     try kernels.lrpTermSparse(n: n, R.const, pooled: p, z, epsilon: pass.epsilon, g,
-                                          prepared: c.sparse[term.weight]!.const, input, scale: pass.scale,
+                                          prepared: c.sparseWeights(term.weight, kernels).const, input, scale: pass.scale,
                                           Rin.pointer, accumulate: !first)
                     first = false
                 }

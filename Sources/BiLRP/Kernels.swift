@@ -61,8 +61,10 @@ public protocol Kernels: Sendable {
                      bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>) throws
     func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, weight: UnsafePointer<Float>,
                       _ c: UnsafeMutablePointer<Float>) throws
+    /// s = R / stab(z), element-wise (n maps); s may be R (in place).
     func lrpDivide(n: Int, count: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float,
                    _ s: UnsafeMutablePointer<Float>)
+    /// R = [R +] scale * a * c, element-wise (n maps; a shared by the maps, nil: 1); R may be c.
     func lrpProduct(n: Int, count: Int, _ a: UnsafePointer<Float>?, _ c: UnsafePointer<Float>, scale: Float,
                     _ R: UnsafeMutablePointer<Float>, accumulate: Bool)
     func clamp(count: Int, _ x: UnsafePointer<Float>, positive: Bool, _ y: UnsafeMutablePointer<Float>)
@@ -123,6 +125,9 @@ public protocol Kernels: Sendable {
     /// Weights prepared once per model and rule for `lrpTermSparse`, or nil when this backend has
     /// no sparse path for the layer.
     func prepareSparseBackward(weight: [Float], _ g: ConvGeometry) -> [Float]?
+    /// Whether `prepareSparseBackward` gives weights for this layer (the explainer prepares them on
+    /// first use only: most layers never see relevance sparse enough).
+    func hasSparseBackward(_ g: ConvGeometry) -> Bool
     /// The density of a layer's relevance (fraction of non-zero values of a map) below which the
     /// explainer runs `lrpTermSparse` for it instead of `lrpTerm`: 0 never, above 1 always.
     var sparseBelowDensity: Double { get }
@@ -185,6 +190,7 @@ extension Kernels {
         preconditionFailure("convBackward(prepared:) without prepareBackward")
     }
     public func prepareSparseBackward(weight: [Float], _ g: ConvGeometry) -> [Float]? { nil }
+    public func hasSparseBackward(_ g: ConvGeometry) -> Bool { false }
     public var sparseBelowDensity: Double { 0 }
     public var patchSideLayers: Int? { 0 }
     public func prepareWinogradForward(weight: [Float], _ g: ConvGeometry) throws -> [Float]? { nil }
@@ -341,9 +347,12 @@ public struct CKernelsBackend: Kernels {
     }
 
     /// Stride 1, at least 16 input channels (an RGB input layer stays direct), `.winograd` mode.
+    public func hasSparseBackward(_ g: ConvGeometry) -> Bool {
+        convolution == .winograd && sparseBelowDensity > 0 && g.strideH == 1 && g.strideW == 1 && g.inChannels >= 16
+    }
+
     public func prepareSparseBackward(weight: [Float], _ g: ConvGeometry) -> [Float]? {
-        guard convolution == .winograd, sparseBelowDensity > 0, g.strideH == 1, g.strideW == 1,
-              g.inChannels >= 16 else { return nil }
+        guard hasSparseBackward(g) else { return nil }
         let count = ck_sparse_weights_size(c(g.outChannels), c(g.inChannels), c(g.kernelH), c(g.kernelW))
         var w = [Float](repeating: 0, count: count)
         w.withUnsafeMutableBufferPointer {

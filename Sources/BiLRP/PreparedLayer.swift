@@ -113,10 +113,10 @@ final class PreparedConv: @unchecked Sendable {
     let backward: [WeightModifier: Buffer]
     /// Every term of the backward has prepared weights (one fused kernel per term).
     let fusedBackward: Bool
-    /// Backend-prepared weights for the sparse backward per modifier (`Kernels.lrpTermSparse`).
-    let sparse: [WeightModifier: Buffer]
-    /// Every term of the backward has sparse weights: the explainer may take the sparse path,
-    /// per input, from the density of the relevance.
+    /// The backend has a sparse backward for this layer (`Kernels.lrpTermSparse`): the explainer
+    /// may take it, per block, from the density of the relevance; its weights are prepared on first
+    /// use (`sparseWeights`), since on most layers of most inputs the relevance is too dense
+    /// (ResNet-50: 85 MB of weights never read).
     let sparseBackward: Bool
     /// Backend-prepared forward weights per modifier (packed), convolutions only: a linear layer's
     /// forward is one matrix-vector product, and a packed copy of a classifier's weight is 400 MB.
@@ -169,7 +169,6 @@ final class PreparedConv: @unchecked Sendable {
         }
         self.bias = bias.map(Buffer.init)
         var backward: [WeightModifier: Buffer] = [:], forward: [WeightModifier: Buffer] = [:]
-        var sparse: [WeightModifier: Buffer] = [:]
         if !isLinear {
             // Geometry without spatial size: only the kernel, stride and padding matter here.
             let geo = ConvGeometry(inChannels: inChannels, height: 1, width: 1, outChannels: outChannels,
@@ -183,20 +182,16 @@ final class PreparedConv: @unchecked Sendable {
                         backward[term.weight] = Buffer(u)
                     }
                 }
-                for term in pass.terms where sparse[term.weight] == nil {
-                    if let u = kernels.prepareSparseBackward(weight: weights[term.weight]!.array, geo) {
-                        sparse[term.weight] = Buffer(u)
-                    }
-                }
             }
         }
-        self.sparse = sparse
         self.backward = backward
         self.forward = forward
         let backwardModifiers = Set(rulePasses.flatMap { $0.terms.map(\.weight) })
         let fused = !backwardModifiers.isEmpty && backwardModifiers.allSatisfy { backward[$0] != nil }
         fusedBackward = fused
-        sparseBackward = !backwardModifiers.isEmpty && backwardModifiers.allSatisfy { sparse[$0] != nil }
+        sparseBackward = !isLinear && !backwardModifiers.isEmpty && kernels.hasSparseBackward(
+            ConvGeometry(inChannels: inChannels, height: 1, width: 1, outChannels: outChannels, kernelH: g.0, kernelW: g.1,
+                         strideH: g.2, strideW: g.3, padH: g.4, padW: g.5))
         self.weights = weights.filter { m, _ in forward[m] == nil || (!fused && backwardModifiers.contains(m)) }
         passes = rulePasses.map { p in
             let reuse = p.terms == [RuleTerm(input: .identity, weight: .identity)] && p.bias == .identity
@@ -207,9 +202,9 @@ final class PreparedConv: @unchecked Sendable {
 
     /// Bytes of its weights in every form it keeps (see `Explainer.preparedBytes`).
     var preparedBytes: Int {
-        let buffers = Array(weights.values) + Array(backward.values) + Array(sparse.values) + Array(forward.values)
+        let buffers = Array(weights.values) + Array(backward.values) + Array(forward.values)
             + passes.compactMap(\.bias) + [bias].compactMap { $0 }
-            + winogradForwardLock.withLock { winogradForwardCache.values.compactMap { $0 } }
+            + lazyFormsLock.withLock { winogradForwardCache.values.compactMap { $0 } + Array(sparseCache.values) }
         return buffers.reduce(0) { $0 + $1.count * MemoryLayout<Float>.stride }
     }
 
@@ -220,12 +215,30 @@ final class PreparedConv: @unchecked Sendable {
     /// first use: only the layers the patch side reaches need them (VGG-16 at 128 x 128: conv1-3,
     /// 28 MB; for every layer they would be 235 MB per modifier).
     private var winogradForwardCache: [WeightModifier: Buffer?] = [:]
-    private let winogradForwardLock = NSLock()
+    private let lazyFormsLock = NSLock()
+
+    /// The sparse backward's weights under a modifier, prepared on first use (`sparseBackward`).
+    private var sparseCache: [WeightModifier: Buffer] = [:]
+
+    func sparseWeights(_ m: WeightModifier, _ kernels: any Kernels) -> Buffer {
+        lazyFormsLock.lock()
+        defer { lazyFormsLock.unlock() }
+        if let cached = sparseCache[m] { return cached }
+        let geo = ConvGeometry(inChannels: inChannels, height: 1, width: 1, outChannels: outChannels,
+                               kernelH: kernelH, kernelW: kernelW, strideH: strideH, strideW: strideW,
+                               padH: padH, padW: padW)
+        guard let conv, let u = kernels.prepareSparseBackward(weight: conv.denseWeight(m), geo) else {
+            preconditionFailure("sparseWeights on a layer without a sparse backward")
+        }
+        let b = Buffer(u)
+        sparseCache[m] = b
+        return b
+    }
 
     func winogradForward(_ m: WeightModifier, _ kernels: any Kernels) throws -> Buffer? {
         guard let conv else { return nil }
-        winogradForwardLock.lock()
-        defer { winogradForwardLock.unlock() }
+        lazyFormsLock.lock()
+        defer { lazyFormsLock.unlock() }
         if let cached = winogradForwardCache[m] { return cached }
         let geo = ConvGeometry(inChannels: inChannels, height: 1, width: 1, outChannels: outChannels,
                                kernelH: kernelH, kernelW: kernelW, strideH: strideH, strideW: strideW,
