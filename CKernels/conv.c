@@ -478,10 +478,12 @@ static void direct_map(void *p, long m) {
     const cols_job *g = &q->geo;
     long N = (long)g->Ho * g->Wo, CKK = (long)g->C * g->kh * g->kw, CHW = (long)g->C * g->H * g->W;
     long ncp = (q->nc + q->nr - 1) / q->nr * q->nr;
+    // A pointwise layer's columns are the map itself: the product goes straight into acc.
+    int pointwise = is_pointwise(g->kh, g->kw, g->sh, g->sw, g->ph, g->pw);
     float *Bp = ck_scratch(0, (size_t)q->K * ncp);
-    float *cols = ck_scratch(1, (size_t)q->T * CKK * q->nc);
+    float *cols = pointwise ? NULL : ck_scratch(1, (size_t)q->T * CKK * q->nc);
     float *acc = ck_scratch(2, (size_t)q->T * CHW);
-    if (!Bp || !cols || !acc) return;
+    if (!Bp || (!pointwise && !cols) || !acc) return;
     memset(acc, 0, (size_t)(q->T * CHW) * sizeof(float));
     const float *Rm = q->R + m * q->K * N;
     int slivers = (int)((CKK + q->mr - 1) / q->mr);
@@ -498,6 +500,10 @@ static void direct_map(void *p, long m) {
             }
         }
         for (int t = 0; t < q->T; t++) {
+            if (pointwise) {
+                ck_gemm_prepacked(q->isa, 0, slivers, (int)CKK, (int)cnt, q->K, q->Ap[t], Bp, acc + t * CHW + j0, N, 0);
+                continue;
+            }
             float *ct = cols + t * CKK * q->nc;
             ck_gemm_prepacked(q->isa, 0, slivers, (int)CKK, (int)cnt, q->K, q->Ap[t], Bp, ct, q->nc, 0);
             col2im_rows(g, ct, q->nc, j0, cnt, 0, CKK, acc + t * CHW);

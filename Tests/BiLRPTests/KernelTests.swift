@@ -101,6 +101,9 @@ let convCases: [ConvGeometry] = [
     ConvGeometry(inChannels: 4, height: 40, width: 128, outChannels: 8, kernelH: 3, kernelW: 3, padH: 1, padW: 1),
     // Padding wider than the kernel's reach (a 1 x 1 with padding 1): rows of Wo > W + pw.
     ConvGeometry(inChannels: 3, height: 7, width: 9, outChannels: 5, kernelH: 1, kernelW: 1, padH: 1, padW: 1),
+    // A pointwise layer over more columns than one block of the fused direct pass (about 2700
+    // here), whose products go straight into the map: ResNet's 1 x 1 convolutions.
+    ConvGeometry(inChannels: 64, height: 60, width: 61, outChannels: 32, kernelH: 1, kernelW: 1),
 ]
 
 @Suite("C kernels against the pure-Swift reference", .serialized)
