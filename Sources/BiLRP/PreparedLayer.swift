@@ -217,6 +217,12 @@ final class PreparedConv: @unchecked Sendable {
     private var winogradForwardCache: [WeightModifier: Buffer?] = [:]
     private let lazyFormsLock = NSLock()
 
+    /// The geometry without a spatial size: only the kernel, stride and padding matter to prepared weights.
+    private var weightGeometry: ConvGeometry {
+        ConvGeometry(inChannels: inChannels, height: 1, width: 1, outChannels: outChannels, kernelH: kernelH,
+                     kernelW: kernelW, strideH: strideH, strideW: strideW, padH: padH, padW: padW)
+    }
+
     /// The sparse backward's weights under a modifier, prepared on first use (`sparseBackward`).
     private var sparseCache: [WeightModifier: Buffer] = [:]
 
@@ -224,10 +230,7 @@ final class PreparedConv: @unchecked Sendable {
         lazyFormsLock.lock()
         defer { lazyFormsLock.unlock() }
         if let cached = sparseCache[m] { return cached }
-        let geo = ConvGeometry(inChannels: inChannels, height: 1, width: 1, outChannels: outChannels,
-                               kernelH: kernelH, kernelW: kernelW, strideH: strideH, strideW: strideW,
-                               padH: padH, padW: padW)
-        guard let conv, let u = kernels.prepareSparseBackward(weight: conv.denseWeight(m), geo) else {
+        guard let conv, let u = kernels.prepareSparseBackward(weight: conv.denseWeight(m), weightGeometry) else {
             preconditionFailure("sparseWeights on a layer without a sparse backward")
         }
         let b = Buffer(u)
@@ -240,10 +243,7 @@ final class PreparedConv: @unchecked Sendable {
         lazyFormsLock.lock()
         defer { lazyFormsLock.unlock() }
         if let cached = winogradForwardCache[m] { return cached }
-        let geo = ConvGeometry(inChannels: inChannels, height: 1, width: 1, outChannels: outChannels,
-                               kernelH: kernelH, kernelW: kernelW, strideH: strideH, strideW: strideW,
-                               padH: padH, padW: padW)
-        let u = try kernels.prepareWinogradForward(weight: conv.denseWeight(m), geo).map(Buffer.init)
+        let u = try kernels.prepareWinogradForward(weight: conv.denseWeight(m), weightGeometry).map(Buffer.init)
         winogradForwardCache[m] = .some(u)
         return u
     }

@@ -40,6 +40,39 @@ func diamondGraph(seed: UInt64, bias: Bool) throws -> Graph {
     ], output: "pool")
 }
 
+/// Two random inputs of a shape.
+func randomPair(_ shape: [Int], seeds: (UInt64, UInt64)) throws -> (Tensor, Tensor) {
+    let count = shape.reduce(1, *)
+    return (try Tensor(shape: shape, data: random(count, seed: seeds.0)), try Tensor(shape: shape, data: random(count, seed: seeds.1)))
+}
+
+/// A graph explained with the C kernels and with the pure-Swift reference kernels: A and R within
+/// 1e-4 of their largest values, y within 1e-5.
+func expectKernelsAgree(_ g: Graph, spec: String, input shape: [Int], outputs: Int, blockSize: Int, patch: Int,
+                        sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let (x1, x2) = try randomPair(shape, seeds: (11, 12))
+    func make(_ k: any Kernels) throws -> Explainer {
+        try Explainer(graph: g, head: .randomProjection(outputs: outputs, seed: 2), composite: try .named(spec),
+                      bounds: Preprocessing.torchvision.bounds, blockSize: blockSize, kernels: k)
+    }
+    let fast = try make(CKernelsBackend()).explain(x1, x2, patch: patch)
+    let slow = try make(ReferenceKernels()).explain(x1, x2, patch: patch)
+    expectClose(fast.first.a, slow.first.a, tol: 1e-4, "A \(spec)", sourceLocation: sourceLocation)
+    expectClose(fast.relevance, slow.relevance, tol: 1e-4, "R \(spec)", sourceLocation: sourceLocation)
+    #expect(abs(fast.similarity - slow.similarity) <= 1e-5 * abs(slow.similarity), sourceLocation: sourceLocation)
+}
+
+/// Conservation on a bias-free graph: |sum R - y| <= 1e-4 |y| (and y not vanishing).
+func expectConservation(_ g: Graph, spec: String, input shape: [Int], outputs: Int, patch: Int,
+                        sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let ex = try Explainer(graph: g, head: .randomProjection(outputs: outputs, seed: 4), composite: try .named(spec))
+    let (x1, x2) = try randomPair(shape, seeds: (21, 22))
+    let pair = try ex.explain(x1, x2, patch: patch)
+    let sum = pair.relevance.reduce(0) { $0 + Double($1) }, y = Double(pair.similarity)
+    #expect(abs(sum - y) <= 1e-4 * abs(y), "\(spec): sum R \(sum), y \(y)", sourceLocation: sourceLocation)
+    #expect(abs(y) > 1e-3, sourceLocation: sourceLocation)
+}
+
 @Suite("Model graphs")
 struct GraphTests {
     func message(_ body: () throws -> Void) -> String {
@@ -65,28 +98,14 @@ struct GraphTests {
     @Test("a DAG with Add, Concat, Mul and a standalone BatchNorm: C kernels equal the reference kernels",
           arguments: ["hp", "epsilon-gamma-box", "epsilon-plus-flat", "first:zb;conv:alphabeta=2,1;add:epsilon=0.01"])
     func againstReference(spec: String) throws {
-        let g = try diamondGraph(seed: 3, bias: true)
-        let x1 = try Tensor(shape: [3, 16, 16], data: random(768, seed: 11)), x2 = try Tensor(shape: [3, 16, 16], data: random(768, seed: 12))
-        func make(_ k: any Kernels) throws -> Explainer {
-            try Explainer(graph: g, head: .randomProjection(outputs: 7, seed: 2), composite: try .named(spec),
-                          bounds: Preprocessing.torchvision.bounds, blockSize: 3, kernels: k)
-        }
-        let fast = try make(CKernelsBackend()).explain(x1, x2, patch: 4)
-        let slow = try make(ReferenceKernels()).explain(x1, x2, patch: 4)
-        expectClose(fast.first.a, slow.first.a, tol: 1e-4, "A \(spec)")
-        expectClose(fast.relevance, slow.relevance, tol: 1e-4, "R \(spec)")
-        #expect(abs(fast.similarity - slow.similarity) <= 1e-5 * abs(slow.similarity))
+        try expectKernelsAgree(try diamondGraph(seed: 3, bias: true), spec: spec, input: [3, 16, 16], outputs: 7,
+                               blockSize: 3, patch: 4)
     }
 
     @Test("conservation on a bias-free DAG: LRP-0 and gamma with the residual rule, |sum R - y| <= 1e-4 |y|",
           arguments: ["hp", "*:gamma=0.25", "first:zplus;*:gamma=0.1"])
     func conservation(spec: String) throws {
-        let g = try diamondGraph(seed: 5, bias: false)
-        let ex = try Explainer(graph: g, head: .randomProjection(outputs: 9, seed: 4), composite: try .named(spec))
-        let x1 = try Tensor(shape: [3, 16, 16], data: random(768, seed: 21)), x2 = try Tensor(shape: [3, 16, 16], data: random(768, seed: 22))
-        let pair = try ex.explain(x1, x2, patch: 4)
-        let sum = pair.relevance.reduce(0) { $0 + Double($1) }
-        #expect(abs(sum - Double(pair.similarity)) <= 1e-4 * abs(Double(pair.similarity)), "\(spec): sum R \(sum), y \(pair.similarity)")
+        try expectConservation(try diamondGraph(seed: 5, bias: false), spec: spec, input: [3, 16, 16], outputs: 9, patch: 4)
     }
 
     @Test("a chain given as a general graph (other names, no indices, nodes in reverse order) gives the chain's numbers, bit for bit")
