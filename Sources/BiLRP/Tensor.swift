@@ -5,14 +5,27 @@ public struct Tensor: Sendable, Equatable {
 
     /// Creates a tensor; `data.count` must equal the product of `shape`.
     public init(shape: [Int], data: [Float]) throws {
-        let count = shape.reduce(1, *)
-        guard shape.allSatisfy({ $0 >= 0 }), count == data.count else {
+        guard let count = Tensor.count(shape), count == data.count else {
             throw BiLRPError.shapeMismatch(
-                what: "tensor data", expected: "\(count) values for shape \(shape)",
+                what: "tensor data", expected: Tensor.count(shape).map { "\($0) values for shape \(shape)" }
+                    ?? "dims >= 0 whose product fits in an Int (shape \(shape))",
                 found: "\(data.count) values")
         }
         self.shape = shape
         self.data = data
+    }
+
+    /// The number of values of a shape; nil for a negative dim or a product that overflows (a
+    /// malformed file's dims must be an error, not a trap).
+    public static func count(_ shape: [Int]) -> Int? {
+        var n = 1
+        for d in shape {
+            guard d >= 0 else { return nil }
+            let p = n.multipliedReportingOverflow(by: d)
+            if p.overflow { return nil }
+            n = p.partialValue
+        }
+        return n
     }
 
     public init(zeros shape: [Int]) {

@@ -603,7 +603,9 @@ public enum ONNXImporter {
 
     /// The value of a node whose inputs are all constants, for the ops torch writes as arithmetic
     /// on constants (F.pad's pads: ConstantOfShape, Concat, Reshape, a reversing Slice, Transpose,
-    /// Cast) and Unsqueeze / Squeeze / Identity; nil for other ops (or a missing input).
+    /// Cast) and Unsqueeze / Squeeze / Identity; nil for other ops, a missing input, or arguments
+    /// that do not fit (then the node stays computed, and a reader that needs a constant says so
+    /// with its name). Folded values are shapes and pads: at most 2^20 of them.
     static func fold(_ n: Onnx_NodeProto, _ ins: [Tensor?], file: String) throws -> Tensor? {
         func attr(_ k: String) -> Onnx_AttributeProto? { n.attribute.first { $0.name == k } }
         func ints(_ i: Int, _ k: String) -> [Int]? {
@@ -622,13 +624,16 @@ public enum ONNXImporter {
             return x
         case "ConstantOfShape":
             let dims = x.data.map(index)
+            guard let count = Tensor.count(dims), count <= 1 << 20 else { return nil }
             let value = attr("value").flatMap { try? tensor($0.t, file: file) }?.data.first ?? 0
-            return try Tensor(shape: dims, data: [Float](repeating: value, count: dims.reduce(1, *)))
+            return try Tensor(shape: dims, data: [Float](repeating: value, count: count))
         case "Concat":
             let parts = ins.compactMap { $0 }
             guard parts.count == ins.count, let a = attr("axis")?.i else { return nil }
             let axis = Int(a) < 0 ? Int(a) + shape.count : Int(a)
-            guard (0..<shape.count).contains(axis) else { return nil }
+            guard (0..<shape.count).contains(axis), parts.allSatisfy({ t in
+                t.shape.count == shape.count && t.shape.indices.allSatisfy { $0 == axis || t.shape[$0] == shape[$0] }
+            }) else { return nil }
             let outer = shape[..<axis].reduce(1, *)
             var data: [Float] = []
             for o in 0..<outer {
@@ -641,17 +646,21 @@ public enum ONNXImporter {
             out[axis] = parts.reduce(0) { $0 + $1.shape[axis] }
             return try Tensor(shape: out, data: data)
         case "Reshape":
-            guard var dims = ints(1, "shape") else { return nil }
+            guard var dims = ints(1, "shape"), dims.allSatisfy({ (-1...max(x.count, 1)).contains($0) }) else { return nil }
             for d in dims.indices where dims[d] == 0 && d < shape.count { dims[d] = shape[d] }
             if let free = dims.firstIndex(of: -1) {
                 dims[free] = 1
-                dims[free] = x.count / max(dims.reduce(1, *), 1)
+                guard let known = Tensor.count(dims) else { return nil }
+                dims[free] = x.count / max(known, 1)
             }
             return try Tensor(shape: dims, data: x.data)
         case "Unsqueeze":
             guard let axes = ints(1, "axes") else { return nil }
             var dims = shape
-            for a in axes.map({ $0 < 0 ? $0 + shape.count + axes.count : $0 }).sorted() { dims.insert(1, at: a) }
+            for a in axes.map({ $0 < 0 ? $0 + shape.count + axes.count : $0 }).sorted() {
+                guard (0...dims.count).contains(a) else { return nil }
+                dims.insert(1, at: a)
+            }
             return try Tensor(shape: dims, data: x.data)
         case "Squeeze":
             let axes = Set((ints(1, "axes") ?? shape.indices.filter { shape[$0] == 1 }).map { $0 < 0 ? $0 + shape.count : $0 })
@@ -670,11 +679,13 @@ public enum ONNXImporter {
         case "Slice":
             guard let starts = ints(1, "starts"), let ends = ints(2, "ends") else { return nil }
             let axes = ints(3, "axes") ?? Array(starts.indices), steps = ints(4, "steps") ?? starts.map { _ in 1 }
+            guard ends.count == starts.count, axes.count == starts.count, steps.count == starts.count else { return nil }
             // Per axis the indices kept, in order (numpy's rules, negative steps included).
             var keep = shape.map { Array(0..<$0) }
             for (k, a0) in axes.enumerated() {
-                let a = a0 < 0 ? a0 + shape.count : a0, n = shape[a], step = steps[k]
-                guard (0..<shape.count).contains(a), step != 0 else { return nil }
+                let a = a0 < 0 ? a0 + shape.count : a0
+                guard (0..<shape.count).contains(a), steps[k] != 0 else { return nil }
+                let n = shape[a], step = steps[k]
                 func wrap(_ v: Int) -> Int { v < 0 ? v + n : v }
                 var idx: [Int] = []
                 if step > 0 {
@@ -704,7 +715,9 @@ public enum ONNXImporter {
 
     static func tensor(_ t: Onnx_TensorProto, file: String) throws -> Tensor {
         let shape = t.dims.map(Int.init)
-        let count = shape.reduce(1, *)
+        guard let count = Tensor.count(shape), count <= 1 << 40 else {
+            throw BiLRPError.io("\(file): tensor '\(t.name)' has impossible dims \(shape)")
+        }
         if t.dataLocation == .external {
             throw BiLRPError.unsupported("\(file): tensor '\(t.name)' uses external data; save the model with its weights inside")
         }

@@ -115,6 +115,13 @@ struct ONNXTests {
             .contains("initializer 'conv1.weight' has no data"))
     }
 
+    @Test("tensor dims that overflow or are negative are errors, not traps")
+    func impossibleDims() {
+        #expect(Tensor.count([2, 3]) == 6 && Tensor.count([]) == 1)
+        #expect(Tensor.count([1 << 62, 4]) == nil && Tensor.count([2, -1]) == nil)
+        #expect(throws: BiLRPError.self) { try Tensor(shape: [1 << 62, 4], data: []) }
+    }
+
     @Test func notAnONNXFile() {
         do {
             _ = try ONNXImporter.load(data: Data("definitely not protobuf \u{1}\u{2}".utf8), name: "x.onnx")
