@@ -67,6 +67,44 @@ void ck_lrp_product(int n, long len, const float *a, const float *c, float scale
     ck_parallel_for((long)n * ((len + CHUNK - 1) / CHUNK), &e, product_task);
 }
 
+typedef struct {
+    long len;
+    const float *R, *z;
+    float eps;
+    int k;
+    const float *const *a;
+    float *const *out;
+    const int *accumulate;
+} shares_job;
+
+// s = R / stab(z) once per element, then every input's share a_j s: R is read once (the separate
+// divide and products went over the block of maps k + 1 times). R may be an output: it is read
+// before any output is written.
+static void shares_task(void *p, long t) {
+    const shares_job *e = p;
+    long chunks = (e->len + CHUNK - 1) / CHUNK;
+    long m = t / chunks, i0 = (t % chunks) * CHUNK, i1 = ck_min(e->len, i0 + CHUNK);
+    const float *R = e->R + m * e->len;
+    float s[CHUNK];
+    for (long i = i0; i < i1; i++) {
+        float z = e->z[i];
+        s[i - i0] = R[i] / (z + (z >= 0.0f ? e->eps : -e->eps));
+    }
+    for (int j = 0; j < e->k; j++) {
+        const float *a = e->a[j] + i0;
+        float *o = e->out[j] + m * e->len + i0;
+        long w = i1 - i0;
+        if (e->accumulate[j]) for (long i = 0; i < w; i++) o[i] += a[i] * s[i];
+        else for (long i = 0; i < w; i++) o[i] = a[i] * s[i];
+    }
+}
+
+void ck_lrp_shares(int n, long len, const float *R, const float *z, float eps, int k, const float *const *a,
+                   float *const *out, const int *accumulate) {
+    shares_job e = {len, R, z, eps, k, a, out, accumulate};
+    ck_parallel_for((long)n * ((len + CHUNK - 1) / CHUNK), &e, shares_task);
+}
+
 void ck_clamp(long len, const float *x, int sign, float *y) {
     if (sign > 0) for (long i = 0; i < len; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
     else for (long i = 0; i < len; i++) y[i] = x[i] < 0.0f ? x[i] : 0.0f;

@@ -166,6 +166,11 @@ void ck_lrp_divide(int n, long len, const float *R, const float *z, float eps, f
 /// R[m, i] = [R[m, i] +] scale * a[i] * c[m, i]; a == NULL means a = 1.
 void ck_lrp_product(int n, long len, const float *a, const float *c, float scale, float *R,
                     int accumulate);
+/// A sum's relevance split among its k summands: out_j[m, i] = [out_j[m, i] +] a_j[i] R[m, i] / stab(z[i])
+/// (accumulate[j] chooses). An output may be R itself, or the same for two summands (both accumulating
+/// after the first).
+void ck_lrp_shares(int n, long len, const float *R, const float *z, float eps, int k, const float *const *a,
+                   float *const *out, const int *accumulate);
 /// y[i] = max(x[i], 0) (sign > 0), min(x[i], 0) (sign < 0), in place allowed.
 void ck_clamp(long len, const float *x, int sign, float *y);
 

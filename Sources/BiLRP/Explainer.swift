@@ -646,18 +646,38 @@ public final class Explainer: @unchecked Sendable {
             pool.give(b)
             rel[v] = .full(a)
         }
-        /// A sum's split (residual Add, proportional Max / Min): input k gets a_k / stab(z) R. In
-        /// place: s = R / stab(z) overwrites R and the last input's share overwrites s, so a block
-        /// of ResNet-50's 256 x 56 x 56 maps needs two buffers here, not four.
+        /// A sum's split (residual Add, proportional Max / Min): input k gets a_k / stab(z) R, in one
+        /// pass over R (`Kernels.lrpShares`). A share goes into the relevance its input already has
+        /// (a residual block's skip, reached first from the block above) or, for one input, into R
+        /// itself: a block of ResNet-50's 256 x 56 x 56 maps needs no buffer here beyond R.
         func depositShares(_ inputs: [Int], _ Rout: BlockRelevance, z: Buffer, epsilon: Float, count: Int) {
-            let sBuf = unpooled(Rout)
-            kernels.lrpDivide(n: n, count: count, sBuf.const, z.const, epsilon: epsilon, sBuf.pointer)
-            for (k, v) in inputs.enumerated() {
-                let Rin = k == inputs.count - 1 ? sBuf : pool.take(n * count)
-                kernels.lrpProduct(n: n, count: count, trace.values[v]!.const, sBuf.const, scale: 1, Rin.pointer,
-                                   accumulate: false)
-                deposit(v, .full(Rin))
+            let R = unpooled(Rout)
+            var target: [Int: Buffer] = [:]  // per input value, where its shares go
+            var outputs: [Buffer] = [], accumulate: [Bool] = []
+            var usedR = false
+            for v in inputs {
+                if let b = target[v] {
+                    outputs.append(b); accumulate.append(true)
+                    continue
+                }
+                let b: Buffer, acc: Bool
+                if let have = rel[v] {
+                    rel[v] = nil
+                    b = unpooled(have); acc = true
+                } else if !usedR {
+                    usedR = true
+                    b = R; acc = false
+                } else {
+                    b = pool.take(n * count); acc = false
+                }
+                target[v] = b
+                outputs.append(b); accumulate.append(acc)
             }
+            kernels.lrpShares(n: n, count: count, R.const, z.const, epsilon: epsilon,
+                              inputs: inputs.map { trace.values[$0]!.const }, outputs: outputs.map(\.pointer),
+                              accumulate: accumulate)
+            if !usedR { pool.give(R) }
+            for (v, b) in target { rel[v] = .full(b) }
         }
         defer { for r in rel { if let r { release(r) } } }
         for l in stride(from: plan.nodes.count - 1, through: last, by: -1) {
@@ -671,7 +691,12 @@ public final class Explainer: @unchecked Sendable {
             let a = trace.inputs[l]
             switch node.op {
             case let .conv(c):
-                deposit(node.inputs[0], .full(try convBackward(c, trace, l, Rout, n: n, pool: pool)))
+                // Relevance already at the input (another reader's share, as a residual block's
+                // skip): the convolution adds its own to it in place, one block buffer fewer.
+                let v = node.inputs[0]
+                var into: Buffer? = nil
+                if case let .full(b) = rel[v] { into = b; rel[v] = nil }
+                deposit(v, .full(try convBackward(c, trace, l, Rout, n: n, adding: into, pool: pool)))
             case .relu, .flatten, .scale:
                 // ReLU and flatten pass relevance through; so does y = k x under LRP-0 (k x / (k x) = 1).
                 deposit(node.inputs[0], Rout)
@@ -788,9 +813,10 @@ public final class Explainer: @unchecked Sendable {
         return unpooled(r)
     }
 
-    /// One conv or linear node's backward for a block: the relevance at its input.
+    /// One conv or linear node's backward for a block: the relevance at its input, added to `base`
+    /// (which it returns) when given.
     private func convBackward(_ c: PreparedConv, _ trace: Trace, _ l: Int, _ Rout: BlockRelevance, n: Int,
-                              pool: BufferPool) throws -> Buffer {
+                              adding base: Buffer? = nil, pool: BufferPool) throws -> Buffer {
         let s = trace.shapes[l], a = trace.inputs[l]
         let g = c.geometry(s)
         var R: Buffer
@@ -809,8 +835,8 @@ public final class Explainer: @unchecked Sendable {
             R = full
             pooled = nil
         }
-        let Rin = pool.take(n * g.inCount)
-        var first = true
+        let Rin = base ?? pool.take(n * g.inCount)
+        var first = base == nil
         for (p, pass) in c.passes.enumerated() {
             let z = trace.denominators[l][p].const
             let inputs: [UnsafePointer<Float>?] = pass.terms.map { term in

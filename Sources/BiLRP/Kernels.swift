@@ -67,6 +67,11 @@ public protocol Kernels: Sendable {
     /// R = [R +] scale * a * c, element-wise (n maps; a shared by the maps, nil: 1); R may be c.
     func lrpProduct(n: Int, count: Int, _ a: UnsafePointer<Float>?, _ c: UnsafePointer<Float>, scale: Float,
                     _ R: UnsafeMutablePointer<Float>, accumulate: Bool)
+    /// A sum's relevance split among its summands: outputs[j] = [outputs[j] +] inputs[j] * R / stab(z),
+    /// element-wise over n maps (`accumulate[j]` chooses). An output may be R itself, or repeat (every
+    /// repeat accumulating).
+    func lrpShares(n: Int, count: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float,
+                   inputs: [UnsafePointer<Float>], outputs: [UnsafeMutablePointer<Float>], accumulate: [Bool])
     func clamp(count: Int, _ x: UnsafePointer<Float>, positive: Bool, _ y: UnsafeMutablePointer<Float>)
     func maxPoolForward(_ x: UnsafePointer<Float>, _ g: PoolGeometry, _ y: UnsafeMutablePointer<Float>,
                         argmax: UnsafeMutablePointer<Int32>)
@@ -497,6 +502,14 @@ public struct CKernelsBackend: Kernels {
     public func lrpProduct(n: Int, count: Int, _ a: UnsafePointer<Float>?, _ cIn: UnsafePointer<Float>, scale: Float,
                            _ R: UnsafeMutablePointer<Float>, accumulate: Bool) {
         ck_lrp_product(c(n), count, a, cIn, scale, R, accumulate ? 1 : 0)
+    }
+
+    public func lrpShares(n: Int, count: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float,
+                          inputs: [UnsafePointer<Float>], outputs: [UnsafeMutablePointer<Float>], accumulate: [Bool]) {
+        precondition(inputs.count == outputs.count && outputs.count == accumulate.count)
+        let a: [UnsafePointer<Float>?] = inputs
+        let o: [UnsafeMutablePointer<Float>?] = outputs
+        ck_lrp_shares(c(n), count, R, z, epsilon, c(inputs.count), a, o, accumulate.map { $0 ? 1 : 0 })
     }
 
     public func clamp(count: Int, _ x: UnsafePointer<Float>, positive: Bool, _ y: UnsafeMutablePointer<Float>) {

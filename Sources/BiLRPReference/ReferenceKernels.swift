@@ -85,6 +85,20 @@ public struct ReferenceKernels: Kernels {
         }
     }
 
+    public func lrpShares(n: Int, count: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float,
+                          inputs: [UnsafePointer<Float>], outputs: [UnsafeMutablePointer<Float>], accumulate: [Bool]) {
+        for m in 0..<n {
+            for i in 0..<count {
+                let zi = z[i]
+                let s = R[m * count + i] / (zi + (zi >= 0 ? epsilon : -epsilon))
+                for (j, out) in outputs.enumerated() {
+                    let v = inputs[j][i] * s
+                    out[m * count + i] = accumulate[j] ? out[m * count + i] + v : v
+                }
+            }
+        }
+    }
+
     public func clamp(count: Int, _ x: UnsafePointer<Float>, positive: Bool, _ y: UnsafeMutablePointer<Float>) {
         for i in 0..<count { y[i] = positive ? max(x[i], 0) : min(x[i], 0) }
     }

@@ -65,6 +65,40 @@ struct GraphOpsTests {
         }
     }
 
+    /// A sum's split in one pass: three summands, one output R itself (in place), one summand read
+    /// twice into the same accumulating output (Add(x, x)), one accumulating into relevance already
+    /// there; more than two chunks of 2^14 per map. Against the reference, then one element by hand.
+    @Test("residual split (lrpShares) in place and accumulating equals the reference", arguments: isaPaths)
+    func shares(isa: Int32) {
+        withISA(isa) {
+            let len = 40_000, n = 3
+            var z = random(len, seed: 30)
+            z[5] = 0
+            let a = (0..<2).map { random(len, seed: 31 + UInt64($0)) }
+            let R0 = random(n * len, seed: 33), have0 = random(n * len, seed: 34)
+            var results: [([Float], [Float])] = []
+            for kernels in [CKernelsBackend() as any Kernels, ReferenceKernels()] {
+                var R = R0, have = have0
+                R.withUnsafeMutableBufferPointer { r in have.withUnsafeMutableBufferPointer { h in
+                    a[0].withUnsafeBufferPointer { a0 in a[1].withUnsafeBufferPointer { a1 in
+                        // Summands a0, a1, a1: a0's share into `have` (accumulating), a1's twice into R.
+                        kernels.lrpShares(n: n, count: len, r.baseAddress!, z, epsilon: 0.01,
+                                          inputs: [a0.baseAddress!, a1.baseAddress!, a1.baseAddress!],
+                                          outputs: [h.baseAddress!, r.baseAddress!, r.baseAddress!],
+                                          accumulate: [true, false, true])
+                    } }
+                } }
+                results.append((R, have))
+            }
+            expectClose(results[0].0, results[1].0, tol: 1e-6, "shares into R")
+            expectClose(results[0].1, results[1].1, tol: 1e-6, "shares accumulated")
+            let m = 2, i = 5  // z = 0: stab(z) = +0.01
+            let s = R0[m * len + i] / 0.01
+            #expect(abs(results[0].1[m * len + i] - (have0[m * len + i] + a[0][i] * s)) <= 1e-3 * abs(s))
+            #expect(abs(results[0].0[m * len + i] - 2 * a[1][i] * s) <= 1e-3 * abs(s))
+        }
+    }
+
     @Test("element-wise max / min: values and winners (first wins ties, NaN wins), winner-take-all backward",
           arguments: isaPaths)
     func extremum(isa: Int32) {

@@ -308,6 +308,39 @@ struct KernelTests {
         }
     }
 
+    /// Weights all 1 (the flat rule) take the rank-one path (one channel's col2im of the column
+    /// sums) when there are at least two maps per thread: against the reference's full product,
+    /// with the term's input and without (the flat rule's 1), on strided and padded geometries.
+    @Test("direct LRP pass with all-ones weights (rank-one path) against the reference", arguments: isaPaths)
+    func flatPass(isa: Int32) throws {
+        try withISA(isa) {
+            let nFused = 2 * CKernelsBackend.threads + 1
+            for (i, g) in convCases.enumerated() {
+                let ones = [Float](repeating: 1, count: g.outChannels * g.inChannels * g.kernelH * g.kernelW)
+                let input: [Float]? = i % 2 == 0 ? nil : random(g.inCount, seed: UInt64(1500 + i))
+                let z = random(g.outCount, seed: UInt64(1600 + i))
+                for n in [1, nFused] {
+                    let R = random(n * g.outCount, seed: UInt64(1700 + i))
+                    for acc in [false, true] {
+                        let start = random(n * g.inCount, seed: UInt64(1800 + i))
+                        func run(_ k: any Kernels) throws -> [Float] {
+                            var out = start
+                            try withPointers([ones]) { wp in try withOptionalPointers([input]) { ip in
+                                try out.withUnsafeMutableBufferPointer {
+                                    try k.lrpDirect(n: n, R, z, epsilon: 0.01, g, weights: wp, inputs: ip, scale: 0.75,
+                                                $0.baseAddress!, accumulate: acc)
+                                }
+                            } }
+                            return out
+                        }
+                        expectClose(try run(CKernelsBackend()), try run(ReferenceKernels()), tol: 1e-5,
+                                    "flat pass \(g) input=\(input != nil) n=\(n) accumulate=\(acc)")
+                    }
+                }
+            }
+        }
+    }
+
     /// A Winograd LRP term that unpools a max-pool's relevance as it loads against the pool's
     /// backward then the term: 2 x 2 pools on the row-wise path (an odd side leaves a row and a
     /// column no window covers), on the 16-tiles-per-vector path (8 x 8), on the map-per-vector
