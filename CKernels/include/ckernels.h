@@ -159,6 +159,12 @@ int ck_winograd_schedule(int C, int K);
 /// previous cap. For tests: chunk boundaries inside tile rows and maps.
 long ck_winograd_set_chunk_tiles(long tiles);
 
+// MARK: - Memory
+
+/// A mapping of old_bytes at p resized to new_bytes (mremap, may move; the pages kept stay resident),
+/// or NULL where that is not possible (not Linux, or the call failed: p is then untouched).
+void *ck_remap(void *p, size_t old_bytes, size_t new_bytes);
+
 // MARK: - LRP element-wise steps
 
 /// s[m, i] = R[m, i] / stab(z[i]) for m < n, i < len; stab(z) = z + eps * sign(z), sign(0) = +1.
