@@ -61,48 +61,48 @@ final class BufferRecycler: @unchecked Sendable {
     init(limit: Int) { self.limit = Swift.max(0, limit) }
 
     func take(bytes: Int) -> UnsafeMutableRawPointer {
-        if bytes >= Self.minimumBytes {
-            var released: [(bytes: Int, pointer: UnsafeMutableRawPointer)] = []
-            lock.lock()
-            if let i = cached.lastIndex(where: { $0.bytes == bytes }) {
-                let p = cached.remove(at: i).pointer
-                cachedBytes -= bytes
-                lock.unlock()
-                return p
-            }
-            // Another size: the cached buffer nearest in size, its mapping resized (the pages it
-            // keeps stay in memory without a fault; a larger one gives its tail back). A block's
-            // buffers are asked for top layer first, small before large, so exact sizes alone
-            // left the next explanation to unmap the large cached ones for the small requests and
-            // fault them in again: VGG-16 at 224 x 224, 725 k page faults in four explanations
-            // against 617 k resized, peak RSS the same (918 MB). (471 k when a grown buffer did not
-            // count against the cache, but then the cache could pass the peak: 932 MB.)
-            var freed = 0
-            if let i = cached.indices.min(by: { abs(cached[$0].bytes - bytes) < abs(cached[$1].bytes - bytes) }),
-               let p = ck_remap(cached[i].pointer, cached[i].bytes, bytes) {
-                freed = cached[i].bytes  // what it grew by counts against the cache, as below
-                cachedBytes -= cached.remove(at: i).bytes
-                while freed < bytes, !cached.isEmpty {
-                    let e = cached.removeFirst()
-                    freed += e.bytes
-                    cachedBytes -= e.bytes
-                    released.append(e)
-                }
-                lock.unlock()
-                for e in released { Self.release(e.pointer, bytes: e.bytes) }
-                return p
-            }
-            while freed < bytes, !cached.isEmpty {
-                let e = cached.removeFirst()
-                freed += e.bytes
-                cachedBytes -= e.bytes
-                released.append(e)
-            }
+        guard bytes >= Self.minimumBytes else { return .allocate(byteCount: bytes, alignment: 64) }
+        lock.lock()
+        if let i = cached.lastIndex(where: { $0.bytes == bytes }) {
+            let p = cached.remove(at: i).pointer
+            cachedBytes -= bytes
             lock.unlock()
-            for e in released { Self.release(e.pointer, bytes: e.bytes) }
-            return Self.map(bytes: bytes)
+            return p
         }
-        return .allocate(byteCount: bytes, alignment: 64)
+        // Another size: the cached buffer nearest in size, its mapping resized (the pages it keeps
+        // stay in memory without a fault; a larger one gives its tail back). A block's buffers are
+        // asked for top layer first, small before large, so exact sizes alone left the next
+        // explanation to unmap the large cached ones for the small requests and fault them in
+        // again: VGG-16 at 224 x 224, 725 k page faults in four explanations against 617 k
+        // resized, peak RSS the same (918 MB). (471 k when a grown buffer did not count against the
+        // cache, but then the cache could pass the peak: 932 MB.)
+        var resized: UnsafeMutableRawPointer? = nil
+        var reused = 0  // cached bytes this request takes over: with the evicted, at least `bytes`
+        if let i = cached.indices.min(by: { abs(cached[$0].bytes - bytes) < abs(cached[$1].bytes - bytes) }),
+           let p = ck_remap(cached[i].pointer, cached[i].bytes, bytes) {
+            resized = p
+            reused = cached.remove(at: i).bytes
+            cachedBytes -= reused
+        }
+        let released = evictOldest(atLeast: bytes - reused)
+        lock.unlock()
+        for e in released { Self.release(e.pointer, bytes: e.bytes) }
+        return resized ?? Self.map(bytes: bytes)
+    }
+
+    /// Removes cached buffers, oldest first, until they make `bytes` or the cache is empty; the
+    /// caller holds the lock and releases them after unlocking. So live plus cached bytes only grow
+    /// when nothing is cached.
+    private func evictOldest(atLeast bytes: Int) -> [(bytes: Int, pointer: UnsafeMutableRawPointer)] {
+        var released: [(bytes: Int, pointer: UnsafeMutableRawPointer)] = []
+        var freed = 0
+        while freed < bytes, !cached.isEmpty {
+            let e = cached.removeFirst()
+            cachedBytes -= e.bytes
+            freed += e.bytes
+            released.append(e)
+        }
+        return released
     }
 
     /// Large buffers are mapped pages of their own, unmapped when released. From malloc, freed
@@ -123,15 +123,10 @@ final class BufferRecycler: @unchecked Sendable {
 
     func give(_ p: UnsafeMutableRawPointer, bytes: Int) {
         guard bytes >= Self.minimumBytes, bytes <= limit else { Self.release(p, bytes: bytes); return }
-        var released: [(bytes: Int, pointer: UnsafeMutableRawPointer)] = []
         lock.lock()
         cached.append((bytes, p))
         cachedBytes += bytes
-        while cachedBytes > limit {
-            let e = cached.removeFirst()
-            cachedBytes -= e.bytes
-            released.append(e)
-        }
+        let released = evictOldest(atLeast: cachedBytes - limit)
         lock.unlock()
         for e in released { Self.release(e.pointer, bytes: e.bytes) }
     }

@@ -25,6 +25,19 @@ func expectClose(_ fast: [Float], _ ref: [Float], tol: Float, _ what: String,
     #expect(err <= tol * scale, "\(what): max error \(err) > \(tol) * \(scale)", sourceLocation: sourceLocation)
 }
 
+/// One direct LRP pass (`Kernels.lrpDirect`, epsilon 0.01) of n maps onto a copy of `start`.
+func runDirectPass(_ k: any Kernels, n: Int, _ R: [Float], _ z: [Float], _ g: ConvGeometry, weights: [[Float]],
+                inputs: [[Float]?], scale: Float, onto start: [Float], accumulate: Bool) throws -> [Float] {
+    var out = start
+    try withPointers(weights) { wp in try withOptionalPointers(inputs) { ip in
+        try out.withUnsafeMutableBufferPointer {
+            try k.lrpDirect(n: n, R, z, epsilon: 0.01, g, weights: wp, inputs: ip, scale: scale, $0.baseAddress!,
+                            accumulate: accumulate)
+        }
+    } }
+    return out
+}
+
 func withISA<T>(_ isa: Int32, _ body: () throws -> T) rethrows -> T {
     ck_set_thread_isa(isa)
     defer { ck_set_thread_isa(-1) }
@@ -291,14 +304,8 @@ struct KernelTests {
                     for acc in [false, true] {
                         let start = random(n * g.inCount, seed: UInt64(1400 + i))
                         func run(_ k: any Kernels) throws -> [Float] {
-                            var out = start
-                            try withPointers(ws) { wp in try withOptionalPointers(inputs) { ip in
-                                try out.withUnsafeMutableBufferPointer {
-                                    try k.lrpDirect(n: n, R, z, epsilon: 0.01, g, weights: wp, inputs: ip, scale: -0.5,
-                                                $0.baseAddress!, accumulate: acc)
-                                }
-                            } }
-                            return out
+                            try runDirectPass(k, n: n, R, z, g, weights: ws, inputs: inputs, scale: -0.5, onto: start,
+                                           accumulate: acc)
                         }
                         expectClose(try run(CKernelsBackend()), try run(ReferenceKernels()), tol: 1e-5,
                                     "direct pass \(g) terms=\(terms) n=\(n) accumulate=\(acc)")
@@ -324,14 +331,8 @@ struct KernelTests {
                     for acc in [false, true] {
                         let start = random(n * g.inCount, seed: UInt64(1800 + i))
                         func run(_ k: any Kernels) throws -> [Float] {
-                            var out = start
-                            try withPointers([ones]) { wp in try withOptionalPointers([input]) { ip in
-                                try out.withUnsafeMutableBufferPointer {
-                                    try k.lrpDirect(n: n, R, z, epsilon: 0.01, g, weights: wp, inputs: ip, scale: 0.75,
-                                                $0.baseAddress!, accumulate: acc)
-                                }
-                            } }
-                            return out
+                            try runDirectPass(k, n: n, R, z, g, weights: [ones], inputs: [input], scale: 0.75, onto: start,
+                                           accumulate: acc)
                         }
                         expectClose(try run(CKernelsBackend()), try run(ReferenceKernels()), tol: 1e-5,
                                     "flat pass \(g) input=\(input != nil) n=\(n) accumulate=\(acc)")
