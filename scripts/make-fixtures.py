@@ -57,7 +57,7 @@ def rule_for(entries, index, kind, is_first):
             hit = True
         elif sel == "first":
             hit = is_first
-        elif sel in ("conv", "linear", "max", "min"):
+        elif sel in ("conv", "linear", "max", "min", "add"):
             hit = sel == kind
         elif "-" in sel:
             lo, hi = sel.split("-")
@@ -646,7 +646,7 @@ def graph_forward(nodes, x):
 def graph_backward(nodes, entries, vals, out, R):
     """LRP over the node list in reverse, relevance summed where a value has several readers."""
     n = R.shape[0]
-    convs = [i for i, nd in enumerate(nodes) if nd[1] == "conv"]
+    convs = [i for i, nd in enumerate(nodes) if nd[1] in ("conv", "linear")]
     rel = {out: R}
     for i in reversed(range(len(nodes))):
         name, kind, mod, ins, o = nodes[i]
@@ -670,12 +670,13 @@ def graph_backward(nodes, entries, vals, out, R):
             # relevance moves with the values, R_in = x * d(z . s)/dx with s = R / stab(z).
             xs = [t.clone().requires_grad_(True) for t in a]
             z = sum(xs) if kind in ("max", "min") else graph_op(kind, mod, xs)
-            s = (R / stab(z, EPS)).detach()
+            rname, arg = rule_for(entries, i, kind, False) if kind == "add" else ("zero", "")
+            s = (R / stab(z, float(arg) if rname == "epsilon" else EPS)).detach()
             (z * s).sum().backward()
             Rin = [(t * t.grad).detach() for t in xs]
         else:
-            rname, arg = rule_for(entries, i, "conv", i == convs[0])
-            Rin = [relevance_backward([mod], ["conv"], [("*", rname, arg)], [a[0][:1]], R)]
+            rname, arg = rule_for(entries, i, kind, i == convs[0])
+            Rin = [relevance_backward([mod], [kind], [("*", rname, arg)], [a[0][:1]], R)]
         for v, r in zip(ins, Rin):
             rel[v] = rel[v] + r if v in rel else r
     return rel["input"]
@@ -828,6 +829,113 @@ def make_ops_case(gen, size=(20, 22), h=6, patch=4,
     print(f"wrote {out} ({os.path.getsize(out)} bytes), {path} ({os.path.getsize(path)} bytes)")
 
 
+class TokenNet(nn.Module):
+    """A model of a sequence (1, T, D): linear layers on every token, a residual sum that reads the
+    input again, and two poolings over the tokens (mean, and a sum of a scaled branch) concatenated
+    into one vector; biases nonzero."""
+    def __init__(self, d=12, hidden=16, out=10):
+        super().__init__()
+        self.lin1, self.lin2, self.lin3 = nn.Linear(d, hidden), nn.Linear(hidden, d), nn.Linear(d, out)
+
+    def forward(self, x):
+        a = F.relu(self.lin1(x))
+        b = F.relu(self.lin2(a) + x)
+        c = F.relu(self.lin3(b))
+        return torch.cat([c.mean(1), (b * 0.5).sum(1)], 1)
+
+    def nodes(self):
+        return [("lin1", "linear", self.lin1, ["input"], "l1"), ("relu1", "relu", None, ["l1"], "a"),
+                ("lin2", "linear", self.lin2, ["a"], "l2"), ("add", "add", None, ["l2", "input"], "s"),
+                ("relu2", "relu", None, ["s"], "b"), ("lin3", "linear", self.lin3, ["b"], "l3"),
+                ("relu3", "relu", None, ["l3"], "c"), ("mean", "reduce", lambda t: t.mean(1), ["c"], "cm"),
+                ("mul", "mul", lambda t: t * 0.5, ["b"], "bh"), ("sum", "reduce", lambda t: t.sum(1), ["bh"], "bs"),
+                ("concat", "concat", None, ["cm", "bs"], "out")]
+
+
+def token_factors(nodes, entries, head, x, patch):
+    """graph_factors for a (1, T, D) sequence: relevance summed over the features, pooled over runs
+    of `patch` tokens."""
+    vals = graph_forward(nodes, x)
+    feat = vals["out"].flatten(1)[0]
+    phi = head @ feat
+    h = phi.numel()
+    s = torch.diag(phi) / stab(phi, EPS)
+    Rfeat = (feat * (s @ head)).view(h, *vals["out"].shape[1:])
+    Rx = graph_backward(nodes, entries, vals, "out", Rfeat)
+    return pool(Rx.sum(2).unsqueeze(1), patch).T.contiguous(), phi
+
+
+def make_tokens_case(gen, tokens=9, d=12, h=5, patch=2,
+                     composites=("epsilon-plus-flat", "hp", "first:flat;linear:gamma=0.25;add:epsilon=0.01")):
+    """The token model explained in float64 by graph_backward; the Hessian x Product by double
+    backward; exported to ONNX (weights inside) and run by onnxruntime."""
+    composites = list(composites)
+    model = TokenNet(d)
+    for l in (model.lin1, model.lin2, model.lin3):
+        l.weight.data = torch.randn(l.weight.shape, generator=gen) * math.sqrt(2 / l.in_features)
+        l.bias.data = torch.randn(l.bias.shape, generator=gen) * 0.1
+    model = model.float().double()
+    nodes = model.nodes()
+    x1 = torch.randn(1, tokens, d, generator=gen).float().double()
+    x2 = torch.randn(1, tokens + 2, d, generator=gen).float().double()
+    with torch.no_grad():
+        assert torch.allclose(model(x1), graph_forward(nodes, x1)["out"], atol=1e-12), "node list != module"
+        dim = model(x1).numel()
+    head = (torch.randn(h, dim, generator=gen) / math.sqrt(h)).float().double()
+    tensors = {"x1": f32(x1[0]), "x2": f32(x2[0]), "head": f32(head)}
+    for name, l in (("lin1", model.lin1), ("lin2", model.lin2), ("lin3", model.lin3)):
+        tensors[f"{name}.weight"], tensors[f"{name}.bias"] = f32(l.weight), f32(l.bias)
+    pair_results(tensors, "tokens", composites, lambda entries, x: token_factors(nodes, entries, head, x, patch), x1, x2)
+    # Hessian x Product by double backward, pooled like the factors.
+    a1, a2 = x1.clone().requires_grad_(True), x2.clone().requires_grad_(True)
+    y = (head @ model(a1)[0]) @ (head @ model(a2)[0])
+    (g2,) = torch.autograd.grad(y, a2, create_graph=True)
+    contrib = pool((a2 * g2).sum(2).unsqueeze(1), patch)[0]
+    cols = []
+    for q in range(contrib.numel()):
+        (g1,) = torch.autograd.grad(contrib[q], a1, retain_graph=True)
+        cols.append(pool((a1 * g1).detach().sum(2).unsqueeze(1), patch)[0])
+    tensors["hessian.R"], tensors["hessian.y"] = f32(torch.stack(cols, 1)), f32(y.detach().reshape(1))
+    print(f"tokens hessian: y={float(y):.6g} sumHP={float(tensors['hessian.R'].sum()):.6g}")
+    path = os.path.join(OUT, "tokens.onnx")
+    torch.set_default_dtype(torch.float32)
+    m32 = model.float().eval()
+    torch.onnx.export(m32, x1.float(), path, dynamo=False, opset_version=13, input_names=["input"],
+                      output_names=["output"])
+    (ort_out,) = run_ort(open(path, "rb").read(), {"input": x1.float().numpy()}, ["output"])
+    tensors["ort.output"] = torch.from_numpy(ort_out[0]).contiguous()
+    assert np.allclose(ort_out, model(x1.float()).detach().numpy(), atol=1e-5), "onnxruntime != torch"
+    torch.set_default_dtype(torch.float64)
+    import onnx
+    print("tokens ONNX nodes:", [n.op_type for n in onnx.load(path).graph.node])
+    meta = {"composites": json.dumps(composites), "h": str(h), "patch": str(patch)}
+    out = os.path.join(OUT, "tokens.safetensors")
+    save_file(tensors, out, metadata=meta)
+    print(f"wrote {out} ({os.path.getsize(out)} bytes), {path} ({os.path.getsize(path)} bytes)")
+
+
+def make_unsupported_tokens_onnx():
+    """A tiny ONNX graph of a (1, 9, 12) sequence whose branches need what a sequence cannot do
+    here: a Flatten (token-major, against the features-major storage), a Concat along the tokens,
+    a ReduceSum over the features without keepdims. The ReLU before them is fine."""
+    import onnx
+    from onnx import TensorProto, helper
+    nodes = [
+        helper.make_node("Relu", ["input"], ["r"], name="relu"),
+        helper.make_node("Flatten", ["r"], ["f"], name="flatten", axis=1),
+        helper.make_node("Concat", ["r", "r"], ["c"], name="concat_tokens", axis=1),
+        helper.make_node("ReduceSum", ["r", "axes"], ["s"], name="sum_features", keepdims=0),
+    ]
+    inits = [helper.make_tensor("axes", TensorProto.INT64, [1], [2])]
+    graph = helper.make_graph(nodes, "unsupported_tokens",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 9, 12])],
+                              [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path = os.path.join(OUT, "tokens_unsupported.onnx")
+    onnx.save(m, path)
+    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+
+
 def make_unsupported_ops_onnx():
     """A tiny ONNX graph (no weights) whose second branch needs ops the importer refuses: Pad in
     reflect mode, a Slice with step 2, a Max with a constant (a clamp). The first branch is fine."""
@@ -863,6 +971,10 @@ def main():
     if "--only" in sys.argv and sys.argv[sys.argv.index("--only") + 1] == "graphs":
         make_graph_fixtures()
         return 0
+    if "--only" in sys.argv and sys.argv[sys.argv.index("--only") + 1] == "tokens":
+        make_tokens_case(torch.Generator().manual_seed(20261205))
+        make_unsupported_tokens_onnx()
+        return 0
     if "--only" in sys.argv and sys.argv[sys.argv.index("--only") + 1] == "ops":
         make_ops_case(torch.Generator().manual_seed(20261204))
         make_unsupported_ops_onnx()
@@ -886,6 +998,8 @@ def main():
     make_graph_fixtures()
     make_ops_case(torch.Generator().manual_seed(20261204))
     make_unsupported_ops_onnx()
+    make_tokens_case(torch.Generator().manual_seed(20261205))
+    make_unsupported_tokens_onnx()
     print("torch", torch.__version__)
 
 

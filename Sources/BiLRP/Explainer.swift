@@ -41,7 +41,10 @@ public final class Explainer: @unchecked Sendable {
     let valueNames: [String]
     var valueCount: Int { valueNames.count }
     let outputValue: Int
+    /// The channels (features) the first convolution (linear layer) reading the input expects.
     let inputChannels: Int?
+    /// A linear layer reads the input: it is a sequence (tokens, features); a convolution: an image.
+    let sequenceInput: Bool?
 
     /// - Parameters:
     ///   - model: the feature extractor F (already truncated), as a chain of layers.
@@ -84,7 +87,7 @@ public final class Explainer: @unchecked Sendable {
         var rules: [Int: Rule] = [:], nodeRules: [String: Rule] = [:]
         var prepared: [PreparedNode] = []
         var nonNegative = [Bool](repeating: false, count: ids.count)
-        var channels: Int? = nil
+        var channels: Int? = nil, sequenceInput: Bool? = nil
         for (position, node) in graph.nodes.enumerated() {
             let inputs = node.inputs.map { ids[$0]! }, output = ids[node.output]!
             let index = node.index!
@@ -99,7 +102,7 @@ public final class Explainer: @unchecked Sendable {
             let op: PreparedLayer
             switch node.op {
             case let .layer(.conv2d(conv)):
-                if channels == nil, inputs == [0] { channels = conv.inChannels }
+                if channels == nil, inputs == [0] { channels = conv.inChannels; sequenceInput = false }
                 if rule == .zBox {
                     guard let bounds else {
                         throw BiLRPError.invalidArgument(
@@ -115,6 +118,7 @@ public final class Explainer: @unchecked Sendable {
                 op = .conv(try PreparedConv(index: index, conv: conv, rule: rule, nonNegativeInput: nonNegativeInput,
                                             kernels: kernels))
             case let .layer(.linear(lin)):
+                if channels == nil, inputs == [0] { channels = lin.inFeatures; sequenceInput = true }
                 if rule == .zBox { throw BiLRPError.unsupported("rule zb on linear \(label)") }
                 rules[index] = rule; nodeRules[node.name] = rule
                 op = .conv(try PreparedConv(index: index, linear: lin, rule: rule, nonNegativeInput: nonNegativeInput,
@@ -172,6 +176,7 @@ public final class Explainer: @unchecked Sendable {
         self.outputValue = ids[graph.output]!
         self.graph = graph
         self.inputChannels = channels
+        self.sequenceInput = sequenceInput
         self.rules = rules
         self.nodeRules = nodeRules
         self.head = head
@@ -263,7 +268,8 @@ public final class Explainer: @unchecked Sendable {
     }
 
     /// First-order LRP of one input for an output relevance vector r (length h; e.g. e_m phi_m, or
-    /// phi(x') to explain the similarity with x' held fixed), at full resolution: (C, H, W).
+    /// phi(x') to explain the similarity with x' held fixed), at full resolution: (C, H, W), or
+    /// (tokens, features) for a sequence.
     public func relevance(_ x: Tensor, outputRelevance r: [Float], cancellation: Cancellation? = nil) throws -> Tensor {
         let trace = try forward(x, patch: nil, cancellation: cancellation)
         guard r.count == trace.output.count else {
@@ -272,8 +278,7 @@ public final class Explainer: @unchecked Sendable {
         }
         let out = try backward(trace, Buffer(r), n: 1, cancellation: cancellation)
         let shape = trace.inputShape
-        return try Tensor(shape: [shape.channels, shape.height, shape.width],
-                          data: Array(UnsafeBufferPointer(start: out.const, count: shape.count)))
+        return try Tensor.unstored(Array(UnsafeBufferPointer(start: out.const, count: shape.count)), shape, like: x)
     }
 
     /// The BiLRP explanation of y(x, x'): R = A(x) A(x')^T over patch pairs, with the marginals,
@@ -392,16 +397,24 @@ public final class Explainer: @unchecked Sendable {
     /// The forward pass. `patch` is the factors' patch size for the limits check (nil: no factors,
     /// only the embedding or a full-resolution map), which runs before anything is allocated.
     func forward(_ x: Tensor, patch: Int?, cancellation: Cancellation? = nil) throws -> Trace {
-        let shape = try x.shape3()
+        switch (sequenceInput, x.shape.count) {
+        case (true, let r) where r != 2:
+            throw BiLRPError.shapeMismatch(what: "input", expected: "2 dimensions (tokens, features)", found: "\(x.shape)")
+        case (false, let r) where r != 3:
+            throw BiLRPError.shapeMismatch(what: "input", expected: "3 dimensions (C, H, W)", found: "\(x.shape)")
+        default: break
+        }
+        let (shape, data) = try x.stored()
         if let c = inputChannels, c != shape.channels {
-            throw BiLRPError.shapeMismatch(what: "input channels", expected: "\(c)", found: "\(shape.channels)")
+            throw BiLRPError.shapeMismatch(
+                what: x.shape.count == 2 ? "input features" : "input channels", expected: "\(c)", found: "\(shape.channels)")
         }
         guard shape.height > 0, shape.width > 0 else {
-            throw BiLRPError.shapeMismatch(what: "input", expected: "a non-empty image", found: "\(x.shape)")
+            throw BiLRPError.shapeMismatch(what: "input", expected: "a non-empty image or sequence", found: "\(x.shape)")
         }
         try limits.check(requirements(for: shape, patch: patch ?? max(shape.height, shape.width)))
         let plan = try plan(for: shape, cancellation: cancellation)
-        let input = Buffer(x.data)
+        let input = Buffer(data)
         var trace = Trace(inputShape: shape, plan: plan, output: input, outputShape: shape)
         trace.values = [Buffer?](repeating: nil, count: plan.valueCount)
         trace.values[0] = input

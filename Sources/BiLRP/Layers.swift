@@ -80,7 +80,8 @@ public struct Conv2d: Sendable, Equatable {
     }
 }
 
-/// A fully connected layer: y = W x + b with W of shape (outFeatures, inFeatures), as `torch.nn.Linear`.
+/// A fully connected layer: y = W x + b with W of shape (outFeatures, inFeatures), as `torch.nn.Linear`:
+/// on a vector, or on every token of a sequence (see `Shape3`).
 public struct Linear: Sendable, Equatable {
     public var weight: [Float]
     public var bias: [Float]?
@@ -214,11 +215,13 @@ public enum Layer: Sendable, Equatable {
         case .flatten:
             return Shape3(s.count, 1, 1)
         case let .linear(l):
-            guard s.count == l.inFeatures, s.height == 1, s.width == 1 else {
+            // A vector (D, 1, 1), or a sequence (D, 1, T): the layer acts on every token.
+            guard s.channels == l.inFeatures, s.height == 1 else {
                 throw BiLRPError.shapeMismatch(
-                    what: "\(label) (\(name)) input", expected: "\(l.inFeatures) features (flattened)", found: "\(s)")
+                    what: "\(label) (\(name)) input",
+                    expected: "\(l.inFeatures) features (a flattened vector or a sequence of tokens)", found: "\(s)")
             }
-            return Shape3(l.outFeatures, 1, 1)
+            return Shape3(l.outFeatures, 1, s.width)
         }
     }
 }

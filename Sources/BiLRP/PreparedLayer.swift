@@ -31,7 +31,7 @@ enum PreparedLayer: @unchecked Sendable {
     func name(_ s: Shape3) -> String {
         switch self {
         case let .conv(c):
-            return c.isLinear ? "Linear(\(c.inChannels), \(c.outChannels))"
+            return c.isLinear ? "Linear(\(c.inChannels), \(c.outChannels))" + (s.width > 1 ? " @\(s.width) tokens" : "")
                 : "Conv(\(c.inChannels), \(c.outChannels), \(c.kernelH)x\(c.kernelW)) \(c.rule) @\(s.height)x\(s.width)"
         case .relu: return "ReLU"
         case .maxPool: return "MaxPool @\(s.height)x\(s.width)"
@@ -53,11 +53,11 @@ enum PreparedLayer: @unchecked Sendable {
         switch self {
         case let .conv(c):
             if c.isLinear {
-                guard s.count == c.inChannels else {
+                guard s.channels == c.inChannels, s.height == 1 else {
                     throw BiLRPError.shapeMismatch(
                         what: "linear layer \(c.index) input", expected: "\(c.inChannels) features", found: "\(s)")
                 }
-                return Shape3(c.outChannels, 1, 1)
+                return Shape3(c.outChannels, 1, s.width)
             }
             return try Layer.conv2d(c.conv!).outputShape(s, index: c.index)
         case .relu: return s
@@ -265,8 +265,8 @@ final class PreparedConv: @unchecked Sendable {
     }
 
     func geometry(_ s: Shape3) -> ConvGeometry {
-        if isLinear {
-            return ConvGeometry(inChannels: inChannels, height: 1, width: 1, outChannels: outChannels,
+        if isLinear {  // on a vector (width 1) or on every token of a sequence: a 1 x 1 convolution
+            return ConvGeometry(inChannels: inChannels, height: 1, width: s.width, outChannels: outChannels,
                                 kernelH: 1, kernelW: 1)
         }
         return ConvGeometry(inChannels: s.channels, height: s.height, width: s.width, outChannels: outChannels,

@@ -12,8 +12,10 @@ public struct ONNXModel: Sendable {
     /// True when the file's input is channels-last (N, H, W, C) and a Transpose makes it NCHW;
     /// this library always takes (C, H, W), so the transpose is absorbed.
     public var channelsLastInput: Bool
-    /// The file's static input size (C, H, W), when it declares one.
+    /// The file's static input size (C, H, W), when it declares one; (D, 1, T) for a sequence.
     public var inputShape: Shape3?
+    /// The input is a sequence, (N, T, D) in the file: the explainer takes it as a (T, D) tensor.
+    public var sequenceInput: Bool
     /// Nodes that cannot be used, as "op X at node Y": they and every node that reads them.
     public var unsupported: [String]
     public var producer: String
@@ -36,7 +38,8 @@ public struct ONNXModel: Sendable {
 /// AveragePool, GlobalAveragePool, BatchNormalization (folded later), Flatten, Reshape (as a
 /// flatten), Gemm, MatMul (+ Add of a bias), Add of two activations, Concat over channels, Mul by a
 /// scalar constant, Max / Min of activations, Pad (constant), Slice (step 1), ReduceSum / ReduceMean
-/// (over C, H, W), Transpose (channels-last input, or channels-last flatten before a dense layer),
+/// (over C, H, W), on (N, T, D) sequences MatMul (+ Add of a bias) on every token and the
+/// element-wise ops, Pad, Slice, Concat of features and the reductions over T and D, Transpose (channels-last input, or channels-last flatten before a dense layer),
 /// Identity, Dropout, Softmax (dropped for explanation); explicit pads and auto_pad. Other ops are
 /// listed in `unsupported`; a cut that needs one is an error naming the op and the node.
 public enum ONNXImporter {
@@ -68,7 +71,7 @@ public enum ONNXImporter {
         try b.run()
         let all = try b.finish()
         var model = ONNXModel(graph: all, chain: nil, channelsLastInput: b.channelsLastInput, inputShape: b.inputShape,
-                              unsupported: b.unsupported.map(\.message), producer: proto.producerName,
+                              sequenceInput: b.sequences.contains(b.input), unsupported: b.unsupported.map(\.message), producer: proto.producerName,
                               numbering: b.numbering)
         if let cut {
             model.graph = try b.cut(all, cut)
@@ -110,6 +113,9 @@ public enum ONNXImporter {
         var flattenedChannelsLast: [String: String] = [:]
         var reorder: [(node: Int, from: String)] = []
         var fusedAdds: Set<Int> = []
+        /// Values that are sequences, (N, T, D) in the file: tokens x features, stored (D, 1, T)
+        /// (see `Shape3`). The input is one when it has three dimensions.
+        var sequences: Set<String> = []
 
         init(graph: Onnx_GraphProto, name: String, weights: (any TensorSource)?) throws {
             self.graph = graph
@@ -162,6 +168,7 @@ public enum ONNXImporter {
             }
             input = inputProto.name
             let dims = inputProto.type.tensorType.shape.dim.map { { if case .dimValue(let v)? = $0.value { return Int(v) } else { return -1 } }($0) }
+            if dims.count == 3 { sequences.insert(input) }
             let onnxNodes = graph.node
             let order = try ordered()
             var readers: [String: [Int]] = [:]
@@ -186,14 +193,25 @@ public enum ONNXImporter {
                     }
                     continue
                 }
+                // A sequence stays one through every op but a reduction over its tokens without
+                // keepdims (mean pooling: a vector); ops of maps do not take one.
+                let sequence = data.contains { sequences.contains($0) }
+                let keepsTokens = !(["ReduceSum", "ReduceMean"].contains(node.opType)
+                    && (attr(node, "keepdims")?.i ?? 1) == 0)
                 func add(_ op: Graph.Op, _ inputs: [String], output: String? = nil) {
                     nodes.append(Graph.Node(name: label, op: op, inputs: inputs, output: output ?? out,
                                             index: ONNXImporter.moduleIndex(label)))
+                    if sequence && keepsTokens { sequences.insert(output ?? out) }
                 }
                 func refuse(_ what: String) {
                     let message = "op \(what) at node \(label)"
                     unsupported.append((label, message))
                     blocked[out] = message
+                }
+                let mapOps = ["Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization", "Flatten",
+                              "Reshape", "Gemm", "Transpose"]
+                if sequence, mapOps.contains(node.opType) {
+                    refuse("\(node.opType) on a sequence (tokens x features)"); continue
                 }
                 switch node.opType {
                 case "Shape", "Gather", "Unsqueeze", "Squeeze", "Cast", "ConstantOfShape":
@@ -274,9 +292,9 @@ public enum ONNXImporter {
                     }
                     add(.scale(k.data[0]), data)
                 case "Concat":
-                    let axis = attr(node, "axis")?.i ?? 0
-                    guard axis == 1 || axis == -3, data.count == ins.count else {
-                        refuse("Concat on axis \(axis) (only channels, axis 1, of activations)"); continue
+                    let axis = Int(attr(node, "axis")?.i ?? 0)
+                    guard (try? self.axis(axis, sequence: sequence)) == .channels, data.count == ins.count else {
+                        refuse("Concat on axis \(axis) (only of activations, along the channels or features)"); continue
                     }
                     add(.concat, data)
                 case "Max", "Min":
@@ -285,15 +303,15 @@ public enum ONNXImporter {
                     }
                     add(node.opType == "Max" ? .maximum : .minimum, data)
                 case "Pad":
-                    do { add(.pad(try padding(node, label)), [data[0]]) } catch let BiLRPError.unsupported(m) {
+                    do { add(.pad(try padding(node, label, sequence: sequence)), [data[0]]) } catch let BiLRPError.unsupported(m) {
                         refuse("Pad (\(m))")
                     }
                 case "Slice":
-                    do { add(.slice(try slice(node, label)), [data[0]]) } catch let BiLRPError.unsupported(m) {
+                    do { add(.slice(try slice(node, label, sequence: sequence)), [data[0]]) } catch let BiLRPError.unsupported(m) {
                         refuse("Slice (\(m))")
                     }
                 case "ReduceSum", "ReduceMean":
-                    do { add(.reduce(try reduction(node, label), mean: node.opType == "ReduceMean"), [data[0]]) }
+                    do { add(.reduce(try reduction(node, label, sequence: sequence), mean: node.opType == "ReduceMean"), [data[0]]) }
                     catch let BiLRPError.unsupported(m) { refuse("\(node.opType) (\(m))") }
                 default:
                     refuse(node.opType)
@@ -301,6 +319,8 @@ public enum ONNXImporter {
             }
             if dims.count == 4, dims.dropFirst().allSatisfy({ $0 > 0 }) {
                 inputShape = channelsLastInput ? Shape3(dims[3], dims[1], dims[2]) : Shape3(dims[1], dims[2], dims[3])
+            } else if dims.count == 3, dims.dropFirst().allSatisfy({ $0 > 0 }) {
+                inputShape = Shape3(dims[2], 1, dims[1])
             }
         }
 
@@ -450,8 +470,16 @@ public enum ONNXImporter {
             return t.data.map(ONNXImporter.index)
         }
 
-        /// An ONNX axis of (N, C, H, W) as one of ours; the batch axis is not one.
-        func axis(_ a: Int) throws -> Axes3 {
+        /// An ONNX axis of (N, C, H, W), or of a sequence's (N, T, D), as one of ours (a sequence's
+        /// tokens are the width, its features the channels); the batch axis is not one.
+        func axis(_ a: Int, sequence: Bool) throws -> Axes3 {
+            if sequence {
+                switch a < 0 ? a + 3 : a {
+                case 1: return .width
+                case 2: return .channels
+                default: throw BiLRPError.unsupported("axis \(a) (only the token and feature axes of N, T, D)")
+                }
+            }
             switch a < 0 ? a + 4 : a {
             case 1: return .channels
             case 2: return .height
@@ -460,7 +488,7 @@ public enum ONNXImporter {
             }
         }
 
-        func padding(_ n: Onnx_NodeProto, _ label: String) throws -> Padding3 {
+        func padding(_ n: Onnx_NodeProto, _ label: String, sequence: Bool) throws -> Padding3 {
             let mode = attr(n, "mode").map { String(decoding: $0.s, as: UTF8.self) } ?? "constant"
             guard mode == "constant" else { throw BiLRPError.unsupported("mode \(mode)") }
             guard let pads = try integers(n, attribute: "pads", input: 1, label) else {
@@ -468,25 +496,30 @@ public enum ONNXImporter {
             }
             let axes = try integers(n, attribute: "axes", input: 3, label) ?? Array(0..<(pads.count / 2))
             guard pads.count == 2 * axes.count else { throw BiLRPError.unsupported("\(pads.count) pads for \(axes.count) axes") }
-            var before = [0, 0, 0, 0], after = [0, 0, 0, 0]
+            var before = Position3.zero, after = Position3.zero
             for (k, a) in axes.enumerated() {
-                let i = a < 0 ? a + 4 : a
-                guard (0..<4).contains(i) else { throw BiLRPError.unsupported("axis \(a)") }
-                before[i] = pads[k]; after[i] = pads[axes.count + k]
+                let (b, e) = (pads[k], pads[axes.count + k])
+                if a == 0 || a == (sequence ? -3 : -4) {
+                    guard b == 0, e == 0 else { throw BiLRPError.unsupported("padding of the batch axis") }
+                    continue
+                }
+                switch try axis(a, sequence: sequence) {
+                case .channels: before.channel = b; after.channel = e
+                case .height: before.row = b; after.row = e
+                default: before.column = b; after.column = e
+                }
             }
-            guard before[0] == 0, after[0] == 0 else { throw BiLRPError.unsupported("padding of the batch axis") }
             var value: Float = attr(n, "value")?.f ?? 0
             if n.input.count > 2, !n.input[2].isEmpty {
                 guard let v = constants[n.input[2]], v.count == 1 else { throw BiLRPError.unsupported("a computed constant_value") }
                 value = v.data[0]
             }
             do {
-                return try Padding3(before: Position3(before[1], before[2], before[3]),
-                                    after: Position3(after[1], after[2], after[3]), value: value)
+                return try Padding3(before: before, after: after, value: value)
             } catch { throw BiLRPError.unsupported("negative pads \(pads)") }
         }
 
-        func slice(_ n: Onnx_NodeProto, _ label: String) throws -> Slice3 {
+        func slice(_ n: Onnx_NodeProto, _ label: String, sequence: Bool) throws -> Slice3 {
             guard let starts = try integers(n, attribute: "starts", input: 1, label),
                   let ends = try integers(n, attribute: "ends", input: 2, label), starts.count == ends.count else {
                 throw BiLRPError.unsupported("starts and ends must be constants of one length")
@@ -498,13 +531,13 @@ public enum ONNXImporter {
             }
             var sl = Slice3()
             for (k, a) in axes.enumerated() {
-                if a == 0 || a == -4 {  // the batch axis: only a slice that keeps the one input
+                if a == 0 || a == (sequence ? -3 : -4) {  // the batch axis: only a slice that keeps the one input
                     guard starts[k] == 0 || starts[k] == -1, ends[k] >= 1 else {
                         throw BiLRPError.unsupported("a slice of the batch axis")
                     }
                     continue
                 }
-                switch try axis(a) {
+                switch try axis(a, sequence: sequence) {
                 case .channels: sl.start.channel = starts[k]; sl.end.channel = ends[k]
                 case .height: sl.start.row = starts[k]; sl.end.row = ends[k]
                 default: sl.start.column = starts[k]; sl.end.column = ends[k]
@@ -513,17 +546,19 @@ public enum ONNXImporter {
             return sl
         }
 
-        func reduction(_ n: Onnx_NodeProto, _ label: String) throws -> Axes3 {
+        func reduction(_ n: Onnx_NodeProto, _ label: String, sequence: Bool) throws -> Axes3 {
             let list = try integers(n, attribute: "axes", input: 1, label)
             if list == nil || list!.isEmpty, (attr(n, "noop_with_empty_axes")?.i ?? 0) != 0 {
                 throw BiLRPError.unsupported("noop_with_empty_axes with no axes")
             }
-            let axes = list?.isEmpty == false ? list! : [1, 2, 3]
+            let axes = list?.isEmpty == false ? list! : sequence ? [1, 2] : [1, 2, 3]
             var set: Axes3 = []
-            for a in axes { set.formUnion(try axis(a)) }
+            for a in axes { set.formUnion(try axis(a, sequence: sequence)) }
             // keepdims=0 drops the reduced axes; kept in memory order only when they are the last ones
-            // (N, C) after a spatial sum: our (C, 1, 1) holds the same values in the same order.
-            if (attr(n, "keepdims")?.i ?? 1) == 0, set != [.width], set != .spatial, set != [.channels, .height, .width] {
+            // (N, C) after a spatial sum: our (C, 1, 1) holds the same values in the same order. Of a
+            // sequence, the tokens (mean pooling: the vector (N, D)) or everything.
+            let allowed: [Axes3] = sequence ? [[.width], [.channels, .width]] : [[.width], .spatial, [.channels, .height, .width]]
+            if (attr(n, "keepdims")?.i ?? 1) == 0, !allowed.contains(set) {
                 throw BiLRPError.unsupported("keepdims=0 over axes \(axes) (only over trailing axes)")
             }
             return set

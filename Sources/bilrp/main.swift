@@ -299,18 +299,22 @@ struct Inspect: ParsableCommand {
     @Argument(help: "ONNX model, or safetensors weights (with --arch); none: the --arch structure with random weights.")
     var model: String?
     @Option(help: "Architecture for safetensors weights.") var arch = "vgg16"
-    @Option(help: "Input size N (N x N, 3 channels) for the shapes; default: the model's own, or 224.") var size: Int?
+    @Option(help: "Input size N (N x N, 3 channels; N tokens for a sequence model) for the shapes; default: the model's own, or 224.") var size: Int?
 
     func run() throws {
         try reportingErrors {
             let graph: Graph
             var unsupported: [String] = []
             var inputSize = size
+            var sequence: (features: Int, tokens: Int)? = nil
             if let model, model.lowercased().hasSuffix(".onnx") {
                 let m = try ONNXImporter.load(path: model)
                 graph = m.graph; unsupported = m.unsupported
-                if inputSize == nil, let s = m.inputShape { inputSize = s.height }
-                print("ONNX model \(model): producer \(m.producer.isEmpty ? "-" : m.producer), input \(m.channelsLastInput ? "channels-last (N, H, W, C), transposed" : "(N, C, H, W)"), layers numbered by \(m.numbering)")
+                if inputSize == nil, let s = m.inputShape { inputSize = m.sequenceInput ? s.width : s.height }
+                if m.sequenceInput, let s = m.inputShape { sequence = (s.channels, inputSize ?? s.width) }
+                let layout = m.sequenceInput ? "a sequence (N, T, D), tokens x features"
+                    : m.channelsLastInput ? "channels-last (N, H, W, C), transposed" : "(N, C, H, W)"
+                print("ONNX model \(model): producer \(m.producer.isEmpty ? "-" : m.producer), input \(layout), layers numbered by \(m.numbering)")
             } else if let model {
                 let file = try SafetensorsFile(path: model)
                 if let r = ResNet(rawValue: arch.lowercased()) {
@@ -324,7 +328,12 @@ struct Inspect: ParsableCommand {
                 print("\(arch): the architecture with random weights")
             }
             let n = inputSize ?? 224
-            let shapes = (try? graph.shapes(for: Shape3(3, n, n))) ?? [:]
+            let input = sequence.map { Shape3($0.features, 1, $0.tokens) } ?? Shape3(3, n, n)
+            let stored = (try? graph.shapes(for: input)) ?? [:]
+            // A sequence model's values as the file has them: (T, D) sequences, (D) vectors.
+            let shapes = stored.mapValues { s in
+                sequence == nil ? s.description : s.width == 1 ? "[\(s.channels)]" : "[\(s.width), \(s.channels)]"
+            }
             func pad(_ s: String, _ n: Int, left: Bool = false) -> String {
                 let fill = String(repeating: " ", count: max(0, n - s.count))
                 return left ? fill + s : s + fill
@@ -340,7 +349,7 @@ struct Inspect: ParsableCommand {
                 print(pad("index", 5, left: true) + "  " + pad("layer", opW) + pad("output shape", 18) + pad("parameters", 11, left: true) + "  --layer  node")
                 for node in graph.nodes {
                     let i = node.index!
-                    print(pad("\(i)", 5, left: true) + "  " + pad(node.op.name, opW) + pad(shapes[node.output]?.description ?? "does not fit", 18)
+                    print(pad("\(i)", 5, left: true) + "  " + pad(node.op.name, opW) + pad(shapes[node.output] ?? "does not fit", 18)
                           + pad("\(params(node.op))", 11, left: true) + "  " + pad("\(i + 1)", 7) + "  " + node.name)
                 }
             } else {
@@ -354,7 +363,7 @@ struct Inspect: ParsableCommand {
                       + pad("parameters", 11, left: true) + "  inputs")
                 for (i, node) in graph.nodes.enumerated() {
                     print(pad("\(i)", 4, left: true) + "  " + pad(node.name, nameW) + (showModules ? pad(modules[i], moduleW) : "")
-                          + pad(node.op.name, opW) + pad(shapes[node.output]?.description ?? "does not fit", 18)
+                          + pad(node.op.name, opW) + pad(shapes[node.output] ?? "does not fit", 18)
                           + pad("\(params(node.op))", 11, left: true) + "  " + node.inputs.joined(separator: ", "))
                 }
                 if let r = ResNet(rawValue: arch.lowercased()), model == nil || !(model!.lowercased().hasSuffix(".onnx")) {
