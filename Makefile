@@ -117,6 +117,9 @@ proto:
 fixtures:
 	python3 -m venv .venv-fixtures
 	.venv-fixtures/bin/pip install -q "torch==2.13.0+cpu" numpy safetensors onnx onnxruntime
+	# zennit (the reference LRP library) without torchvision, whose wheels pin a CUDA torch: the
+	# script stands in its ResNet block classes.
+	.venv-fixtures/bin/pip install -q --no-deps "zennit==0.5.1"
 	.venv-fixtures/bin/python scripts/make-fixtures.py
 
 clean:

@@ -8,6 +8,7 @@ the factorization the Swift code uses. Random weights have nonzero biases, so bi
 tested. Run once; the outputs are committed (Tests/BiLRPTests/Fixtures, under 5 MiB).
 
     python3 -m venv .venv-fixtures && .venv-fixtures/bin/pip install torch==2.13.0+cpu numpy safetensors onnx onnxruntime
+    .venv-fixtures/bin/pip install --no-deps zennit==0.5.1
     .venv-fixtures/bin/python scripts/make-fixtures.py
 
 The ONNX checks run onnxruntime (pip install onnx onnxruntime) and, for the real VGG-16, need
@@ -724,6 +725,67 @@ def make_resnet_case(gen, arch="resnet18", seed=18, size=64, h=8, patch=8, stage
     return model
 
 
+def make_zennit_case(gen, seed=18, size=64, h=8, patch=8):
+    """The seeded ResNet-18 (torchvision's modules), explained by zennit 0.5.1 (the LRP library
+    of the field) with its EpsilonPlusFlat composite and ResNetCanonizer (batch norms merged into
+    the convolutions, each residual sum a Sum module under its Norm rule), to layer4, in float64.
+
+    Two settings make zennit compute exactly the rules of this project's `epsilon-plus-flat`
+    (checked against this script's own recipe: equal to 0 in float64): its stabilizer 1e-9 instead
+    of 1e-6, and each batch norm's eps moved into its running variance (same model): zennit's merge
+    leaves the batch norm as x / sqrt(1 + eps) rather than the identity, which moved A by 2.3e-3 of
+    max |A| at layer1 and 1.5e-3 at layer4 on these weights; the stabilizer alone moves it by about
+    2e-6 (printed below)."""
+    # zennit's canonizer recognizes torchvision's block classes; torchvision's wheels pin a CUDA
+    # torch build, so its module is stood in by this script's classes (same modules, same forward).
+    import types
+    stand_in = types.ModuleType("torchvision.models.resnet")
+    stand_in.BasicBlock, stand_in.Bottleneck = BasicBlock, Bottleneck
+    for name in ("torchvision", "torchvision.models"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules["torchvision.models.resnet"] = stand_in
+    from zennit.composites import EpsilonPlusFlat
+    from zennit.torchvision import ResNetCanonizer
+    tv = seeded_resnet("resnet18", seed).double().eval()
+    for m in tv.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.data += m.eps
+            m.eps = 0.0
+    features = nn.Sequential(tv.conv1, tv.bn1, tv.relu, tv.maxpool, tv.layer1, tv.layer2, tv.layer3, tv.layer4)
+    x1, x2 = image(gen, size, size).float().double(), image(gen, size, size).float().double()
+    with torch.no_grad():
+        d = features(x1).numel()
+    head = (torch.randn(h, d, generator=gen) / math.sqrt(h)).float().double()
+    def factors_of(x, composite):
+        with torch.no_grad():
+            feat = features(x)
+        phi = head @ feat.flatten()
+        s = torch.diag(phi) / stab(phi, EPS)
+        Rfeat = (feat.flatten() * (s @ head)).view(h, *feat.shape[1:])  # LRP-0 through the bias-free head
+        xin = x.expand(h, *x.shape[1:]).clone().requires_grad_(True)
+        with composite.context(features) as modified:
+            out = modified(xin)
+            (R,) = torch.autograd.grad(out, xin, grad_outputs=Rfeat)
+        return pool(R.sum(1), patch).T.contiguous(), phi
+
+    exact = EpsilonPlusFlat(stabilizer=1e-9, canonizers=[ResNetCanonizer()])
+    (A1, phi1), (A2, phi2) = factors_of(x1, exact), factors_of(x2, exact)
+    model = seeded_resnet("resnet18", seed).double()
+    nodes, out = resnet_nodes(model, 4)
+    mine, _ = graph_factors(nodes, out, parse_composite("epsilon-plus-flat"), head, x1, patch)
+    print(f"zennit vs script recipe: max |dA| / max |A| = {float((mine - A1).abs().max() / A1.abs().max()):.3g}")
+    default, _ = factors_of(x1, EpsilonPlusFlat(canonizers=[ResNetCanonizer()]))
+    print(f"zennit with its default stabilizer 1e-6: max |dA| / max |A| = {float((default - A1).abs().max() / A1.abs().max()):.3g}")
+    tensors = {"x1": f32(x1[0]), "x2": f32(x2[0]), "head": f32(head), "A1": f32(A1), "A2": f32(A2),
+               "R": f32(A1 @ A2.T), "y": f32((phi1 @ phi2).reshape(1)), "phi1": f32(phi1)}
+    print(f"zennit resnet18: y={float(phi1 @ phi2):.6g} sumR={float((A1 @ A2.T).sum()):.6g}")
+    meta = {"composite": "epsilon-plus-flat", "h": str(h), "patch": str(patch), "size": str(size), "seed": str(seed),
+            "cut": "layer4", "zennit": "0.5.1"}
+    path = os.path.join(OUT, "resnet18_zennit.safetensors")
+    save_file(tensors, path, metadata=meta)
+    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+
+
 def make_resnet_onnx(arch, seed, size, gen):
     """torch.onnx.export of the seeded ResNet (batch norms kept as nodes, so initializers keep the
     parameter names), checked by onnxruntime at every stage and the logits; the committed file has
@@ -971,6 +1033,9 @@ def main():
     if "--only" in sys.argv and sys.argv[sys.argv.index("--only") + 1] == "graphs":
         make_graph_fixtures()
         return 0
+    if "--only" in sys.argv and sys.argv[sys.argv.index("--only") + 1] == "zennit":
+        make_zennit_case(torch.Generator().manual_seed(20261206))
+        return 0
     if "--only" in sys.argv and sys.argv[sys.argv.index("--only") + 1] == "tokens":
         make_tokens_case(torch.Generator().manual_seed(20261205))
         make_unsupported_tokens_onnx()
@@ -1000,6 +1065,7 @@ def main():
     make_unsupported_ops_onnx()
     make_tokens_case(torch.Generator().manual_seed(20261205))
     make_unsupported_tokens_onnx()
+    make_zennit_case(torch.Generator().manual_seed(20261206))
     print("torch", torch.__version__)
 
 

@@ -83,6 +83,24 @@ struct PyTorchFixtureTests {
     /// residual sum, whose outputs may be negative), and no float32 computation meets 1e-4 there:
     /// PyTorch's own float32 run of the script's recipe is off by 2.5e-4 of max |A| (4.2e-4 at
     /// layer1), this engine by 1.2e-3 (2.1e-4 at layer1), while on epsilon-plus-flat both agree to 7e-7.
+    /// zennit's ResNetCanonizer and EpsilonPlusFlat are the ResNet setup of the literature; the
+    /// fixture script runs zennit itself (its stabilizer set to this preset's 1e-9, and each batch
+    /// norm's eps moved into its variance, since zennit's merge leaves x / sqrt(1 + eps) behind).
+    @Test("ResNet-18 at layer4 against zennit 0.5.1 (EpsilonPlusFlat + ResNetCanonizer): A, R, y within 1e-4",
+          arguments: [CKernelsBackend.Convolution.winograd, .direct])
+    func resnet18Zennit(convolution: CKernelsBackend.Convolution) throws {
+        let f = try fixture("resnet18_zennit")
+        let graph = try ResNet.resnet18.graph(cut: f.metadata["cut"]!, seed: UInt64(f.metadata["seed"]!)!)
+        let ex = try Explainer(graph: graph, head: .projection(try f.t("head")), composite: try .preset(f.metadata["composite"]!),
+                               blockSize: 3, kernels: CKernelsBackend(convolution: convolution))
+        let pair = try ex.explain(try f.t("x1"), try f.t("x2"), patch: Int(f.metadata["patch"]!)!)
+        expectClose(pair.first.a, try f.t("A1").data, tol: 1e-4, "A(x) vs zennit")
+        expectClose(pair.second.a, try f.t("A2").data, tol: 1e-4, "A(x') vs zennit")
+        expectClose(pair.relevance, try f.t("R").data, tol: 1e-4, "R vs zennit")
+        let y = try f.t("y").data[0]
+        #expect(abs(pair.similarity - y) <= 1e-5 * abs(y), "y: \(pair.similarity) vs \(y)")
+    }
+
     @Test("ResNet-18 (seeded weights, batch norms with nonzero statistics) at layer4, 64 x 64: epsilon-plus-flat and hp",
           arguments: [CKernelsBackend.Convolution.winograd, .direct])
     func resnet18(convolution: CKernelsBackend.Convolution) throws {
