@@ -187,17 +187,27 @@ def pool(maps, patch):
     return padded.view(n, ph, patch, pw, patch).sum((2, 4)).reshape(n, ph * pw)
 
 
-def hessian_product(layers, head, x1, x2, patch):
+def channel_maps(R):
+    """Relevance (n, C, H, W) summed over the channels: (n, H, W) maps to pool."""
+    return R.sum(1)
+
+
+def token_maps(R):
+    """Relevance of a sequence (n, T, D) summed over the features: (n, 1, T) maps to pool."""
+    return R.sum(2).unsqueeze(1)
+
+
+def hessian_product(layers, head, x1, x2, patch, maps=channel_maps):
     """HP[p, q] = sum_{i in p, j in q} x_i x'_j d2y / dx_i dx'_j, by double backward."""
     x1 = x1.clone().requires_grad_(True)
     x2 = x2.clone().requires_grad_(True)
     y = (head @ forward(layers, x1)[-1].flatten()) @ (head @ forward(layers, x2)[-1].flatten())
     (g2,) = torch.autograd.grad(y, x2, create_graph=True)
-    contrib = pool((x2 * g2).sum(1), patch)[0]  # per patch q of x2: sum of x' dy/dx'
+    contrib = pool(maps(x2 * g2), patch)[0]  # per patch q of x2: sum of x' dy/dx'
     cols = []
     for q in range(contrib.numel()):
         (g1,) = torch.autograd.grad(contrib[q], x1, retain_graph=True)
-        cols.append(pool((x1 * g1).detach().sum(1), patch)[0])
+        cols.append(pool(maps((x1 * g1).detach()), patch)[0])
     return torch.stack(cols, 1), y.detach()
 
 
@@ -683,7 +693,7 @@ def graph_backward(nodes, entries, vals, out, R):
     return rel["input"]
 
 
-def graph_factors(nodes, out, entries, head, x, patch):
+def graph_factors(nodes, out, entries, head, x, patch, maps=channel_maps):
     vals = graph_forward(nodes, x)
     feat = vals[out].flatten(1)[0]
     phi = head @ feat
@@ -691,7 +701,7 @@ def graph_factors(nodes, out, entries, head, x, patch):
     s = torch.diag(phi) / stab(phi, EPS)
     Rfeat = (feat * (s @ head)).view(h, *vals[out].shape[1:])
     Rx = graph_backward(nodes, entries, vals, out, Rfeat)
-    return pool(Rx.sum(1), patch).T.contiguous(), phi
+    return pool(maps(Rx), patch).T.contiguous(), phi
 
 
 def make_resnet_case(gen, arch="resnet18", seed=18, size=64, h=8, patch=8, stages=4,
@@ -820,6 +830,22 @@ def make_resnet_onnx(arch, seed, size, gen):
     torch.set_default_dtype(torch.float64)
 
 
+def export_checked(model, x, path, name):
+    """torch.onnx.export of a float64 model in float32 (weights inside), run by onnxruntime and
+    checked against torch; returns onnxruntime's output for x (batch dropped)."""
+    import onnx
+    torch.set_default_dtype(torch.float32)
+    m32 = model.float().eval()
+    torch.onnx.export(m32, x.float(), path, dynamo=False, opset_version=13, input_names=["input"],
+                      output_names=["output"])
+    (ort_out,) = run_ort(open(path, "rb").read(), {"input": x.float().numpy()}, ["output"])
+    assert np.allclose(ort_out, model(x.float()).detach().numpy(), atol=1e-5), "onnxruntime != torch"
+    torch.set_default_dtype(torch.float64)
+    model.double()
+    print(f"{name} ONNX nodes:", [n.op_type for n in onnx.load(path).graph.node])
+    return torch.from_numpy(ort_out[0]).contiguous()
+
+
 class OpsGraph(nn.Module):
     """The ops of general graphs beyond ResNet's: Max, Min at a shift (Slice then Pad: the tables
     model's bigram of two maps one step apart), Concat, Mul by a constant, ReduceSum and ReduceMean
@@ -875,16 +901,7 @@ def make_ops_case(gen, size=(20, 22), h=6, patch=4,
     tensors["hessian.R"], tensors["hessian.y"] = f32(hp), f32(y.reshape(1))
     print(f"ops hessian: y={float(y):.6g} sumHP={float(hp.sum()):.6g}")
     path = os.path.join(OUT, "ops_graph.onnx")
-    torch.set_default_dtype(torch.float32)
-    m32 = model.float().eval()
-    torch.onnx.export(m32, x1.float(), path, dynamo=False, opset_version=13, input_names=["input"],
-                      output_names=["output"])
-    (ort_out,) = run_ort(open(path, "rb").read(), {"input": x1.float().numpy()}, ["output"])
-    tensors["ort.output"] = torch.from_numpy(ort_out[0]).contiguous()
-    assert np.allclose(ort_out, model(x1.float()).detach().numpy(), atol=1e-5), "onnxruntime != torch"
-    torch.set_default_dtype(torch.float64)
-    import onnx
-    print("ops ONNX nodes:", [n.op_type for n in onnx.load(path).graph.node])
+    tensors["ort.output"] = export_checked(model, x1, path, "ops")
     meta = {"composites": json.dumps(composites), "h": str(h), "patch": str(patch), "size": json.dumps(list(size))}
     out = os.path.join(OUT, "ops_graph.safetensors")
     save_file(tensors, out, metadata=meta)
@@ -914,19 +931,6 @@ class TokenNet(nn.Module):
                 ("concat", "concat", None, ["cm", "bs"], "out")]
 
 
-def token_factors(nodes, entries, head, x, patch):
-    """graph_factors for a (1, T, D) sequence: relevance summed over the features, pooled over runs
-    of `patch` tokens."""
-    vals = graph_forward(nodes, x)
-    feat = vals["out"].flatten(1)[0]
-    phi = head @ feat
-    h = phi.numel()
-    s = torch.diag(phi) / stab(phi, EPS)
-    Rfeat = (feat * (s @ head)).view(h, *vals["out"].shape[1:])
-    Rx = graph_backward(nodes, entries, vals, "out", Rfeat)
-    return pool(Rx.sum(2).unsqueeze(1), patch).T.contiguous(), phi
-
-
 def make_tokens_case(gen, tokens=9, d=12, h=5, patch=2,
                      composites=("epsilon-plus-flat", "hp", "first:flat;linear:gamma=0.25;add:epsilon=0.01")):
     """The token model explained in float64 by graph_backward; the Hessian x Product by double
@@ -947,29 +951,13 @@ def make_tokens_case(gen, tokens=9, d=12, h=5, patch=2,
     tensors = {"x1": f32(x1[0]), "x2": f32(x2[0]), "head": f32(head)}
     for name, l in (("lin1", model.lin1), ("lin2", model.lin2), ("lin3", model.lin3)):
         tensors[f"{name}.weight"], tensors[f"{name}.bias"] = f32(l.weight), f32(l.bias)
-    pair_results(tensors, "tokens", composites, lambda entries, x: token_factors(nodes, entries, head, x, patch), x1, x2)
-    # Hessian x Product by double backward, pooled like the factors.
-    a1, a2 = x1.clone().requires_grad_(True), x2.clone().requires_grad_(True)
-    y = (head @ model(a1)[0]) @ (head @ model(a2)[0])
-    (g2,) = torch.autograd.grad(y, a2, create_graph=True)
-    contrib = pool((a2 * g2).sum(2).unsqueeze(1), patch)[0]
-    cols = []
-    for q in range(contrib.numel()):
-        (g1,) = torch.autograd.grad(contrib[q], a1, retain_graph=True)
-        cols.append(pool((a1 * g1).detach().sum(2).unsqueeze(1), patch)[0])
-    tensors["hessian.R"], tensors["hessian.y"] = f32(torch.stack(cols, 1)), f32(y.detach().reshape(1))
-    print(f"tokens hessian: y={float(y):.6g} sumHP={float(tensors['hessian.R'].sum()):.6g}")
+    pair_results(tensors, "tokens", composites,
+                 lambda entries, x: graph_factors(nodes, "out", entries, head, x, patch, maps=token_maps), x1, x2)
+    hp, y = hessian_product([model], head, x1, x2, patch, maps=token_maps)
+    tensors["hessian.R"], tensors["hessian.y"] = f32(hp), f32(y.reshape(1))
+    print(f"tokens hessian: y={float(y):.6g} sumHP={float(hp.sum()):.6g}")
     path = os.path.join(OUT, "tokens.onnx")
-    torch.set_default_dtype(torch.float32)
-    m32 = model.float().eval()
-    torch.onnx.export(m32, x1.float(), path, dynamo=False, opset_version=13, input_names=["input"],
-                      output_names=["output"])
-    (ort_out,) = run_ort(open(path, "rb").read(), {"input": x1.float().numpy()}, ["output"])
-    tensors["ort.output"] = torch.from_numpy(ort_out[0]).contiguous()
-    assert np.allclose(ort_out, model(x1.float()).detach().numpy(), atol=1e-5), "onnxruntime != torch"
-    torch.set_default_dtype(torch.float64)
-    import onnx
-    print("tokens ONNX nodes:", [n.op_type for n in onnx.load(path).graph.node])
+    tensors["ort.output"] = export_checked(model, x1, path, "tokens")
     meta = {"composites": json.dumps(composites), "h": str(h), "patch": str(patch)}
     out = os.path.join(OUT, "tokens.safetensors")
     save_file(tensors, out, metadata=meta)
