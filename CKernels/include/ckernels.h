@@ -90,6 +90,15 @@ int ck_conv_implicit_enabled(void);
 int ck_conv2d_backward(int n, const float *s, int K, int Ho, int Wo, const float *w, int C, int H,
                        int W, int kh, int kw, int sh, int sw, int ph, int pw, float *c);
 
+/// A convolution's geometry: input (C, H, W), K output channels, kernel kh x kw, stride, zero
+/// padding, and groups (dividing C and K; the weight is (K, C / groups, kh, kw)).
+typedef struct { int C, H, W, K, kh, kw, sh, sw, ph, pw, groups; } ck_conv_geometry;
+/// A grouped convolution's forward, y (K, Ho, Wo) = conv2d(x (C, H, W), w) + bias (nullable), with
+/// the layer's own arithmetic (K (C / groups) kh kw per output), not that of the dense weight.
+int ck_grouped_conv_forward(const float *x, ck_conv_geometry g, const float *w, const float *bias, float *y);
+/// Its adjoint for n maps: c (n, C, H, W) = conv2d^T(s (n, K, Ho, Wo), w), as ck_conv2d_backward.
+int ck_grouped_conv_backward(int n, const float *s, ck_conv_geometry g, const float *w, float *c);
+
 /// One LRP pass through any convolution (or linear layer as 1 x 1) by the direct path, fused: for
 /// the T terms of the pass with weights w[t] (K, C, kh, kw) and inputs a[t] (C, H, W; NULL for 1),
 /// Rin (n, C, H, W) = [Rin +] scale * sum_t a[t] * conv^T_t(R / stab(z)), with R (n, K, Ho, Wo) and

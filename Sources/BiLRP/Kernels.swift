@@ -1,25 +1,35 @@
 import CKernels
 import Foundation
 
-/// Geometry of a convolution (or a linear layer as a 1 x 1 convolution on a 1 x 1 map).
+/// Geometry of a convolution (or a linear layer as a 1 x 1 convolution on a 1 x 1 map). With
+/// `groups` > 1 each output channel reads the inChannels / groups input channels of its group and
+/// the weight is (outChannels, inChannels / groups, kernelH, kernelW); only the plain forward and
+/// backward (`convForward(weight:)`, `convBackward(weight:)`, `lrpDirect`) take such a geometry,
+/// and the backends prepare no other form for it.
 public struct ConvGeometry: Sendable, Hashable {
     public var inChannels: Int, height: Int, width: Int
     public var outChannels: Int, kernelH: Int, kernelW: Int
     public var strideH: Int, strideW: Int, padH: Int, padW: Int
+    public var groups: Int
 
     public init(
         inChannels: Int, height: Int, width: Int, outChannels: Int, kernelH: Int, kernelW: Int,
-        strideH: Int = 1, strideW: Int = 1, padH: Int = 0, padW: Int = 0
+        strideH: Int = 1, strideW: Int = 1, padH: Int = 0, padW: Int = 0, groups: Int = 1
     ) {
         self.inChannels = inChannels; self.height = height; self.width = width
         self.outChannels = outChannels; self.kernelH = kernelH; self.kernelW = kernelW
         self.strideH = strideH; self.strideW = strideW; self.padH = padH; self.padW = padW
+        self.groups = groups
     }
 
     public var outHeight: Int { (height + 2 * padH - kernelH) / strideH + 1 }
     public var outWidth: Int { (width + 2 * padW - kernelW) / strideW + 1 }
     public var inCount: Int { inChannels * height * width }
     public var outCount: Int { outChannels * outHeight * outWidth }
+    /// Floats of the weight.
+    public var weightCount: Int { outChannels * (inChannels / groups) * kernelH * kernelW }
+    /// Multiply-adds of one forward (or one backward map).
+    public var multiplyAdds: Int { outCount * (inChannels / groups) * kernelH * kernelW }
 }
 
 /// Geometry of a pooling layer; for adaptive pooling only the output size matters.
@@ -249,6 +259,14 @@ extension Kernels {
     public func lrpDirect(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float,
                           _ g: ConvGeometry, weights: [UnsafePointer<Float>], inputs: [UnsafePointer<Float>?],
                           scale: Float, _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) throws {
+        try composedLrpDirect(n: n, R, z, epsilon: epsilon, g, weights: weights, inputs: inputs, scale: scale, Rin,
+                              accumulate: accumulate)
+    }
+
+    /// `lrpDirect` in three steps: divide, then per term the convolution backward and the product.
+    func composedLrpDirect(n: Int, _ R: UnsafePointer<Float>, _ z: UnsafePointer<Float>, epsilon: Float,
+                           _ g: ConvGeometry, weights: [UnsafePointer<Float>], inputs: [UnsafePointer<Float>?],
+                           scale: Float, _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) throws {
         let s = UnsafeMutablePointer<Float>.allocate(capacity: n * g.outCount)
         let c = UnsafeMutablePointer<Float>.allocate(capacity: n * g.inCount)
         defer { s.deallocate(); c.deallocate() }
@@ -353,7 +371,8 @@ public struct CKernelsBackend: Kernels {
 
     /// Stride 1, at least 16 input channels (an RGB input layer stays direct), `.winograd` mode.
     public func hasSparseBackward(_ g: ConvGeometry) -> Bool {
-        convolution == .winograd && sparseBelowDensity > 0 && g.strideH == 1 && g.strideW == 1 && g.inChannels >= 16
+        convolution == .winograd && sparseBelowDensity > 0 && g.groups == 1 && g.strideH == 1 && g.strideW == 1
+            && g.inChannels >= 16
     }
 
     public func prepareSparseBackward(weight: [Float], _ g: ConvGeometry) -> [Float]? {
@@ -387,7 +406,7 @@ public struct CKernelsBackend: Kernels {
     public func prepareBackward(weight: [Float], _ g: ConvGeometry) throws -> [Float]? {
         // Few output channels of the backward (an RGB input layer) leave the GEMMs too thin to pay
         // for the transforms: direct is faster there.
-        guard convolution == .winograd, g.kernelH == 3, g.kernelW == 3, g.strideH == 1, g.strideW == 1,
+        guard convolution == .winograd, g.groups == 1, g.kernelH == 3, g.kernelW == 3, g.strideH == 1, g.strideW == 1,
               g.padH == 1, g.padW == 1, g.inChannels >= 16 else { return nil }
         var u = [Float](repeating: 0, count: ck_winograd_weights_size(c(g.inChannels), c(g.outChannels)))
         try u.withUnsafeMutableBufferPointer {
@@ -398,8 +417,8 @@ public struct CKernelsBackend: Kernels {
 
     /// As `prepareBackward`, for the forward: 16 or more channels in and out.
     public func prepareWinogradForward(weight: [Float], _ g: ConvGeometry) throws -> [Float]? {
-        guard convolution == .winograd, g.kernelH == 3, g.kernelW == 3, g.strideH == 1, g.strideW == 1,
-              g.padH == 1, g.padW == 1, g.inChannels >= 16, g.outChannels >= 16 else { return nil }
+        guard convolution == .winograd, g.groups == 1, g.kernelH == 3, g.kernelW == 3, g.strideH == 1,
+              g.strideW == 1, g.padH == 1, g.padW == 1, g.inChannels >= 16, g.outChannels >= 16 else { return nil }
         var u = [Float](repeating: 0, count: ck_winograd_weights_size(c(g.outChannels), c(g.inChannels)))
         try u.withUnsafeMutableBufferPointer {
             try check(ck_winograd_weights(weight, c(g.outChannels), c(g.inChannels), 0, $0.baseAddress!), "the Winograd weights")
@@ -440,6 +459,10 @@ public struct CKernelsBackend: Kernels {
                           _ g: ConvGeometry, weights: [UnsafePointer<Float>], inputs: [UnsafePointer<Float>?],
                           scale: Float, _ Rin: UnsafeMutablePointer<Float>, accumulate: Bool) throws {
         precondition(weights.count == inputs.count, "one input per weight")
+        if g.groups > 1 {
+            return try composedLrpDirect(n: n, R, z, epsilon: epsilon, g, weights: weights, inputs: inputs,
+                                         scale: scale, Rin, accumulate: accumulate)
+        }
         let ws: [UnsafePointer<Float>?] = weights.map { Optional($0) }
         try check(ck_lrp_direct(c(n), R, z, epsilon, c(g.outChannels), c(g.outHeight), c(g.outWidth), c(weights.count), ws,
                       inputs, scale, c(g.inChannels), c(g.height), c(g.width), c(g.kernelH), c(g.kernelW),
@@ -465,6 +488,9 @@ public struct CKernelsBackend: Kernels {
 
     public func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, weight: UnsafePointer<Float>,
                             bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>) throws {
+        if g.groups > 1 {
+            return try check(ck_grouped_conv_forward(x, ck(g), weight, bias, y), "the grouped convolution")
+        }
         try check(ck_conv2d_forward(x, c(g.inChannels), c(g.height), c(g.width), weight, bias, c(g.outChannels),
                           c(g.kernelH), c(g.kernelW), c(g.strideH), c(g.strideW), c(g.padH), c(g.padW), y), "the forward convolution")
     }
@@ -472,8 +498,9 @@ public struct CKernelsBackend: Kernels {
     /// Every convolution's forward weight, packed for the micro-kernels (the same packing on every
     /// ISA). Packing per call was up to a third of the forward of a 512-channel layer on 16 x 16.
     public func prepareForward(weight: [Float], _ g: ConvGeometry) -> [Float]? {
+        guard g.groups == 1 else { return nil }
         let count = ck_conv_weights_size(c(g.outChannels), c(g.inChannels), c(g.kernelH), c(g.kernelW))
-        guard count > 0, weight.count == g.outChannels * g.inChannels * g.kernelH * g.kernelW else { return nil }
+        guard count > 0, weight.count == g.weightCount else { return nil }
         var packed = [Float](repeating: 0, count: count)
         packed.withUnsafeMutableBufferPointer {
             ck_conv_weights(weight, c(g.outChannels), c(g.inChannels), c(g.kernelH), c(g.kernelW), $0.baseAddress!)
@@ -489,6 +516,9 @@ public struct CKernelsBackend: Kernels {
 
     public func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, weight: UnsafePointer<Float>,
                              _ cOut: UnsafeMutablePointer<Float>) throws {
+        if g.groups > 1 {
+            return try check(ck_grouped_conv_backward(c(n), s, ck(g), weight, cOut), "the grouped convolution backward")
+        }
         try check(ck_conv2d_backward(c(n), s, c(g.outChannels), c(g.outHeight), c(g.outWidth), weight, c(g.inChannels),
                            c(g.height), c(g.width), c(g.kernelH), c(g.kernelW), c(g.strideH), c(g.strideW),
                            c(g.padH), c(g.padW), cOut), "the convolution backward")
@@ -627,6 +657,11 @@ public struct CKernelsBackend: Kernels {
         ck_reduce_backward(c(n), S, a, ck(s), c(axes.rawValue), scale, Rin)
     }
 
+    private func ck(_ g: ConvGeometry) -> ck_conv_geometry {
+        ck_conv_geometry(C: c(g.inChannels), H: c(g.height), W: c(g.width), K: c(g.outChannels), kh: c(g.kernelH),
+                         kw: c(g.kernelW), sh: c(g.strideH), sw: c(g.strideW), ph: c(g.padH), pw: c(g.padW),
+                         groups: c(g.groups))
+    }
     private func ck(_ s: Shape3) -> ck_shape3 { ck_shape3(C: c(s.channels), H: c(s.height), W: c(s.width)) }
     private func ck(_ p: Position3) -> ck_at3 { ck_at3(c: c(p.channel), h: c(p.row), w: c(p.column)) }
 

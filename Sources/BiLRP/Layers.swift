@@ -42,34 +42,32 @@ public struct Conv2d: Sendable, Equatable {
         self.groups = groups
     }
 
-    /// No dilation and one group: the kernels run the weight as it is.
-    public var isDense: Bool { dilationH == 1 && dilationW == 1 && groups == 1 }
+    /// No dilation: the kernels run the weight as it is.
+    public var isUndilated: Bool { dilationH == 1 && dilationW == 1 }
 
     /// The extent of the kernel on the input, (k - 1) d + 1.
     public var spanH: Int { (kernelH - 1) * dilationH + 1 }
     public var spanW: Int { (kernelW - 1) * dilationW + 1 }
 
-    /// The weight as a dense convolution (outChannels, inChannels, spanH, spanW) with rho applied to
-    /// the layer's own weights and zeros where the layer has none (between dilated taps, across
-    /// groups). Rules see exactly the layer's weights: `flat` (rho = 1) sets the real taps only.
-    /// The cost of a grouped layer run this way is `groups` times its own; a native grouped kernel
-    /// is the fast path still to come.
-    public func denseWeight(_ rho: WeightModifier = .identity) -> [Float] {
-        if isDense { return rho == .identity ? weight : weight.map(rho.apply) }
-        let perIn = inChannels / groups, perOut = outChannels / groups
-        var dense = [Float](repeating: 0, count: outChannels * inChannels * spanH * spanW)
+    /// The weight as an undilated convolution of the kernel's span, (outChannels, inChannels /
+    /// groups, spanH, spanW), with rho applied to the layer's own weights and zeros between dilated
+    /// taps. Rules see exactly the layer's weights: `flat` (rho = 1) sets the real taps only. Groups
+    /// stay groups: the kernels run them natively (`ConvGeometry.groups`).
+    public func spanWeight(_ rho: WeightModifier = .identity) -> [Float] {
+        if isUndilated { return rho == .identity ? weight : weight.map(rho.apply) }
+        let perIn = inChannels / groups
+        var span = [Float](repeating: 0, count: outChannels * perIn * spanH * spanW)
         for o in 0..<outChannels {
-            let g = o / perOut
             for c in 0..<perIn {
                 for i in 0..<kernelH {
                     for j in 0..<kernelW {
                         let w = weight[((o * perIn + c) * kernelH + i) * kernelW + j]
-                        dense[((o * inChannels + g * perIn + c) * spanH + i * dilationH) * spanW + j * dilationW] = rho.apply(w)
+                        span[((o * perIn + c) * spanH + i * dilationH) * spanW + j * dilationW] = rho.apply(w)
                     }
                 }
             }
         }
-        return dense
+        return span
     }
 
     public static func == (a: Conv2d, b: Conv2d) -> Bool {

@@ -77,14 +77,14 @@ struct PatchSupports {
 }
 
 extension Explainer {
-    /// The layers the patch side can take: from the input, stride-1 convolutions with odd kernels
-    /// and "same" padding, ReLUs and max-pools. Returns how many.
+    /// The layers the patch side can take: from the input, ungrouped stride-1 convolutions with odd
+    /// kernels and "same" padding, ReLUs and max-pools. Returns how many.
     func patchSideReach(_ plan: ExecutionPlan) -> Int {
         var k = 0
         for l in plan.nodes.prefix(plan.chainPrefix).map(\.op) {
             switch l {
             case let .conv(c):
-                guard !c.isLinear, c.strideH == 1, c.strideW == 1, c.kernelH % 2 == 1, c.kernelW % 2 == 1,
+                guard !c.isLinear, c.groups == 1, c.strideH == 1, c.strideW == 1, c.kernelH % 2 == 1, c.kernelW % 2 == 1,
                       c.padH == c.kernelH / 2, c.padW == c.kernelW / 2 else { return k }
             case .relu, .maxPool: break
             default: return k
@@ -126,7 +126,7 @@ extension Explainer {
             if case let .conv(c) = all[l] {
                 let g = c.geometry(trace.shapes[l])
                 let terms = Double(c.termCount)
-                cost = Double(h) * terms * Double(g.outCount * g.inChannels * g.kernelH * g.kernelW)
+                cost = Double(h) * terms * Double(g.multiplyAdds)
                 if c.sparseBackward, let d = relevanceDensity(trace, plan, below: l),
                    d < sparseThreshold(g, winograd: c.fusedBackward) {
                     cost *= 2 * d

@@ -32,7 +32,8 @@ enum PreparedLayer: @unchecked Sendable {
         switch self {
         case let .conv(c):
             return c.isLinear ? "Linear(\(c.inChannels), \(c.outChannels))" + (s.width > 1 ? " @\(s.width) tokens" : "")
-                : "Conv(\(c.inChannels), \(c.outChannels), \(c.kernelH)x\(c.kernelW)) \(c.rule) @\(s.height)x\(s.width)"
+                : "Conv(\(c.inChannels), \(c.outChannels), \(c.kernelH)x\(c.kernelW)\(c.groups > 1 ? ", g\(c.groups)" : "")) "
+                    + "\(c.rule) @\(s.height)x\(s.width)"
         case .relu: return "ReLU"
         case .maxPool: return "MaxPool @\(s.height)x\(s.width)"
         case .avgPool: return "AvgPool @\(s.height)x\(s.width)"
@@ -101,8 +102,18 @@ final class PreparedConv: @unchecked Sendable {
     let rule: Rule
     let isLinear: Bool
     let conv: Conv2d?
-    let inChannels: Int, outChannels: Int
-    let kernelH: Int, kernelW: Int, strideH: Int, strideW: Int, padH: Int, padW: Int
+    /// The geometry without a spatial size (height and width 1): only the channels, kernel, stride,
+    /// padding and groups matter to prepared weights; `geometry(_:)` adds an input's size.
+    let weightGeometry: ConvGeometry
+    var inChannels: Int { weightGeometry.inChannels }
+    var outChannels: Int { weightGeometry.outChannels }
+    var kernelH: Int { weightGeometry.kernelH }
+    var kernelW: Int { weightGeometry.kernelW }
+    var strideH: Int { weightGeometry.strideH }
+    var strideW: Int { weightGeometry.strideW }
+    var padH: Int { weightGeometry.padH }
+    var padW: Int { weightGeometry.padW }
+    var groups: Int { weightGeometry.groups }
     /// The layer's weights under the modifiers the rule uses, where the backend has no prepared
     /// form of them: a layer keeps its weights once in each form it runs (VGG-16 under the paper's
     /// rules: 2 x 59 MB fewer with packed forward weights and Winograd backward weights).
@@ -123,11 +134,12 @@ final class PreparedConv: @unchecked Sendable {
     let forward: [WeightModifier: Buffer]
 
     convenience init(index: Int, conv: Conv2d, rule: Rule, nonNegativeInput: Bool, kernels: any Kernels) throws {
-        // Dilated and grouped layers run as the dense convolution of their span (Conv2d.denseWeight).
-        try self.init(index: index, rule: rule, isLinear: false, conv: conv, weight: Buffer(conv.denseWeight()),
-                  bias: conv.bias, inChannels: conv.inChannels, outChannels: conv.outChannels,
-                  geometry: (conv.spanH, conv.spanW, conv.strideH, conv.strideW, conv.padH, conv.padW),
-                  nonNegativeInput: nonNegativeInput, kernels: kernels)
+        // Dilated layers run as the undilated convolution of their span (Conv2d.spanWeight); groups natively.
+        try self.init(index: index, rule: rule, isLinear: false, conv: conv, weight: Buffer(conv.spanWeight()), bias: conv.bias,
+                      geometry: ConvGeometry(inChannels: conv.inChannels, height: 1, width: 1, outChannels: conv.outChannels,
+                                             kernelH: conv.spanH, kernelW: conv.spanW, strideH: conv.strideH,
+                                             strideW: conv.strideW, padH: conv.padH, padW: conv.padW, groups: conv.groups),
+                      nonNegativeInput: nonNegativeInput, kernels: kernels)
     }
 
     convenience init(index: Int, linear: Linear, rule: Rule, nonNegativeInput: Bool, kernels: any Kernels) throws {
@@ -142,24 +154,23 @@ final class PreparedConv: @unchecked Sendable {
                      nonNegativeInput: Bool, kernels: any Kernels) throws {
         precondition(weight.count == inFeatures * outFeatures)
         try self.init(index: index, rule: rule, isLinear: true, conv: nil, weight: weight, bias: bias,
-                  inChannels: inFeatures, outChannels: outFeatures, geometry: (1, 1, 1, 1, 0, 0),
-                  nonNegativeInput: nonNegativeInput, kernels: kernels)
+                      geometry: ConvGeometry(inChannels: inFeatures, height: 1, width: 1, outChannels: outFeatures,
+                                             kernelH: 1, kernelW: 1),
+                      nonNegativeInput: nonNegativeInput, kernels: kernels)
     }
 
     private init(
-        index: Int, rule: Rule, isLinear: Bool, conv: Conv2d?, weight: Buffer, bias: [Float]?,
-        inChannels: Int, outChannels: Int, geometry g: (Int, Int, Int, Int, Int, Int), nonNegativeInput: Bool,
-        kernels: any Kernels
+        index: Int, rule: Rule, isLinear: Bool, conv: Conv2d?, weight: Buffer, bias: [Float]?, geometry geo: ConvGeometry,
+        nonNegativeInput: Bool, kernels: any Kernels
     ) throws {
         self.index = index; self.rule = rule; self.isLinear = isLinear; self.conv = conv
-        self.inChannels = inChannels; self.outChannels = outChannels
-        (kernelH, kernelW, strideH, strideW, padH, padW) = g
+        weightGeometry = geo
         let rulePasses = rule.passes(nonNegativeInput: nonNegativeInput)
         var weights: [WeightModifier: Buffer] = [.identity: weight]
         for pass in rulePasses {
             for term in pass.terms where weights[term.weight] == nil {
-                if let conv, !conv.isDense {
-                    weights[term.weight] = Buffer(conv.denseWeight(term.weight))
+                if let conv, !conv.isUndilated {
+                    weights[term.weight] = Buffer(conv.spanWeight(term.weight))
                     continue
                 }
                 let modified = Buffer(count: weight.count)
@@ -170,9 +181,6 @@ final class PreparedConv: @unchecked Sendable {
         self.bias = bias.map(Buffer.init)
         var backward: [WeightModifier: Buffer] = [:], forward: [WeightModifier: Buffer] = [:]
         if !isLinear {
-            // Geometry without spatial size: only the kernel, stride and padding matter here.
-            let geo = ConvGeometry(inChannels: inChannels, height: 1, width: 1, outChannels: outChannels,
-                                   kernelH: g.0, kernelW: g.1, strideH: g.2, strideW: g.3, padH: g.4, padW: g.5)
             for (m, w) in weights {
                 if let p = kernels.prepareForward(weight: w.array, geo) { forward[m] = Buffer(p) }
             }
@@ -189,9 +197,7 @@ final class PreparedConv: @unchecked Sendable {
         let backwardModifiers = Set(rulePasses.flatMap { $0.terms.map(\.weight) })
         let fused = !backwardModifiers.isEmpty && backwardModifiers.allSatisfy { backward[$0] != nil }
         fusedBackward = fused
-        sparseBackward = !isLinear && !backwardModifiers.isEmpty && kernels.hasSparseBackward(
-            ConvGeometry(inChannels: inChannels, height: 1, width: 1, outChannels: outChannels, kernelH: g.0, kernelW: g.1,
-                         strideH: g.2, strideW: g.3, padH: g.4, padW: g.5))
+        sparseBackward = !isLinear && !backwardModifiers.isEmpty && kernels.hasSparseBackward(geo)
         self.weights = weights.filter { m, _ in forward[m] == nil || (!fused && backwardModifiers.contains(m)) }
         passes = rulePasses.map { p in
             let reuse = p.terms == [RuleTerm(input: .identity, weight: .identity)] && p.bias == .identity
@@ -217,12 +223,6 @@ final class PreparedConv: @unchecked Sendable {
     private var winogradForwardCache: [WeightModifier: Buffer?] = [:]
     private let lazyFormsLock = NSLock()
 
-    /// The geometry without a spatial size: only the kernel, stride and padding matter to prepared weights.
-    private var weightGeometry: ConvGeometry {
-        ConvGeometry(inChannels: inChannels, height: 1, width: 1, outChannels: outChannels, kernelH: kernelH,
-                     kernelW: kernelW, strideH: strideH, strideW: strideW, padH: padH, padW: padW)
-    }
-
     /// The sparse backward's weights under a modifier, prepared on first use (`sparseBackward`).
     private var sparseCache: [WeightModifier: Buffer] = [:]
 
@@ -230,7 +230,7 @@ final class PreparedConv: @unchecked Sendable {
         lazyFormsLock.lock()
         defer { lazyFormsLock.unlock() }
         if let cached = sparseCache[m] { return cached }
-        guard let conv, let u = kernels.prepareSparseBackward(weight: conv.denseWeight(m), weightGeometry) else {
+        guard let conv, let u = kernels.prepareSparseBackward(weight: conv.spanWeight(m), weightGeometry) else {
             preconditionFailure("sparseWeights on a layer without a sparse backward")
         }
         let b = Buffer(u)
@@ -243,7 +243,7 @@ final class PreparedConv: @unchecked Sendable {
         lazyFormsLock.lock()
         defer { lazyFormsLock.unlock() }
         if let cached = winogradForwardCache[m] { return cached }
-        let u = try kernels.prepareWinogradForward(weight: conv.denseWeight(m), weightGeometry).map(Buffer.init)
+        let u = try kernels.prepareWinogradForward(weight: conv.spanWeight(m), weightGeometry).map(Buffer.init)
         winogradForwardCache[m] = .some(u)
         return u
     }
@@ -269,8 +269,8 @@ final class PreparedConv: @unchecked Sendable {
             return ConvGeometry(inChannels: inChannels, height: 1, width: s.width, outChannels: outChannels,
                                 kernelH: 1, kernelW: 1)
         }
-        return ConvGeometry(inChannels: s.channels, height: s.height, width: s.width, outChannels: outChannels,
-                            kernelH: kernelH, kernelW: kernelW, strideH: strideH, strideW: strideW,
-                            padH: padH, padW: padW)
+        var g = weightGeometry
+        g.height = s.height; g.width = s.width
+        return g
     }
 }

@@ -10,19 +10,21 @@ public struct ReferenceKernels: Kernels {
     public func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, weight: UnsafePointer<Float>,
                             bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>) {
         let (Ho, Wo) = (g.outHeight, g.outWidth)
+        let perIn = g.inChannels / g.groups, perOut = g.outChannels / g.groups
         for k in 0..<g.outChannels {
+            let c0 = k / perOut * perIn  // the first input channel of k's group
             for oy in 0..<Ho {
                 for ox in 0..<Wo {
                     var sum: Double = bias.map { Double($0[k]) } ?? 0
-                    for c in 0..<g.inChannels {
+                    for c in 0..<perIn {
                         for i in 0..<g.kernelH {
                             let iy = oy * g.strideH - g.padH + i
                             if iy < 0 || iy >= g.height { continue }
                             for j in 0..<g.kernelW {
                                 let ix = ox * g.strideW - g.padW + j
                                 if ix < 0 || ix >= g.width { continue }
-                                let w = weight[((k * g.inChannels + c) * g.kernelH + i) * g.kernelW + j]
-                                sum += Double(w) * Double(x[(c * g.height + iy) * g.width + ix])
+                                let w = weight[((k * perIn + c) * g.kernelH + i) * g.kernelW + j]
+                                sum += Double(w) * Double(x[((c0 + c) * g.height + iy) * g.width + ix])
                             }
                         }
                     }
@@ -36,24 +38,26 @@ public struct ReferenceKernels: Kernels {
     public func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, weight: UnsafePointer<Float>,
                              _ c: UnsafeMutablePointer<Float>) {
         let (Ho, Wo) = (g.outHeight, g.outWidth)
+        let perIn = g.inChannels / g.groups, perOut = g.outChannels / g.groups
         var acc = [Double](repeating: 0, count: g.inCount)
         for m in 0..<n {
             for i in acc.indices { acc[i] = 0 }
             let sm = s + m * g.outCount
             for k in 0..<g.outChannels {
+                let c0 = k / perOut * perIn
                 for oy in 0..<Ho {
                     for ox in 0..<Wo {
                         let v = Double(sm[(k * Ho + oy) * Wo + ox])
                         if v == 0 { continue }
-                        for ch in 0..<g.inChannels {
+                        for ch in 0..<perIn {
                             for i in 0..<g.kernelH {
                                 let iy = oy * g.strideH - g.padH + i
                                 if iy < 0 || iy >= g.height { continue }
                                 for j in 0..<g.kernelW {
                                     let ix = ox * g.strideW - g.padW + j
                                     if ix < 0 || ix >= g.width { continue }
-                                    let w = weight[((k * g.inChannels + ch) * g.kernelH + i) * g.kernelW + j]
-                                    acc[(ch * g.height + iy) * g.width + ix] += v * Double(w)
+                                    let w = weight[((k * perIn + ch) * g.kernelH + i) * g.kernelW + j]
+                                    acc[((c0 + ch) * g.height + iy) * g.width + ix] += v * Double(w)
                                 }
                             }
                         }
@@ -407,7 +411,8 @@ extension ReferenceKernels {
 
 extension ReferenceKernels {
     /// torch.nn.Conv2d's forward with its own weight layout (out, in / groups, kh, kw), dilation and
-    /// groups: the twin of running the layer as a dense convolution of its span (`Conv2d.denseWeight`).
+    /// groups, written from torch's definition (the twin of the explainer's `Conv2d.spanWeight` and
+    /// grouped geometry).
     public static func conv2d(_ x: [Float], _ s: Shape3, _ conv: Conv2d) -> [Float] {
         let Ho = (s.height + 2 * conv.padH - conv.spanH) / conv.strideH + 1
         let Wo = (s.width + 2 * conv.padW - conv.spanW) / conv.strideW + 1

@@ -198,7 +198,7 @@ struct GraphOpsTests {
                 let y = try ex.embedding(try Tensor(shape: [cin, 11, 13], data: x))
                 expectClose(y, ReferenceKernels.conv2d(x, s, conv), tol: 1e-5, "case \(k): \(Layer.conv2d(conv).name)")
                 // Rules see the layer's own weights only: flat's rho = 1 sets the real taps, not the zeros between.
-                #expect(conv.denseWeight(.one).filter { $0 == 1 }.count == conv.weight.count)
+                #expect(conv.spanWeight(.one).filter { $0 == 1 }.count == conv.weight.count)
             }
             #expect(message { _ = try Conv2d(weight: [Float](repeating: 0, count: 6 * 2 * 9), bias: nil, outChannels: 6,
                                              inChannels: 8, kernel: (3, 3), groups: 4) }

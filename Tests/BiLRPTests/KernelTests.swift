@@ -509,6 +509,61 @@ struct KernelTests {
         #expect(try k.prepareBackward(weight: w, ConvGeometry(inChannels: 3, height: 8, width: 8, outChannels: 4, kernelH: 3, kernelW: 3, padH: 1, padW: 1)) == nil, "3 output channels: direct")
     }
 
+    /// Grouped geometries: depthwise (with and without a multiplier, strided, padded wider than the
+    /// kernel's reach), a few channels per group, 1 x 1 groups, rows wider than a vector.
+    static let groupedCases: [ConvGeometry] = [
+        ConvGeometry(inChannels: 12, height: 11, width: 13, outChannels: 12, kernelH: 3, kernelW: 3, strideH: 2,
+                     strideW: 2, padH: 1, padW: 1, groups: 12),
+        ConvGeometry(inChannels: 5, height: 9, width: 37, outChannels: 10, kernelH: 5, kernelW: 3, strideH: 1,
+                     strideW: 2, padH: 2, padW: 3, groups: 5),
+        ConvGeometry(inChannels: 8, height: 7, width: 21, outChannels: 6, kernelH: 3, kernelW: 3, padH: 1, padW: 1, groups: 2),
+        ConvGeometry(inChannels: 16, height: 6, width: 6, outChannels: 32, kernelH: 1, kernelW: 1, groups: 4),
+        ConvGeometry(inChannels: 6, height: 10, width: 10, outChannels: 6, kernelH: 7, kernelW: 7, strideH: 3,
+                     strideW: 1, padH: 3, padW: 3, groups: 3),
+    ]
+
+    @Test("grouped and depthwise convolutions: forward, backward and the LRP pass against the reference",
+          arguments: isaPaths)
+    func groupedConvolutions(isa: Int32) throws {
+        try withISA(isa) {
+            for (i, g) in Self.groupedCases.enumerated() {
+                let w = random(g.weightCount, seed: UInt64(2000 + i))
+                let x = random(g.inCount, seed: UInt64(2100 + i)), bias = random(g.outChannels, seed: UInt64(2200 + i))
+                for withBias in [false, true] {
+                    let (f, r) = try both(g.outCount) { k, y in try k.convForward(x, g, weight: w, bias: withBias ? bias : nil, y) }
+                    expectClose(f, r, tol: 1e-5, "grouped forward \(g) bias=\(withBias)")
+                }
+                for n in [1, 4] {
+                    let s = random(n * g.outCount, seed: UInt64(2300 + 7 * i + n))
+                    let (f, r) = try both(n * g.inCount) { k, c in try k.convBackward(n: n, s, g, weight: w, c) }
+                    expectClose(f, r, tol: 1e-5, "grouped backward n=\(n) \(g)")
+                    var z = random(g.outCount, seed: UInt64(2400 + i))
+                    z[1] = 0
+                    let ws = [w, random(g.weightCount, seed: UInt64(2500 + i))]
+                    let inputs: [[Float]?] = [x, nil]
+                    let start = random(n * g.inCount, seed: UInt64(2600 + i))
+                    func run(_ k: any Kernels) throws -> [Float] {
+                        try runDirectPass(k, n: n, s, z, g, weights: ws, inputs: inputs, scale: 0.75, onto: start,
+                                          accumulate: true)
+                    }
+                    expectClose(try run(CKernelsBackend()), try run(ReferenceKernels()), tol: 1e-5, "grouped pass n=\(n) \(g)")
+                }
+                // <conv(x), s> == <x, conv^T(s)>: the backward is the forward's adjoint.
+                let s = random(g.outCount, seed: UInt64(2700 + i))
+                var y = [Float](repeating: 0, count: g.outCount), c = [Float](repeating: 0, count: g.inCount)
+                let k = CKernelsBackend()
+                try y.withUnsafeMutableBufferPointer { try k.convForward(x, g, weight: w, bias: nil, $0.baseAddress!) }
+                try c.withUnsafeMutableBufferPointer { try k.convBackward(n: 1, s, g, weight: w, $0.baseAddress!) }
+                let lhs = zip(y, s).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+                let rhs = zip(x, c).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+                #expect(abs(lhs - rhs) <= 1e-5 * max(abs(lhs), 1), "adjoint \(g)")
+                // No prepared form: the dense kernels would read the weight as (K, C, kh, kw).
+                #expect(k.prepareForward(weight: w, g) == nil && !k.hasSparseBackward(g))
+                #expect(try k.prepareBackward(weight: w, g) == nil && k.prepareWinogradForward(weight: w, g) == nil)
+            }
+        }
+    }
+
     @Test("the backward is the adjoint of the forward: <conv(x), s> == <x, conv^T(s)>")
     func adjoint() throws {
         let g = convCases[3]
