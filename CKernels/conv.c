@@ -10,6 +10,7 @@
 #include <immintrin.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <unistd.h>
 
 static inline int out_size(int n, int k, int s, int p) { return (n + 2 * p - k) / s + 1; }
 
@@ -116,13 +117,13 @@ static void pack_im2col(const void *p, int nr, long k0, long kc, long j0, long n
     }
 }
 
-// MARK: Implicit GEMM (AVX-512, stride 1)
+// MARK: Implicit GEMM (AVX-512 and AVX2, stride 1)
 
 // With stride 1 the im2col matrix needs no copy at all: with the image padded, row
 // k = (c kh + i) kw + j of the column of output (oy, ox) is xp[koff[k] + oy Ws + ox] with
 // koff[k] = c (rows per channel) Ws + i Ws + j (Ws the padded row's stride), and 16 outputs of a
 // row are 16 consecutive floats of xp. The micro-kernel reads its four 16-column quarters in place
-// (ck_ukernel_offsets_avx512). Two layouts of the columns:
+// (ck_ukernel_offsets_avx512; on AVX2 one quarter per call, ck_ukernel_offsets_avx2). Two layouts of the columns:
 // - Wo a multiple of 16 (every VGG map at 128 x 128, 224 and 112 at 224): the columns are y's own,
 //   quarters never straddle a row, and the kernel writes y directly. No wasted column. On rows of
 //   64 floats or more, padded rows are 16 zeros then the image row (Ws: rounded up to 16): the
@@ -155,7 +156,8 @@ typedef struct {
     long units, unit, tiles_n, slivers, tiles_m, nct, mct;  // blocks of units x slivers; largest sizes
     long Ws, lead;  // padded row stride; zeros before an image row (pw, or 16)
     long R, call;   // rows per strip; this call's number (a thread keeps its strip within a call)
-    int accumulate, direct;
+    long plane;     // floats per channel in a strip: R Ws and a gap (see strip_plane)
+    int accumulate, direct, avx512;  // avx512: 6 x 64 micro-kernel, else AVX2 6 x 16
 } implicit_job;
 
 // Where column col of the GEMM starts in the padded rows (from padded row 0).
@@ -190,12 +192,29 @@ static void column_block(const implicit_job *g, long b, long *j0, long *nc) {
 
 static _Thread_local long strip_call = -1, strip_r0 = -1;
 
-// This thread's strip of padded rows r0 .. r0 + R - 1 of every channel, and its slack.
-__attribute__((target("avx512f"))) static const float *strip_for(const implicit_job *g, long r0) {
-    long Ws = g->Ws, W = g->W, lead = g->lead, plane = g->R * Ws;
-    float *s = ck_scratch(2, (size_t)(g->C * plane + Ws + 64));
-    if (!s) { strip_call = -1; return NULL; }
-    if (strip_call == g->call && strip_r0 == r0) return s;
+// A channel's rows in a strip, rounded up to whole cache lines and then to an odd number of them.
+// A panel's rows are one to three image rows of every channel: with R Ws a multiple of 1024 bytes
+// (R = 8 rows of 160 floats at 128 x 128) the channels fell on 4 of L1's 64 sets, and the rows of
+// one 16-column quarter (24 KB at 64 channels) did not stay in Zen 3's 8-way 32 KB L1 (128 -> 128
+// at 64 x 64 on AVX2: 59 % of the FMA peak, 1 thread; with odd lines: see docs/performance.md).
+static long strip_plane(long R, long Ws) {
+    long lines = (R * Ws + 15) / 16;
+    return (lines | 1) * 16;
+}
+
+// One padded row (Ws floats) from image row src (W floats, NULL: a padding row): lead zeros, the
+// row, zeros to Ws. The AVX-512 path copies with aligned vector stores where lead is 16 (below).
+static void pad_row(float *row, const float *src, long lead, long W, long Ws) {
+    if (!src) { memset(row, 0, (size_t)Ws * sizeof(float)); return; }
+    memset(row, 0, (size_t)lead * sizeof(float));
+    memcpy(row + lead, src, (size_t)W * sizeof(float));
+    memset(row + lead + W, 0, (size_t)(Ws - lead - W) * sizeof(float));
+}
+
+// The padded rows r0 .. r0 + R - 1 of every channel into strip s, with aligned AVX-512 stores where
+// a row has 16 leading zeros.
+__attribute__((target("avx512f"))) static void fill_strip_avx512(const implicit_job *g, long r0, float *s) {
+    long Ws = g->Ws, W = g->W, lead = g->lead, plane = g->plane;
     __m512 zero = _mm512_setzero_ps();
     __mmask16 tail = (__mmask16)((1u << (W % 16)) - 1);
     for (long c = 0; c < g->C; c++)
@@ -204,12 +223,7 @@ __attribute__((target("avx512f"))) static const float *strip_for(const implicit_
             long y = r - g->ph;
             if (y < 0 || y >= g->H) { memset(row, 0, (size_t)Ws * sizeof(float)); continue; }
             const float *src = g->x + (c * g->H + y) * W;
-            if (lead != 16) {
-                for (long i = 0; i < lead; i++) row[i] = 0.0f;
-                memcpy(row + lead, src, (size_t)W * sizeof(float));
-                for (long i = lead + W; i < Ws; i++) row[i] = 0.0f;
-                continue;
-            }
+            if (lead != 16) { pad_row(row, src, lead, W, Ws); continue; }
             _mm512_store_ps(row, zero);
             long i = 0;
             for (; i + 16 <= W; i += 16) _mm512_store_ps(row + 16 + i, _mm512_loadu_ps(src + i));
@@ -219,38 +233,36 @@ __attribute__((target("avx512f"))) static const float *strip_for(const implicit_
             }
             for (i += 16; i < Ws; i += 16) _mm512_store_ps(row + i, zero);
         }
+}
+
+// This thread's strip of padded rows r0 .. r0 + R - 1 of every channel (each channel's gap
+// zero: the right padding of its last row), and its slack.
+static const float *strip_for(const implicit_job *g, long r0) {
+    long Ws = g->Ws, plane = g->plane;
+    float *s = ck_scratch(2, (size_t)(g->C * plane + Ws + 64));
+    if (!s) { strip_call = -1; return NULL; }
+    if (strip_call == g->call && strip_r0 == r0) return s;
+    if (g->avx512) {
+        fill_strip_avx512(g, r0, s);
+    } else {
+        for (long c = 0; c < g->C; c++)
+            for (long r = r0; r < r0 + g->R; r++) {
+                long y = r - g->ph;
+                pad_row(s + c * plane + (r - r0) * Ws, y < 0 || y >= g->H ? NULL : g->x + (c * g->H + y) * g->W,
+                        g->lead, g->W, Ws);
+            }
+    }
+    for (long c = 0; c < g->C; c++)
+        memset(s + c * plane + g->R * Ws, 0, (size_t)(plane - g->R * Ws) * sizeof(float));
     memset(s + g->C * plane, 0, (size_t)(Ws + 64) * sizeof(float));
     strip_call = g->call;
     strip_r0 = r0;
     return s;
 }
 
-static void implicit_task(void *p, long t) {
-    implicit_job *g = p;
-    long b = t / g->tiles_m, m = t % g->tiles_m, j0, nc, r0, r1;
-    column_block(g, b, &j0, &nc);
-    long i0 = m * g->slivers / g->tiles_m * 6, i1 = ck_min((m + 1) * g->slivers / g->tiles_m * 6, g->M);
-    block_rows(g, j0, nc, &r0, &r1);
-    const float *xs = strip_for(g, r0);
-    if (!xs) return;
-    float *out = g->y + i0 * g->N + j0;
-    long ldo = g->N;
-    if (!g->direct) {
-        out = ck_scratch(1, (size_t)g->mct * g->nct);
-        if (!out) return;
-        ldo = g->nct;
-        // With accumulate (the bias), start from y as the packed path does, so that both sum in
-        // the same order and give the same bits: R is sensitive to rounding in z where z is small.
-        if (g->accumulate)
-            for (long i = i0; i < i1; i++) {
-                float *b = out + (i - i0) * ldo;
-                const float *yi = g->y + i * g->N;
-                for (long o = j0; o < j0 + nc; o++) {
-                    long oy = o / g->Ws, ox = o % g->Ws;
-                    b[o - j0] = ox < g->Wo ? yi[oy * g->Wo + ox] : 0.0f;
-                }
-            }
-    }
+// The GEMM of one task on AVX-512: per K step and 64-column panel, every 6-row sliver.
+static void panels_avx512(const implicit_job *g, const float *xs, long r0, long i0, long i1, long j0, long nc,
+                          float *out, long ldo) {
     long ks = ck_gemm_kc_step(g->K);
     for (long k0 = 0; k0 < g->K; k0 += ks) {
         long kc = ck_min(ks, g->K - k0);
@@ -281,6 +293,74 @@ static void implicit_task(void *p, long t) {
             }
         }
     }
+}
+
+// The same on AVX2, whose micro-kernel is 6 x 16: per K step, panel and 16-column quarter, every
+// sliver, so the quarter's rows (kc x 16 floats) stay in L1 while the slivers of A stream from L2
+// (the order of the packed GEMM; the whole 64-column panel is 48 KB at kc = 192, above Zen 3's
+// 32 KB L1). The next quarter's rows are fetched while this one's slivers run.
+static void panels_avx2(const implicit_job *g, const float *xs, long r0, long i0, long i1, long j0, long nc,
+                        float *out, long ldo) {
+    long ks = ck_gemm_kc_step(g->K);
+    for (long k0 = 0; k0 < g->K; k0 += ks) {
+        long kc = ck_min(ks, g->K - k0);
+        const float *ab = g->Ap + k0 * g->Mp;
+        for (long jr = j0; jr < j0 + nc; jr += 64) {
+            int nr = (int)ck_min(64, j0 + nc - jr);
+            long seg[4];
+            panel_quarters(g, jr, r0, seg);
+            for (int q = 0; 16 * q < nr; q++) {
+                // The quarter after this one: the next of this panel, else the first of the next
+                // panel, else the first panel of the next K step.
+                long nk0 = k0, njr = jr, nq = q + 1;
+                if (16 * nq >= nr) { nq = 0; njr = jr + 64; }
+                if (njr >= j0 + nc) { nk0 = k0 + ks; njr = j0; }
+                long nkc = nk0 < g->K ? ck_min(ks, g->K - nk0) : 0, nseg[4];
+                if (nkc) panel_quarters(g, njr, r0, nseg);
+                long slivers = (i1 - i0 + 5) / 6, per = (nkc + slivers - 1) / slivers, pk = 0;
+                for (long ir = i0; ir < i1; ir += 6) {
+                    for (long e = ck_min(nkc, pk + per); pk < e; pk++) {
+                        const float *row = xs + g->koff[nk0 + pk] + nseg[nq];
+                        _mm_prefetch((const char *)row, _MM_HINT_T0);
+                        _mm_prefetch((const char *)(row + 15), _MM_HINT_T0);
+                    }
+                    ck_ukernel_offsets_avx2(kc, ab + ir * kc, xs + seg[q], g->koff + k0,
+                                            out + (ir - i0) * ldo + (jr - j0) + 16 * q, ldo,
+                                            g->accumulate || k0 > 0, (int)ck_min(6, i1 - ir), (int)ck_min(16, nr - 16 * q));
+                }
+            }
+        }
+    }
+}
+
+static void implicit_task(void *p, long t) {
+    implicit_job *g = p;
+    long b = t / g->tiles_m, m = t % g->tiles_m, j0, nc, r0, r1;
+    column_block(g, b, &j0, &nc);
+    long i0 = m * g->slivers / g->tiles_m * 6, i1 = ck_min((m + 1) * g->slivers / g->tiles_m * 6, g->M);
+    block_rows(g, j0, nc, &r0, &r1);
+    const float *xs = strip_for(g, r0);
+    if (!xs) return;
+    float *out = g->y + i0 * g->N + j0;
+    long ldo = g->N;
+    if (!g->direct) {
+        out = ck_scratch(1, (size_t)g->mct * g->nct);
+        if (!out) return;
+        ldo = g->nct;
+        // With accumulate (the bias), start from y as the packed path does, so that both sum in
+        // the same order and give the same bits: R is sensitive to rounding in z where z is small.
+        if (g->accumulate)
+            for (long i = i0; i < i1; i++) {
+                float *b = out + (i - i0) * ldo;
+                const float *yi = g->y + i * g->N;
+                for (long o = j0; o < j0 + nc; o++) {
+                    long oy = o / g->Ws, ox = o % g->Ws;
+                    b[o - j0] = ox < g->Wo ? yi[oy * g->Wo + ox] : 0.0f;
+                }
+            }
+    }
+    if (g->avx512) panels_avx512(g, xs, r0, i0, i1, j0, nc, out, ldo);
+    else panels_avx2(g, xs, r0, i0, i1, j0, nc, out, ldo);
     if (g->direct) return;
     // Valid columns to y, row run by row run.
     for (long i = i0; i < i1; i++) {
@@ -298,6 +378,19 @@ static void implicit_task(void *p, long t) {
     }
 }
 
+// Floats of an output block (K x nc) that stays in L2 across the K steps: half the core's L2
+// (262144 on the 2 MiB L2 of the Xeon this was tuned on; 65536 on Zen 3's 512 KiB, where blocks
+// of 1 MiB went back to L3 on every K step).
+static long l2_block_floats(void) {
+    static _Atomic long cached = 0;
+    long v = atomic_load(&cached);
+    if (v) return v;
+    long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    v = (l2 > 0 ? l2 : 2L << 20) / 2 / (long)sizeof(float);
+    atomic_store(&cached, v);
+    return v;
+}
+
 static void conv_implicit(const float *x, int C, int H, int W, const float *Ap, int K, int kh, int kw, int ph, int pw,
                           int Ho, int Wo, int accumulate, float *y) {
     long CKK = (long)C * kh * kw;
@@ -311,7 +404,7 @@ static void conv_implicit(const float *x, int C, int H, int W, const float *Ap, 
     // split evenly (sizes differ by at most one unit or sliver: 256 panels as 21 x 12 + 4 left one
     // of 2 threads 3 % more work). Splitting rows costs a thread at most one more strip.
     long panels = (Ncols + 63) / 64, slivers = Mp / 6;
-    long ppt = ck_max(1, ck_min(12, 262144 / (ck_max(K, 1) * 64L))), unit = 1;
+    long ppt = ck_max(1, ck_min(12, l2_block_floats() / (ck_max(K, 1) * 64L))), unit = 1;
     if (direct) {
         long r = 1;
         while (r * Wo % 64) r++;
@@ -323,21 +416,24 @@ static void conv_implicit(const float *x, int C, int H, int W, const float *Ap, 
     if (tiles_n < 8L * nt) tiles_n = ck_min(units, (tiles_n + nt - 1) / nt * nt);
     if (tiles_n < 8L * nt) tiles_m = ck_min(slivers, (8L * nt + tiles_n - 1) / tiles_n);
     static _Atomic long calls = 0;
-    implicit_job g = {Ap, x, NULL, y, K, CKK, Ncols, Mp, Wo, (long)Ho * Wo, kh, kw, C, H, W, ph, pw,
-                      units, unit, tiles_n, slivers, tiles_m, (units + tiles_n - 1) / tiles_n * unit * 64,
-                      (slivers + tiles_m - 1) / tiles_m * 6, Ws, lead16 ? 16 : pw, 0, atomic_fetch_add(&calls, 1),
-                      accumulate, direct};
+    implicit_job g = {.Ap = Ap, .x = x, .y = y, .M = K, .K = CKK, .Ncols = Ncols, .Mp = Mp, .Wo = Wo,
+                      .N = (long)Ho * Wo, .kh = kh, .kw = kw, .C = C, .H = H, .W = W, .ph = ph, .pw = pw,
+                      .units = units, .unit = unit, .tiles_n = tiles_n, .slivers = slivers, .tiles_m = tiles_m,
+                      .nct = (units + tiles_n - 1) / tiles_n * unit * 64, .mct = (slivers + tiles_m - 1) / tiles_m * 6,
+                      .Ws = Ws, .lead = lead16 ? 16 : pw, .call = atomic_fetch_add(&calls, 1),
+                      .accumulate = accumulate, .direct = direct, .avx512 = ck_isa_active() == CK_ISA_AVX512};
     for (long b = 0; b < tiles_n; b++) {
         long j0, nc, r0, r1;
         column_block(&g, b, &j0, &nc);
         block_rows(&g, j0, nc, &r0, &r1);
         g.R = ck_max(g.R, r1 - r0 + 1);
     }
+    g.plane = strip_plane(g.R, g.Ws);
     long *koff = ck_malloc((size_t)CKK * sizeof(long));
     if (!koff) return;
     for (long k = 0; k < CKK; k++) {
         long c = k / (kh * kw), i = (k / kw) % kh, j = k % kw;
-        koff[k] = (c * g.R + i) * g.Ws + j;
+        koff[k] = c * g.plane + i * g.Ws + j;
     }
     g.koff = koff;
     ck_parallel_for_ranges(tiles_m * tiles_n, &g, implicit_task);
@@ -365,7 +461,7 @@ static void forward(const float *x, int C, int H, int W, const float *Ap, const 
         ck_sgemm_prepacked_a(K, (int)N, (int)CKK, Ap, x, N, 1, NULL, NULL, y, N, bias != NULL);
         return;
     }
-    if (sh == 1 && sw == 1 && CKK > 0 && K > 0 && N > 0 && ck_isa_active() == CK_ISA_AVX512 &&
+    if (sh == 1 && sw == 1 && CKK > 0 && K > 0 && N > 0 && ck_isa_active() != CK_ISA_PORTABLE &&
         ck_conv_implicit_enabled()) {
         conv_implicit(x, C, H, W, Ap, K, kh, kw, ph, pw, Ho, Wo, bias != NULL, y);
         return;

@@ -56,12 +56,17 @@ static void uk_portable(long kc, const float *a, const float *b, float *c, long 
 
 // MARK: AVX2 6 x 16
 
-__attribute__((target("avx2,fma"))) static void uk_avx2(long kc, const float *a, const float *b,
-                                                        float *c, long ldc, int acc, int mr, int nr) {
+// B rows: the packed panel (koff NULL: row k at b + 16 k, aligned) or rows read in place (row k
+// at b + koff[k], unaligned: the forward convolution's implicit GEMM). A full tile (6 x 16) goes
+// straight to C; edges through a spilled tile.
+__attribute__((target("avx2,fma"), always_inline)) static inline void uk_avx2_body(
+    long kc, const float *a, const float *b, const long *koff, float *c, long ldc, int acc, int mr, int nr) {
     __m256 t00 = _mm256_setzero_ps(), t01 = t00, t10 = t00, t11 = t00, t20 = t00, t21 = t00;
     __m256 t30 = t00, t31 = t00, t40 = t00, t41 = t00, t50 = t00, t51 = t00;
     for (long k = 0; k < kc; k++) {
-        __m256 b0 = _mm256_load_ps(b + k * 16), b1 = _mm256_load_ps(b + k * 16 + 8);
+        __m256 b0, b1;
+        if (koff) { b0 = _mm256_loadu_ps(b + koff[k]); b1 = _mm256_loadu_ps(b + koff[k] + 8); }
+        else { b0 = _mm256_load_ps(b + k * 16); b1 = _mm256_load_ps(b + k * 16 + 8); }
         const float *ak = a + k * 6;
         __m256 x;
         x = _mm256_broadcast_ss(ak + 0); t00 = _mm256_fmadd_ps(x, b0, t00); t01 = _mm256_fmadd_ps(x, b1, t01);
@@ -71,6 +76,15 @@ __attribute__((target("avx2,fma"))) static void uk_avx2(long kc, const float *a,
         x = _mm256_broadcast_ss(ak + 4); t40 = _mm256_fmadd_ps(x, b0, t40); t41 = _mm256_fmadd_ps(x, b1, t41);
         x = _mm256_broadcast_ss(ak + 5); t50 = _mm256_fmadd_ps(x, b0, t50); t51 = _mm256_fmadd_ps(x, b1, t51);
     }
+    if (mr == 6 && nr == 16) {
+#define OUT(i) { float *ci = c + i * ldc; \
+        if (acc) { t##i##0 = _mm256_add_ps(t##i##0, _mm256_loadu_ps(ci)); \
+                   t##i##1 = _mm256_add_ps(t##i##1, _mm256_loadu_ps(ci + 8)); } \
+        _mm256_storeu_ps(ci, t##i##0); _mm256_storeu_ps(ci + 8, t##i##1); }
+        OUT(0) OUT(1) OUT(2) OUT(3) OUT(4) OUT(5)
+#undef OUT
+        return;
+    }
     _Alignas(32) float t[6][16];
     _mm256_store_ps(t[0], t00); _mm256_store_ps(t[0] + 8, t01);
     _mm256_store_ps(t[1], t10); _mm256_store_ps(t[1] + 8, t11);
@@ -79,6 +93,18 @@ __attribute__((target("avx2,fma"))) static void uk_avx2(long kc, const float *a,
     _mm256_store_ps(t[4], t40); _mm256_store_ps(t[4] + 8, t41);
     _mm256_store_ps(t[5], t50); _mm256_store_ps(t[5] + 8, t51);
     store_tile(&t[0][0], 16, c, ldc, acc, mr, nr);
+}
+
+__attribute__((target("avx2,fma"))) static void uk_avx2(long kc, const float *a, const float *b, float *c, long ldc,
+                                                        int acc, int mr, int nr) {
+    uk_avx2_body(kc, a, b, NULL, c, ldc, acc, mr, nr);
+}
+
+__attribute__((target("avx2,fma"))) void ck_ukernel_offsets_avx2(long kc, const float *a, const float *base,
+                                                                 const long *koff, float *c, long ldc, int acc,
+                                                                 int mr, int nr) {
+    if (!koff) __builtin_unreachable();  // the in-place loads, without a test per k
+    uk_avx2_body(kc, a, base, koff, c, ldc, acc, mr, nr);
 }
 
 // MARK: AVX-512 6 x 64

@@ -59,6 +59,9 @@ long ck_gemm_kc_step(long K);
 /// are the 16 floats at base + koff[k] + seg[q].
 void ck_ukernel_offsets_avx512(long kc, const float *a, const float *base, const long *koff, const long *seg,
                                float *c, long ldc, int acc, int mr, int nr);
+/// The AVX2 6 x 16 micro-kernel reading B in place: panel row k is the 16 floats at base + koff[k].
+void ck_ukernel_offsets_avx2(long kc, const float *a, const float *base, const long *koff, float *c, long ldc,
+                             int acc, int mr, int nr);
 
 /// Row sliver height of the GEMM micro-kernel for an ISA.
 int ck_gemm_mr(int isa);

@@ -78,7 +78,7 @@ void ck_conv_weights(const float *w, int K, int C, int kh, int kw, float *packed
 int ck_conv2d_forward_packed(const float *x, int C, int H, int W, const float *packed, const float *bias, int K,
                              int kh, int kw, int sh, int sw, int ph, int pw, float *y);
 
-/// Stride-1 convolutions on AVX-512 run as an implicit GEMM (the micro-kernel reads im2col rows in
+/// Stride-1 convolutions on AVX-512 and AVX2 run as an implicit GEMM (the micro-kernel reads im2col rows in
 /// place from padded rows of the image, copied per thread); elsewhere, and when disabled for the calling thread
 /// here, the GEMM packs im2col panels. Returns the previous setting. For tests and benchmarks.
 int ck_conv_set_implicit(int enabled);
