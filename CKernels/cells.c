@@ -384,6 +384,68 @@ __attribute__((target("avx512f"))) static void lanes_task_avx512(void *ctx, long
         }
     }
 }
+
+// AVX2: the 16 lanes as two vectors of 8, masked loads for lanes whose column lies outside the map;
+// at most 6 maps a pass (12 accumulators, the two v vectors and R in the 16 registers).
+enum { LANE_MAPS_AVX2 = 6 };
+
+__attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) void
+lanes_maps_avx2(const lanes_job *j, const lane_group *G, const int32_t (*mask)[LANES], const int *any, int m0,
+                const int NM) {
+    const ck_cells *l = j->l;
+    long HW = (long)j->H * j->W, mapStride = (long)j->C * HW;
+    int cw = l->cw;
+    __m256 lo[NM], hi[NM];
+    for (int q = 0; q < NM; q++) lo[q] = hi[q] = _mm256_setzero_ps();
+    for (int c = 0; c < j->C; c++) {
+        const float *vc = G->vt + (long)c * l->ch * cw * LANES;
+        const float *Rc = j->R + (long)m0 * mapStride + c * HW + G->x0;
+        for (int i = G->i0; i < G->i1; i++) {
+            const float *vr = vc + (long)i * cw * LANES, *rr = Rc + (long)(G->y0 + i) * j->W;
+            for (int x = 0; x < cw; x++) {
+                if (!any[x]) continue;
+                __m256i ml = _mm256_loadu_si256((const __m256i *)mask[x]);
+                __m256i mh = _mm256_loadu_si256((const __m256i *)(mask[x] + 8));
+                __m256 vl = _mm256_loadu_ps(vr + x * LANES), vh = _mm256_loadu_ps(vr + x * LANES + 8);
+                for (int q = 0; q < NM; q++) {
+                    const float *r = rr + q * mapStride + x;
+                    lo[q] = _mm256_fmadd_ps(vl, _mm256_maskload_ps(r, ml), lo[q]);
+                    hi[q] = _mm256_fmadd_ps(vh, _mm256_maskload_ps(r + 8, mh), hi[q]);
+                }
+            }
+        }
+    }
+    float sums[NM * LANES];
+    for (int q = 0; q < NM; q++) {
+        _mm256_storeu_ps(sums + q * LANES, lo[q]);
+        _mm256_storeu_ps(sums + q * LANES + 8, hi[q]);
+    }
+    store_sums(j, G, m0, NM, sums);
+}
+
+__attribute__((target("avx2,fma"))) static void lanes_task_avx2(void *ctx, long task) {
+    const lanes_job *j = ctx;
+    lane_group G = group_at(j, task);
+    int32_t mask[j->l->cw][LANES];
+    int any[j->l->cw];
+    for (int x = 0; x < j->l->cw; x++) {
+        any[x] = 0;
+        for (int t = 0; t < LANES; t++) {
+            int col = G.x0 + x + t;
+            mask[x][t] = t < G.lanes && col >= 0 && col < j->W ? -1 : 0;
+            any[x] |= mask[x][t];
+        }
+    }
+    int passes = (j->n + LANE_MAPS_AVX2 - 1) / LANE_MAPS_AVX2;
+    for (int k = 0; k < passes; k++) {
+        int m0 = (int)((long)k * j->n / passes), nm = (int)((long)(k + 1) * j->n / passes) - m0;
+        switch (nm) {
+#define CASE(k) case k: lanes_maps_avx2(j, &G, (const int32_t (*)[LANES])mask, any, m0, k); break;
+            CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6)
+#undef CASE
+        }
+    }
+}
 #endif
 
 // Portable: the same sums, lanes innermost.
@@ -420,6 +482,10 @@ void ck_cells_contract_lanes(int C, int H, int W, const ck_cells *layout, const 
 #if defined(__x86_64__)
     if (ck_isa_active() >= CK_ISA_AVX512) {
         ck_parallel_for(tasks, &j, lanes_task_avx512);
+        return;
+    }
+    if (ck_isa_active() == CK_ISA_AVX2) {
+        ck_parallel_for(tasks, &j, lanes_task_avx2);
         return;
     }
 #endif
