@@ -447,7 +447,7 @@ long ck_conv_weights_size(int K, int C, int kh, int kw) {
 
 void ck_conv_weights(const float *w, int K, int C, int kh, int kw, float *packed) {
     long CKK = (long)C * kh * kw;
-    ck_gemm_pack_a(CK_ISA_PORTABLE, K, (int)CKK, w, CKK, 1, packed);
+    ck_gemm_pack_a_parallel(CK_ISA_PORTABLE, K, (int)CKK, w, CKK, 1, packed);
 }
 
 static void forward(const float *x, int C, int H, int W, const float *Ap, const float *bias, int K, int kh, int kw,

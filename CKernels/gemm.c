@@ -305,13 +305,18 @@ static void pack_a_task(void *p, long t) {
     pack_a(q->mr, mc, kc, q->A + i0 * q->rsa + k0 * q->csa, q->rsa, q->csa, q->dst + k0 * q->Mp + i0 * kc);
 }
 
-float *ck_gemm_pack_a_shared(int isa, int M, int K, const float *A, long rsa, long csa) {
+void ck_gemm_pack_a_parallel(int isa, int M, int K, const float *A, long rsa, long csa, float *dst) {
     isa_desc d = describe(isa);
     long Mp = (long)(M + d.mr - 1) / d.mr * d.mr;
-    pack_job q = {d.mr, M, K, Mp, (M + MC - 1) / MC, A, rsa, csa, ck_scratch(7, (size_t)Mp * K)};
-    if (!q.dst) return NULL;
+    pack_job q = {d.mr, M, K, Mp, (M + MC - 1) / MC, A, rsa, csa, dst};
     ck_parallel_for(q.row_blocks * ((K + kc_step(K) - 1) / kc_step(K)), &q, pack_a_task);
-    return q.dst;
+}
+
+float *ck_gemm_pack_a_shared(int isa, int M, int K, const float *A, long rsa, long csa) {
+    long Mp = (long)(M + describe(isa).mr - 1) / describe(isa).mr * describe(isa).mr;
+    float *dst = ck_scratch(7, (size_t)Mp * K);
+    if (dst) ck_gemm_pack_a_parallel(isa, M, K, A, rsa, csa, dst);
+    return dst;
 }
 
 long ck_gemm_kc_step(long K) { return kc_step(K); }

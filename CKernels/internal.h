@@ -69,6 +69,8 @@ int ck_gemm_mr(int isa);
 long ck_gemm_packed_a_size(int isa, int M, int K);
 /// Packs all of A (M x K, strides rsa, csa) for the micro-kernel of isa. Serial.
 void ck_gemm_pack_a(int isa, int M, int K, const float *A, long rsa, long csa, float *dst);
+/// ck_gemm_pack_a in parallel tasks (not from inside one).
+void ck_gemm_pack_a_parallel(int isa, int M, int K, const float *A, long rsa, long csa, float *dst);
 /// C (rows s0 mr .. min(s1 mr, M), N) [+]= A B with A packed by ck_gemm_pack_a and B pre-packed in
 /// the micro-kernel's layout: panels of nr columns (zero-padded), each K rows of nr values, panel p
 /// at Bp + p * K * nr. C points at row s0 mr. Serial, no scratch: safe inside any task.

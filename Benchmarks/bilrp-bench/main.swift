@@ -172,17 +172,26 @@ struct ChildResult: Codable {
     var isa: String
     var openmp: Bool
     var source: String
+    /// Start-up: reading the model file (VGG-16: the ONNX file) and the pair of images, then
+    /// building the explainer (rule forms of every layer prepared); the first explanation (cold).
+    var loadSeconds: Double
+    var prepareSeconds: Double
+    var firstPairSeconds: Double
 }
 
 func child(size: Int, threads: Int, h: Int, runs: Int, profile: Bool, resnet: Bool = false) throws {
     CKernelsBackend.threads = threads
-    let rw = resnet ? try ResNetWorkload(size: size) : nil
-    let w = resnet ? nil : try Workload(size: size)
-    let ex = try rw?.explainer(h: h) ?? w!.explainer(h: h)
+    var rw: ResNetWorkload? = nil, w: Workload? = nil, built: Explainer? = nil
+    let load = try seconds {
+        if resnet { rw = try ResNetWorkload(size: size) } else { w = try Workload(size: size) }
+    }
+    let prepare = try seconds { built = try rw?.explainer(h: h) ?? w!.explainer(h: h) }
     let (x1, x2) = rw.map { ($0.x1, $0.x2) } ?? (w!.x1, w!.x2)
+    let ex = built!
     var times: [Double] = []
-    if runs > 1 { _ = try ex.explain(x1, x2, patch: patch) }  // warm-up
-    for _ in 0..<runs { times.append(try seconds { _ = try ex.explain(x1, x2, patch: patch) }) }
+    let first = try seconds { _ = try ex.explain(x1, x2, patch: patch) }  // also the warm-up
+    if runs == 1 { times.append(first) }
+    for _ in 0..<(runs > 1 ? runs : 0) { times.append(try seconds { _ = try ex.explain(x1, x2, patch: patch) }) }
     var names: [String] = [], layerSeconds: [Double] = [], fwd = 0.0, side = 0
     if profile {
         let (_, p) = try ex.profiledFactors(x1, patch: patch)
@@ -191,7 +200,8 @@ func child(size: Int, threads: Int, h: Int, runs: Int, profile: Bool, resnet: Bo
     }
     let r = ChildResult(size: size, threads: threads, h: h, pairSeconds: times, rssKiB: peakRSSKiB(),
                         preparedBytes: ex.preparedBytes, forwardSeconds: fwd, layers: names, layerSeconds: layerSeconds, patchSideLayers: side,
-                        isa: CKernelsBackend.activeISA, openmp: CKernelsBackend.usesOpenMP, source: rw?.source ?? w!.source)
+                        isa: CKernelsBackend.activeISA, openmp: CKernelsBackend.usesOpenMP, source: rw?.source ?? w!.source,
+                        loadSeconds: load, prepareSeconds: prepare, firstPairSeconds: first)
     print(String(decoding: try JSONEncoder().encode(r), as: UTF8.self))
 }
 
@@ -245,6 +255,10 @@ for size in kernelsOnly || resnetOnly ? [] : sizes {
               + pad(f(g, 0), 10) + pad(f(100 * g / max(peak[t]!, 1), 1), 11) + pad(f(Double(r.rssKiB) / 1024, 0), 14))
     }
     print("        (\(f(perPair * 1e-12, 3)) TFLOP per pair at \(size) x \(size); \(results[size]?.source ?? ""))")
+    if let r = results[size] {
+        print("        start-up, \(r.threads) threads: model and images read \(f(r.loadSeconds, 3)) s, explainer prepared "
+              + "\(f(r.prepareSeconds, 3)) s, first (cold) pair \(f(r.firstPairSeconds, 3)) s")
+    }
 }
 
 // ResNet-50 to layer4 at 224 x 224: the graph engine's workload.

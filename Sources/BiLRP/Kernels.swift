@@ -404,15 +404,25 @@ public struct CKernelsBackend: Kernels {
     }
 
     public func prepareBackward(weight: [Float], _ g: ConvGeometry) throws -> [Float]? {
-        // Few output channels of the backward (an RGB input layer) leave the GEMMs too thin to pay
-        // for the transforms: direct is faster there.
+        guard let count = backwardCount(g) else { return nil }
+        return try [Float](unsafeUninitializedCapacity: count) { u, n in
+            try writeBackward(weight: weight, g, into: u.baseAddress!)
+            n = count
+        }
+    }
+
+    /// Floats of the Winograd backward weights for g, or nil when the backward of g does not run
+    /// Winograd. Few output channels of the backward (an RGB input layer) leave the GEMMs too thin
+    /// to pay for the transforms: direct is faster there.
+    func backwardCount(_ g: ConvGeometry) -> Int? {
         guard convolution == .winograd, g.groups == 1, g.kernelH == 3, g.kernelW == 3, g.strideH == 1, g.strideW == 1,
               g.padH == 1, g.padW == 1, g.inChannels >= 16 else { return nil }
-        var u = [Float](repeating: 0, count: ck_winograd_weights_size(c(g.inChannels), c(g.outChannels)))
-        try u.withUnsafeMutableBufferPointer {
-            try check(ck_winograd_weights(weight, c(g.inChannels), c(g.outChannels), 1, $0.baseAddress!), "the Winograd weights")
-        }
-        return u
+        return ck_winograd_weights_size(c(g.inChannels), c(g.outChannels))
+    }
+
+    /// Writes every one of the `backwardCount(g)` floats.
+    func writeBackward(weight: UnsafePointer<Float>, _ g: ConvGeometry, into u: UnsafeMutablePointer<Float>) throws {
+        try check(ck_winograd_weights(weight, c(g.inChannels), c(g.outChannels), 1, u), "the Winograd weights")
     }
 
     /// As `prepareBackward`, for the forward: 16 or more channels in and out.
@@ -498,14 +508,23 @@ public struct CKernelsBackend: Kernels {
     /// Every convolution's forward weight, packed for the micro-kernels (the same packing on every
     /// ISA). Packing per call was up to a third of the forward of a 512-channel layer on 16 x 16.
     public func prepareForward(weight: [Float], _ g: ConvGeometry) -> [Float]? {
+        guard let count = forwardCount(g), weight.count == g.weightCount else { return nil }
+        return [Float](unsafeUninitializedCapacity: count) { p, n in
+            writeForward(weight: weight, g, into: p.baseAddress!)
+            n = count
+        }
+    }
+
+    /// Floats of the packed forward weights for g (nil: g runs unpacked, a grouped layer).
+    func forwardCount(_ g: ConvGeometry) -> Int? {
         guard g.groups == 1 else { return nil }
         let count = ck_conv_weights_size(c(g.outChannels), c(g.inChannels), c(g.kernelH), c(g.kernelW))
-        guard count > 0, weight.count == g.weightCount else { return nil }
-        var packed = [Float](repeating: 0, count: count)
-        packed.withUnsafeMutableBufferPointer {
-            ck_conv_weights(weight, c(g.outChannels), c(g.inChannels), c(g.kernelH), c(g.kernelW), $0.baseAddress!)
-        }
-        return packed
+        return count > 0 ? count : nil
+    }
+
+    /// Writes every one of the `forwardCount(g)` floats.
+    func writeForward(weight: UnsafePointer<Float>, _ g: ConvGeometry, into packed: UnsafeMutablePointer<Float>) {
+        ck_conv_weights(weight, c(g.outChannels), c(g.inChannels), c(g.kernelH), c(g.kernelW), packed)
     }
 
     public func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
