@@ -10,10 +10,11 @@
 SWIFT      ?= swift
 OMP_FLAGS  := -Xcc -fopenmp -Xlinker -lomp5
 OMP_BUILD  := --scratch-path .build-omp $(OMP_FLAGS)
-APT_DEPS   := libomp-19-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev python3-venv python3-pip jq curl
+APT_DEPS   := libomp-19-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev python3-venv python3-pip jq curl \
+              gcc-aarch64-linux-gnu qemu-user
 BIN        := .build-omp/release
 
-.PHONY: apt-deps all setup assets build build-cli build-plain test test-omp test-plain test-contract demo serve bench bench-peers bench-server fixtures proto clean
+.PHONY: apt-deps all setup assets build build-cli build-plain test test-omp test-plain test-contract test-arm demo serve bench bench-peers bench-server fixtures proto clean
 
 all: build
 
@@ -49,7 +50,17 @@ build-plain:
 
 # The README's test command: the whole suite on the OpenMP build, then on the plain build. The
 # assets are fetched first so the real-model and real-photo tests run too.
-test: setup assets test-omp test-contract test-plain
+test: setup assets test-omp test-contract test-plain test-arm
+
+# The C kernels built for aarch64 (Debian's cross compiler) and checked under qemu-user against
+# double-precision loops (Tests/arm/kernels_check.c): GEMM, convolutions (grouped too), Winograd.
+# Only the portable path exists on ARM so far; the same driver checks every path built there.
+ARM_CC := aarch64-linux-gnu-gcc
+test-arm: apt-deps
+	@mkdir -p .build-arm
+	$(ARM_CC) -std=gnu11 -O2 -Wall -Werror -fopenmp -ICKernels -ICKernels/include CKernels/*.c \
+	  Tests/arm/kernels_check.c -o .build-arm/kernels_check -lm
+	qemu-aarch64 -L /usr/aarch64-linux-gnu .build-arm/kernels_check
 
 # The server against its OpenAPI document: validated, then schemathesis on a live server.
 test-contract:

@@ -7,7 +7,6 @@
 // padding; the GEMM reads W transposed through strides, so no transposed copy of W is kept.
 #include "internal.h"
 
-#include <immintrin.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
@@ -117,6 +116,7 @@ static void pack_im2col(const void *p, int nr, long k0, long kc, long j0, long n
     }
 }
 
+#if CK_X86
 // MARK: Implicit GEMM (AVX-512 and AVX2, stride 1)
 
 // With stride 1 the im2col matrix needs no copy at all: with the image padded, row
@@ -440,6 +440,8 @@ static void conv_implicit(const float *x, int C, int H, int W, const float *Ap, 
     free(koff);
 }
 
+#endif
+
 // Every ISA's micro-kernel has 6-row slivers (gemm.c), so the portable packing serves all of them.
 long ck_conv_weights_size(int K, int C, int kh, int kw) {
     return ck_gemm_packed_a_size(CK_ISA_PORTABLE, K, C * kh * kw);
@@ -461,11 +463,13 @@ static void forward(const float *x, int C, int H, int W, const float *Ap, const 
         ck_sgemm_prepacked_a(K, (int)N, (int)CKK, Ap, x, N, 1, NULL, NULL, y, N, bias != NULL);
         return;
     }
+#if CK_X86
     if (sh == 1 && sw == 1 && CKK > 0 && K > 0 && N > 0 && ck_isa_active() != CK_ISA_PORTABLE &&
         ck_conv_implicit_enabled()) {
         conv_implicit(x, C, H, W, Ap, K, kh, kw, ph, pw, Ho, Wo, bias != NULL, y);
         return;
     }
+#endif
     cols_job q = {x, NULL, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo};
     ck_sgemm_prepacked_a(K, (int)N, (int)CKK, Ap, NULL, 0, 0, pack_im2col, &q, y, N, bias != NULL);
 }

@@ -8,7 +8,6 @@
 // tasks) packs per MC x NC tile.
 #include "internal.h"
 
-#include <immintrin.h>
 #include <string.h>
 
 enum { KC = 256, MC = 96, NC = 768 };
@@ -54,6 +53,7 @@ static void uk_portable(long kc, const float *a, const float *b, float *c, long 
     store_tile(&t[0][0], 16, c, ldc, acc, mr, nr);
 }
 
+#if CK_X86
 // MARK: AVX2 6 x 16
 
 // B rows: the packed panel (koff NULL: row k at b + 16 k, aligned) or rows read in place (row k
@@ -189,10 +189,14 @@ __attribute__((target("avx512f"))) void ck_ukernel_offsets_avx512(long kc, const
     else uk_avx512_body(kc, a, base, koff, seg, c, ldc, acc, mr, nr, 6, 4);
 }
 
+#endif
+
 static isa_desc describe(int isa) {
     switch (isa) {
+#if CK_X86
     case CK_ISA_AVX512: return (isa_desc){6, 64, uk_avx512};
     case CK_ISA_AVX2: return (isa_desc){6, 16, uk_avx2};
+#endif
     default: return (isa_desc){6, 16, uk_portable};
     }
 }

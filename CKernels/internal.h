@@ -5,6 +5,14 @@
 #include "include/ckernels.h"
 #include <stdlib.h>
 
+/// 1 where the AVX2 and AVX-512 paths are compiled (x86-64); elsewhere only the portable path is.
+#if defined(__x86_64__)
+#define CK_X86 1
+#include <immintrin.h>
+#else
+#define CK_X86 0
+#endif
+
 /// One unit of parallel work: task index i of n.
 typedef void (*ck_task_fn)(void *ctx, long i);
 

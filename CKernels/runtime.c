@@ -26,10 +26,14 @@ static int isa_from_name(const char *s) {
 int ck_isa_supported(void) {
     static int cached = -1;
     if (cached < 0) {
+#if CK_X86
         __builtin_cpu_init();
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) cached = CK_ISA_AVX512;
         else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) cached = CK_ISA_AVX2;
         else cached = CK_ISA_PORTABLE;
+#else
+        cached = CK_ISA_PORTABLE;
+#endif
     }
     return cached;
 }

@@ -18,7 +18,6 @@
 // Winograd transforms; the explainer picks this path per layer and input from the density.
 #include "internal.h"
 
-#include <immintrin.h>
 #include <string.h>
 
 enum { SP_LD = 32 };                  // weight rows: tiles of this many channels, zero-padded
@@ -168,6 +167,9 @@ static inline void uk_portable(int mr, long nk, const int32_t *lw, const int32_t
     for (int r = 0; r < mr; r++) memcpy(out + r * 16, acc[r], sizeof acc[r]);
 }
 
+typedef void (*sp_uk)(long, const int32_t *, const int32_t *, const float *, long, const float *, float *);
+
+#if CK_X86
 __attribute__((target("avx2,fma"), always_inline)) static inline void uk_avx2_body(
     int mr, long nk, const int32_t *lw, const int32_t *le, const float *Wc, long next, const float *S, float *out) {
     __m256 acc[6][2];
@@ -207,7 +209,6 @@ __attribute__((target("avx512f"), always_inline)) static inline void uk_avx512_b
         for (int q = 0; q < nv; q++) _mm512_storeu_ps(out + (r * nv + q) * 16, acc[r][q]);
 }
 
-typedef void (*sp_uk)(long, const int32_t *, const int32_t *, const float *, long, const float *, float *);
 #define UK512(M)                                                                                                 \
     __attribute__((target("avx512f"))) static void uk512_##M(long nk, const int32_t *lw, const int32_t *le,     \
                                                              const float *Wc, long nx, const float *S, float *o) { \
@@ -226,18 +227,23 @@ typedef void (*sp_uk)(long, const int32_t *, const int32_t *, const float *, lon
 UK512W(4) UK512W(5) UK512W(6)
 UK512(4) UK512(5) UK512(6) UK512(7) UK512(8) UK512(9) UK512(10) UK512(11) UK512(12) UK512(13) UK512(14)
 UK256(4) UK256(5) UK256(6)
+#endif
 static void uk_portable4(long nk, const int32_t *lw, const int32_t *le, const float *Wc, long next, const float *S,
                          float *o) {
     uk_portable(4, nk, lw, le, Wc, next, S, o);
 }
 
 static sp_uk kernel_for(int isa, int mr, int cw) {
+#if CK_X86
     static const sp_uk k512[] = {uk512_4, uk512_5, uk512_6, uk512_7, uk512_8, uk512_9,
                                  uk512_10, uk512_11, uk512_12, uk512_13, uk512_14};
     static const sp_uk k512w[] = {uk512w_4, uk512w_5, uk512w_6};
     static const sp_uk k256[] = {uk256_4, uk256_5, uk256_6};
     if (isa == CK_ISA_AVX512) return cw == 64 ? k512w[mr - 4] : k512[mr - 4];
     if (isa == CK_ISA_AVX2) return k256[mr - 4];
+#else
+    (void)isa; (void)mr; (void)cw;
+#endif
     return uk_portable4;
 }
 
@@ -275,6 +281,7 @@ static void store_portable(const sp_job *j, const float *T, int t, long y, long 
     }
 }
 
+#if CK_X86
 // Rows r[0..15] become columns: r[c] afterwards holds the former column c.
 __attribute__((target("avx512f"), always_inline)) static inline void transpose16(__m512 r[16]) {
     __m512 t[16], u[16];
@@ -330,6 +337,7 @@ __attribute__((target("avx512f"))) static void store_avx512(const sp_job *j, con
         }
     }
 }
+#endif
 
 // Task (y, group of column tiles): every map tile of input row y for group x cw channels.
 static void row_task(void *p, long task) {
@@ -361,7 +369,9 @@ static void row_task(void *p, long task) {
         }
     }
     start[j->W] = (int32_t)cnt;
-    float *tmp = T + W16 * j->mr * j->cw;
+#if CK_X86
+    float *tmp = T + W16 * j->mr * j->cw;  // store_avx512's transposed tile
+#endif
     sp_uk uk = kernel_for(j->isa, j->mr, j->cw);
     long tileStride = (long)j->kh * j->kw * j->K * SP_LD;
     for (int t = 0; t < j->tiles; t++) {
@@ -372,8 +382,10 @@ static void row_task(void *p, long task) {
             for (long x = 0; x < j->W; x++)
                 uk(start[x + 1] - start[x], lw + start[x], le + start[x], Wc, tileStride, S,
                    T + x * j->mr * j->cw);
-            if (j->isa == CK_ISA_AVX512) store_avx512(j, T, tmp, t, y, c0);
-            else store_portable(j, T, t, y, c0);
+#if CK_X86
+            if (j->isa == CK_ISA_AVX512) { store_avx512(j, T, tmp, t, y, c0); continue; }
+#endif
+            store_portable(j, T, t, y, c0);
         }
     }
 }

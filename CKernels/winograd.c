@@ -15,7 +15,6 @@
 // V of 64 tiles would not fit L2): big super-chunks, each step parallel over channels or xi.
 #include "internal.h"
 
-#include <immintrin.h>
 #include <limits.h>
 #include <string.h>
 
@@ -143,6 +142,7 @@ static inline float *m_at(const wino_job *j, int xi, long k, long t) {
     return j->M + ((long)xi * j->Kr + (k - j->k0)) * j->Tp + t;
 }
 
+#if CK_X86
 // One row of the unpooled relevance times 1 / stab(z), for 2-wide pool windows: row[p] for image
 // columns x0 + p in [x0 + lo, x0 + hi). 16 windows (32 columns) per step: the winners' columns
 // compared with each lane's two, the values interleaved into the even and odd columns.
@@ -173,6 +173,7 @@ __attribute__((target("avx512f"))) static void unpool_row2_avx512(float *row, in
         }
     }
 }
+#endif
 
 // Where row yy of channel c's unpooled relevance (map m) comes from: the pooled row rp, its winners
 // am and 1 / stab(z) of the row zr. 0 when no pool window covers the row (it is all zero).
@@ -273,6 +274,7 @@ static inline __attribute__((always_inline)) void input_body(wino_job *j, long c
     }
 }
 
+#if CK_X86
 // B^T d B of 16 tiles at once, d[a][b] holding row a, column b of every lane's 6 x 6 input (B^T
 // along y, then along x), stored to V for the tiles l .. l + 15: 16 consecutive tiles from a
 // multiple of 16 stay in one panel (nr is 64 where these run).
@@ -611,6 +613,7 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void input_avx512(vo
     }
 }
 __attribute__((target("avx2,fma"))) static void input_avx2(void *p, long c) { input_body(p, c); }
+#endif
 static void input_portable(void *p, long c) { input_body(p, c); }
 
 // The unused lanes of the last panel: zero, not stale scratch (denormals are slow).
@@ -680,6 +683,7 @@ static inline __attribute__((always_inline)) void output_body(wino_job *j, long 
     }
 }
 
+#if CK_X86
 // Output transform of a run of cnt <= 15 tiles of one tile row (NV = 2: cnt <= 7) in registers:
 // A^T along x on the tiles' M values (one masked load per xi), the four results per tile
 // interleaved into columns (tiles_to_rows), A^T along y on those rows, then y = [y +] scale * v *
@@ -745,6 +749,7 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void output_avx512(v
     }
 }
 __attribute__((target("avx2,fma"))) static void output_avx2(void *p, long k) { output_body(p, k); }
+#endif
 static void output_portable(void *p, long k) { output_body(p, k); }
 
 typedef struct {
@@ -857,10 +862,13 @@ static int winograd(int n, const float *x, const float *z, float eps, int C, int
     }
     wino_job j = {isa, x, U, y, NULL, NULL, C, K, H, W, th, tw, 0, 0, 0, 0, K, rz, a, eps, scale, accumulate,
                   nr, mr, Mp, NULL, 0, 0, 1, 1};
-    ck_task_fn in = isa == CK_ISA_AVX512 ? input_avx512 : isa == CK_ISA_AVX2 ? input_avx2 : input_portable;
-    ck_task_fn out = isa == CK_ISA_AVX512 ? output_avx512 : isa == CK_ISA_AVX2 ? output_avx2 : output_portable;
+    ck_task_fn in = input_portable, out = output_portable;
+    int lanes = 0;
+#if CK_X86
+    if (isa == CK_ISA_AVX512) { in = input_avx512; out = output_avx512; }
+    if (isa == CK_ISA_AVX2) { in = input_avx2; out = output_avx2; }
     // Small maps: 16 tiles per vector (gather offsets are 32-bit).
-    int lanes = isa == CK_ISA_AVX512 && tw <= 4 && (long)n * ck_max(C, K) * H * W < (1L << 31);
+    lanes = isa == CK_ISA_AVX512 && tw <= 4 && (long)n * ck_max(C, K) * H * W < (1L << 31);
     if (lanes) {
         in = input_lanes_avx512;
         out = output_lanes_avx512;
@@ -869,6 +877,7 @@ static int winograd(int n, const float *x, const float *z, float eps, int C, int
             out = output_maps_avx512;
         }
     }
+#endif
     if (up && lanes) {
         // The lane transforms gather their inputs: unpool first (small maps, a small block).
         unpooled = ck_malloc((size_t)n * C * H * W * sizeof(float));
