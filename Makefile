@@ -53,14 +53,15 @@ build-plain:
 test: setup assets test-omp test-contract test-plain test-arm
 
 # The C kernels built for aarch64 (Debian's cross compiler) and checked under qemu-user against
-# double-precision loops (Tests/arm/kernels_check.c): GEMM, convolutions (grouped too), Winograd.
-# Only the portable path exists on ARM so far; the same driver checks every path built there.
+# double-precision loops (Tests/arm/kernels_check.c): GEMM, convolutions (grouped too), Winograd;
+# once on the NEON path (the default there) and once with BILRP_ISA=portable.
 ARM_CC := aarch64-linux-gnu-gcc
 test-arm: apt-deps
 	@mkdir -p .build-arm
 	$(ARM_CC) -std=gnu11 -O2 -Wall -Werror -fopenmp -ICKernels -ICKernels/include CKernels/*.c \
 	  Tests/arm/kernels_check.c -o .build-arm/kernels_check -lm
 	qemu-aarch64 -L /usr/aarch64-linux-gnu .build-arm/kernels_check
+	BILRP_ISA=portable qemu-aarch64 -L /usr/aarch64-linux-gnu .build-arm/kernels_check
 
 # The server against its OpenAPI document: validated, then schemathesis on a live server.
 test-contract:

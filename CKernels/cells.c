@@ -218,7 +218,7 @@ static void contract_group(void *ctx, long g) {
     for (int c = ca; c < cb; c++)
         for (int p = 0; p < j->l->P; p++) {
 #if defined(__x86_64__)
-            if (j->isa >= CK_ISA_AVX512) {
+            if (j->isa == CK_ISA_AVX512) {
                 contract_cell_avx512(j, c, p, out + (long)p * j->n);
                 continue;
             }
@@ -480,7 +480,7 @@ void ck_cells_contract_lanes(int C, int H, int W, const ck_cells *layout, const 
     lanes_job j = {C, H, W, layout, NULL, (float *)vt, n, R, A, lda};
     long tasks = (long)(layout->P / layout->gc) * lane_groups(layout->gc);
 #if defined(__x86_64__)
-    if (ck_isa_active() >= CK_ISA_AVX512) {
+    if (ck_isa_active() == CK_ISA_AVX512) {
         ck_parallel_for(tasks, &j, lanes_task_avx512);
         return;
     }

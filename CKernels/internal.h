@@ -12,6 +12,9 @@
 #else
 #define CK_X86 0
 #endif
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#endif
 
 /// One unit of parallel work: task index i of n.
 typedef void (*ck_task_fn)(void *ctx, long i);

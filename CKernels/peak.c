@@ -55,7 +55,7 @@ static void peak_task(void *p, long i) {
 /// (AVX-512 or AVX2; 0 for the portable path).
 double ck_fma_peak_gflops(int threads) {
     int isa = ck_isa_active();
-    if (isa == CK_ISA_PORTABLE) return 0;
+    if (isa != CK_ISA_AVX2 && isa != CK_ISA_AVX512) return 0;
     int lanes = isa == CK_ISA_AVX512 ? 16 : 8;
     int saved = ck_get_num_threads();
     ck_set_num_threads(threads);

@@ -17,9 +17,13 @@ void dispatch_apply_f(size_t iterations, void *queue, void *context, void (*work
 
 static int isa_from_name(const char *s) {
     if (!s || !*s) return -1;
+    if (!strcmp(s, "portable")) return CK_ISA_PORTABLE;
+#if CK_X86
     if (!strcmp(s, "avx512")) return CK_ISA_AVX512;
     if (!strcmp(s, "avx2")) return CK_ISA_AVX2;
-    if (!strcmp(s, "portable")) return CK_ISA_PORTABLE;
+#elif defined(__aarch64__)
+    if (!strcmp(s, "neon")) return CK_ISA_NEON;
+#endif
     return -1;
 }
 
@@ -31,6 +35,8 @@ int ck_isa_supported(void) {
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) cached = CK_ISA_AVX512;
         else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) cached = CK_ISA_AVX2;
         else cached = CK_ISA_PORTABLE;
+#elif defined(__aarch64__)
+        cached = CK_ISA_NEON;  // Advanced SIMD is part of every ARMv8-A core
 #else
         cached = CK_ISA_PORTABLE;
 #endif
@@ -64,6 +70,7 @@ const char *ck_isa_name(int isa) {
     switch (isa) {
     case CK_ISA_AVX512: return "avx512";
     case CK_ISA_AVX2: return "avx2";
+    case CK_ISA_NEON: return "neon";
     default: return "portable";
     }
 }

@@ -33,7 +33,10 @@ enum { CK_OK = 0, CK_ERROR_MEMORY = 1 };
 size_t ck_set_thread_alloc_limit(size_t bytes);
 // MARK: - Machine
 
-enum { CK_ISA_PORTABLE = 0, CK_ISA_AVX2 = 1, CK_ISA_AVX512 = 2 };
+/// Paths, ordered within an architecture (a cap picks the lower): x86-64 portable < AVX2 <
+/// AVX-512; aarch64 portable < NEON. BILRP_ISA names a path of this architecture (avx512, avx2,
+/// neon, portable); another architecture's name is ignored.
+enum { CK_ISA_PORTABLE = 0, CK_ISA_AVX2 = 1, CK_ISA_AVX512 = 2, CK_ISA_NEON = 3 };
 
 /// Best ISA this CPU supports.
 int ck_isa_supported(void);

@@ -351,7 +351,7 @@ public struct CKernelsBackend: Kernels {
     public static func environmentProblems(_ env: [String: String] = ProcessInfo.processInfo.environment) -> [String] {
         func isCount(_ v: String, atLeast lo: Int) -> Bool { Int(v).map { $0 >= lo } ?? false }
         let rules: [(name: String, accepts: String, ok: (String) -> Bool)] = [
-            ("BILRP_ISA", "avx512, avx2 or portable", { ["avx512", "avx2", "portable"].contains($0) }),
+            ("BILRP_ISA", "avx512, avx2, neon or portable", { ["avx512", "avx2", "neon", "portable"].contains($0) }),
             ("BILRP_THREADS", "a whole number of threads, 1 or more", { isCount($0, atLeast: 1) }),
             ("BILRP_CONV", "winograd or direct", { Convolution(rawValue: $0) != nil }),
             ("BILRP_WINOGRAD", "fused or chunked", { ["fused", "chunked"].contains($0) }),

@@ -50,7 +50,7 @@ struct CLITests {
         let a = fixturePath("images/baseline.jpg"), b = fixturePath("images/progressive.jpg")
         let r = try runBilrp(["explain", a, b, "--out", out] + smallArgs, environment: ["BILRP_ISA": "avx51"])
         #expect(r.status == 1)
-        #expect(r.stderr == "bilrp: error: BILRP_ISA='avx51' is not valid: it takes avx512, avx2 or portable\n")
+        #expect(r.stderr == "bilrp: error: BILRP_ISA='avx51' is not valid: it takes avx512, avx2, neon or portable\n")
         #expect(!FileManager.default.fileExists(atPath: out))
         // The same command with a valid setting runs.
         let ok = try runBilrp(["explain", a, b, "--out", out] + smallArgs, environment: ["BILRP_ISA": "portable"])

@@ -1,7 +1,7 @@
 // The C kernels on a non-x86 target (aarch64 under qemu-user, `make test-arm`), against plain
-// double-precision loops written here from the definitions. Only the portable path exists on ARM
-// today; an ISA path added there (NEON) gets checked by the same comparisons, run once per path.
-// Exit status 0 when every check holds; each failure prints what differed and by how much.
+// double-precision loops written here from the definitions; run once per path (NEON, the default
+// on aarch64, and BILRP_ISA=portable). Exit status 0 when every check holds; each failure prints
+// what differed and by how much.
 #include "ckernels.h"
 
 #include <math.h>
