@@ -211,9 +211,26 @@ if let spec = option("--child") {
     exit(0)
 }
 
-func runChild(size: Int, threads: Int, h: Int, runs: Int, profile: Bool, resnet: Bool = false) throws -> ChildResult {
+/// The instruction-set paths this CPU runs, best first (`--isas a,b` to choose): the pair table
+/// has rows for each, every path's explanation in a child process with BILRP_ISA set.
+let isaPaths: [String] = option("--isas").map { $0.split(separator: ",").map(String.init) } ?? {
+    switch Int(ck_isa_supported()) {
+    case CK_ISA_AVX512: return ["avx512", "avx2", "portable"]
+    case CK_ISA_AVX2: return ["avx2", "portable"]
+    case CK_ISA_NEON: return ["neon", "portable"]
+    default: return ["portable"]
+    }
+}()
+
+func runChild(size: Int, threads: Int, h: Int, runs: Int, profile: Bool, resnet: Bool = false,
+              isa: String? = nil) throws -> ChildResult {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
+    if let isa {
+        var env = ProcessInfo.processInfo.environment
+        env["BILRP_ISA"] = isa
+        p.environment = env
+    }
     p.arguments = ["--child", "\(size),\(threads),\(h),\(runs),\(profile ? 1 : 0),\(resnet ? 1 : 0)", "--assets", assets]
     let pipe = Pipe()
     p.standardOutput = pipe
@@ -240,19 +257,30 @@ let kernelsOnly = args.contains("--kernels-only")
 let resnetOnly = args.contains("--resnet-only")
 let resnetSize = 224
 print("")
-if !kernelsOnly && !resnetOnly { print("  size  threads   s/pair (median)    min   GFLOP/s  % of peak   peak RSS MB") }
+if !kernelsOnly && !resnetOnly {
+    print("pair table: every path this CPU runs (\(isaPaths.joined(separator: ", "))); paths after the first at \(nt) "
+          + "threads and at most 3 runs; % of the peak measured with \(CKernelsBackend.activeISA)")
+    print("  size  ISA       threads   s/pair (median)    min   GFLOP/s  % of peak   peak RSS MB")
+}
 var results: [Int: ChildResult] = [:]
+/// Median s/pair at nt threads per (ISA, size), for the ratios to PyTorch per path.
+var pathMedians: [String: [Int: Double]] = [:]
 for size in kernelsOnly || resnetOnly ? [] : sizes {
     let w = try Workload(size: size)
     let flops = try w.forwardFLOPs(size: size, h: outputs)
     let perPair = 2 * Double(1 + outputs) * flops.convs
-    for t in threadCounts.sorted() {
-        let r = try runChild(size: size, threads: t, h: outputs, runs: runs, profile: t == nt)
-        if t == nt { results[size] = r }
-        let med = median(r.pairSeconds)
-        let g = perPair / med * 1e-9
-        print(pad("\(size)", 6) + pad("\(t)", 9) + pad(f(med, 3), 18) + pad(f(r.pairSeconds.min()!, 3), 8)
-              + pad(f(g, 0), 10) + pad(f(100 * g / max(peak[t]!, 1), 1), 11) + pad(f(Double(r.rssKiB) / 1024, 0), 14))
+    for (i, isa) in isaPaths.enumerated() {
+        for t in i == 0 ? threadCounts.sorted() : [nt] {
+            let r = try runChild(size: size, threads: t, h: outputs, runs: i == 0 ? runs : min(runs, 3),
+                                 profile: i == 0 && t == nt, isa: isa)
+            if i == 0 && t == nt { results[size] = r }
+            let med = median(r.pairSeconds)
+            if t == nt { pathMedians[r.isa, default: [:]][size] = med }
+            let g = perPair / med * 1e-9
+            print(pad("\(size)", 6) + "  " + r.isa.padding(toLength: 8, withPad: " ", startingAt: 0) + pad("\(t)", 9)
+                  + pad(f(med, 3), 18) + pad(f(r.pairSeconds.min()!, 3), 8) + pad(f(g, 0), 10)
+                  + pad(f(100 * g / max(peak[t]!, 1), 1), 11) + pad(f(Double(r.rssKiB) / 1024, 0), 14))
+        }
     }
     print("        (\(f(perPair * 1e-12, 3)) TFLOP per pair at \(size) x \(size); \(results[size]?.source ?? ""))")
     if let r = results[size] {
@@ -533,5 +561,10 @@ for size in sizes {
         print("    " + labels[kind]!.padding(toLength: 46, withPad: " ", startingAt: 0)
               + "\(f(m, 3)) s/pair (median of \(t[kind]!.count))   ratio \(f(m / o, 2))x   peak RSS \(f(Double(rss) / 1024, 0)) MB"
               + oursRSS)
+        // The other paths from the pair table of this run, against the same PyTorch times.
+        for isa in isaPaths.dropFirst() {
+            guard let p = pathMedians[isa]?[size] else { continue }
+            print("      ours with BILRP_ISA=\(isa) (pair table): \(f(p, 3)) s/pair   ratio \(f(m / p, 2))x")
+        }
     }
 }
