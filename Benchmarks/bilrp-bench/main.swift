@@ -533,7 +533,7 @@ for size in sizes {
     }
     try SafetensorsFile.write(named, to: dir.appendingPathComponent("model.safetensors").path)
     let d = try w.model.shapes(for: Shape3(3, size, size)).last!.count
-    let ours = try writePeerInputs(dir, features: d, bounds: w.preprocessing.bounds, w.x1, w.x2, ex)
+    _ = try writePeerInputs(dir, features: d, bounds: w.preprocessing.bounds, w.x1, w.x2, ex)
     // One process per kind, so each one's peak RSS is its own.
     let kinds = ["batched", "blocked", "authors"]
     let labels = ["batched": "PyTorch batched (all h maps in one batch)", "blocked": "PyTorch blocked (16 maps a batch)",
