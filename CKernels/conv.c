@@ -260,6 +260,20 @@ static const float *strip_for(const implicit_job *g, long r0) {
     return s;
 }
 
+// Rows *pk .. *pk + per - 1 (at most nkc) of the next part of the GEMM (K step nk0, its quarters
+// q0 .. q1 - 1 starting at nseg[q]), fetched while one sliver of this part runs: spread over the
+// slivers, the next part's rows are in cache when its first sliver starts.
+static inline void prefetch_rows(const implicit_job *g, const float *xs, long nk0, long nkc, long per, long *pk,
+                                 const long *nseg, int q0, int q1) {
+    for (long e = ck_min(nkc, *pk + per); *pk < e; (*pk)++) {
+        const float *row = xs + g->koff[nk0 + *pk];
+        for (int q = q0; q < q1; q++) {
+            _mm_prefetch((const char *)(row + nseg[q]), _MM_HINT_T0);
+            _mm_prefetch((const char *)(row + nseg[q] + 15), _MM_HINT_T0);
+        }
+    }
+}
+
 // The GEMM of one task on AVX-512: per K step and 64-column panel, every 6-row sliver.
 static void panels_avx512(const implicit_job *g, const float *xs, long r0, long i0, long i1, long j0, long nc,
                           float *out, long ldo) {
@@ -281,13 +295,7 @@ static void panels_avx512(const implicit_job *g, const float *xs, long r0, long 
             if (nkc) panel_quarters(g, njr, r0, nseg);
             long slivers = (i1 - i0 + 5) / 6, per = (nkc + slivers - 1) / slivers, pk = 0;
             for (long ir = i0; ir < i1; ir += 6) {
-                for (long e = ck_min(nkc, pk + per); pk < e; pk++) {
-                    const float *row = xs + g->koff[nk0 + pk];
-                    for (int q = 0; q < 4; q++) {
-                        _mm_prefetch((const char *)(row + nseg[q]), _MM_HINT_T0);
-                        _mm_prefetch((const char *)(row + nseg[q] + 15), _MM_HINT_T0);
-                    }
-                }
+                prefetch_rows(g, xs, nk0, nkc, per, &pk, nseg, 0, 4);
                 ck_ukernel_offsets_avx512(kc, ab + ir * kc, xs, g->koff + k0, seg, out + (ir - i0) * ldo + (jr - j0),
                                           ldo, g->accumulate || k0 > 0, (int)ck_min(6, i1 - ir), nr);
             }
@@ -319,11 +327,7 @@ static void panels_avx2(const implicit_job *g, const float *xs, long r0, long i0
                 if (nkc) panel_quarters(g, njr, r0, nseg);
                 long slivers = (i1 - i0 + 5) / 6, per = (nkc + slivers - 1) / slivers, pk = 0;
                 for (long ir = i0; ir < i1; ir += 6) {
-                    for (long e = ck_min(nkc, pk + per); pk < e; pk++) {
-                        const float *row = xs + g->koff[nk0 + pk] + nseg[nq];
-                        _mm_prefetch((const char *)row, _MM_HINT_T0);
-                        _mm_prefetch((const char *)(row + 15), _MM_HINT_T0);
-                    }
+                    prefetch_rows(g, xs, nk0, nkc, per, &pk, nseg, (int)nq, (int)nq + 1);
                     ck_ukernel_offsets_avx2(kc, ab + ir * kc, xs + seg[q], g->koff + k0,
                                             out + (ir - i0) * ldo + (jr - j0) + 16 * q, ldo,
                                             g->accumulate || k0 > 0, (int)ck_min(6, i1 - ir), (int)ck_min(16, nr - 16 * q));

@@ -363,8 +363,7 @@ void ck_gemm_pack_a_parallel(int isa, int M, int K, const float *A, long rsa, lo
 }
 
 float *ck_gemm_pack_a_shared(int isa, int M, int K, const float *A, long rsa, long csa) {
-    long Mp = (long)(M + describe(isa).mr - 1) / describe(isa).mr * describe(isa).mr;
-    float *dst = ck_scratch(7, (size_t)Mp * K);
+    float *dst = ck_scratch(7, (size_t)ck_gemm_packed_a_size(isa, M, K));
     if (dst) ck_gemm_pack_a_parallel(isa, M, K, A, rsa, csa, dst);
     return dst;
 }
@@ -441,6 +440,12 @@ long ck_gemm_packed_a_size(int isa, int M, int K) {
 
 // Layout: K in steps of kc_step(K); the step at k0 is at dst + k0 * Mp and holds the Mp / mr
 // slivers of the rows, each kc x mr (k-major), rows past M zero. The micro-kernel reads a sliver as pack_a writes it.
+long ck_gemm_packed_a_index(int isa, int M, int K, long i, long k) {
+    int mr = describe(isa).mr;
+    long Mp = (long)(M + mr - 1) / mr * mr, ks = kc_step(K), k0 = k / ks * ks, kc = ck_min(ks, K - k0);
+    return k0 * Mp + i / mr * kc * mr + (k - k0) * mr + i % mr;
+}
+
 void ck_gemm_pack_a(int isa, int M, int K, const float *A, long rsa, long csa, float *dst) {
     int mr = describe(isa).mr;
     long Mp = (long)(M + mr - 1) / mr * mr, ks = kc_step(K);

@@ -80,6 +80,9 @@ int ck_gemm_mr(int isa);
 long ck_gemm_packed_a_size(int isa, int M, int K);
 /// Packs all of A (M x K, strides rsa, csa) for the micro-kernel of isa. Serial.
 void ck_gemm_pack_a(int isa, int M, int K, const float *A, long rsa, long csa, float *dst);
+/// Where A(i, k) lies in that layout (rows i .. i + mr - 1 of one sliver, i a multiple of mr,
+/// are the mr floats from there on).
+long ck_gemm_packed_a_index(int isa, int M, int K, long i, long k);
 /// ck_gemm_pack_a in parallel tasks (not from inside one).
 void ck_gemm_pack_a_parallel(int isa, int M, int K, const float *A, long rsa, long csa, float *dst);
 /// C (rows s0 mr .. min(s1 mr, M), N) [+]= A B with A packed by ck_gemm_pack_a and B pre-packed in

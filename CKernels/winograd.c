@@ -57,7 +57,7 @@ long ck_winograd_weights_size(int K, int C) { return 36L * ck_gemm_packed_a_size
 typedef struct {
     const float *w;
     int K, C, transpose;
-    long Mp, ks, per;  // rows rounded up to the 6-row slivers, the K step over C, floats per U[xi]
+    long per;  // floats per U[xi]
     float *U;
 } weights_job;
 
@@ -76,16 +76,14 @@ static void weights_tile(const weights_job *q, long k, int c, float u[36]) {
 }
 
 // Sliver t (rows 6 t .. 6 t + 5) of every U[xi], written straight into the packed layout of
-// ck_gemm_pack_a (K steps of ks columns at k0 Mp; in a step, 6-row slivers k-major), rows k >= K
-// (the last sliver's padding) zero. Per input channel the six rows' values go out together (six
+// ck_gemm_pack_a (ck_gemm_packed_a_index), rows k >= K (the last sliver's padding) zero. Per input channel the six rows' values go out together (six
 // consecutive floats per U[xi]); a task owns the cache lines it writes. Rows one at a time,
 // tasks of one row each, wrote every line six times from both cores (VGG-16's Winograd weights,
 // paper-vgg, 2 threads on Zen 3: 0.40 s; 0.21 s this way, the result array's allocation included).
 static void weights_sliver(void *p, long t) {
     const weights_job *q = p;
     for (int c = 0; c < q->C; c++) {
-        long k0 = c / q->ks * q->ks, kc = ck_min(q->ks, q->C - k0);
-        float *at = q->U + k0 * q->Mp + t * kc * 6 + (c - k0) * 6;
+        float *at = q->U + ck_gemm_packed_a_index(CK_ISA_PORTABLE, q->K, q->C, 6 * t, c);
         float u[6][36];
         for (int r = 0; r < 6; r++) {
             if (6 * t + r < q->K) weights_tile(q, 6 * t + r, c, u[r]);
@@ -104,9 +102,8 @@ int ck_winograd_weights(const float *w, int K, int C, int transpose, float *U) {
     // place (a transform into a temporary U then packing it was 4 % of the CPU time of a VGG-16
     // explanation at 128 x 128 and most of the explainer's start-up).
     unsigned long before = ck_alloc_failures();
-    weights_job q = {w, K, C, transpose, (long)(K + 5) / 6 * 6, ck_gemm_kc_step(C),
-                     ck_gemm_packed_a_size(CK_ISA_PORTABLE, K, C), U};
-    ck_parallel_for(q.Mp / 6, &q, weights_sliver);
+    weights_job q = {w, K, C, transpose, ck_gemm_packed_a_size(CK_ISA_PORTABLE, K, C), U};
+    ck_parallel_for((K + 5) / 6, &q, weights_sliver);
     return ck_status_since(before);
 }
 

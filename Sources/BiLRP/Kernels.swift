@@ -112,15 +112,21 @@ public protocol Kernels: Sendable {
     func pairProduct(p: Int, q: Int, h: Int, _ A: UnsafePointer<Float>, _ B: UnsafePointer<Float>,
                      _ R: UnsafeMutablePointer<Float>) throws
 
-    /// A convolution weight prepared once per model and rule for a faster forward (packed for the
-    /// micro-kernels), or nil when this backend has no such path (then `convForward(weight:)` is used).
-    func prepareForward(weight: [Float], _ g: ConvGeometry) -> [Float]?
+    /// Floats of a convolution weight prepared once per model and rule for a faster forward (packed
+    /// for the micro-kernels), or nil when this backend has no such path (then `convForward(weight:)`
+    /// is used). `prepareForward(weight:_:)` returns the form as an array.
+    func forwardFormCount(_ g: ConvGeometry) -> Int?
+    /// Writes all `forwardFormCount(g)` floats of that form from the weight of g.
+    func writeForwardForm(weight: UnsafePointer<Float>, _ g: ConvGeometry, into form: UnsafeMutablePointer<Float>)
     /// The forward with a weight from `prepareForward`; the same results as with the plain weight.
     func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
                      bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>) throws
-    /// Weights prepared once per model and rule for a faster relevance backward of this layer, or
-    /// nil when this backend has no faster path for it (then `convBackward` is used).
-    func prepareBackward(weight: [Float], _ g: ConvGeometry) throws -> [Float]?
+    /// Floats of weights prepared once per model and rule for a faster relevance backward of this
+    /// layer, or nil when this backend has no faster path for it (then `convBackward` is used).
+    /// `prepareBackward(weight:_:)` returns the form as an array.
+    func backwardFormCount(_ g: ConvGeometry) -> Int?
+    /// Writes all `backwardFormCount(g)` floats of that form from the (forward) weight of g.
+    func writeBackwardForm(weight: UnsafePointer<Float>, _ g: ConvGeometry, into form: UnsafeMutablePointer<Float>) throws
     /// The relevance backward with weights from `prepareBackward`.
     func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
                       _ c: UnsafeMutablePointer<Float>) throws
@@ -194,12 +200,38 @@ public protocol Kernels: Sendable {
 }
 
 extension Kernels {
-    public func prepareForward(weight: [Float], _ g: ConvGeometry) -> [Float]? { nil }
+    /// The prepared forward form of a weight (`forwardFormCount`) as an array; nil without one, or
+    /// when the weight is not the size g says.
+    public func prepareForward(weight: [Float], _ g: ConvGeometry) -> [Float]? {
+        guard let count = forwardFormCount(g), weight.count == g.weightCount else { return nil }
+        return [Float](unsafeUninitializedCapacity: count) { p, n in
+            writeForwardForm(weight: weight, g, into: p.baseAddress!)
+            n = count
+        }
+    }
+
+    /// The prepared backward form of a weight (`backwardFormCount`) as an array, nil without one.
+    public func prepareBackward(weight: [Float], _ g: ConvGeometry) throws -> [Float]? {
+        guard let count = backwardFormCount(g) else { return nil }
+        return try [Float](unsafeUninitializedCapacity: count) { p, n in
+            try writeBackwardForm(weight: weight, g, into: p.baseAddress!)
+            n = count
+        }
+    }
+
+    public func forwardFormCount(_ g: ConvGeometry) -> Int? { nil }
+    public func writeForwardForm(weight: UnsafePointer<Float>, _ g: ConvGeometry, into form: UnsafeMutablePointer<Float>) {
+        preconditionFailure("writeForwardForm without forwardFormCount")
+    }
     public func convForward(_ x: UnsafePointer<Float>, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
                             bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>) throws {
         preconditionFailure("convForward(prepared:) without prepareForward")
     }
-    public func prepareBackward(weight: [Float], _ g: ConvGeometry) throws -> [Float]? { nil }
+    public func backwardFormCount(_ g: ConvGeometry) -> Int? { nil }
+    public func writeBackwardForm(weight: UnsafePointer<Float>, _ g: ConvGeometry,
+                                  into form: UnsafeMutablePointer<Float>) throws {
+        preconditionFailure("writeBackwardForm without backwardFormCount")
+    }
     public func convBackward(n: Int, _ s: UnsafePointer<Float>, _ g: ConvGeometry, prepared: UnsafePointer<Float>,
                              _ c: UnsafeMutablePointer<Float>) throws {
         preconditionFailure("convBackward(prepared:) without prepareBackward")
@@ -403,25 +435,17 @@ public struct CKernelsBackend: Kernels {
         try withUnpooled(n: n, R, argmax: argmax, pool) { try run($0, nil, 0, 0) }
     }
 
-    public func prepareBackward(weight: [Float], _ g: ConvGeometry) throws -> [Float]? {
-        guard let count = backwardCount(g) else { return nil }
-        return try [Float](unsafeUninitializedCapacity: count) { u, n in
-            try writeBackward(weight: weight, g, into: u.baseAddress!)
-            n = count
-        }
-    }
-
-    /// Floats of the Winograd backward weights for g, or nil when the backward of g does not run
-    /// Winograd. Few output channels of the backward (an RGB input layer) leave the GEMMs too thin
+    /// The Winograd backward weights: for 3 x 3, stride 1, padding 1 and 16 or more input
+    /// channels. Few output channels of the backward (an RGB input layer) leave the GEMMs too thin
     /// to pay for the transforms: direct is faster there.
-    func backwardCount(_ g: ConvGeometry) -> Int? {
+    public func backwardFormCount(_ g: ConvGeometry) -> Int? {
         guard convolution == .winograd, g.groups == 1, g.kernelH == 3, g.kernelW == 3, g.strideH == 1, g.strideW == 1,
               g.padH == 1, g.padW == 1, g.inChannels >= 16 else { return nil }
         return ck_winograd_weights_size(c(g.inChannels), c(g.outChannels))
     }
 
-    /// Writes every one of the `backwardCount(g)` floats.
-    func writeBackward(weight: UnsafePointer<Float>, _ g: ConvGeometry, into u: UnsafeMutablePointer<Float>) throws {
+    public func writeBackwardForm(weight: UnsafePointer<Float>, _ g: ConvGeometry,
+                                  into u: UnsafeMutablePointer<Float>) throws {
         try check(ck_winograd_weights(weight, c(g.inChannels), c(g.outChannels), 1, u), "the Winograd weights")
     }
 
@@ -507,23 +531,15 @@ public struct CKernelsBackend: Kernels {
 
     /// Every convolution's forward weight, packed for the micro-kernels (the same packing on every
     /// ISA). Packing per call was up to a third of the forward of a 512-channel layer on 16 x 16.
-    public func prepareForward(weight: [Float], _ g: ConvGeometry) -> [Float]? {
-        guard let count = forwardCount(g), weight.count == g.weightCount else { return nil }
-        return [Float](unsafeUninitializedCapacity: count) { p, n in
-            writeForward(weight: weight, g, into: p.baseAddress!)
-            n = count
-        }
-    }
-
-    /// Floats of the packed forward weights for g (nil: g runs unpacked, a grouped layer).
-    func forwardCount(_ g: ConvGeometry) -> Int? {
+    public func forwardFormCount(_ g: ConvGeometry) -> Int? {
+        // A grouped layer runs unpacked.
         guard g.groups == 1 else { return nil }
         let count = ck_conv_weights_size(c(g.outChannels), c(g.inChannels), c(g.kernelH), c(g.kernelW))
         return count > 0 ? count : nil
     }
 
-    /// Writes every one of the `forwardCount(g)` floats.
-    func writeForward(weight: UnsafePointer<Float>, _ g: ConvGeometry, into packed: UnsafeMutablePointer<Float>) {
+    public func writeForwardForm(weight: UnsafePointer<Float>, _ g: ConvGeometry,
+                                 into packed: UnsafeMutablePointer<Float>) {
         ck_conv_weights(weight, c(g.outChannels), c(g.inChannels), c(g.kernelH), c(g.kernelW), packed)
     }
 

@@ -204,23 +204,20 @@ final class PreparedConv: @unchecked Sendable {
         }
     }
 
-    /// The backend's packed forward weights for w: written straight into a buffer by the C
-    /// backend, without a [Float] in between (at VGG-16 the copies of the prepared forms were a
-    /// third of the explainer's start-up).
+    /// The backend's prepared forward form of w, written straight into a buffer (a [Float] in
+    /// between, then copied, was a third of VGG-16's explainer start-up).
     private static func preparedForward(_ w: Buffer, _ g: ConvGeometry, _ kernels: any Kernels) -> Buffer? {
-        guard let c = kernels as? CKernelsBackend else { return kernels.prepareForward(weight: w.array, g).map(Buffer.init) }
-        guard let count = c.forwardCount(g), w.count == g.weightCount else { return nil }
+        guard let count = kernels.forwardFormCount(g), w.count == g.weightCount else { return nil }
         let b = Buffer(count: count)
-        c.writeForward(weight: w.const, g, into: b.pointer)
+        kernels.writeForwardForm(weight: w.const, g, into: b.pointer)
         return b
     }
 
-    /// As `preparedForward`, the backward's (Winograd) weights.
+    /// As `preparedForward`, the backward's form (Winograd weights).
     private static func preparedBackward(_ w: Buffer, _ g: ConvGeometry, _ kernels: any Kernels) throws -> Buffer? {
-        guard let c = kernels as? CKernelsBackend else { return try kernels.prepareBackward(weight: w.array, g).map(Buffer.init) }
-        guard let count = c.backwardCount(g) else { return nil }
+        guard let count = kernels.backwardFormCount(g) else { return nil }
         let b = Buffer(count: count)
-        try c.writeBackward(weight: w.const, g, into: b.pointer)
+        try kernels.writeBackwardForm(weight: w.const, g, into: b.pointer)
         return b
     }
 
