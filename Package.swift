@@ -82,7 +82,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "bilrp-bench",
-            dependencies: ["BiLRP", "BiLRPIO", "CKernels"],
+            dependencies: ["BiLRP", "BiLRPIO", "CKernels", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Benchmarks/bilrp-bench"
         ),
         .executableTarget(

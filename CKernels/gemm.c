@@ -57,59 +57,71 @@ static void uk_portable(long kc, const float *a, const float *b, float *c, long 
 // MARK: AVX2 6 x 16
 
 // B rows: the packed panel (koff NULL: row k at b + 16 k, aligned) or rows read in place (row k
-// at b + koff[k], unaligned: the forward convolution's implicit GEMM). A full tile (6 x 16) goes
-// straight to C; edges through a spilled tile.
+// at b + koff[k], unaligned: the forward convolution's implicit GEMM). A full tile goes straight to
+// C; edges through a spilled tile. Specialized per call site (constants after inlining), as the
+// AVX-512 kernel is: rows = 6 or 4 (a sliver of at most 4 rows, 64 = 10 x 6 + 4 output channels,
+// runs 8 FMAs per k instead of 12 on zero rows: 3 % of the 64- and 128-channel layers) and
+// halves = 2 or 1 (a panel of at most 8 columns, the short last panel of a Winograd GEMM).
+#define ROW6(M) M(0) M(1) M(2) M(3) M(4) M(5)
 __attribute__((target("avx2,fma"), always_inline)) static inline void uk_avx2_body(
-    long kc, const float *a, const float *b, const long *koff, float *c, long ldc, int acc, int mr, int nr) {
-    __m256 t00 = _mm256_setzero_ps(), t01 = t00, t10 = t00, t11 = t00, t20 = t00, t21 = t00;
-    __m256 t30 = t00, t31 = t00, t40 = t00, t41 = t00, t50 = t00, t51 = t00;
+    long kc, const float *a, const float *b, const long *koff, float *c, long ldc, int acc, int mr, int nr,
+    const int rows, const int halves) {
+#define DECL(i) __m256 t##i##0 = _mm256_setzero_ps(), t##i##1 = t##i##0;
+    ROW6(DECL)
+#undef DECL
     for (long k = 0; k < kc; k++) {
-        __m256 b0, b1;
-        if (koff) { b0 = _mm256_loadu_ps(b + koff[k]); b1 = _mm256_loadu_ps(b + koff[k] + 8); }
-        else { b0 = _mm256_load_ps(b + k * 16); b1 = _mm256_load_ps(b + k * 16 + 8); }
+        __m256 b0, b1 = _mm256_setzero_ps();
+        if (koff) {
+            b0 = _mm256_loadu_ps(b + koff[k]);
+            if (halves > 1) b1 = _mm256_loadu_ps(b + koff[k] + 8);
+        } else {
+            b0 = _mm256_load_ps(b + k * 16);
+            if (halves > 1) b1 = _mm256_load_ps(b + k * 16 + 8);
+        }
         const float *ak = a + k * 6;
         __m256 x;
-        x = _mm256_broadcast_ss(ak + 0); t00 = _mm256_fmadd_ps(x, b0, t00); t01 = _mm256_fmadd_ps(x, b1, t01);
-        x = _mm256_broadcast_ss(ak + 1); t10 = _mm256_fmadd_ps(x, b0, t10); t11 = _mm256_fmadd_ps(x, b1, t11);
-        x = _mm256_broadcast_ss(ak + 2); t20 = _mm256_fmadd_ps(x, b0, t20); t21 = _mm256_fmadd_ps(x, b1, t21);
-        x = _mm256_broadcast_ss(ak + 3); t30 = _mm256_fmadd_ps(x, b0, t30); t31 = _mm256_fmadd_ps(x, b1, t31);
-        x = _mm256_broadcast_ss(ak + 4); t40 = _mm256_fmadd_ps(x, b0, t40); t41 = _mm256_fmadd_ps(x, b1, t41);
-        x = _mm256_broadcast_ss(ak + 5); t50 = _mm256_fmadd_ps(x, b0, t50); t51 = _mm256_fmadd_ps(x, b1, t51);
+#define FMA(i) if (i < rows) { x = _mm256_broadcast_ss(ak + i); t##i##0 = _mm256_fmadd_ps(x, b0, t##i##0); \
+        if (halves > 1) t##i##1 = _mm256_fmadd_ps(x, b1, t##i##1); }
+        ROW6(FMA)
+#undef FMA
     }
-    if (mr == 6 && nr == 16) {
-#define OUT(i) { float *ci = c + i * ldc; \
+    if (mr == rows && nr == 16 && halves == 2) {
+#define OUT(i) if (i < rows) { float *ci = c + i * ldc; \
         if (acc) { t##i##0 = _mm256_add_ps(t##i##0, _mm256_loadu_ps(ci)); \
                    t##i##1 = _mm256_add_ps(t##i##1, _mm256_loadu_ps(ci + 8)); } \
         _mm256_storeu_ps(ci, t##i##0); _mm256_storeu_ps(ci + 8, t##i##1); }
-        OUT(0) OUT(1) OUT(2) OUT(3) OUT(4) OUT(5)
+        ROW6(OUT)
 #undef OUT
         return;
     }
     _Alignas(32) float t[6][16];
-    _mm256_store_ps(t[0], t00); _mm256_store_ps(t[0] + 8, t01);
-    _mm256_store_ps(t[1], t10); _mm256_store_ps(t[1] + 8, t11);
-    _mm256_store_ps(t[2], t20); _mm256_store_ps(t[2] + 8, t21);
-    _mm256_store_ps(t[3], t30); _mm256_store_ps(t[3] + 8, t31);
-    _mm256_store_ps(t[4], t40); _mm256_store_ps(t[4] + 8, t41);
-    _mm256_store_ps(t[5], t50); _mm256_store_ps(t[5] + 8, t51);
+#define SPILL(i) _mm256_store_ps(t[i], t##i##0); _mm256_store_ps(t[i] + 8, t##i##1);
+    ROW6(SPILL)
+#undef SPILL
     store_tile(&t[0][0], 16, c, ldc, acc, mr, nr);
 }
 
 __attribute__((target("avx2,fma"))) static void uk_avx2(long kc, const float *a, const float *b, float *c, long ldc,
                                                         int acc, int mr, int nr) {
-    uk_avx2_body(kc, a, b, NULL, c, ldc, acc, mr, nr);
+    if (mr <= 4) {
+        if (nr <= 8) uk_avx2_body(kc, a, b, NULL, c, ldc, acc, mr, nr, 4, 1);
+        else uk_avx2_body(kc, a, b, NULL, c, ldc, acc, mr, nr, 4, 2);
+    } else {
+        if (nr <= 8) uk_avx2_body(kc, a, b, NULL, c, ldc, acc, mr, nr, 6, 1);
+        else uk_avx2_body(kc, a, b, NULL, c, ldc, acc, mr, nr, 6, 2);
+    }
 }
 
 __attribute__((target("avx2,fma"))) void ck_ukernel_offsets_avx2(long kc, const float *a, const float *base,
                                                                  const long *koff, float *c, long ldc, int acc,
                                                                  int mr, int nr) {
     if (!koff) __builtin_unreachable();  // the in-place loads, without a test per k
-    uk_avx2_body(kc, a, base, koff, c, ldc, acc, mr, nr);
+    if (mr <= 4) uk_avx2_body(kc, a, base, koff, c, ldc, acc, mr, nr, 4, 2);
+    else uk_avx2_body(kc, a, base, koff, c, ldc, acc, mr, nr, 6, 2);
 }
 
 // MARK: AVX-512 6 x 64
 
-#define ROW6(M) M(0) M(1) M(2) M(3) M(4) M(5)
 
 // B rows: the packed panel (koff NULL: row k at b + 64 k) or rows read in place (row k at
 // b + koff[k], unaligned; the forward convolution reads im2col rows straight from a padded image).

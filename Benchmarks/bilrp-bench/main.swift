@@ -10,6 +10,7 @@
 // image pair, 128 x 128 and 224 x 224. Real ImageNet weights and the motorcycle pair when
 // assets/ is present, seeded random weights and inputs otherwise (the arithmetic is the same).
 // Every configuration runs in a child process, so each peak RSS is its own.
+import ArgumentParser
 import BiLRP
 import BiLRPIO
 import CKernels
@@ -17,21 +18,65 @@ import Foundation
 
 // MARK: - Arguments
 
-let args = Array(CommandLine.arguments.dropFirst())
-func option(_ name: String) -> String? {
-    guard let i = args.firstIndex(of: name), i + 1 < args.count else { return nil }
-    return args[i + 1]
+struct BenchOptions: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bilrp-bench",
+        abstract: "Speed and memory of BiLRP pair explanations (VGG-16 and ResNet-50), optionally beside PyTorch.")
+
+    @Option(help: "Directory with models/vgg16_imagenet.onnx and images/ (seeded weights and inputs without it).")
+    var assets = "assets"
+    @Option(help: "Timed pairs per configuration (after a warm-up).")
+    var runs = 5
+    @Option(help: "Input sizes, comma-separated (default: 128,224).", transform: commaInts)
+    var sizes = [128, 224]
+    @Option(help: "Thread counts, comma-separated (default: 1,2).", transform: commaInts)
+    var threads = [1, 2]
+    @Option(name: .customLong("memory-h"), help: "Head sizes h of the memory table, comma-separated (default: 100,400,1600).", transform: commaInts)
+    var memoryH = [100, 400, 1600]
+    @Option(help: "Instruction-set paths of the pair table, comma-separated (default: every path this CPU runs).",
+            transform: isaList)
+    var isas: [String]?
+    @Flag(help: "Also PyTorch side by side (Benchmarks/peers), runs alternating with ours.")
+    var peers = false
+    @Option(help: "The Python with torch for --peers.")
+    var python = ".venv-bench/bin/python"
+    @Option(name: .customLong("peer-runs"), help: "Timed runs of ours and the batched peers.")
+    var peerRuns = 5
+    @Option(name: .customLong("author-runs"), help: "Timed runs of the authors'-style peer (slow).")
+    var authorRuns = 2
+    @Flag(name: .customLong("kernels-only"), help: "Only the convolution kernel efficiency table.")
+    var kernelsOnly = false
+    @Flag(name: .customLong("resnet-only"), help: "Only the ResNet-50 workload (and its peers with --peers).")
+    var resnetOnly = false
+    @Option(help: .hidden)
+    var child: String?
+
+    static func commaInts(_ s: String) throws -> [Int] {
+        let v = s.split(separator: ",").map { Int($0) }
+        guard !v.isEmpty, v.allSatisfy({ ($0 ?? 0) > 0 }) else {
+            throw ValidationError("expected positive integers separated by commas, got '\(s)'")
+        }
+        return v.map { $0! }
+    }
+
+    static func isaList(_ s: String) throws -> [String] {
+        let v = s.split(separator: ",").map(String.init)
+        let known = ["avx512", "avx2", "neon", "portable"]
+        guard !v.isEmpty, v.allSatisfy(known.contains) else {
+            throw ValidationError("expected paths among \(known.joined(separator: ", ")), got '\(s)'")
+        }
+        return v
+    }
 }
-func ints(_ name: String, _ fallback: [Int]) -> [Int] {
-    option(name).map { $0.split(separator: ",").compactMap { Int($0) } } ?? fallback
-}
-let assets = option("--assets") ?? "assets"
-let runs = Int(option("--runs") ?? "5") ?? 5
-let sizes = ints("--sizes", [128, 224])
-let threadCounts = ints("--threads", [1, 2])
-let memoryH = ints("--memory-h", [100, 400, 1600])
-let peers = args.contains("--peers")
-let python = option("--python") ?? ".venv-bench/bin/python"
+
+let options = BenchOptions.parseOrExit()
+let assets = options.assets
+let runs = options.runs
+let sizes = options.sizes
+let threadCounts = options.threads
+let memoryH = options.memoryH
+let peers = options.peers
+let python = options.python
 let outputs = 100
 let patch = 8
 
@@ -205,7 +250,7 @@ func child(size: Int, threads: Int, h: Int, runs: Int, profile: Bool, resnet: Bo
     print(String(decoding: try JSONEncoder().encode(r), as: UTF8.self))
 }
 
-if let spec = option("--child") {
+if let spec = options.child {
     let v = spec.split(separator: ",").map { Int($0)! }
     try child(size: v[0], threads: v[1], h: v[2], runs: v[3], profile: v[4] == 1, resnet: v.count > 5 && v[5] == 1)
     exit(0)
@@ -213,7 +258,7 @@ if let spec = option("--child") {
 
 /// The instruction-set paths this CPU runs, best first (`--isas a,b` to choose): the pair table
 /// has rows for each, every path's explanation in a child process with BILRP_ISA set.
-let isaPaths: [String] = option("--isas").map { $0.split(separator: ",").map(String.init) } ?? {
+let isaPaths: [String] = options.isas ?? {
     switch Int(ck_isa_supported()) {
     case CK_ISA_AVX512: return ["avx512", "avx2", "portable"]
     case CK_ISA_AVX2: return ["avx2", "portable"]
@@ -253,8 +298,8 @@ print("machine: \(ProcessInfo.processInfo.activeProcessorCount) CPUs, ISA \(CKer
 for t in threadCounts.sorted() { print("measured fp32 FMA peak, \(t) thread(s): \(f(peak[t]!, 0)) GFLOP/s") }
 print("workload: VGG-16 features[:31], head h = \(outputs), paper-vgg, patch \(patch), median and min of \(runs) runs after a warm-up")
 print("FLOPs per pair = 2 inputs x (1 + h) x direct-conv forward FLOPs (each of the h backward passes counted as one forward)")
-let kernelsOnly = args.contains("--kernels-only")
-let resnetOnly = args.contains("--resnet-only")
+let kernelsOnly = options.kernelsOnly
+let resnetOnly = options.resnetOnly
 let resnetSize = 224
 print("")
 if !kernelsOnly && !resnetOnly {
@@ -457,6 +502,70 @@ struct Peer {
     }
 }
 
+/// The `bilrp` command line built beside this benchmark.
+let bilrpCLI = (Bundle.main.executableURL ?? URL(fileURLWithPath: CommandLine.arguments[0]))
+    .deletingLastPathComponent().appendingPathComponent("bilrp")
+
+/// One whole `bilrp explain` process, as a user runs it: start, model read, inputs decoded and
+/// preprocessed, the explainer prepared, the pair explained, R written (NPY). Returns the wall-clock
+/// seconds and max |R_process - R_ours| / max |R_ours|, so the timed runs are checked to compute
+/// our explanation.
+func wholeProcess(_ arguments: [String], isa: String, ours: PairExplanation, dir: URL) throws -> (seconds: Double, diff: Double) {
+    let npy = dir.appendingPathComponent("R_process.npy").path
+    let p = Process()
+    p.executableURL = bilrpCLI
+    var env = ProcessInfo.processInfo.environment
+    env["BILRP_ISA"] = isa
+    p.environment = env
+    p.arguments = ["explain"] + arguments + ["--threads", "\(nt)", "--npy", npy, "--quiet"]
+    p.standardOutput = FileHandle.nullDevice
+    let err = Pipe()
+    p.standardError = err
+    let t = try seconds {
+        try p.run()
+        p.waitUntilExit()
+    }
+    guard p.terminationStatus == 0 else {
+        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        throw BiLRPError.io("bilrp explain failed (BILRP_ISA=\(isa)): \(message)")
+    }
+    let r = try NPY.read(path: npy).data
+    guard r.count == ours.relevance.count else { throw BiLRPError.io("bilrp explain wrote \(r.count) values, ours has \(ours.relevance.count)") }
+    let scale = ours.relevance.map(abs).max() ?? 1
+    let diff: Float = zip(r, ours.relevance).map { abs($0 - $1) }.max()! / scale
+    return (t, Double(diff))
+}
+
+/// Whole-process times per instruction-set path (the first path every round, the others at most
+/// 3), run inside the loop that alternates with the peers.
+struct WholeProcessTimes {
+    var times: [String: [Double]] = [:]
+    var diff = 0.0
+
+    mutating func run(round: Int, _ arguments: [String], ours: PairExplanation, dir: URL) throws {
+        for (i, isa) in isaPaths.enumerated() where i == 0 ? round < peerRuns : round < min(peerRuns, 3) {
+            let r = try wholeProcess(arguments, isa: isa, ours: ours, dir: dir)
+            times[isa, default: []].append(r.seconds)
+            diff = max(diff, r.diff)
+        }
+    }
+
+    func report() {
+        guard !times.isEmpty else { return }
+        let paths = isaPaths.filter { times[$0] != nil }
+        print("    ours as whole `bilrp explain` processes (start, model and inputs read, explained, R written; R agrees to "
+              + "\(String(format: "%.2e", diff)) of max |R|): "
+              + paths.map { "\($0) \(f(median(times[$0]!), 3)) s (median of \(times[$0]!.count))" }.joined(separator: ", "))
+    }
+
+    func ratios(_ peer: Double) {
+        let paths = isaPaths.filter { times[$0] != nil }
+        guard !paths.isEmpty else { return }
+        print("      ours as whole processes: " + paths.map { "BILRP_ISA=\($0) ratio \(f(peer / median(times[$0]!), 2))x" }
+            .joined(separator: ", "))
+    }
+}
+
 /// What a peer needs besides the weights to compute exactly our explanation (the head, the input
 /// bounds, the inputs), and our R to check against; returns our explanation.
 func writePeerInputs(_ dir: URL, features d: Int, bounds b: InputBounds, _ x1: Tensor, _ x2: Tensor,
@@ -473,8 +582,8 @@ func writePeerInputs(_ dir: URL, features d: Int, bounds b: InputBounds, _ x1: T
 
 print("")
 print("side by side with PyTorch (\(nt) threads each; runs alternate ours, batched, blocked, authors' style)")
-let peerRuns = Int(option("--peer-runs") ?? "5") ?? 5
-let authorRuns = Int(option("--author-runs") ?? "2") ?? 2
+let peerRuns = options.peerRuns
+let authorRuns = options.authorRuns
 
 // ResNet-50 to layer4 at 224 x 224 against the PyTorch batched and blocked peers.
 do {
@@ -497,14 +606,23 @@ do {
     let runsHere = min(peerRuns, 3)
     print("  ResNet-50 to layer4, \(ResNetWorkload.rules), \(resnetSize) x \(resnetSize): max |R_torch - R_ours| / max |R_ours|: "
           + diffs.joined(separator: ", ") + "   (sum R / y = \(String(format: "%.3g", Double(ours.relevance.reduce(0, +)) / Double(ours.similarity))))")
+    // The same pair as `bilrp explain` processes: the seeded weights under torchvision names, the
+    // preprocessed inputs as NPY.
+    let cli = [dir.appendingPathComponent("x1.npy").path, dir.appendingPathComponent("x2.npy").path,
+               "--weights", dir.appendingPathComponent("model.safetensors").path, "--arch", "resnet50", "--layer", "layer4",
+               "--head", "random:\(outputs):0", "--similarity", "dot", "--rules", ResNetWorkload.rules,
+               "--patch", "\(patch)", "--size", "0", "--preprocess", "torchvision"]
+    var whole = WholeProcessTimes()
     var tOurs: [Double] = [], t: [String: [Double]] = [:]
-    for _ in 0..<runsHere {
+    for round in 0..<runsHere {
         tOurs.append(try seconds { _ = try ex.explain(w.x1, w.x2, patch: patch) })
+        try whole.run(round: round, cli, ours: ours, dir: dir)
         for (k, kind) in kinds.enumerated() { t[kind, default: []].append(try peers[k].ask("time \(kind)")["seconds"] as! Double) }
     }
     let o = median(tOurs)
     let oursRSS = resnetResult.map { " (ours: \(f(Double($0.rssKiB) / 1024, 0)) MB)" } ?? ""
     print("    ours" + String(repeating: " ", count: 42) + "\(f(o, 3)) s/pair (median of \(tOurs.count))")
+    whole.report()
     for (k, kind) in kinds.enumerated() {
         let rss = try peers[k].ask("rss")["rss_kib"] as! Int
         _ = try? peers[k].ask("quit")
@@ -512,6 +630,7 @@ do {
         let label = kind == "batched" ? "PyTorch batched (all h maps in one batch)" : "PyTorch blocked (16 maps a batch)"
         print("    " + label.padding(toLength: 46, withPad: " ", startingAt: 0)
               + "\(f(m, 3)) s/pair (median of \(t[kind]!.count))   ratio \(f(m / o, 2))x   peak RSS \(f(Double(rss) / 1024, 0)) MB" + oursRSS)
+        whole.ratios(m)
     }
 }
 if resnetOnly { exit(0) }
@@ -533,7 +652,13 @@ for size in sizes {
     }
     try SafetensorsFile.write(named, to: dir.appendingPathComponent("model.safetensors").path)
     let d = try w.model.shapes(for: Shape3(3, size, size)).last!.count
-    _ = try writePeerInputs(dir, features: d, bounds: w.preprocessing.bounds, w.x1, w.x2, ex)
+    let ours = try writePeerInputs(dir, features: d, bounds: w.preprocessing.bounds, w.x1, w.x2, ex)
+    // The same pair as `bilrp explain` processes: the README's command on the ONNX file and the
+    // photos (with assets only: without them the workload's weights exist in this process only).
+    let cli = ["\(assets)/images/motorcycle_left.png", "\(assets)/images/motorcycle_right.png", "--model", realModel,
+               "--layer", "31", "--head", "random:\(outputs):0", "--similarity", "dot", "--rules", "paper-vgg",
+               "--patch", "\(patch)", "--size", "\(size)", "--preprocess", "caffe"]
+    var whole = WholeProcessTimes()
     // One process per kind, so each one's peak RSS is its own.
     let kinds = ["batched", "blocked", "authors"]
     let labels = ["batched": "PyTorch batched (all h maps in one batch)", "blocked": "PyTorch blocked (16 maps a batch)",
@@ -547,6 +672,7 @@ for size in sizes {
     var tOurs: [Double] = [], t: [String: [Double]] = [:]
     for i in 0..<max(peerRuns, authorRuns) {
         if i < peerRuns { tOurs.append(try seconds { _ = try ex.explain(w.x1, w.x2, patch: patch) }) }
+        if haveAssets { try whole.run(round: i, cli, ours: ours, dir: dir) }
         for (k, kind) in kinds.enumerated() where i < (kind == "authors" ? authorRuns : peerRuns) {
             t[kind, default: []].append(try peers[k].ask("time \(kind)")["seconds"] as! Double)
         }
@@ -554,6 +680,7 @@ for size in sizes {
     let o = median(tOurs)
     let oursRSS = results[size].map { " (ours: \(f(Double($0.rssKiB) / 1024, 0)) MB)" } ?? ""
     print("    ours" + String(repeating: " ", count: 42) + "\(f(o, 3)) s/pair (median of \(tOurs.count))")
+    whole.report()
     for (k, kind) in kinds.enumerated() {
         let rss = try peers[k].ask("rss")["rss_kib"] as! Int
         _ = try? peers[k].ask("quit")
@@ -566,5 +693,6 @@ for size in sizes {
             guard let p = pathMedians[isa]?[size] else { continue }
             print("      ours with BILRP_ISA=\(isa) (pair table): \(f(p, 3)) s/pair   ratio \(f(m / p, 2))x")
         }
+        whole.ratios(m)
     }
 }

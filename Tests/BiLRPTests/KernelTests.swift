@@ -128,9 +128,11 @@ struct KernelTests {
     @Test("GEMM with transposes, edges and accumulation", arguments: isaPaths)
     func gemm(isa: Int32) {
         withISA(isa) {
-            // (M, N, K, transA, transB): sizes off every micro-tile (6x64, 6x16) and KC = 256.
+            // (M, N, K, transA, transB): sizes off every micro-tile (6x64, 6x16) and KC = 256; the
+            // specialized kernels for slivers of 4 rows (M = 100: mr 4; M = 11: mr 5) and panels of
+            // 8 columns (N = 24).
             let cases = [(1, 1, 1, false, false), (7, 65, 3, false, true), (13, 130, 300, true, false),
-                         (100, 17, 257, true, true), (97, 771, 40, false, false)]
+                         (100, 17, 257, true, true), (97, 771, 40, false, false), (11, 24, 9, false, false)]
             for (i, (m, n, k, ta, tb)) in cases.enumerated() {
                 let a = random(m * k, seed: UInt64(10 + i)), b = random(k * n, seed: UInt64(20 + i))
                 let (rsa, csa) = ta ? (1, m) : (k, 1)
