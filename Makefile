@@ -102,7 +102,8 @@ bench: setup assets build
 	$(BIN)/bilrp-bench
 
 # The same, plus PyTorch side by side (batched modified gradients, and the authors' style), in a
-# local virtual environment with CPU wheels from PyPI. Takes about half an hour on 2 cores.
+# local virtual environment with CPU wheels from PyPI; our pair also as whole `bilrp explain`
+# processes on every ISA path. Takes about 40 minutes on 2 cores.
 bench-peers: setup assets build .venv-bench/ok
 	$(BIN)/bilrp-bench --peers --python .venv-bench/bin/python --author-runs 3
 
