@@ -24,15 +24,15 @@ public struct JSONLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    public func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?,
-                    source: String, file: String, function: String, line: UInt) {
+    public func log(event: LogEvent) {
         var object: [String: Any] = [:]
-        for (k, v) in metadata.merging(explicit ?? [:], uniquingKeysWith: { $1 }) { object[k] = Self.json(v) }
+        for (k, v) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) { object[k] = Self.json(v) }
         object["time"] = ISO8601DateFormatter.string(from: Date(), timeZone: .gmt,
                                                       formatOptions: [.withInternetDateTime, .withFractionalSeconds])
-        object["level"] = level.rawValue
+        object["level"] = event.level.rawValue
         object["label"] = label
-        object["message"] = message.description
+        object["message"] = event.message.description
+        if let error = event.error { object["error"] = String(describing: error) }
         if let d = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) {
             write(String(decoding: d, as: UTF8.self))
         }
