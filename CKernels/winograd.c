@@ -609,7 +609,122 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void input_avx512(vo
         g += tx1 - tx0;
     }
 }
-__attribute__((target("avx2,fma"))) static void input_avx2(void *p, long c) { input_body(p, c); }
+
+// MARK: Row-wise input transform on AVX2
+
+// B^T along one axis on 8 lanes; the AVX-512 pass's formulas (same fused operations, same bits).
+#define BT_PASS8(e, d)                                                                                      \
+    do {                                                                                                    \
+        e[0] = _mm256_add_ps(_mm256_fmsub_ps(f4, d[0], _mm256_mul_ps(f5, d[2])), d[4]);                     \
+        e[1] = _mm256_sub_ps(_mm256_add_ps(d[3], d[4]), _mm256_mul_ps(f4, _mm256_add_ps(d[1], d[2])));      \
+        e[2] = _mm256_add_ps(_mm256_mul_ps(f4, _mm256_sub_ps(d[1], d[2])), _mm256_sub_ps(d[4], d[3]));      \
+        e[3] = _mm256_add_ps(_mm256_mul_ps(f2, _mm256_sub_ps(d[3], d[1])), _mm256_sub_ps(d[4], d[2]));      \
+        e[4] = _mm256_add_ps(_mm256_mul_ps(f2, _mm256_sub_ps(d[1], d[3])), _mm256_sub_ps(d[4], d[2]));      \
+        e[5] = _mm256_add_ps(_mm256_fmsub_ps(f4, d[1], _mm256_mul_ps(f5, d[3])), d[5]);                     \
+    } while (0)
+
+// Lanes i of a vector of 8 with lo <= 8 v + i < hi, as a maskload / maskstore mask.
+__attribute__((target("avx2"))) static inline __m256i lanes_between(int v, int lo, int hi) {
+    __m256i i = _mm256_add_epi32(_mm256_set1_epi32(8 * v), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i ge = _mm256_cmpgt_epi32(i, _mm256_set1_epi32(lo - 1)), lt = _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), i);
+    return _mm256_and_si256(ge, lt);
+}
+
+// A run of cnt <= 8 tiles of one tile row inside one packed panel, in registers (the AVX-512
+// input_run_avx512 on 8 lanes): the six input rows' 34 padded columns (4 cnt + 2 used) are loaded
+// into five vectors each (times 1 / stab(z); zero off the map), B^T runs along y on the vectors;
+// along x each tile's columns are deinterleaved (tile t's four columns are half t % 2 of vector
+// t / 2: two cross-lane permutes pair tiles t and t + 4, an in-lane 4 x 4 transpose gives columns
+// 0-3 of the 8 tiles, columns 4 and 5 are the next tile's 0 and 1); the 36 results go to V with
+// one (masked) store each. The generic loop (input_body) staged rows, both passes and the results
+// through buffers and stored the results a float at a time.
+__attribute__((target("avx2,fma"), always_inline)) static inline void input_run_avx2(wino_job *j, long c, long m,
+                                                                                    int ty, int tx, int cnt, long l,
+                                                                                    float *buf) {
+    const __m256 f4 = _mm256_set1_ps(4), f5 = _mm256_set1_ps(5), f2 = _mm256_set1_ps(2);
+    long plane = (long)j->H * j->W;
+    const float *xc = j->x + (m * j->C + c) * plane;
+    int x0 = 4 * tx - 1, len = 4 * cnt + 2;                          // padded columns x0 .. x0 + len - 1
+    int lo = x0 < 0 ? -x0 : 0, hi = (int)ck_min(len, j->W - x0);     // columns inside the map
+    __m256i mk[5];
+    for (int v = 0; v < 5; v++) mk[v] = lanes_between(v, lo, hi);
+    __m256 d[6][5];
+    for (int a = 0; a < 6; a++) {
+        int yy = 4 * ty - 1 + a;
+        if (yy < 0 || yy >= j->H || hi <= lo) {
+            for (int v = 0; v < 5; v++) d[a][v] = _mm256_setzero_ps();
+            continue;
+        }
+        if (j->pam) {  // winner-take-all unpooling into buf, then from there
+            const float *rp, *zr;
+            const int32_t *am;
+            if (!unpool_source(j, m, c, yy, &rp, &am, &zr)) {
+                for (int v = 0; v < 5; v++) d[a][v] = _mm256_setzero_ps();
+                continue;
+            }
+            unpool_row(j, yy, x0, lo, hi, rp, am, zr, buf);
+            for (int v = 0; v < 5; v++) d[a][v] = _mm256_maskload_ps(buf + 8 * v, mk[v]);
+            continue;
+        }
+        // Masked lanes are not read: the pointers below may lie before the row (x0 = -1).
+        const float *src = xc + (long)yy * j->W + x0;
+        const float *zr = j->z ? j->z + (c * (long)j->H + yy) * j->W + x0 : NULL;
+        for (int v = 0; v < 5; v++) {
+            d[a][v] = _mm256_maskload_ps(src + 8 * v, mk[v]);
+            if (zr) d[a][v] = _mm256_mul_ps(d[a][v], _mm256_maskload_ps(zr + 8 * v, mk[v]));
+        }
+    }
+    for (int v = 0; v < 5; v++) {  // B^T along y, vector by vector of columns
+        __m256 col[6], e[6];
+        for (int a = 0; a < 6; a++) col[a] = d[a][v];
+        BT_PASS8(e, col);
+        for (int a = 0; a < 6; a++) d[a][v] = e[a];
+    }
+    const __m256i next = _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 7);
+    const __m256i cm = _mm256_cmpgt_epi32(_mm256_set1_epi32(cnt), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int a = 0; a < 6; a++) {
+        const __m256 *E = d[a];
+        __m256 w0 = _mm256_permute2f128_ps(E[0], E[2], 0x20), w1 = _mm256_permute2f128_ps(E[0], E[2], 0x31);
+        __m256 w2 = _mm256_permute2f128_ps(E[1], E[3], 0x20), w3 = _mm256_permute2f128_ps(E[1], E[3], 0x31);
+        __m256 t0 = _mm256_unpacklo_ps(w0, w1), t1 = _mm256_unpackhi_ps(w0, w1);
+        __m256 t2 = _mm256_unpacklo_ps(w2, w3), t3 = _mm256_unpackhi_ps(w2, w3);
+        __m256 q[6], h[6];
+        q[0] = _mm256_shuffle_ps(t0, t2, 0x44);  // column 4 t of tile t, t = 0 .. 7
+        q[1] = _mm256_shuffle_ps(t0, t2, 0xEE);
+        q[2] = _mm256_shuffle_ps(t1, t3, 0x44);
+        q[3] = _mm256_shuffle_ps(t1, t3, 0xEE);
+        // Columns 4 t + 4 and 4 t + 5: tile t + 1's first two; tile 7's are columns 32 and 33.
+        __m256 c32 = _mm256_permutevar8x32_ps(E[4], _mm256_setzero_si256());
+        __m256 c33 = _mm256_permutevar8x32_ps(E[4], _mm256_set1_epi32(1));
+        q[4] = _mm256_blend_ps(_mm256_permutevar8x32_ps(q[0], next), c32, 0x80);
+        q[5] = _mm256_blend_ps(_mm256_permutevar8x32_ps(q[1], next), c33, 0x80);
+        BT_PASS8(h, q);  // along x
+        if (cnt == 8)
+            for (int b = 0; b < 6; b++) _mm256_storeu_ps(v_at(j, a * 6 + b, c, l), h[b]);
+        else
+            for (int b = 0; b < 6; b++) _mm256_maskstore_ps(v_at(j, a * 6 + b, c, l), cm, h[b]);
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void input_avx2(void *p, long c) {
+    wino_job *j = p;
+    const int tw = j->tw;
+    float *buf = ck_scratch(3, 40);
+    if (!buf) return;
+    for (long g = j->g0, end = j->g0 + j->T; g < end;) {
+        long gr = g / tw, m = gr / j->th;
+        int ty = (int)(gr % j->th), tx0 = (int)(g % tw);
+        int tx1 = (int)ck_min(tw, tx0 + (end - g));
+        // Runs of at most 8 tiles that stay in one packed panel (contiguous stores).
+        for (int t = tx0; t < tx1;) {
+            long l = g - j->g0 + (t - tx0);
+            int cnt = (int)ck_min(ck_min(tx1 - t, 8), j->nr - l % j->nr);
+            input_run_avx2(j, c, m, ty, t, cnt, l, buf);
+            t += cnt;
+        }
+        g += tx1 - tx0;
+    }
+}
 #endif
 static void input_portable(void *p, long c) { input_body(p, c); }
 
