@@ -864,6 +864,187 @@ __attribute__((target("avx2,fma"))) static void output_avx2(void *p, long k) { o
 #endif
 static void output_portable(void *p, long k) { output_body(p, k); }
 
+#if defined(__aarch64__)
+// MARK: Row-wise transforms on NEON
+
+// Runs of up to 4 tiles of one tile row, one tile per lane (the AVX2 and AVX-512 row-wise
+// transforms on 4 lanes). A tile's four columns are one vector of its row, so moving between
+// columns and tiles is a 4 x 4 transpose (two trn1/trn2 pairs), and columns 4 and 5 of the tiles
+// are the next vector's first two (ext). Cycle model (Neoverse N1 / V1, Apple M1: 2-4 128-bit FMA
+// pipes): per run and channel, 30 loads (six rows of five vectors), 2 x 5 x 6 + 6 x 6 B^T vector
+// operations of 1-2 instructions each, 24 permutes and 36 stores: about 150-200 instructions for
+// 4 x 36 = 144 values of V, where the generic loop takes about 3 scalar instructions per value
+// plus its staging copies. Checked under qemu-user against plain loops (`make test-arm`); its
+// speed is not measured here (no ARM machine).
+
+#define BT_PASS4(e, d)                                                                                       \
+    do {                                                                                                     \
+        e[0] = vaddq_f32(vfmsq_n_f32(vmulq_n_f32(d[0], 4.0f), d[2], 5.0f), d[4]);                            \
+        e[1] = vsubq_f32(vaddq_f32(d[3], d[4]), vmulq_n_f32(vaddq_f32(d[1], d[2]), 4.0f));                   \
+        e[2] = vaddq_f32(vmulq_n_f32(vsubq_f32(d[1], d[2]), 4.0f), vsubq_f32(d[4], d[3]));                   \
+        e[3] = vaddq_f32(vmulq_n_f32(vsubq_f32(d[3], d[1]), 2.0f), vsubq_f32(d[4], d[2]));                   \
+        e[4] = vaddq_f32(vmulq_n_f32(vsubq_f32(d[1], d[3]), 2.0f), vsubq_f32(d[4], d[2]));                   \
+        e[5] = vaddq_f32(vfmsq_n_f32(vmulq_n_f32(d[1], 4.0f), d[3], 5.0f), d[5]);                            \
+    } while (0)
+
+#define AT_PASS4(t, q)                                                                                       \
+    do {                                                                                                     \
+        float32x4_t p1_ = vaddq_f32(q[1], q[2]), d1_ = vsubq_f32(q[1], q[2]);                                \
+        float32x4_t p3_ = vaddq_f32(q[3], q[4]), d3_ = vsubq_f32(q[3], q[4]);                                \
+        t[0] = vaddq_f32(vaddq_f32(q[0], p1_), p3_);                                                         \
+        t[1] = vfmaq_n_f32(d1_, d3_, 2.0f);                                                                  \
+        t[2] = vfmaq_n_f32(p1_, p3_, 4.0f);                                                                  \
+        t[3] = vaddq_f32(vfmaq_n_f32(d1_, d3_, 8.0f), q[5]);                                                 \
+    } while (0)
+
+// out[k] lane t = in[t] lane k.
+static inline void transpose4(const float32x4_t in[4], float32x4_t out[4]) {
+    float32x4_t a0 = vtrn1q_f32(in[0], in[1]), a1 = vtrn2q_f32(in[0], in[1]);
+    float32x4_t a2 = vtrn1q_f32(in[2], in[3]), a3 = vtrn2q_f32(in[2], in[3]);
+    out[0] = vreinterpretq_f32_f64(vtrn1q_f64(vreinterpretq_f64_f32(a0), vreinterpretq_f64_f32(a2)));
+    out[1] = vreinterpretq_f32_f64(vtrn1q_f64(vreinterpretq_f64_f32(a1), vreinterpretq_f64_f32(a3)));
+    out[2] = vreinterpretq_f32_f64(vtrn2q_f64(vreinterpretq_f64_f32(a0), vreinterpretq_f64_f32(a2)));
+    out[3] = vreinterpretq_f32_f64(vtrn2q_f64(vreinterpretq_f64_f32(a1), vreinterpretq_f64_f32(a3)));
+}
+
+static inline void input_run_neon(wino_job *j, long c, long m, int ty, int tx, int cnt, long l, float *buf) {
+    long plane = (long)j->H * j->W;
+    const float *xc = j->x + (m * j->C + c) * plane;
+    int x0 = 4 * tx - 1, len = 4 * cnt + 2;                       // padded columns x0 .. x0 + len - 1
+    int lo = x0 < 0 ? -x0 : 0, hi = (int)ck_min(len, j->W - x0);  // columns inside the map
+    float32x4_t d[6][5];
+    for (int a = 0; a < 6; a++) {
+        int yy = 4 * ty - 1 + a;
+        for (int v = 0; v < 5; v++) d[a][v] = vdupq_n_f32(0.0f);
+        if (yy < 0 || yy >= j->H || hi <= lo) continue;
+        // The row's columns [lo, hi) into buf (zero elsewhere), then five vectors from it.
+        float *row = buf;
+        memset(row, 0, 20 * sizeof(float));
+        if (j->pam) {
+            const float *rp, *zr;
+            const int32_t *am;
+            if (!unpool_source(j, m, c, yy, &rp, &am, &zr)) continue;
+            unpool_row(j, yy, x0, lo, hi, rp, am, zr, row);
+        } else {
+            const float *src = xc + (long)yy * j->W + x0;
+            if (j->z) {
+                const float *zr = j->z + (c * (long)j->H + yy) * j->W + x0;
+                for (int p = lo; p < hi; p++) row[p] = src[p] * zr[p];
+            } else {
+                memcpy(row + lo, src + lo, (size_t)(hi - lo) * sizeof(float));
+            }
+        }
+        for (int v = 0; v < 5; v++) d[a][v] = vld1q_f32(row + 4 * v);
+    }
+    for (int v = 0; v < 5; v++) {  // B^T along y
+        float32x4_t col[6], e[6];
+        for (int a = 0; a < 6; a++) col[a] = d[a][v];
+        BT_PASS4(e, col);
+        for (int a = 0; a < 6; a++) d[a][v] = e[a];
+    }
+    for (int a = 0; a < 6; a++) {
+        float32x4_t q[6], h[6];
+        transpose4(d[a], q);  // q[k] lane t: column 4 t + k
+        q[4] = vextq_f32(q[0], d[a][4], 1);                       // column 4 t + 4: tile t + 1's first
+        q[5] = vextq_f32(q[1], vextq_f32(d[a][4], d[a][4], 1), 1);  // and its second
+        BT_PASS4(h, q);  // along x
+        for (int b = 0; b < 6; b++) {
+            float *dst = v_at(j, a * 6 + b, c, l);
+            if (cnt == 4) vst1q_f32(dst, h[b]);
+            else {
+                float t[4];
+                vst1q_f32(t, h[b]);
+                for (int i = 0; i < cnt; i++) dst[i] = t[i];
+            }
+        }
+    }
+}
+
+static void input_neon(void *p, long c) {
+    wino_job *j = p;
+    const int tw = j->tw;
+    float *buf = ck_scratch(3, 20);
+    if (!buf) return;
+    for (long g = j->g0, end = j->g0 + j->T; g < end;) {
+        long gr = g / tw, m = gr / j->th;
+        int ty = (int)(gr % j->th), tx0 = (int)(g % tw);
+        int tx1 = (int)ck_min(tw, tx0 + (end - g));
+        for (int t = tx0; t < tx1;) {  // runs of at most 4 tiles inside one packed panel
+            long l = g - j->g0 + (t - tx0);
+            int cnt = (int)ck_min(ck_min(tx1 - t, 4), j->nr - l % j->nr);
+            input_run_neon(j, c, m, ty, t, cnt, l, buf);
+            t += cnt;
+        }
+        g += tx1 - tx0;
+    }
+}
+
+// A^T m A of a run of cnt <= 4 tiles: A^T along x on the tiles' M values (lane = tile), the four
+// results per tile turned into row vectors (transpose4), A^T along y, then y = [y +] scale * a * v.
+static inline void output_run_neon(wino_job *j, long k, long m, int ty, int tx, int cnt, long l) {
+    long plane = (long)j->H * j->W, st = (long)j->Kr * j->Tp;
+    const float *mk = m_at(j, 0, k, l);
+    float32x4_t f[6][4];  // f[a][v]: row a of A^T m, the 4 columns of tile v
+    for (int a = 0; a < 6; a++) {
+        float32x4_t q[6], t[4];
+        for (int b = 0; b < 6; b++) {
+            const float *src = mk + (long)(a * 6 + b) * st;
+            if (cnt == 4) q[b] = vld1q_f32(src);
+            else {
+                float v[4] = {0, 0, 0, 0};
+                for (int i = 0; i < cnt; i++) v[i] = src[i];
+                q[b] = vld1q_f32(v);
+            }
+        }
+        AT_PASS4(t, q);
+        transpose4(t, f[a]);
+    }
+    int xs = 4 * tx, nx = (int)ck_min(4 * cnt, j->W - xs);  // output columns xs .. xs + nx - 1
+    float *yk = j->y + (m * j->K + k) * plane;
+    const float *ak = j->a ? j->a + k * plane : NULL;
+    for (int v = 0; 4 * v < nx; v++) {
+        float32x4_t col[6], r4[4];
+        for (int a = 0; a < 6; a++) col[a] = f[a][v];
+        AT_PASS4(r4, col);
+        int w = nx - 4 * v < 4 ? nx - 4 * v : 4;
+        for (int r = 0; r < 4; r++) {
+            int y = 4 * ty + r;
+            if (y >= j->H) break;
+            long off = (long)y * j->W + xs + 4 * v;
+            float32x4_t o = vmulq_n_f32(r4[r], j->scale);
+            if (w == 4) {
+                if (ak) o = vmulq_f32(o, vld1q_f32(ak + off));
+                if (j->accumulate) o = vaddq_f32(o, vld1q_f32(yk + off));
+                vst1q_f32(yk + off, o);
+            } else {
+                float t[4];
+                vst1q_f32(t, o);
+                for (int i = 0; i < w; i++) {
+                    float u = ak ? t[i] * ak[off + i] : t[i];
+                    yk[off + i] = j->accumulate ? yk[off + i] + u : u;
+                }
+            }
+        }
+    }
+}
+
+static void output_neon(void *p, long k) {
+    wino_job *j = p;
+    const int tw = j->tw;
+    for (long g = j->g0, end = j->g0 + j->T; g < end;) {
+        long gr = g / tw, m = gr / j->th;
+        int ty = (int)(gr % j->th), tx0 = (int)(g % tw);
+        int tx1 = (int)ck_min(tw, tx0 + (end - g));
+        for (int t = tx0; t < tx1;) {  // M rows are contiguous over the whole range: no panel split
+            int cnt = (int)ck_min(tx1 - t, 4);
+            output_run_neon(j, k, m, ty, t, cnt, g - j->g0 + (t - tx0));
+            t += cnt;
+        }
+        g += tx1 - tx0;
+    }
+}
+#endif
+
 typedef struct {
     const int32_t *argmax;
     int Ho, Wo, sh, sw;
@@ -976,6 +1157,9 @@ static int winograd(int n, const float *x, const float *z, float eps, int C, int
                   nr, mr, Mp, NULL, 0, 0, 1, 1};
     ck_task_fn in = input_portable, out = output_portable;
     int lanes = 0;
+#if defined(__aarch64__)
+    if (isa == CK_ISA_NEON) { in = input_neon; out = output_neon; }
+#endif
 #if CK_X86
     if (isa == CK_ISA_AVX512) { in = input_avx512; out = output_avx512; }
     if (isa == CK_ISA_AVX2) { in = input_avx2; out = output_avx2; }

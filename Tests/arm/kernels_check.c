@@ -161,6 +161,56 @@ static void check_winograd(int C, int K, int H, int W, int n) {
     free(x); free(w); free(U); free(y); free(ref); free(Ub); free(s); free(c); free(cref);
 }
 
+// One fused LRP term through a 3x3 layer C -> K by Winograd (s = R / stab(z) on loading, Rin = [Rin
+// +] scale * a * conv^T(s) on storing), its relevance R given at the layer's output or, with pool,
+// at the output of a 2 x 2 max-pool above it (unpooled to each window's winner on loading).
+static void check_winograd_lrp(int C, int K, int H, int W, int n, int pool, int accumulate) {
+    geo g = {C, H, W, K, 3, 3, 1, 1, 1, 1, 1};
+    long inCount = (long)C * H * W, outCount = (long)K * H * W;
+    int Ho = H / 2, Wo = W / 2;
+    float *w = randoms((long)K * C * 9), *z = randoms(outCount), *a = randoms(inCount);
+    float *R = randoms(n * outCount), *Rp = randoms((long)n * K * Ho * Wo), *Rin = randoms(n * inCount);
+    int32_t *argmax = malloc(sizeof(int32_t) * (size_t)(K * Ho * Wo));
+    double *s = malloc(sizeof(double) * n * outCount), *cref = malloc(sizeof(double) * n * inCount);
+    double *ref = malloc(sizeof(double) * n * inCount);
+    float *sf = malloc(sizeof(float) * n * outCount);
+    const float eps = 1e-3f, scale = 0.75f;
+    z[1] = 0;  // stab(0) = eps
+    if (pool) {  // each window's winner at random; R zero off the winners
+        for (long i = 0; i < (long)K * Ho * Wo; i++) {
+            long k = i / (Ho * Wo), py = i / Wo % Ho, px = i % Wo;
+            int dy = uniform() > 0, dx = uniform() > 0;
+            argmax[i] = (int32_t)((2 * py + dy) * W + 2 * px + dx);
+            (void)k;
+        }
+        for (int m = 0; m < n; m++)
+            for (long k = 0; k < K; k++)
+                for (long q = 0; q < (long)H * W; q++) {
+                    long py = q / W / 2, px = q % W / 2;
+                    float v = 0;
+                    if (py < Ho && px < Wo && argmax[(k * Ho + py) * Wo + px] == q) v = Rp[((m * K + k) * Ho + py) * Wo + px];
+                    R[(m * K + k) * H * W + q] = v;
+                }
+    }
+    for (long i = 0; i < n * outCount; i++) {
+        double zi = z[i % outCount];
+        s[i] = R[i] / (zi + (zi >= 0 ? eps : -eps));
+        sf[i] = (float)s[i];
+    }
+    // naive_backward takes float s: the division rounded to float, as the kernel's is.
+    naive_backward(g, n, sf, w, cref);
+    for (long i = 0; i < n * inCount; i++) ref[i] = (accumulate ? Rin[i] : 0) + scale * a[i % inCount] * cref[i];
+    float *Ub = malloc(sizeof(float) * (size_t)ck_winograd_weights_size(C, K));
+    int status = ck_winograd_weights(w, C, K, 1, Ub);
+    status |= pool ? ck_winograd_lrp_unpool(n, Rp, argmax, Ho, Wo, 2, 2, z, eps, K, H, W, Ub, C, a, scale, accumulate, Rin)
+                   : ck_winograd_lrp(n, R, z, eps, K, H, W, Ub, C, a, scale, accumulate, Rin);
+    char what[128];
+    snprintf(what, sizeof what, "Winograd LRP term n=%d %d->%d at %dx%d pool=%d accumulate=%d (status %d)", n, C, K, H, W,
+             pool, accumulate, status);
+    expect_close(what, Rin, ref, n * inCount, 1e-5);
+    free(w); free(z); free(a); free(R); free(Rp); free(Rin); free(argmax); free(s); free(cref); free(ref); free(sf); free(Ub);
+}
+
 int main(void) {
     printf("C kernels on %s, ISA %s, %d threads\n",
 #if defined(__aarch64__)
@@ -181,6 +231,11 @@ int main(void) {
     check_winograd(16, 24, 12, 12, 1);
     check_winograd(32, 20, 9, 14, 3);
     check_winograd(64, 64, 8, 8, 5);
+    check_winograd(16, 20, 10, 37, 2);  // rows of 10 tiles: runs of 4, 4, 2, and runs cut at panel edges
+    check_winograd_lrp(16, 20, 12, 37, 2, 0, 0);
+    check_winograd_lrp(17, 24, 13, 30, 3, 0, 1);
+    check_winograd_lrp(16, 20, 12, 37, 2, 1, 0);
+    check_winograd_lrp(20, 18, 15, 22, 3, 1, 1);
     printf("%d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }
