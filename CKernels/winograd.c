@@ -681,7 +681,6 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void input_run_
         for (int a = 0; a < 6; a++) d[a][v] = e[a];
     }
     const __m256i next = _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 7);
-    const __m256i cm = _mm256_cmpgt_epi32(_mm256_set1_epi32(cnt), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     for (int a = 0; a < 6; a++) {
         const __m256 *E = d[a];
         __m256 w0 = _mm256_permute2f128_ps(E[0], E[2], 0x20), w1 = _mm256_permute2f128_ps(E[0], E[2], 0x31);
@@ -699,10 +698,17 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void input_run_
         q[4] = _mm256_blend_ps(_mm256_permutevar8x32_ps(q[0], next), c32, 0x80);
         q[5] = _mm256_blend_ps(_mm256_permutevar8x32_ps(q[1], next), c33, 0x80);
         BT_PASS8(h, q);  // along x
+        // Short runs through a spilled vector: vmaskmovps stores are microcoded on AMD (Zen 3
+        // and 4), and this was 3-15 % slower on the VGG-16 layers (C harness, Zen 4).
         if (cnt == 8)
             for (int b = 0; b < 6; b++) _mm256_storeu_ps(v_at(j, a * 6 + b, c, l), h[b]);
         else
-            for (int b = 0; b < 6; b++) _mm256_maskstore_ps(v_at(j, a * 6 + b, c, l), cm, h[b]);
+            for (int b = 0; b < 6; b++) {
+                _Alignas(32) float t[8];
+                _mm256_store_ps(t, h[b]);
+                float *dst = v_at(j, a * 6 + b, c, l);
+                for (int i = 0; i < cnt; i++) dst[i] = t[i];
+            }
     }
 }
 
@@ -860,7 +866,91 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void output_avx512(v
         g += tx1 - tx0;
     }
 }
-__attribute__((target("avx2,fma"))) static void output_avx2(void *p, long k) { output_body(p, k); }
+
+// MARK: Row-wise output transform on AVX2
+
+#define AT_PASS8(t, q)                                                                                   \
+    do {                                                                                                 \
+        __m256 p1_ = _mm256_add_ps(q[1], q[2]), d1_ = _mm256_sub_ps(q[1], q[2]);                          \
+        __m256 p3_ = _mm256_add_ps(q[3], q[4]), d3_ = _mm256_sub_ps(q[3], q[4]);                          \
+        t[0] = _mm256_add_ps(_mm256_add_ps(q[0], p1_), p3_);                                             \
+        t[1] = _mm256_fmadd_ps(f2, d3_, d1_);                                                            \
+        t[2] = _mm256_fmadd_ps(f4, p3_, p1_);                                                            \
+        t[3] = _mm256_add_ps(_mm256_fmadd_ps(f8, d3_, d1_), q[5]);                                       \
+    } while (0)
+
+// A run of cnt <= 8 tiles of one tile row in registers (output_run_avx512 on 8 lanes): A^T along x
+// on the tiles' M values (one load per xi, lane = tile), the four results per tile turned into
+// row vectors (in-lane 4 x 4 transpose, then cross-lane permutes pairing tiles 2 v and 2 v + 1),
+// A^T along y on those, then y = [y +] scale * v * a on whole row vectors.
+__attribute__((target("avx2,fma"), always_inline)) static inline void output_run_avx2(wino_job *j, long k, long m,
+                                                                                     int ty, int tx, int cnt, long l) {
+    const __m256 f2 = _mm256_set1_ps(2), f4 = _mm256_set1_ps(4), f8 = _mm256_set1_ps(8);
+    long plane = (long)j->H * j->W, st = (long)j->Kr * j->Tp;
+    const __m256i lm = lanes_between(0, 0, cnt);
+    const float *mk = m_at(j, 0, k, l);
+    __m256 f[6][4];  // f[a][v]: row a of A^T m, columns 8 v .. 8 v + 7 of the run
+    for (int a = 0; a < 6; a++) {
+        __m256 q[6], t[4];
+        for (int b = 0; b < 6; b++) {
+            const float *src = mk + (long)(a * 6 + b) * st;
+            q[b] = cnt == 8 ? _mm256_loadu_ps(src) : _mm256_maskload_ps(src, lm);
+        }
+        AT_PASS8(t, q);  // t[x] lane i: column x of tile i
+        __m256 u0 = _mm256_unpacklo_ps(t[0], t[1]), u1 = _mm256_unpackhi_ps(t[0], t[1]);
+        __m256 u2 = _mm256_unpacklo_ps(t[2], t[3]), u3 = _mm256_unpackhi_ps(t[2], t[3]);
+        __m256 r0 = _mm256_shuffle_ps(u0, u2, 0x44), r1 = _mm256_shuffle_ps(u0, u2, 0xEE);  // tiles 0 | 4, 1 | 5
+        __m256 r2 = _mm256_shuffle_ps(u1, u3, 0x44), r3 = _mm256_shuffle_ps(u1, u3, 0xEE);  // tiles 2 | 6, 3 | 7
+        f[a][0] = _mm256_permute2f128_ps(r0, r1, 0x20);
+        f[a][1] = _mm256_permute2f128_ps(r2, r3, 0x20);
+        f[a][2] = _mm256_permute2f128_ps(r0, r1, 0x31);
+        f[a][3] = _mm256_permute2f128_ps(r2, r3, 0x31);
+    }
+    int xs = 4 * tx, nx = (int)ck_min(4 * cnt, j->W - xs);  // output columns xs .. xs + nx - 1
+    float *yk = j->y + (m * j->K + k) * plane;
+    const float *ak = j->a ? j->a + k * plane : NULL;
+    const __m256 sc = _mm256_set1_ps(j->scale);
+    for (int v = 0; 8 * v < nx; v++) {
+        __m256 col[6], rows[4];
+        for (int a = 0; a < 6; a++) col[a] = f[a][v];
+        AT_PASS8(rows, col);
+        int full = nx - 8 * v >= 8;
+        __m256i cm = lanes_between(v, 0, nx);
+        for (int r = 0; r < 4; r++) {
+            int y = 4 * ty + r;
+            if (y >= j->H) break;
+            float *dst = yk + (long)y * j->W + xs + 8 * v;
+            const float *ar = ak ? ak + (long)y * j->W + xs + 8 * v : NULL;
+            __m256 o = _mm256_mul_ps(sc, rows[r]);
+            if (full) {
+                if (ar) o = _mm256_mul_ps(o, _mm256_loadu_ps(ar));
+                if (j->accumulate) o = _mm256_add_ps(o, _mm256_loadu_ps(dst));
+                _mm256_storeu_ps(dst, o);
+            } else {  // the row's last columns, through a spilled vector (as in input_run_avx2)
+                if (ar) o = _mm256_mul_ps(o, _mm256_maskload_ps(ar, cm));
+                _Alignas(32) float t[8];
+                _mm256_store_ps(t, o);
+                for (int i = 0; i < nx - 8 * v; i++) dst[i] = j->accumulate ? dst[i] + t[i] : t[i];
+            }
+        }
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void output_avx2(void *p, long k) {
+    wino_job *j = p;
+    const int tw = j->tw;
+    for (long g = j->g0, end = j->g0 + j->T; g < end;) {
+        long gr = g / tw, m = gr / j->th;
+        int ty = (int)(gr % j->th), tx0 = (int)(g % tw);
+        int tx1 = (int)ck_min(tw, tx0 + (end - g));
+        for (int t = tx0; t < tx1;) {  // M rows are contiguous over the whole range: no panel split
+            int cnt = (int)ck_min(tx1 - t, 8);
+            output_run_avx2(j, k, m, ty, t, cnt, g - j->g0 + (t - tx0));
+            t += cnt;
+        }
+        g += tx1 - tx0;
+    }
+}
 #endif
 static void output_portable(void *p, long k) { output_body(p, k); }
 
