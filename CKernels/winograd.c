@@ -139,6 +139,29 @@ static inline float *m_at(const wino_job *j, int xi, long k, long t) {
     return j->M + ((long)xi * j->Kr + (k - j->k0)) * j->Tp + t;
 }
 
+// The row-wise transforms walk the job's tile range in runs along tile rows: map m, tile row ty,
+// tile columns tx .. tx + cnt - 1 (cnt <= most), l the run's first index in the range; with
+// panels, runs also end at the packed panels' edges, so each run's V stores are contiguous.
+typedef struct {
+    long m, l;
+    int ty, tx, cnt;
+} tile_run;
+
+static inline int next_run(const wino_job *j, long *g, int most, int panels, tile_run *r) {
+    long end = j->g0 + j->T;
+    if (*g >= end) return 0;
+    long gr = *g / j->tw;
+    r->m = gr / j->th;
+    r->ty = (int)(gr % j->th);
+    r->tx = (int)(*g % j->tw);
+    r->l = *g - j->g0;
+    long cnt = ck_min(ck_min(j->tw - r->tx, end - *g), most);
+    if (panels) cnt = ck_min(cnt, j->nr - r->l % j->nr);
+    r->cnt = (int)cnt;
+    *g += cnt;
+    return 1;
+}
+
 #if CK_X86
 // One row of the unpooled relevance times 1 / stab(z), for 2-wide pool windows: row[p] for image
 // columns x0 + p in [x0 + lo, x0 + hi). 16 windows (32 columns) per step: the winners' columns
@@ -591,22 +614,12 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"), always_inline)) static inlin
 
 __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void input_avx512(void *p, long c) {
     wino_job *j = p;
-    const int tw = j->tw;
     float *buf = ck_scratch(3, 64);
     if (!buf) return;
-    for (long g = j->g0, end = j->g0 + j->T; g < end;) {
-        long gr = g / tw, m = gr / j->th;
-        int ty = (int)(gr % j->th), tx0 = (int)(g % tw);
-        int tx1 = (int)ck_min(tw, tx0 + (end - g));
-        // Runs of at most 15 tiles that stay in one packed panel (contiguous stores).
-        for (int t = tx0; t < tx1;) {
-            long l = g - j->g0 + (t - tx0);
-            int cnt = (int)ck_min(ck_min(tx1 - t, 15), j->nr - l % j->nr);
-            if (cnt <= 7) input_run_avx512(j, c, m, ty, t, cnt, l, buf, 2);
-            else input_run_avx512(j, c, m, ty, t, cnt, l, buf, 4);
-            t += cnt;
-        }
-        g += tx1 - tx0;
+    tile_run r;
+    for (long g = j->g0; next_run(j, &g, 15, 1, &r);) {
+        if (r.cnt <= 7) input_run_avx512(j, c, r.m, r.ty, r.tx, r.cnt, r.l, buf, 2);
+        else input_run_avx512(j, c, r.m, r.ty, r.tx, r.cnt, r.l, buf, 4);
     }
 }
 
@@ -714,22 +727,10 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void input_run_
 
 __attribute__((target("avx2,fma"))) static void input_avx2(void *p, long c) {
     wino_job *j = p;
-    const int tw = j->tw;
     float *buf = ck_scratch(3, 40);
     if (!buf) return;
-    for (long g = j->g0, end = j->g0 + j->T; g < end;) {
-        long gr = g / tw, m = gr / j->th;
-        int ty = (int)(gr % j->th), tx0 = (int)(g % tw);
-        int tx1 = (int)ck_min(tw, tx0 + (end - g));
-        // Runs of at most 8 tiles that stay in one packed panel (contiguous stores).
-        for (int t = tx0; t < tx1;) {
-            long l = g - j->g0 + (t - tx0);
-            int cnt = (int)ck_min(ck_min(tx1 - t, 8), j->nr - l % j->nr);
-            input_run_avx2(j, c, m, ty, t, cnt, l, buf);
-            t += cnt;
-        }
-        g += tx1 - tx0;
-    }
+    tile_run r;
+    for (long g = j->g0; next_run(j, &g, 8, 1, &r);) input_run_avx2(j, c, r.m, r.ty, r.tx, r.cnt, r.l, buf);
 }
 #endif
 static void input_portable(void *p, long c) { input_body(p, c); }
@@ -851,19 +852,10 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"), always_inline)) static inlin
 
 __attribute__((target("avx512f,avx512dq,avx2,fma"))) static void output_avx512(void *p, long k) {
     wino_job *j = p;
-    const int tw = j->tw;
-    for (long g = j->g0, end = j->g0 + j->T; g < end;) {
-        long gr = g / tw, m = gr / j->th;
-        int ty = (int)(gr % j->th), tx0 = (int)(g % tw);
-        int tx1 = (int)ck_min(tw, tx0 + (end - g));
-        for (int t = tx0; t < tx1;) {  // M rows are contiguous over the whole range: no panel split
-            int cnt = (int)ck_min(tx1 - t, 15);
-            long l = g - j->g0 + (t - tx0);
-            if (cnt <= 7) output_run_avx512(j, k, m, ty, t, cnt, l, 2);
-            else output_run_avx512(j, k, m, ty, t, cnt, l, 4);
-            t += cnt;
-        }
-        g += tx1 - tx0;
+    tile_run r;  // M rows are contiguous over the whole range: no panel split
+    for (long g = j->g0; next_run(j, &g, 15, 0, &r);) {
+        if (r.cnt <= 7) output_run_avx512(j, k, r.m, r.ty, r.tx, r.cnt, r.l, 2);
+        else output_run_avx512(j, k, r.m, r.ty, r.tx, r.cnt, r.l, 4);
     }
 }
 
@@ -938,18 +930,8 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void output_run
 
 __attribute__((target("avx2,fma"))) static void output_avx2(void *p, long k) {
     wino_job *j = p;
-    const int tw = j->tw;
-    for (long g = j->g0, end = j->g0 + j->T; g < end;) {
-        long gr = g / tw, m = gr / j->th;
-        int ty = (int)(gr % j->th), tx0 = (int)(g % tw);
-        int tx1 = (int)ck_min(tw, tx0 + (end - g));
-        for (int t = tx0; t < tx1;) {  // M rows are contiguous over the whole range: no panel split
-            int cnt = (int)ck_min(tx1 - t, 8);
-            output_run_avx2(j, k, m, ty, t, cnt, g - j->g0 + (t - tx0));
-            t += cnt;
-        }
-        g += tx1 - tx0;
-    }
+    tile_run r;  // M rows are contiguous over the whole range: no panel split
+    for (long g = j->g0; next_run(j, &g, 8, 0, &r);) output_run_avx2(j, k, r.m, r.ty, r.tx, r.cnt, r.l);
 }
 #endif
 static void output_portable(void *p, long k) { output_body(p, k); }
@@ -1052,21 +1034,10 @@ static inline void input_run_neon(wino_job *j, long c, long m, int ty, int tx, i
 
 static void input_neon(void *p, long c) {
     wino_job *j = p;
-    const int tw = j->tw;
     float *buf = ck_scratch(3, 20);
     if (!buf) return;
-    for (long g = j->g0, end = j->g0 + j->T; g < end;) {
-        long gr = g / tw, m = gr / j->th;
-        int ty = (int)(gr % j->th), tx0 = (int)(g % tw);
-        int tx1 = (int)ck_min(tw, tx0 + (end - g));
-        for (int t = tx0; t < tx1;) {  // runs of at most 4 tiles inside one packed panel
-            long l = g - j->g0 + (t - tx0);
-            int cnt = (int)ck_min(ck_min(tx1 - t, 4), j->nr - l % j->nr);
-            input_run_neon(j, c, m, ty, t, cnt, l, buf);
-            t += cnt;
-        }
-        g += tx1 - tx0;
-    }
+    tile_run r;
+    for (long g = j->g0; next_run(j, &g, 4, 1, &r);) input_run_neon(j, c, r.m, r.ty, r.tx, r.cnt, r.l, buf);
 }
 
 // A^T m A of a run of cnt <= 4 tiles: A^T along x on the tiles' M values (lane = tile), the four
@@ -1120,18 +1091,8 @@ static inline void output_run_neon(wino_job *j, long k, long m, int ty, int tx, 
 
 static void output_neon(void *p, long k) {
     wino_job *j = p;
-    const int tw = j->tw;
-    for (long g = j->g0, end = j->g0 + j->T; g < end;) {
-        long gr = g / tw, m = gr / j->th;
-        int ty = (int)(gr % j->th), tx0 = (int)(g % tw);
-        int tx1 = (int)ck_min(tw, tx0 + (end - g));
-        for (int t = tx0; t < tx1;) {  // M rows are contiguous over the whole range: no panel split
-            int cnt = (int)ck_min(tx1 - t, 4);
-            output_run_neon(j, k, m, ty, t, cnt, g - j->g0 + (t - tx0));
-            t += cnt;
-        }
-        g += tx1 - tx0;
-    }
+    tile_run r;  // M rows are contiguous over the whole range: no panel split
+    for (long g = j->g0; next_run(j, &g, 4, 0, &r);) output_run_neon(j, k, r.m, r.ty, r.tx, r.cnt, r.l);
 }
 #endif
 

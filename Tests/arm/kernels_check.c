@@ -178,10 +178,9 @@ static void check_winograd_lrp(int C, int K, int H, int W, int n, int pool, int 
     z[1] = 0;  // stab(0) = eps
     if (pool) {  // each window's winner at random; R zero off the winners
         for (long i = 0; i < (long)K * Ho * Wo; i++) {
-            long k = i / (Ho * Wo), py = i / Wo % Ho, px = i % Wo;
+            long py = i / Wo % Ho, px = i % Wo;
             int dy = uniform() > 0, dx = uniform() > 0;
             argmax[i] = (int32_t)((2 * py + dy) * W + 2 * px + dx);
-            (void)k;
         }
         for (int m = 0; m < n; m++)
             for (long k = 0; k < K; k++)
