@@ -10,24 +10,27 @@
 SWIFT      ?= swift
 OMP_FLAGS  := -Xcc -fopenmp -Xlinker -lomp5
 OMP_BUILD  := --scratch-path .build-omp $(OMP_FLAGS)
-APT_DEPS   := libomp-19-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev python3-venv python3-pip jq curl \
-              gcc-aarch64-linux-gnu qemu-user
+# What building and running need (make demo, make serve), and what only the tests need (the ARM
+# cross-check, the viewer in a browser).
+APT_DEPS   := libomp-19-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev libfreetype-dev pkgconf fonts-dejavu-core \
+              python3-venv python3-pip jq curl
+APT_TEST_DEPS := gcc-aarch64-linux-gnu qemu-user chromium chromium-driver
 BIN        := .build-omp/release
 
-.PHONY: apt-deps all setup assets build build-cli build-plain test test-omp test-plain test-contract test-arm demo serve bench bench-peers bench-server fixtures proto clean
+.PHONY: apt-deps apt-test-deps all setup assets build build-cli build-plain test test-omp test-plain test-contract test-viewer test-arm demo serve bench bench-peers bench-server fixtures proto clean
 
 all: build
 
 # Installs the Debian packages that are missing (root, or sudo when available), and the Python
-# test tools (openapi-spec-validator, schemathesis, pinned) in .venv-test.
-setup: apt-deps .venv-test/ok
-.venv-test/ok: | apt-deps
+# test tools (openapi-spec-validator, schemathesis, selenium; pinned) in .venv-test.
+setup: apt-deps apt-test-deps .venv-test/ok
+.venv-test/ok: Makefile | apt-deps
 	python3 -m venv .venv-test
-	.venv-test/bin/pip install -q "schemathesis==4.32.5" "openapi-spec-validator==0.9.0"
+	.venv-test/bin/pip install -q "schemathesis==4.32.5" "openapi-spec-validator==0.9.0" "selenium==4.50.0"
 	touch $@
 
-apt-deps:
-	@missing=""; for p in $(APT_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+apt-deps apt-test-deps:
+	@missing=""; for p in $(if $(filter apt-deps,$@),$(APT_DEPS),$(APT_TEST_DEPS)); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -50,13 +53,18 @@ build-plain:
 
 # The README's test command: the whole suite on the OpenMP build, then on the plain build. The
 # assets are fetched first so the real-model and real-photo tests run too.
-test: setup assets test-omp test-contract test-plain test-arm
+test: setup assets test-omp test-contract test-viewer test-plain test-arm
+
+# The viewer in headless chromium (Tests/viewer/viewer_test.py): served by bilrp serve, and as the
+# self-contained file of bilrp explain --html. Screenshots in out/test-viewer/.
+test-viewer:
+	.venv-test/bin/python Tests/viewer/viewer_test.py
 
 # The C kernels built for aarch64 (Debian's cross compiler) and checked under qemu-user against
 # double-precision loops (Tests/arm/kernels_check.c): GEMM, convolutions (grouped too), Winograd;
 # once on the NEON path (the default there) and once with BILRP_ISA=portable.
 ARM_CC := aarch64-linux-gnu-gcc
-test-arm: apt-deps
+test-arm: apt-test-deps
 	@mkdir -p .build-arm
 	$(ARM_CC) -std=gnu11 -O2 -Wall -Werror -fopenmp -ICKernels -ICKernels/include CKernels/*.c \
 	  Tests/arm/kernels_check.c -o .build-arm/kernels_check -lm
@@ -90,10 +98,11 @@ demo: apt-deps assets build-cli
 	@mkdir -p $(DEMO_OUT)
 	$(BIN)/bilrp explain assets/images/motorcycle_left.png assets/images/motorcycle_right.png $(DEMO_MODEL) \
 	  --out $(DEMO_OUT)/motorcycle_pair.png --heatmap $(DEMO_OUT)/motorcycle_heatmap.png \
+	  --matrix $(DEMO_OUT)/motorcycle_matrix.png --html $(DEMO_OUT)/motorcycle.html \
 	  --json $(DEMO_OUT)/motorcycle.json --npy $(DEMO_OUT)/motorcycle_R.npy
 	$(BIN)/bilrp explain assets/images/chelsea.png assets/images/coffee.png $(DEMO_MODEL) \
 	  --out $(DEMO_OUT)/chelsea_coffee_pair.png --heatmap $(DEMO_OUT)/chelsea_coffee_heatmap.png \
-	  --json $(DEMO_OUT)/chelsea_coffee.json --npy $(DEMO_OUT)/chelsea_coffee_R.npy
+	  --matrix $(DEMO_OUT)/chelsea_coffee_matrix.png --json $(DEMO_OUT)/chelsea_coffee.json --npy $(DEMO_OUT)/chelsea_coffee_R.npy
 	@echo "demo: pictures, JSON and NPY written to $(DEMO_OUT)/"
 
 # Speed and memory of a VGG-16 pair explanation (Benchmarks/bilrp-bench): per size and thread

@@ -45,13 +45,22 @@ let package = Package(
             linkerSettings: [.linkedLibrary("png16"), .linkedLibrary("jpeg")]
         ),
 
+        // FreeType for the pictures' text (Debian: libfreetype-dev; flags from pkg-config).
+        .systemLibrary(
+            name: "CFreeType",
+            path: "Sources/CFreeType",
+            pkgConfig: "freetype2",
+            providers: [.apt(["libfreetype-dev"]), .brew(["freetype"])]
+        ),
+
         // MARK: - Library
         .target(name: "BiLRP", dependencies: ["CKernels"]),
         .target(name: "BiLRPReference", dependencies: ["BiLRP"]),
         .target(
             name: "BiLRPIO",
-            dependencies: ["BiLRP", "CImageIO", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
-            exclude: ["ONNX/README.md"]
+            dependencies: ["BiLRP", "CImageIO", "CFreeType", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            exclude: ["ONNX/README.md"],
+            resources: [.copy("Resources/viewer")]
         ),
 
         // MARK: - Ways in

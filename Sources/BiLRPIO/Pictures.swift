@@ -1,15 +1,23 @@
 import BiLRP
 import Foundation
 
-/// A float RGB canvas with alpha blending and antialiased strokes, written as PNG.
+public typealias RGB = (Float, Float, Float)
+
+/// A float RGB canvas with alpha blending, antialiased strokes and text, written as PNG.
 public struct Canvas: Sendable {
     public let width: Int, height: Int
     var rgb: [Float]
 
-    public init(width: Int, height: Int, background: (Float, Float, Float) = (1, 1, 1)) {
+    public init(width: Int, height: Int, background: RGB = (1, 1, 1)) {
         self.width = width; self.height = height
         rgb = [Float](repeating: 0, count: width * height * 3)
         for i in 0..<(width * height) { rgb[3 * i] = background.0; rgb[3 * i + 1] = background.1; rgb[3 * i + 2] = background.2 }
+    }
+
+    /// The colour at (x, y), components in [0, 1].
+    public func pixel(_ x: Int, _ y: Int) -> RGB {
+        let d = (y * width + x) * 3
+        return (rgb[d], rgb[d + 1], rgb[d + 2])
     }
 
     /// Draws an image scaled by an integer factor (nearest neighbour) with its top-left corner at (x, y).
@@ -26,14 +34,24 @@ public struct Canvas: Sendable {
         }
     }
 
-    /// Fills a rectangle with a colour at some opacity.
-    public mutating func fill(x0: Int, y0: Int, x1: Int, y1: Int, color: (Float, Float, Float), alpha: Float = 1) {
+    /// Fills a rectangle [x0, x1) x [y0, y1) with a colour at some opacity.
+    public mutating func fill(x0: Int, y0: Int, x1: Int, y1: Int, color: RGB, alpha: Float = 1) {
+        guard max(0, x0) < min(width, x1) else { return }
         for y in max(0, y0)..<min(height, y1) {
             for x in max(0, x0)..<min(width, x1) { blend(x, y, color, alpha) }
         }
     }
 
-    @inline(__always) mutating func blend(_ x: Int, _ y: Int, _ c: (Float, Float, Float), _ a: Float) {
+    /// The outline of a rectangle [x0, x1) x [y0, y1), `thickness` pixels inside it.
+    public mutating func outline(x0: Int, y0: Int, x1: Int, y1: Int, color: RGB, alpha: Float = 1, thickness: Int = 1) {
+        let t = max(1, min(thickness, (x1 - x0) / 2, (y1 - y0) / 2))
+        fill(x0: x0, y0: y0, x1: x1, y1: y0 + t, color: color, alpha: alpha)
+        fill(x0: x0, y0: y1 - t, x1: x1, y1: y1, color: color, alpha: alpha)
+        fill(x0: x0, y0: y0 + t, x1: x0 + t, y1: y1 - t, color: color, alpha: alpha)
+        fill(x0: x1 - t, y0: y0 + t, x1: x1, y1: y1 - t, color: color, alpha: alpha)
+    }
+
+    @inline(__always) mutating func blend(_ x: Int, _ y: Int, _ c: RGB, _ a: Float) {
         let d = (y * width + x) * 3
         rgb[d] += a * (c.0 - rgb[d]); rgb[d + 1] += a * (c.1 - rgb[d + 1]); rgb[d + 2] += a * (c.2 - rgb[d + 2])
     }
@@ -42,7 +60,7 @@ public struct Canvas: Sendable {
     /// given line width and opacity. Coverage is the max over the curve's segments, so a curve never
     /// darkens itself where its segments overlap.
     public mutating func strokeCurve(_ p0: (Double, Double), _ p1: (Double, Double), _ p2: (Double, Double),
-                                     color: (Float, Float, Float), alpha: Float, lineWidth: Double) {
+                                     color: RGB, alpha: Float, lineWidth: Double) {
         let length = hypot(p1.0 - p0.0, p1.1 - p0.1) + hypot(p2.0 - p1.0, p2.1 - p1.1)
         let steps = max(2, Int(length / 3))
         var pts: [(Double, Double)] = []
@@ -88,28 +106,96 @@ public struct Canvas: Sendable {
     }
 }
 
-/// How the pair picture turns R into curve opacities (BiLRP paper, section 7 of the method notes):
-/// R / (mean R^4)^(1/4), soft threshold at t1, clip at t2, divide by t2, square.
+/// What the legend strip under a picture says about the explanation: where it came from.
+public struct PictureCaption: Sendable, Equatable {
+    /// The model file (or architecture) and where it is cut.
+    public var model: String
+    public var layer: String
+    public var head: String
+    public var rules: String
+    /// "dot" or "cosine".
+    public var similarity: String
+    /// The two inputs' names (file names).
+    public var inputs: (String, String)
+
+    public init(model: String, layer: String, head: String, rules: String, similarity: String, inputs: (String, String)) {
+        self.model = model; self.layer = layer; self.head = head; self.rules = rules
+        self.similarity = similarity; self.inputs = inputs
+    }
+
+    public static func == (a: PictureCaption, b: PictureCaption) -> Bool {
+        a.model == b.model && a.layer == b.layer && a.head == b.head && a.rules == b.rules
+            && a.similarity == b.similarity && a.inputs == b.inputs
+    }
+
+    /// The segments of the first legend line.
+    var setup: [String] {
+        ["\(inputs.0) and \(inputs.1)", "model \(model), cut at \(layer)", "head \(head)", "rules \(rules)"]
+    }
+}
+
+/// How the pictures look. The pair picture turns R into curve opacities as the BiLRP paper does
+/// (R / (mean R^4)^(1/4), soft threshold at t1, clip at t2, divide by t2, square).
 public struct PairPictureStyle: Sendable {
+    public enum Background: String, Sendable, CaseIterable {
+        /// The photos in light grey, so that the curves and overlays are the only colour (the paper's figures).
+        case grey
+        /// The photos in colour, lightened.
+        case color
+    }
     public var softThreshold: Float = 0.25
     public var clip: Float = 12.75
-    /// Pixels per input pixel (0: choose so that each image is at least 384 pixels wide).
+    /// Pixels per input pixel (0: the smallest integer that makes each image at least `minimumWidth` wide).
     public var scale: Int = 0
+    public var minimumWidth: Int = 384
     public var gap: Int = 24
-    public var lineWidth: Double = 2.0
-    /// Draw at most this many pairs (the most opaque), for speed on large patch grids.
-    public var maxCurves: Int = 4000
+    /// The width of the strongest curves; weaker ones are thinner (down to a quarter of it).
+    public var lineWidth: Double = 3.0
+    /// Draw at most this many pairs (the most opaque).
+    public var maxPairs: Int = 4000
+    /// Outline the patches of this many top positive pairs, numbered.
+    public var boxes: Int = 5
+    public var background: Background = .grey
+    /// The legend strip under the picture (needs a font).
+    public var legend: Bool = true
+    /// A TrueType font for the text; nil: `Typeface.standard()`.
+    public var font: Typeface? = nil
     public init() {}
 }
 
-public enum Pictures {
-    static let red: (Float, Float, Float) = (0.84, 0.0, 0.0)
-    static let blue: (Float, Float, Float) = (0.0, 0.2, 0.86)
+/// Where things are on a rendered pair or heatmap picture, in canvas pixels.
+public struct PictureLayout: Sendable {
+    /// Canvas pixels per input pixel.
+    public let scale: Int
+    /// Left edge of the second image.
+    public let secondX: Int
+    /// Height of the image row (the legend strip starts below it, after the gap).
+    public let imagesHeight: Int
+    /// Top of the legend strip (the canvas height when there is none).
+    public let legendTop: Int
 
-    /// The opacity-weighted pairs drawn by `pairPicture`: (row patch, column patch, signed opacity).
+    /// The centre of a patch of the first (second) input on the canvas.
+    public func center(_ r: PatchRectangle, second: Bool) -> (Double, Double) {
+        (r.centerX * Double(scale) + (second ? Double(secondX) : 0), r.centerY * Double(scale))
+    }
+}
+
+/// A picture before encoding: its pixels and where things are on it.
+public struct RenderedPicture: Sendable {
+    public var canvas: Canvas
+    public var layout: PictureLayout
+    public func pngData() throws -> Data { try canvas.pngData() }
+}
+
+public enum Pictures {
+    public static let red: RGB = (0.80, 0.0, 0.0)
+    public static let blue: RGB = (0.0, 0.25, 0.85)
+    static let ink: RGB = (0.12, 0.12, 0.12)
+    static let legendBackground: RGB = (1, 1, 1)
+
+    /// The opacity-weighted pairs drawn by `pairPicture`: (index into R, signed opacity in [-1, 1]).
     public static func pairOpacities(_ R: [Float], style: PairPictureStyle) -> [(Int, Float)] {
-        let m4 = R.reduce(0.0) { $0 + pow(Double($1), 4) } / Double(max(R.count, 1))
-        let norm = Float(pow(m4, 0.25))
+        let norm = fourthMomentNorm(R)
         guard norm > 0 else { return [] }
         var out: [(Int, Float)] = []
         for (i, r) in R.enumerated() {
@@ -121,56 +207,211 @@ public enum Pictures {
         return out
     }
 
-    static func displayScale(_ style: PairPictureStyle, _ a: RGBImage, _ b: RGBImage) -> Int {
-        style.scale > 0 ? style.scale : max(1, Int((384.0 / Double(min(a.width, b.width))).rounded(.up)))
+    /// (mean R^4)^(1/4): the paper's normalization of R for display.
+    static func fourthMomentNorm(_ R: [Float]) -> Float {
+        let m4 = R.reduce(0.0) { $0 + pow(Double($1), 4) } / Double(max(R.count, 1))
+        return Float(pow(m4, 0.25))
     }
 
-    /// Both inputs side by side, a curve between the centres of every patch pair with opacity > 0:
-    /// red where R > 0 (the pair makes the inputs similar), blue where R < 0.
+    static func displayScale(_ style: PairPictureStyle, _ widths: [Int]) -> Int {
+        style.scale > 0 ? style.scale : max(1, Int((Double(style.minimumWidth) / Double(widths.min() ?? 1)).rounded(.up)))
+    }
+
+    /// The image as the pictures show it under curves and overlays: light grey (luminance mapped
+    /// into [0.45, 1], so black is mid-grey and the colour of the marks stays readable) or colour
+    /// lightened the same way.
+    public static func backdrop(_ img: RGBImage, _ background: PairPictureStyle.Background) -> RGBImage {
+        var out = img
+        let n = img.width * img.height
+        for i in 0..<n {
+            let r = img.pixels[3 * i], g = img.pixels[3 * i + 1], b = img.pixels[3 * i + 2]
+            switch background {
+            case .grey:
+                let v = 0.45 + 0.55 * max(0, min(1, 0.299 * r + 0.587 * g + 0.114 * b))
+                out.pixels[3 * i] = v; out.pixels[3 * i + 1] = v; out.pixels[3 * i + 2] = v
+            case .color:
+                out.pixels[3 * i] = 0.45 + 0.55 * r; out.pixels[3 * i + 1] = 0.45 + 0.55 * g; out.pixels[3 * i + 2] = 0.45 + 0.55 * b
+            }
+        }
+        return out
+    }
+
+    /// The style's font, else the standard one; nil when there is none (the pictures then have no text).
+    static func font(_ style: PairPictureStyle) -> Typeface? { style.font ?? (try? Typeface.standard()) }
+
+    static func measure(_ font: Typeface?, _ text: String, size: Int) -> Int { font?.width(text, size: size) ?? 0 }
+
+    /// The text size (pixels per em) of the pictures' labels on a canvas of this width.
+    public static func textSize(canvasWidth: Int) -> Int { max(12, min(18, canvasWidth / 58)) }
+
+    // MARK: The pair picture
+
+    /// Both inputs side by side (grey by default), a curve between the centres of every patch pair
+    /// whose opacity is above zero, width and opacity growing with |R|: red where R > 0 (the pair
+    /// makes the inputs similar), blue where R < 0; the strongest drawn last. The patches of the top
+    /// pairs are outlined and numbered, and a legend strip names the setup and the colours.
     public static func pairPicture(_ e: PairExplanation, _ first: RGBImage, _ second: RGBImage,
-                                   style: PairPictureStyle = PairPictureStyle()) throws -> Data {
-        let s = displayScale(style, first, second)
-        let offset = first.width * s + style.gap
-        var canvas = Canvas(width: offset + second.width * s, height: max(first.height, second.height) * s)
-        canvas.draw(first.resized(width: first.width * s, height: first.height * s), x: 0, y: 0, scale: 1)
-        canvas.draw(second.resized(width: second.width * s, height: second.height * s), x: offset, y: 0, scale: 1)
+                                   style: PairPictureStyle = PairPictureStyle(), caption: PictureCaption? = nil) throws -> Data {
+        try pairCanvas(e, first, second, style: style, caption: caption).pngData()
+    }
+
+    public static func pairCanvas(_ e: PairExplanation, _ first: RGBImage, _ second: RGBImage,
+                                  style: PairPictureStyle = PairPictureStyle(), caption: PictureCaption? = nil) throws -> RenderedPicture {
+        let s = displayScale(style, [first.width, second.width])
+        let secondX = first.width * s + style.gap
+        let imagesHeight = max(first.height, second.height) * s
+        let width = secondX + second.width * s
         var pairs = pairOpacities(e.relevance, style: style)
-        pairs.sort { abs($0.1) < abs($1.1) }  // strongest drawn last, on top
-        if pairs.count > style.maxCurves { pairs = Array(pairs.suffix(style.maxCurves)) }
+        // Strongest drawn last, on top; by |R|, so that pairs clipped to the same opacity keep their order.
+        pairs.sort { abs(e.relevance[$0.0]) < abs(e.relevance[$1.0]) }
+        let total = pairs.count
+        if pairs.count > style.maxPairs { pairs = Array(pairs.suffix(style.maxPairs)) }
+        let top = e.topPositive(style.boxes)
+
+        var legend: [LegendLine] = []
+        let font = Self.font(style)
+        if style.legend, font != nil {
+            let c = e.conservation
+            var lines: [LegendLine] = []
+            if let caption { lines.append(.text(caption.setup)) }
+            lines.append(.text([
+                String(format: "y = %.4g", e.similarity) + (caption.map { " (\($0.similarity))" } ?? ""),
+                String(format: "sum of R = %.4g (relative error %.2g)", c.relevanceSum, c.relativeError),
+                "patches \(e.first.grid.rows) x \(e.first.grid.columns) and \(e.second.grid.rows) x \(e.second.grid.columns) of \(e.first.grid.patch) px",
+            ]))
+            lines.append(.keys([
+                (red, "R > 0: the pair makes the inputs similar"), (blue, "R < 0: dissimilar"),
+            ], String(format: "%d of %d pairs drawn (t1 = %g, t2 = %g)", pairs.count, total, Double(style.softThreshold), Double(style.clip))
+                + (top.isEmpty ? "" : ", boxes: the top \(top.count)")))
+            legend = lines
+        }
+        let legendHeight = legend.isEmpty ? 0 : legendStripHeight(legend, width: width, font: font)
+        let legendTop = legendHeight > 0 ? imagesHeight + style.gap / 2 : imagesHeight
+        var canvas = Canvas(width: width, height: legendTop + legendHeight)
+        canvas.draw(backdrop(first, style.background).resized(width: first.width * s, height: first.height * s), x: 0, y: 0, scale: 1)
+        canvas.draw(backdrop(second, style.background).resized(width: second.width * s, height: second.height * s), x: secondX, y: 0, scale: 1)
+        let layout = PictureLayout(scale: s, secondX: secondX, imagesHeight: imagesHeight, legendTop: legendTop)
+
         let q = e.columns
         for (i, o) in pairs {
-            let a = e.first.grid.rectangle(i / q), b = e.second.grid.rectangle(i % q)
-            let p0 = (a.centerX * Double(s), a.centerY * Double(s))
-            let p2 = (b.centerX * Double(s) + Double(offset), b.centerY * Double(s))
+            let p0 = layout.center(e.first.grid.rectangle(i / q), second: false)
+            let p2 = layout.center(e.second.grid.rectangle(i % q), second: true)
             // Bend upwards by a tenth of the distance, so curves between the same rows stay apart.
             let mid = ((p0.0 + p2.0) / 2, (p0.1 + p2.1) / 2 - 0.1 * hypot(p2.0 - p0.0, p2.1 - p0.1))
             let strength = min(1, abs(o))
             canvas.strokeCurve(p0, mid, p2, color: o > 0 ? red : blue, alpha: strength,
-                               lineWidth: style.lineWidth * Double(0.4 + 0.6 * strength))
-            if strength > 0.5 {
-                // Mark both ends of the strong pairs, so the matched parts are visible under the curves.
-                for p in [p0, p2] { canvas.strokeCurve(p, p, p, color: o > 0 ? red : blue, alpha: strength, lineWidth: 3 * style.lineWidth) }
+                               lineWidth: style.lineWidth * Double(0.25 + 0.75 * strength.squareRoot()))
+        }
+        // The top pairs' patches, outlined and numbered (the number at the box's top-left corner).
+        for (rank, pair) in top.enumerated().reversed() {
+            for (r, second) in [(pair.first, false), (pair.second, true)] {
+                let x0 = r.x0 * s + (second ? secondX : 0), y0 = r.y0 * s
+                let x1 = r.x1 * s + (second ? secondX : 0), y1 = r.y1 * s
+                canvas.outline(x0: x0, y0: y0, x1: x1, y1: y1, color: (0.55, 0, 0), thickness: max(2, s / 2 + 1))
+                if font != nil {
+                    let size = max(10, textSize(canvasWidth: width) - 3), label = "\(rank + 1)"
+                    // Above the box's top-left corner, or inside it where the box touches the top.
+                    let w = measure(font, label, size: size) + 4, ly = y0 - size - 2 >= 0 ? y0 - size - 2 : y0
+                    canvas.fill(x0: x0, y0: ly, x1: x0 + w, y1: ly + size + 2, color: (0.55, 0, 0), alpha: 0.9)
+                    canvas.text(label, x: x0 + 2, baseline: ly + size - 2, size: size, color: (1, 1, 1), font: font)
+                }
             }
         }
-        return try canvas.pngData()
+        if !legend.isEmpty { drawLegend(&canvas, legend, top: legendTop, font: font) }
+        return RenderedPicture(canvas: canvas, layout: layout)
+    }
+
+    // MARK: Heatmaps
+
+    /// How the heatmap picture shows the marginals.
+    public enum HeatmapLayout: String, Sendable, CaseIterable {
+        /// A translucent diverging overlay on each image, with a colour bar.
+        case overlay
+        /// The images on top and the per-patch values as coloured squares below them.
+        case squares
+    }
+
+    /// The two marginals of R (row sums over the first input's patches, column sums over the
+    /// second's: each the first-order explanation of y with the other input held fixed), in one
+    /// symmetric scale: red positive, blue negative.
+    public static func heatmapPicture(_ e: PairExplanation, _ first: RGBImage, _ second: RGBImage,
+                                      style: PairPictureStyle = PairPictureStyle(), layout: HeatmapLayout = .overlay,
+                                      caption: PictureCaption? = nil) throws -> Data {
+        let items = [(first, e.first.grid, e.firstMarginal), (second, e.second.grid, e.secondMarginal)]
+        switch layout {
+        case .squares: return try heatmaps(items, style: style)
+        case .overlay:
+            let note = "first-order relevance of y: row sums of R over \(caption?.inputs.0 ?? "the first input"), column sums over \(caption?.inputs.1 ?? "the second")"
+            return try overlayCanvas(items, style: style, caption: caption, note: note).pngData()
+        }
+    }
+
+    /// The colour of value t in [-1, 1] over a backdrop colour: red (t > 0) or blue (t < 0) at
+    /// opacity 0.85 |t|. Symmetric: t and -t are the same strength of their colours.
+    public static func overlayColor(_ t: Float, over base: RGB) -> RGB {
+        let a = 0.85 * min(1, abs(t)), c = t >= 0 ? red : blue
+        return (base.0 + a * (c.0 - base.0), base.1 + a * (c.1 - base.1), base.2 + a * (c.2 - base.2))
+    }
+
+    /// Images with their per-patch values as a translucent overlay (one symmetric scale over all
+    /// of them), a colour bar at the right, and a legend strip.
+    public static func overlayCanvas(_ items: [(RGBImage, PatchGrid, [Float])], style: PairPictureStyle = PairPictureStyle(),
+                                     caption: PictureCaption? = nil, note: String) throws -> RenderedPicture {
+        let s = displayScale(style, items.map(\.0.width))
+        let maxAbs = items.flatMap(\.2).map(abs).max() ?? 0
+        let imagesHeight = items.map(\.0.height).max()! * s
+        let font = Self.font(style)
+        let size = textSize(canvasWidth: items.reduce(0) { $0 + $1.0.width * s })
+        let labels = [String(format: "%+.3g", maxAbs), "0", String(format: "%+.3g", -maxAbs)]
+        let barWidth = 18, barX = items.reduce(0) { $0 + $1.0.width * s + style.gap }
+        let width = barX + barWidth + 8 + labels.map { measure(font, $0, size: size) }.max()! + 4
+        var legend: [LegendLine] = []
+        if let caption { legend.append(.text(caption.setup)) }
+        legend.append(.text([note, "one scale for both: red > 0, blue < 0, strongest at the bar's ends"]))
+        let legendHeight = style.legend && font != nil ? legendStripHeight(legend, width: width, font: font) : 0
+        let legendTop = legendHeight > 0 ? imagesHeight + style.gap / 2 : imagesHeight
+        var canvas = Canvas(width: width, height: legendTop + legendHeight)
+        var x = 0, secondX = 0
+        for (k, (img, grid, values)) in items.enumerated() {
+            if k == 1 { secondX = x }
+            canvas.draw(backdrop(img, style.background).resized(width: img.width * s, height: img.height * s), x: x, y: 0, scale: 1)
+            for p in 0..<grid.count {
+                let r = grid.rectangle(p), t = maxAbs > 0 ? values[p] / maxAbs : 0
+                guard t != 0 else { continue }
+                for py in (r.y0 * s)..<(r.y1 * s) {
+                    for px in (x + r.x0 * s)..<(x + r.x1 * s) {
+                        let d = (py * canvas.width + px) * 3
+                        let c = overlayColor(t, over: (canvas.rgb[d], canvas.rgb[d + 1], canvas.rgb[d + 2]))
+                        canvas.rgb[d] = c.0; canvas.rgb[d + 1] = c.1; canvas.rgb[d + 2] = c.2
+                    }
+                }
+            }
+            x += img.width * s + style.gap
+        }
+        // Colour bar: +max at the top, 0 in the middle, -max at the bottom, over the backdrop's mid grey.
+        let barTop = size, barBottom = imagesHeight - size
+        for y in barTop..<barBottom {
+            let t = 1 - 2 * Float(y - barTop) / Float(max(1, barBottom - barTop - 1))
+            canvas.fill(x0: barX, y0: y, x1: barX + barWidth, y1: y + 1, color: overlayColor(t, over: (0.725, 0.725, 0.725)))
+        }
+        canvas.outline(x0: barX, y0: barTop, x1: barX + barWidth, y1: barBottom, color: ink)
+        for (label, y) in zip(labels, [barTop, (barTop + barBottom) / 2, barBottom]) {
+            canvas.fill(x0: barX + barWidth, y0: y, x1: barX + barWidth + 5, y1: y + 1, color: ink)
+            canvas.text(label, x: barX + barWidth + 8, baseline: y + size / 3, size: size, color: ink, font: font)
+        }
+        if legendHeight > 0 { drawLegend(&canvas, legend, top: legendTop, font: font) }
+        return RenderedPicture(canvas: canvas, layout: PictureLayout(scale: s, secondX: secondX, imagesHeight: imagesHeight, legendTop: legendTop))
     }
 
     /// Diverging colour map: blue (-1), white (0), red (+1).
-    public static func diverging(_ v: Float) -> (Float, Float, Float) {
+    public static func diverging(_ v: Float) -> RGB {
         let t = max(-1, min(1, v))
         return t >= 0 ? (1, 1 - t, 1 - t) : (1 + t, 1 + t, 1)
     }
 
-    /// The two inputs on top, their marginal relevance (row and column sums of R, per patch) below,
-    /// in one symmetric diverging scale: white is zero, red positive, blue negative.
-    public static func heatmapPicture(_ e: PairExplanation, _ first: RGBImage, _ second: RGBImage,
-                                      style: PairPictureStyle = PairPictureStyle()) throws -> Data {
-        try heatmaps([(first, e.first.grid, e.firstMarginal), (second, e.second.grid, e.secondMarginal)], style: style)
-    }
-
     /// Images on top and per-patch (or per-pixel, patch 1) heatmaps under them, one shared symmetric scale.
     public static func heatmaps(_ items: [(RGBImage, PatchGrid, [Float])], style: PairPictureStyle = PairPictureStyle()) throws -> Data {
-        let s = style.scale > 0 ? style.scale : max(1, Int((384.0 / Double(items.map(\.0.width).min()!)).rounded(.up)))
+        let s = displayScale(style, items.map(\.0.width))
         let maxAbs = items.flatMap(\.2).map(abs).max() ?? 0
         let cellH = items.map(\.0.height).max()! * s
         var x = 0
@@ -187,5 +428,143 @@ public enum Pictures {
             x += img.width * s + style.gap
         }
         return try canvas.pngData()
+    }
+
+    // MARK: The pair matrix
+
+    /// R as a P x Q diverging heatmap (rows: the first input's patches in row-major order, columns:
+    /// the second's), with lines where a new row of patches begins, the patch rows' pixel y along
+    /// both axes, and a colour bar. The colour scale is the pair picture's: R / (mean R^4)^(1/4)
+    /// clipped at t2, so the two pictures saturate at the same pairs.
+    public static func matrixPicture(_ e: PairExplanation, style: PairPictureStyle = PairPictureStyle(),
+                                     caption: PictureCaption? = nil) throws -> Data {
+        try matrixCanvas(e, style: style, caption: caption).pngData()
+    }
+
+    public static func matrixCanvas(_ e: PairExplanation, style: PairPictureStyle = PairPictureStyle(),
+                                    caption: PictureCaption? = nil) throws -> RenderedPicture {
+        let P = e.rows, Q = e.columns
+        let cell = style.scale > 0 ? style.scale : max(1, min(24, 640 / max(P, Q)))
+        let font = Self.font(style)
+        let size = textSize(canvasWidth: max(640, Q * cell))
+        let maxAbs = e.relevance.map(abs).max() ?? 0
+        let scaleValue = min(maxAbs, fourthMomentNorm(e.relevance) * style.clip)
+        let clipped = maxAbs > scaleValue
+        let rowLabel = { (grid: PatchGrid, r: Int) in "y \(r * grid.patch)" }
+        let left = measure(font, rowLabel(e.first.grid, e.first.grid.rows - 1), size: size) + 10
+        let top = 2 * (size + 6)
+        let labels = [(clipped ? "≥ " : "") + String(format: "%+.3g", scaleValue), "0",
+                      (clipped ? "≤ " : "") + String(format: "%+.3g", -scaleValue)]
+        let barX = left + Q * cell + style.gap, barWidth = 18
+        let width = barX + barWidth + 8 + labels.map { measure(font, $0, size: size) }.max()! + 4
+        var legend: [LegendLine] = []
+        if let caption { legend.append(.text(caption.setup)) }
+        legend.append(.text([
+            "R[p, q]: rows p are patches of \(caption?.inputs.0 ?? "the first input"), columns q of \(caption?.inputs.1 ?? "the second"), row-major",
+            "lines: a new row of patches", String(format: "y = %.4g, sum of R = %.4g", e.similarity, e.conservation.relevanceSum),
+        ]))
+        let matrixBottom = top + P * cell
+        let legendHeight = style.legend && font != nil ? legendStripHeight(legend, width: width, font: font) : 0
+        let legendTop = matrixBottom + style.gap / 2
+        var canvas = Canvas(width: width, height: legendTop + legendHeight)
+        for p in 0..<P {
+            for q in 0..<Q {
+                let v = scaleValue > 0 ? e.relevance[p * Q + q] / scaleValue : 0
+                canvas.fill(x0: left + q * cell, y0: top + p * cell, x1: left + (q + 1) * cell, y1: top + (p + 1) * cell, color: diverging(v))
+            }
+        }
+        // Patch-row boundaries and labels: every row where they fit (at least a line of text apart).
+        let grey: RGB = (0.6, 0.6, 0.6)
+        func every(_ grid: PatchGrid) -> Int { max(1, Int((Double(size + 4) / Double(grid.columns * cell)).rounded(.up))) }
+        let g1 = e.first.grid, g2 = e.second.grid
+        for r in stride(from: 0, to: g1.rows, by: every(g1)) {
+            let y = top + r * g1.columns * cell
+            if r > 0 { canvas.fill(x0: left, y0: y, x1: left + Q * cell, y1: y + 1, color: grey, alpha: 0.7) }
+            canvas.text(rowLabel(g1, r), x: left - 5, baseline: y + size, size: size - 2, color: ink, anchor: 1, font: font)
+        }
+        for r in stride(from: 0, to: g2.rows, by: every(g2)) {
+            let x = left + r * g2.columns * cell
+            if r > 0 { canvas.fill(x0: x, y0: top, x1: x + 1, y1: matrixBottom, color: grey, alpha: 0.7) }
+            canvas.text(rowLabel(g2, r), x: x + 2, baseline: top - 4, size: size - 2, color: ink, font: font)
+        }
+        canvas.text("columns: patches of \(caption?.inputs.1 ?? "the second input") (y of their row)", x: left, baseline: size + 2,
+                    size: size, color: ink, font: font)
+        canvas.outline(x0: left - 1, y0: top - 1, x1: left + Q * cell + 1, y1: matrixBottom + 1, color: ink)
+        let barTop = top, barBottom = matrixBottom
+        for y in barTop..<barBottom {
+            let t = 1 - 2 * Float(y - barTop) / Float(max(1, barBottom - barTop - 1))
+            canvas.fill(x0: barX, y0: y, x1: barX + barWidth, y1: y + 1, color: diverging(t))
+        }
+        canvas.outline(x0: barX, y0: barTop, x1: barX + barWidth, y1: barBottom, color: ink)
+        for (label, y) in zip(labels, [barTop, (barTop + barBottom) / 2, barBottom]) {
+            canvas.fill(x0: barX + barWidth, y0: y, x1: barX + barWidth + 5, y1: y + 1, color: ink)
+            canvas.text(label, x: barX + barWidth + 8, baseline: y + size / 3, size: size, color: ink, font: font)
+        }
+        if legendHeight > 0 { drawLegend(&canvas, legend, top: legendTop, font: font) }
+        return RenderedPicture(canvas: canvas, layout: PictureLayout(scale: cell, secondX: left, imagesHeight: matrixBottom, legendTop: legendTop))
+    }
+
+    // MARK: Legend strips
+
+    enum LegendLine {
+        /// Segments joined by " · ", wrapped onto more lines where they do not fit.
+        case text([String])
+        /// Colour keys (a short stroke and its meaning), then a note.
+        case keys([(RGB, String)], String)
+    }
+
+    static let separator = "  ·  "
+
+    /// The lines of text a legend line becomes at this width.
+    static func wrapped(_ segments: [String], width: Int, size: Int, font: Typeface?) -> [String] {
+        var lines: [String] = [], current = ""
+        for s in segments {
+            let candidate = current.isEmpty ? s : current + separator + s
+            if current.isEmpty || measure(font, candidate, size: size) <= width { current = candidate } else {
+                lines.append(current); current = s
+            }
+        }
+        if !current.isEmpty { lines.append(current) }
+        return lines
+    }
+
+    static func legendRows(_ legend: [LegendLine], width: Int, size: Int, font: Typeface?) -> [LegendLine] {
+        legend.flatMap { line -> [LegendLine] in
+            switch line {
+            case let .text(segments): return wrapped(segments, width: width - 16, size: size, font: font).map { .text([$0]) }
+            case let .keys(keys, note):
+                let keysWidth = keys.reduce(0) { $0 + 34 + measure(font, $1.1, size: size) + 18 }
+                if keysWidth + measure(font, note, size: size) <= width - 16 { return [line] }
+                return [.keys(keys, ""), .text([note])]
+            }
+        }
+    }
+
+    static func legendStripHeight(_ legend: [LegendLine], width: Int, font: Typeface?) -> Int {
+        let size = textSize(canvasWidth: width)
+        return legendRows(legend, width: width, size: size, font: font).count * (size + size / 2) + size
+    }
+
+    static func drawLegend(_ canvas: inout Canvas, _ legend: [LegendLine], top: Int, font: Typeface?) {
+        let size = textSize(canvasWidth: canvas.width), step = size + size / 2
+        canvas.fill(x0: 0, y0: top, x1: canvas.width, y1: canvas.height, color: legendBackground)
+        canvas.fill(x0: 0, y0: top, x1: canvas.width, y1: top + 1, color: (0.8, 0.8, 0.8))
+        var baseline = top + size / 2 + size
+        for row in legendRows(legend, width: canvas.width, size: size, font: font) {
+            var x = 8
+            switch row {
+            case let .text(segments):
+                canvas.text(segments.joined(separator: separator), x: x, baseline: baseline, size: size, color: ink, font: font)
+            case let .keys(keys, note):
+                for (color, meaning) in keys {
+                    let y = Double(baseline - size / 3)
+                    canvas.strokeCurve((Double(x), y), (Double(x) + 13, y), (Double(x) + 26, y), color: color, alpha: 1, lineWidth: 3)
+                    x += 34
+                    x += canvas.text(meaning, x: x, baseline: baseline, size: size, color: ink, font: font) + 18
+                }
+                canvas.text(note, x: x, baseline: baseline, size: size, color: ink, font: font)
+            }
+            baseline += step
+        }
     }
 }

@@ -188,6 +188,20 @@ public struct LoadedExplainer: Sendable {
         return t
     }
 
+    /// What the pictures' legend says about this setup, for a pair of inputs (their file names).
+    public func caption(inputs: (String, String)) -> PictureCaption {
+        let s = settings
+        let file = (source as NSString).lastPathComponent
+        let model = s.weights != nil ? "\(s.arch) (\(file))" : file
+        let layer = s.layer.map { l -> String in
+            if case .index = l { return "layer \(l)" }
+            return "\(l)"
+        } ?? (s.weights != nil && ResNet(rawValue: s.arch.lowercased()) != nil ? "layer4" : "the end of features")
+        let head = s.projection.map { "projection \(($0 as NSString).lastPathComponent)" } ?? s.head
+        return PictureCaption(model: model, layer: layer, head: head, rules: s.rules, similarity: s.similarity,
+                              inputs: ((inputs.0 as NSString).lastPathComponent, (inputs.1 as NSString).lastPathComponent))
+    }
+
     /// Loads an input image (or .npy tensor) with these settings.
     public func input(_ path: String, maxPixels: Int = RGBImage.defaultMaxPixels) throws -> PreparedInput {
         try PreparedInput.load(path: path, size: settings.size == 0 ? nil : settings.size, preprocessing: preprocessing,

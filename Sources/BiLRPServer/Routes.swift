@@ -27,6 +27,7 @@ extension HTTPField.Name {
 extension ExplanationService {
     /// Every route and its methods: a known path with another method is a 405 naming them.
     static let routes: [String: [HTTPRequest.Method]] = [
+        "/": [.get], "/viewer.js": [.get], "/viewer.css": [.get],
         "/health": [.get], "/ready": [.get], "/metrics": [.get], "/openapi.yaml": [.get], "/v1/model": [.get],
         "/v1/factors": [.post], "/v1/explain": [.post], "/v1/explain/batch": [.post],
     ]
@@ -213,7 +214,9 @@ extension ExplanationService {
         var r = ExplanationReport(pair, loaded: loaded, sources: sources, timings: ["pair_seconds": seconds])
         if pictures {
             let (pairPNG, heatPNG) = try await pool.run {
-                (try Pictures.pairPicture(pair, a.display, b.display), try Pictures.heatmapPicture(pair, a.display, b.display))
+                let caption = loaded.caption(inputs: sources)
+                return (try Pictures.pairPicture(pair, a.display, b.display, caption: caption),
+                        try Pictures.heatmapPicture(pair, a.display, b.display, caption: caption))
             }
             r.pair_png = pairPNG.base64EncodedString()
             r.heatmap_png = heatPNG.base64EncodedString()
@@ -266,6 +269,15 @@ extension ExplanationService {
             await self.handle("/openapi.yaml", request, context, needsBody: false, authenticated: false) { _ in
                 Response(status: .ok, headers: [.contentType: "application/yaml"],
                          body: .init(byteBuffer: ByteBuffer(string: try OpenAPIDocument.text())))
+            }
+        }
+        // The viewer: static files, no token (the API calls it makes carry it).
+        for (path, resource, contentType) in Viewer.files {
+            router.get(RouterPath(path)) { request, context in
+                await self.handle(path, request, context, needsBody: false, authenticated: false) { _ in
+                    Response(status: .ok, headers: [.contentType: contentType, .cacheControl: "no-cache"],
+                             body: .init(byteBuffer: ByteBuffer(string: try Viewer.file(resource))))
+                }
             }
         }
         router.get("/v1/model") { request, context in

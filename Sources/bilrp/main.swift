@@ -186,17 +186,16 @@ struct Explain: ParsableCommand {
     @Argument(help: "First image (PNG, JPEG, or .npy normalized (C, H, W)).") var first: String
     @Argument(help: "Second image.") var second: String
     @OptionGroup var options: ModelOptions
-    @Option(help: "Pair picture (PNG).") var out: String?
-    @Option(help: "Marginal heatmaps picture (PNG).") var heatmap: String?
+    @Option(help: "Pair picture (PNG): curves between matched patches over both images.") var out: String?
+    @Option(help: "Marginal heatmaps picture (PNG): each input's first-order relevance.") var heatmap: String?
+    @Option(help: "Pair-matrix picture (PNG): R as a P x Q heatmap.") var matrix: String?
+    @Option(help: "The interactive viewer as one self-contained HTML file holding this pair.") var html: String?
     @Option(help: "JSON report (- for standard output).") var json: String?
     @Option(help: "R as a P x Q float32 NPY, row-major in patch order (- for standard output).") var npy: String?
     @Option(help: "Top pairs to report (each sign).") var top = 10
-    @Option(help: "Pair picture: soft threshold t1.") var threshold: Float = 0.25
-    @Option(help: "Pair picture: clip t2.") var clip: Float = 12.75
+    @OptionGroup(title: "Pictures") var picture: PictureOptions
 
     func validate() throws {
-        guard threshold >= 0 else { throw ValidationError("--threshold must be >= 0 (got \(threshold))") }
-        guard clip > 0 else { throw ValidationError("--clip must be > 0 (got \(clip))") }
         guard top >= 0 else { throw ValidationError("--top must be >= 0 (got \(top))") }
         guard options.patch >= 1 else { throw ValidationError("--patch must be at least 1 (got \(options.patch))") }
         guard !(json == "-" && npy == "-") else { throw ValidationError("only one of --json and --npy can write to standard output (-)") }
@@ -206,22 +205,34 @@ struct Explain: ParsableCommand {
         try reportingErrors {
             let progress = Progress(quiet: options.quiet)
             let total = Date()
+            // The pictures' style first: a font that does not load stops the command before any work.
+            let pictures = out != nil || heatmap != nil || matrix != nil
+            let style = pictures || picture.font != nil ? try picture.style() : PairPictureStyle()
             let (loaded, tLoad) = try progress.step("loading model") { try options.load(topK: top) }
             let a = try loaded.input(first), b = try loaded.input(second)
             let ex = loaded.explainer
             let (fa, t1) = try progress.step("relevance factors of \(first)") { try ex.factors(a.tensor, patch: options.patch) }
             let (fb, t2) = try progress.step("relevance factors of \(second)") { try ex.factors(b.tensor, patch: options.patch) }
             let (pair, t3) = try progress.step("pair explanation") { try ex.explain(fa, fb) }
-            var style = PairPictureStyle()
-            style.softThreshold = threshold
-            style.clip = clip
-            if let out { try AtomicFile.write(try Pictures.pairPicture(pair, a.display, b.display, style: style), to: out) }
-            if let heatmap { try AtomicFile.write(try Pictures.heatmapPicture(pair, a.display, b.display), to: heatmap) }
+            if pictures {
+                let caption = loaded.caption(inputs: (first, second))
+                if let out { try AtomicFile.write(try Pictures.pairPicture(pair, a.display, b.display, style: style, caption: caption), to: out) }
+                if let heatmap {
+                    let data = try Pictures.heatmapPicture(pair, a.display, b.display, style: style, layout: picture.heatmapLayout, caption: caption)
+                    try AtomicFile.write(data, to: heatmap)
+                }
+                if let matrix { try AtomicFile.write(try Pictures.matrixPicture(pair, style: style, caption: caption), to: matrix) }
+            }
             let matrix = try Tensor(shape: [pair.rows, pair.columns], data: pair.relevance)
             if npy == "-" { FileHandle.standardOutput.write(NPY.encode(matrix)) } else if let npy { try NPY.write(matrix, to: npy) }
             let timings = ["load_seconds": tLoad, "factors_first_seconds": t1, "factors_second_seconds": t2,
                            "pair_seconds": t3, "total_seconds": Date().timeIntervalSince(total)]
             let report = ExplanationReport(pair, loaded: loaded, sources: (first, second), timings: timings)
+            if let html {
+                let page = try Viewer.selfContained(report, relevance: pair.relevance, rows: pair.rows, columns: pair.columns,
+                                                    images: (a.display, b.display))
+                try AtomicFile.write(page, to: html)
+            }
             if json == "-" { FileHandle.standardOutput.write(try report.json() + Data("\n".utf8)) } else if let json {
                 try AtomicFile.write(try report.json(), to: json)
             }
@@ -238,6 +249,47 @@ struct Explain: ParsableCommand {
         }
     }
 }
+
+/// How `bilrp explain` draws its pictures.
+struct PictureOptions: ParsableArguments {
+    @Option(help: "Pair picture: soft threshold t1 (in units of (mean R^4)^(1/4)).") var threshold: Float = 0.25
+    @Option(help: "Pair picture and matrix: clip t2 (same units).") var clip: Float = 12.75
+    @Option(help: "Pair picture: draw at most this many pairs (the strongest).") var pairs = 4000
+    @Option(help: "Pair picture: outline and number the patches of this many top pairs.") var boxes = 5
+    @Option(help: "Background of the pictures: grey (the curves are the only colour) or color.")
+    var background: PairPictureStyle.Background = .grey
+    @Option(name: .customLong("heatmap-layout"), help: "Heatmaps as an overlay on the images (with a colour bar) or as squares below them.")
+    var heatmapLayout: Pictures.HeatmapLayout = .overlay
+    @Option(help: "Pixels per input pixel (0: each image at least 384 pixels wide).") var scale = 0
+    @Option(help: "TrueType font for the legends (default: DejaVu Sans).") var font: String?
+    @Flag(name: .customLong("no-legend"), help: "Pictures without the legend strip.") var noLegend = false
+
+    func validate() throws {
+        guard threshold >= 0 else { throw ValidationError("--threshold must be >= 0 (got \(threshold))") }
+        guard clip > 0 else { throw ValidationError("--clip must be > 0 (got \(clip))") }
+        guard pairs >= 0 else { throw ValidationError("--pairs must be >= 0 (got \(pairs))") }
+        guard boxes >= 0 else { throw ValidationError("--boxes must be >= 0 (got \(boxes))") }
+        guard (0...64).contains(scale) else { throw ValidationError("--scale must be 0 (automatic) to 64 (got \(scale))") }
+    }
+
+    /// The style; a --font that does not load is an error, a missing default font a warning.
+    func style() throws -> PairPictureStyle {
+        var s = PairPictureStyle()
+        s.softThreshold = threshold; s.clip = clip; s.maxPairs = pairs; s.boxes = boxes
+        s.background = background; s.scale = scale; s.legend = !noLegend
+        if let font {
+            s.font = try Typeface(path: font)
+        } else if !noLegend {
+            do { s.font = try Typeface.standard() } catch {
+                FileHandle.standardError.write(Data("bilrp: warning: pictures without text: \(error)\n".utf8))
+            }
+        }
+        return s
+    }
+}
+
+extension PairPictureStyle.Background: ExpressibleByArgument {}
+extension Pictures.HeatmapLayout: ExpressibleByArgument {}
 
 struct Heatmap: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -80,6 +80,7 @@ struct CLITests {
         let a = fixturePath("images/baseline.jpg"), b = fixturePath("images/progressive.jpg")
         let r = try runBilrp(["explain", a, b] + smallArgs + [
             "--out", dir.appendingPathComponent("pair.png").path, "--heatmap", dir.appendingPathComponent("heat.png").path,
+            "--matrix", dir.appendingPathComponent("matrix.png").path,
             "--json", dir.appendingPathComponent("pair.json").path, "--npy", dir.appendingPathComponent("R.npy").path, "--top", "3"])
         #expect(r.status == 0, "\(r.stderr)")
         // The library with the same settings.
@@ -103,7 +104,7 @@ struct CLITests {
         #expect(first["index"]! * 64 + second["index"]! == maxIndex)
         #expect(abs((top[0]["value"] as! Double) - Double(R.data[maxIndex])) <= 1e-6 * abs(Double(R.data[maxIndex])))
         for key in ["model", "inputs", "timings", "matrix_layout", "top_negative", "patch", "dot"] { #expect(json[key] != nil, "\(key)") }
-        for name in ["pair.png", "heat.png"] {
+        for name in ["pair.png", "heat.png", "matrix.png"] {
             let img = try RGBImage.load(path: dir.appendingPathComponent(name).path)
             #expect(img.width > 64 && img.height > 32)
         }
@@ -119,6 +120,7 @@ struct CLITests {
         (["explain", "A", "B", "--head", "random:x"], "head 'random:x'"),
         (["explain", "A", "B", "--head", "random:1000000000"], "1000000000 outputs (h)"),
         (["heatmap", "A", "--output", "8"], "--output 8 is out of range: the head has 8 outputs"),
+        (["explain", "A", "B", "--font", "/nonexistent.ttf"], "cannot load the font '/nonexistent.ttf'"),
     ])
     func errors(args: [String], message: String) throws {
         try checkError(args: args, message: message, status: 1)
@@ -129,6 +131,9 @@ struct CLITests {
         (["explain", "A", "B", "--preprocess", "bgr"], "Please provide one of 'auto', 'torchvision' or 'caffe'"),
         (["explain", "A", "B", "--clip", "0"], "--clip must be > 0"),
         (["explain", "A", "B", "--patch", "0"], "--patch must be at least 1"),
+        (["explain", "A", "B", "--background", "purple"], "Please provide one of 'grey' and 'color'"),
+        (["explain", "A", "B", "--heatmap-layout", "side"], "Please provide one of 'overlay' and 'squares'"),
+        (["explain", "A", "B", "--scale", "99"], "--scale must be 0 (automatic) to 64 (got 99)"),
     ])
     func usageErrors(args: [String], message: String) throws {
         try checkError(args: args, message: message, status: 64)
