@@ -388,17 +388,9 @@ public enum Pictures {
             }
             x += img.width * s + style.gap
         }
-        // Colour bar: +max at the top, 0 in the middle, -max at the bottom, over the backdrop's mid grey.
-        let barTop = size, barBottom = imagesHeight - size
-        for y in barTop..<barBottom {
-            let t = 1 - 2 * Float(y - barTop) / Float(max(1, barBottom - barTop - 1))
-            canvas.fill(x0: barX, y0: y, x1: barX + barWidth, y1: y + 1, color: overlayColor(t, over: (0.725, 0.725, 0.725)))
-        }
-        canvas.outline(x0: barX, y0: barTop, x1: barX + barWidth, y1: barBottom, color: ink)
-        for (label, y) in zip(labels, [barTop, (barTop + barBottom) / 2, barBottom]) {
-            canvas.fill(x0: barX + barWidth, y0: y, x1: barX + barWidth + 5, y1: y + 1, color: ink)
-            canvas.text(label, x: barX + barWidth + 8, baseline: y + size / 3, size: size, color: ink, font: font)
-        }
+        // Over the backdrop's mid grey, as the overlay is.
+        drawColorBar(&canvas, x: barX, width: barWidth, top: size, bottom: imagesHeight - size, labels: labels, size: size,
+                     font: font) { overlayColor($0, over: (0.725, 0.725, 0.725)) }
         if legendHeight > 0 { drawLegend(&canvas, legend, top: legendTop, font: font) }
         return RenderedPicture(canvas: canvas, layout: PictureLayout(scale: s, secondX: secondX, imagesHeight: imagesHeight, legendTop: legendTop))
     }
@@ -441,6 +433,8 @@ public enum Pictures {
         try matrixCanvas(e, style: style, caption: caption).pngData()
     }
 
+    /// The matrix picture before encoding; its layout's `scale` is the cell size in pixels,
+    /// `secondX` the matrix's left edge and `imagesHeight` its bottom.
     public static func matrixCanvas(_ e: PairExplanation, style: PairPictureStyle = PairPictureStyle(),
                                     caption: PictureCaption? = nil) throws -> RenderedPicture {
         let P = e.rows, Q = e.columns
@@ -490,18 +484,25 @@ public enum Pictures {
         canvas.text("columns: patches of \(caption?.inputs.1 ?? "the second input") (y of their row)", x: left, baseline: size + 2,
                     size: size, color: ink, font: font)
         canvas.outline(x0: left - 1, y0: top - 1, x1: left + Q * cell + 1, y1: matrixBottom + 1, color: ink)
-        let barTop = top, barBottom = matrixBottom
-        for y in barTop..<barBottom {
-            let t = 1 - 2 * Float(y - barTop) / Float(max(1, barBottom - barTop - 1))
-            canvas.fill(x0: barX, y0: y, x1: barX + barWidth, y1: y + 1, color: diverging(t))
-        }
-        canvas.outline(x0: barX, y0: barTop, x1: barX + barWidth, y1: barBottom, color: ink)
-        for (label, y) in zip(labels, [barTop, (barTop + barBottom) / 2, barBottom]) {
-            canvas.fill(x0: barX + barWidth, y0: y, x1: barX + barWidth + 5, y1: y + 1, color: ink)
-            canvas.text(label, x: barX + barWidth + 8, baseline: y + size / 3, size: size, color: ink, font: font)
-        }
+        drawColorBar(&canvas, x: barX, width: barWidth, top: top, bottom: matrixBottom, labels: labels, size: size,
+                     font: font, color: diverging)
         if legendHeight > 0 { drawLegend(&canvas, legend, top: legendTop, font: font) }
         return RenderedPicture(canvas: canvas, layout: PictureLayout(scale: cell, secondX: left, imagesHeight: matrixBottom, legendTop: legendTop))
+    }
+
+    /// A vertical colour bar over rows top ..< bottom: color(+1) at the top, color(0) in the middle,
+    /// color(-1) at the bottom, outlined, with the three labels (top, middle, bottom) at its right.
+    static func drawColorBar(_ canvas: inout Canvas, x: Int, width: Int, top: Int, bottom: Int, labels: [String], size: Int,
+                             font: Typeface?, color: (Float) -> RGB) {
+        for y in top..<bottom {
+            let t = 1 - 2 * Float(y - top) / Float(max(1, bottom - top - 1))
+            canvas.fill(x0: x, y0: y, x1: x + width, y1: y + 1, color: color(t))
+        }
+        canvas.outline(x0: x, y0: top, x1: x + width, y1: bottom, color: ink)
+        for (label, y) in zip(labels, [top, (top + bottom) / 2, bottom]) {
+            canvas.fill(x0: x + width, y0: y, x1: x + width + 5, y1: y + 1, color: ink)
+            canvas.text(label, x: x + width + 8, baseline: y + size / 3, size: size, color: ink, font: font)
+        }
     }
 
     // MARK: Legend strips

@@ -60,15 +60,6 @@ public final class Typeface: @unchecked Sendable {
             "no font for the pictures' text: install DejaVu Sans (Debian: apt install fonts-dejavu-core) or give a TrueType file with --font"))
     }()
 
-    /// Ascent and descent in pixels at `size` (pixels per em).
-    func metrics(size: Int) -> (ascent: Int, descent: Int) {
-        lock.lock(); defer { lock.unlock() }
-        guard let face, FT_Set_Pixel_Sizes(face, 0, FT_UInt(size)) == 0, let m = face.pointee.size?.pointee.metrics else {
-            return (size, size / 4)
-        }
-        return (Int(m.ascender + 63) >> 6, Int(-m.descender + 63) >> 6)
-    }
-
     /// Width in pixels of `text` at `size`.
     public func width(_ text: String, size: Int) -> Int {
         text.unicodeScalars.reduce(0) { $0 + glyph($1, size: size).advance }
