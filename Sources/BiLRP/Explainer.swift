@@ -193,7 +193,7 @@ public final class Explainer: @unchecked Sendable {
 
     /// phi(x), the h outputs of the head.
     public func embedding(_ x: Tensor) throws -> [Float] {
-        try forward(x, patch: nil).output.array
+        try forward(x, patch: nil, explaining: false).output.array
     }
 
     /// The relevance factors of one input: the h first-order maps LRP(phi_m, x), summed over color
@@ -396,7 +396,8 @@ public final class Explainer: @unchecked Sendable {
 
     /// The forward pass. `patch` is the factors' patch size for the limits check (nil: no factors,
     /// only the embedding or a full-resolution map), which runs before anything is allocated.
-    func forward(_ x: Tensor, patch: Int?, cancellation: Cancellation? = nil) throws -> Trace {
+    /// `explaining: false` skips the rules' extra passes (their denominators): phi alone.
+    func forward(_ x: Tensor, patch: Int?, explaining: Bool = true, cancellation: Cancellation? = nil) throws -> Trace {
         switch (sequenceInput, x.shape.count) {
         case (true, let r) where r != 2:
             throw BiLRPError.shapeMismatch(what: "input", expected: "2 dimensions (tokens, features)", found: "\(x.shape)")
@@ -435,7 +436,7 @@ public final class Explainer: @unchecked Sendable {
                 let g = c.geometry(s)
                 y = Buffer(count: g.outCount)
                 try c.forward(a.const, g, .identity, bias: c.bias?.const, y.pointer, kernels)
-                for pass in c.passes {
+                for pass in c.passes where explaining {
                     if pass.reusesForward { dens.append(y); continue }
                     let z = Buffer(count: g.outCount)
                     for (t, term) in pass.terms.enumerated() {

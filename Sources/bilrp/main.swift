@@ -11,7 +11,7 @@ struct BiLRPCommand: AsyncParsableCommand {
         commandName: "bilrp",
         abstract: "Explain deep similarity models with BiLRP: which parts of two images match, and by how much.",
         version: BiLRPVersion.string,
-        subcommands: [Explain.self, Heatmap.self, Inspect.self, Serve.self])
+        subcommands: [Explain.self, Heatmap.self, Eval.self, Inspect.self, Serve.self])
 
     /// A misspelt BILRP_* setting would silently run the default path: refuse to start instead.
     static func main() async {
@@ -432,5 +432,114 @@ struct Inspect: ParsableCommand {
         if let r = ResNet(rawValue: arch.lowercased()) { return try r.graph(seed: 0) }
         let (vgg, bn) = try LoadedExplainer.parseArch(arch)
         return Graph(chain: try vgg.features(batchNorm: bn, seed: 0))
+    }
+}
+
+extension PerturbationBaseline: ExpressibleByArgument {}
+
+struct Eval: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure how faithful pair explanations are: pair perturbation and correspondence accuracy against HP, the marginals' product and random.",
+        discussion: """
+            Pairs: two images (FIRST SECOND), an image and --transform (a known correspondence), --images DIR with \
+            --transform (every image of the folder against its transformed copy), or --pairs CSV (header: first, second or \
+            transform, optional correspondence and name; paths relative to the CSV). Orderings on each pair: BiLRP with \
+            --rules (and each --also-rules), the product of its two first-order marginals, HP (the hp preset) and random \
+            orderings; with ground truth also precision at k and best-match accuracy.
+            """)
+
+    @Argument(help: "FIRST SECOND, or one image with --transform.") var inputs: [String] = []
+    @Option(help: "A CSV of pairs (header: first, second | transform, optional correspondence, name).") var pairs: String?
+    @Option(help: "A folder of images, each evaluated against its --transform copies.") var images: String?
+    @Option(help: "shift:DX,DY, scale:S, crop:X,Y,W,H or hflip (repeatable): pairs with a known correspondence.")
+    var transform: [String] = []
+    @Option(help: "Ground truth for FIRST SECOND: an NPY of offsets (H, W, 2) or a CSV of point matches x,y,x2,y2, in model pixels.")
+    var correspondence: String?
+    @OptionGroup var options: ModelOptions
+    @Option(help: "Cuts to evaluate, comma-separated (e.g. 17,24,31); replaces --layer.") var layers: String?
+    @Option(name: .customLong("also-rules"), help: "Further rule settings to compare with --rules (repeatable).")
+    var alsoRules: [String] = []
+    @Option(help: "Perturbation steps per curve.") var steps = 12
+    @Option(help: "What a removed patch becomes: mean (each channel's mean), blur (the patch blurred), zero.")
+    var baseline: PerturbationBaseline = .mean
+    @Option(help: "Random orderings per pair.") var seeds = 3
+    @Option(name: .customLong("top-k"), help: "k of the precision at k.") var topK = 20
+    @Option(help: "Pixels a second patch is grown by when checked against the true match (default: half a patch).")
+    var tolerance: Double?
+    @Option(name: .customLong("best-fraction"), help: "Share of the most relevant first patches whose best match is checked.")
+    var bestFraction = 0.25
+    @Option(help: "Every number as JSON.") var json: String?
+    @Option(help: "The mean curves with their spread (PNG).") var plot: String?
+    @Option(help: "TrueType font for the plot (default: DejaVu Sans).") var font: String?
+
+    func evaluationPairs() throws -> [EvaluationPair] {
+        let transforms = try transform.map(SyntheticTransform.init(parsing:))
+        let sources = [pairs != nil, images != nil, !inputs.isEmpty].filter { $0 }.count
+        guard sources == 1 else {
+            throw BiLRPError.invalidArgument("give the pairs one way: FIRST SECOND, IMAGE --transform T, --images DIR --transform T, or --pairs CSV")
+        }
+        guard correspondence == nil || inputs.count == 2 else {
+            throw BiLRPError.invalidArgument("--correspondence goes with two images FIRST SECOND (in a CSV, use its correspondence column)")
+        }
+        if let pairs {
+            guard transforms.isEmpty else { throw BiLRPError.invalidArgument("--transform does not combine with --pairs (use its transform column)") }
+            return try EvaluationPair.list(csv: pairs)
+        }
+        if let images {
+            guard !transforms.isEmpty else { throw BiLRPError.invalidArgument("--images needs at least one --transform") }
+            guard let names = try? FileManager.default.contentsOfDirectory(atPath: images) else {
+                throw BiLRPError.io("cannot list the folder '\(images)'")
+            }
+            let files = names.filter { ["png", "jpg", "jpeg"].contains(($0 as NSString).pathExtension.lowercased()) }.sorted()
+            guard !files.isEmpty else { throw BiLRPError.invalidArgument("the folder '\(images)' holds no PNG or JPEG images") }
+            return try files.flatMap { f in
+                try transforms.map { try EvaluationPair(first: (images as NSString).appendingPathComponent(f), transform: $0) }
+            }
+        }
+        switch inputs.count {
+        case 1:
+            guard !transforms.isEmpty else { throw BiLRPError.invalidArgument("one image needs --transform (or give a second image)") }
+            return try transforms.map { try EvaluationPair(first: inputs[0], transform: $0) }
+        case 2:
+            guard transforms.isEmpty else { throw BiLRPError.invalidArgument("--transform goes with one image, not with FIRST SECOND") }
+            return [try EvaluationPair(first: inputs[0], second: inputs[1], correspondence: correspondence)]
+        default:
+            throw BiLRPError.invalidArgument("expected FIRST SECOND or one image with --transform, got \(inputs.count) inputs")
+        }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            var o = EvaluationOptions()
+            o.steps = steps; o.baseline = baseline; o.seeds = seeds; o.topK = topK; o.tolerance = tolerance
+            o.bestMatchFraction = bestFraction
+            try o.validate()
+            let list = try evaluationPairs()
+            for path in [json, plot].compactMap({ $0 }) {
+                let dir = (path as NSString).deletingLastPathComponent
+                var isDir: ObjCBool = false
+                guard dir.isEmpty || (FileManager.default.fileExists(atPath: dir, isDirectory: &isDir) && isDir.boolValue) else {
+                    throw BiLRPError.io("cannot write '\(path)': no folder '\(dir)'")
+                }
+            }
+            let typeface: Typeface? = plot == nil ? nil : try font.map(Typeface.init(path:)) ?? (try? Typeface.standard())
+            if let threads = options.threads {
+                guard threads >= 1 else { throw BiLRPError.invalidArgument("--threads must be at least 1") }
+                CKernelsBackend.threads = threads
+            }
+            let cuts: [LayerCut?] = try layers.map { text in
+                let parts = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+                guard !parts.isEmpty else { throw BiLRPError.invalidArgument("--layers is empty") }
+                return parts.map { LayerCut(parsing: $0) }
+            } ?? [options.settings().layer]
+            let quiet = options.quiet
+            let report = try Evaluation.run(
+                pairs: list, settings: options.settings(), layers: cuts, rules: [options.rules] + alsoRules, options: o,
+                kernels: options.reference ? ReferenceKernels() : CKernelsBackend(),
+                progress: { line in if !quiet { FileHandle.standardError.write(Data("bilrp: \(line)\n".utf8)) } })
+            if let json { try AtomicFile.write(try report.json(), to: json) }
+            if let plot { try AtomicFile.write(try EvaluationPlot.png(report, font: typeface), to: plot) }
+            print(report.table())
+        }
     }
 }
