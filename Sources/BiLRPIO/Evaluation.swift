@@ -151,14 +151,26 @@ public struct EvaluationReport: Sendable, Codable {
         public var orderings: [Ordering]
         public var seconds: Double
     }
-    /// Mean and standard deviation over the pairs (population, n in `pairs`).
+    /// Over the pairs: mean and standard deviation (population, n in `pairs`), and the median with
+    /// the quartiles (linear interpolation), which one pair with y(x, x') near zero cannot move.
     public struct Statistic: Sendable, Codable, Equatable {
         public var mean: Double, std: Double, pairs: Int
-        init(_ v: [Double]) {
+        public var median: Double, q1: Double, q3: Double
+        public init(_ v: [Double]) {
             pairs = v.count
             let m = v.isEmpty ? Double.nan : v.reduce(0, +) / Double(v.count)
             mean = m
             std = v.isEmpty ? .nan : (v.map { ($0 - m) * ($0 - m) }.reduce(0, +) / Double(v.count)).squareRoot()
+            let sorted = v.sorted()
+            median = Statistic.quantile(sorted, 0.5); q1 = Statistic.quantile(sorted, 0.25); q3 = Statistic.quantile(sorted, 0.75)
+        }
+        /// The q-quantile of sorted values, interpolated between the two nearest ranks.
+        static func quantile(_ sorted: [Double], _ q: Double) -> Double {
+            guard !sorted.isEmpty else { return .nan }
+            let position = q * Double(sorted.count - 1)
+            let lower = Int(position.rounded(.down)), upper = min(lower + 1, sorted.count - 1)
+            let t = position - Double(lower)
+            return sorted[lower] * (1 - t) + sorted[upper] * t
         }
     }
     public struct Summary: Sendable, Codable {
@@ -170,15 +182,15 @@ public struct EvaluationReport: Sendable, Codable {
         public var precisionAtK: Statistic?
         public var bestMatchAccuracy: Statistic?
         public var chance: Statistic?
-        /// The mean normalized curves over the pairs and their standard deviation, per step.
-        public var meanMostRelevantFirst: [Double], stdMostRelevantFirst: [Double]
-        public var meanLeastRelevantFirst: [Double], stdLeastRelevantFirst: [Double]
+        /// The normalized curves over the pairs, per step: mean and standard deviation, median and
+        /// quartiles.
+        public var mostRelevantFirst: [Statistic]
+        public var leastRelevantFirst: [Statistic]
 
         enum CodingKeys: String, CodingKey {
             case name, mostRelevantFirstAUC = "most_relevant_first_auc", leastRelevantFirstAUC = "least_relevant_first_auc", gap
             case precisionAtK = "precision_at_k", bestMatchAccuracy = "best_match_accuracy", chance
-            case meanMostRelevantFirst = "mean_most_relevant_first", stdMostRelevantFirst = "std_most_relevant_first"
-            case meanLeastRelevantFirst = "mean_least_relevant_first", stdLeastRelevantFirst = "std_least_relevant_first"
+            case mostRelevantFirst = "most_relevant_first", leastRelevantFirst = "least_relevant_first"
         }
     }
     public struct Layer: Sendable, Codable {
@@ -213,13 +225,17 @@ public struct EvaluationReport: Sendable, Codable {
             guard let s, s.pairs > 0 else { return "-" }
             return String(format: "%.3f ± %.3f", s.mean, s.std)
         }
+        func robust(_ s: EvaluationReport.Statistic) -> String {
+            guard s.pairs > 0 else { return "-" }
+            return String(format: "%.3f (%.3f ± %.3f)", s.median, s.mean, s.std)
+        }
         for l in layers {
             out.append("\(l.layer), \(size == 0 ? "original size" : "\(size) x \(size)"), \(l.pairs.count) pairs, baseline \(options.baseline.rawValue), \(options.steps) steps")
-            let header = ["ordering", "AUC most first (lower better)", "AUC least first (higher better)", "gap",
+            let header = ["ordering", "AUC most first (lower better)", "AUC least first (higher better)", "gap (least - most)",
                           "precision@\(options.topK)", "best match", "chance"]
             var rows = [header]
             for s in l.summary {
-                rows.append([s.name, f(s.mostRelevantFirstAUC), f(s.leastRelevantFirstAUC), f(s.gap), f(s.precisionAtK),
+                rows.append([s.name, robust(s.mostRelevantFirstAUC), robust(s.leastRelevantFirstAUC), robust(s.gap), f(s.precisionAtK),
                              f(s.bestMatchAccuracy), s.chance.map { String(format: "%.3f", $0.mean) } ?? "-"])
             }
             let widths = (0..<header.count).map { c in rows.map { $0[c].count }.max()! }
@@ -227,6 +243,7 @@ public struct EvaluationReport: Sendable, Codable {
                 out.append("  " + r.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }
                     .joined(separator: "  "))
             }
+            out.append("  AUC: median over the pairs (mean ± standard deviation); a pair whose y(x, x') is near zero moves the mean, not the median")
             let known = l.summary.first?.precisionAtK?.pairs ?? 0
             out.append(known > 0
                 ? "  precision@\(options.topK) and best match: over the \(known) pairs with a known correspondence; chance is a random pair's"
@@ -384,13 +401,10 @@ public enum Evaluation {
         return first.orderings.map(\.name).map { name in
             let o = pairs.compactMap { $0.orderings.first { $0.name == name } }
             let c = o.compactMap(\.correspondence)
-            func curveStats(_ curves: [[Double]]) -> ([Double], [Double]) {
+            func curveStats(_ curves: [[Double]]) -> [EvaluationReport.Statistic] {
                 let steps = curves.map(\.count).min() ?? 0
-                let stats = (0..<steps).map { k in EvaluationReport.Statistic(curves.map { $0[k] }) }
-                return (stats.map(\.mean), stats.map(\.std))
+                return (0..<steps).map { k in EvaluationReport.Statistic(curves.map { $0[k] }) }
             }
-            let (mm, ms) = curveStats(o.map(\.mostRelevantFirst.normalized))
-            let (lm, ls) = curveStats(o.map(\.leastRelevantFirst.normalized))
             return EvaluationReport.Summary(
                 name: name, mostRelevantFirstAUC: .init(o.map(\.mostRelevantFirst.auc)),
                 leastRelevantFirstAUC: .init(o.map(\.leastRelevantFirst.auc)),
@@ -398,7 +412,8 @@ public enum Evaluation {
                 precisionAtK: c.isEmpty ? nil : .init(c.map(\.precisionAtK)),
                 bestMatchAccuracy: c.isEmpty ? nil : .init(c.map(\.bestMatchAccuracy)),
                 chance: c.isEmpty ? nil : .init(c.map(\.chance)),
-                meanMostRelevantFirst: mm, stdMostRelevantFirst: ms, meanLeastRelevantFirst: lm, stdLeastRelevantFirst: ls)
+                mostRelevantFirst: curveStats(o.map(\.mostRelevantFirst.normalized)),
+                leastRelevantFirst: curveStats(o.map(\.leastRelevantFirst.normalized)))
         }
     }
 }

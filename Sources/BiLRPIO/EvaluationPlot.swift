@@ -1,7 +1,7 @@
 import BiLRP
 import Foundation
 
-/// The mean perturbation curves of an evaluation with their spread over the pairs: per layer a
+/// The perturbation curves of an evaluation, median and quartiles over the pairs: per layer a
 /// row of two panels (most relevant pairs first, least relevant first), y / y(x, x') against the
 /// fraction of patches removed.
 public enum EvaluationPlot {
@@ -26,18 +26,19 @@ public enum EvaluationPlot {
 
     public static func canvas(_ report: EvaluationReport, font: Typeface?) -> Canvas {
         let names = report.layers.first?.summary.map(\.name) ?? []
-        let legendHeight = 30
+        let legendHeight = 52
         let cellW = margin.left + panelWidth + margin.right, cellH = margin.top + panelHeight + margin.bottom
         var canvas = Canvas(width: 2 * cellW, height: report.layers.count * cellH + legendHeight + 8)
         for (row, layer) in report.layers.enumerated() {
             let x = layer.fractions
             for (col, most) in [true, false].enumerated() {
                 let ox = col * cellW + margin.left, oy = row * cellH + margin.top
+                // Per ordering: the median curve over the pairs and its quartiles.
                 let series = layer.summary.map { s in
-                    (s.name, most ? s.meanMostRelevantFirst : s.meanLeastRelevantFirst,
-                     most ? s.stdMostRelevantFirst : s.stdLeastRelevantFirst)
+                    let stats = most ? s.mostRelevantFirst : s.leastRelevantFirst
+                    return (s.name, stats.map(\.median), stats.map(\.q1), stats.map(\.q3))
                 }
-                let values = series.flatMap { s in zip(s.1, s.2).flatMap { [$0 - $1, $0 + $1] } }.filter(\.isFinite)
+                let values = series.flatMap { $0.2 + $0.3 }.filter(\.isFinite)
                 let lo = min(0, (values.min() ?? 0)), hi = max(1.05, (values.max() ?? 1))
                 func px(_ f: Double) -> Double { Double(ox) + f * Double(panelWidth) }
                 func py(_ v: Double) -> Double { Double(oy) + (hi - v) / (hi - lo) * Double(panelHeight) }
@@ -61,14 +62,14 @@ public enum EvaluationPlot {
                 let title = "\(layer.layer): \(most ? "most relevant pairs first (lower is better)" : "least relevant first (higher is better)")"
                 canvas.text(title, x: ox + panelWidth / 2, baseline: oy - 30, size: 14, anchor: 0.5, font: font)
                 guard x.count > 1 else { continue }
-                // Spread first (one standard deviation over the pairs), then the mean lines.
+                // Spread first (the quartiles over the pairs), then the median lines.
                 for s in series {
                     let c = color(s.0, rules: report.rules)
                     for col in Int(px(0))..<Int(px(1)) {
                         let f = (Double(col) + 0.5 - Double(ox)) / Double(panelWidth)
-                        let (m, d) = (interpolate(x, s.1, f), interpolate(x, s.2, f))
-                        guard m.isFinite, d.isFinite, d > 0 else { continue }
-                        canvas.fill(x0: col, y0: Int(py(m + d)), x1: col + 1, y1: Int(py(m - d)) + 1, color: c, alpha: 0.12)
+                        let (lower, upper) = (interpolate(x, s.2, f), interpolate(x, s.3, f))
+                        guard lower.isFinite, upper.isFinite, upper > lower else { continue }
+                        canvas.fill(x0: col, y0: Int(py(upper)), x1: col + 1, y1: Int(py(lower)) + 1, color: c, alpha: 0.12)
                     }
                 }
                 for s in series {
@@ -89,6 +90,9 @@ public enum EvaluationPlot {
             lx += 28
             lx += canvas.text(label(n), x: lx, baseline: ly, size: 14, font: font) + 24
         }
+        let pairs = report.layers.first?.pairs.count ?? 0
+        canvas.text("lines: the median over the \(pairs) pairs; bands: first to third quartile; y(x, x') is the pair's similarity",
+                    x: margin.left, baseline: ly + 22, size: 13, color: (0.35, 0.35, 0.35), font: font)
         return canvas
     }
 

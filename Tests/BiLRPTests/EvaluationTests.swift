@@ -152,6 +152,18 @@ struct EvaluationTests {
         }
     }
 
+    @Test("summary statistics: mean and population deviation, median and quartiles by interpolated rank")
+    func statistics() {
+        let s = EvaluationReport.Statistic([4, 1, 100, 3, 2])
+        #expect(s.pairs == 5 && s.mean == 22 && s.median == 3 && s.q1 == 2 && s.q3 == 4)
+        let squares: [Double] = [4, 1, 100, 3, 2].map { (v: Double) -> Double in (v - 22) * (v - 22) }
+        let variance: Double = squares.reduce(0, +) / 5
+        #expect(abs(s.std - variance.squareRoot()) < 1e-12)
+        let even = EvaluationReport.Statistic([1, 2, 3, 4])
+        #expect(even.median == 2.5 && even.q1 == 1.75 && even.q3 == 3.25)
+        #expect(EvaluationReport.Statistic([]).median.isNaN && EvaluationReport.Statistic([7]).q3 == 7)
+    }
+
     @Test("baselines: zero, the channel means, and a blur that keeps a constant image and each channel's sum")
     func baselines() throws {
         var g = SplitMix64(seed: 3)
