@@ -4,16 +4,22 @@ import Foundation
 // Everything here works on patch-pair scores (a P x Q matrix) and the model's forward pass only.
 
 extension Similarity {
-    /// y(phi, phi'): the dot product, or the cosine (0 when either embedding is zero).
-    public func value(_ a: [Float], _ b: [Float]) -> Double {
+    /// <phi, phi'> and the factor y / <phi, phi'>: 1, or 1 / (|phi| |phi'|) for the cosine (0 when
+    /// either embedding is zero).
+    public func dotAndScale(_ a: [Float], _ b: [Float]) -> (dot: Double, scale: Double) {
         var dot = 0.0, na = 0.0, nb = 0.0
         for m in 0..<min(a.count, b.count) {
             dot += Double(a[m]) * Double(b[m]); na += Double(a[m]) * Double(a[m]); nb += Double(b[m]) * Double(b[m])
         }
-        switch self {
-        case .dot: return dot
-        case .cosine: return na > 0 && nb > 0 ? dot / (na * nb).squareRoot() : 0
-        }
+        guard self == .cosine else { return (dot, 1) }
+        let denominator = (na * nb).squareRoot()
+        return (dot, denominator > 0 ? 1 / denominator : 0)
+    }
+
+    /// y(phi, phi'): the dot product, or the cosine.
+    public func value(_ a: [Float], _ b: [Float]) -> Double {
+        let (dot, scale) = dotAndScale(a, b)
+        return dot * scale
     }
 }
 

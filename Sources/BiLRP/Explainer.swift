@@ -308,16 +308,8 @@ public final class Explainer: @unchecked Sendable {
                 }
             }
         }
-        var dot: Double = 0, na: Double = 0, nb: Double = 0
-        for m in 0..<h {
-            dot += Double(a.embedding[m]) * Double(b.embedding[m])
-            na += Double(a.embedding[m]) * Double(a.embedding[m])
-            nb += Double(b.embedding[m]) * Double(b.embedding[m])
-        }
-        var scale: Double = 1
+        let (dot, scale) = similarity.dotAndScale(a.embedding, b.embedding)
         if similarity == .cosine {
-            let denom = (na * nb).squareRoot()
-            scale = denom > 0 ? 1 / denom : 0
             let s = Float(scale)
             for i in R.indices { R[i] *= s }
         }

@@ -352,7 +352,11 @@ public enum Evaluation {
         let flipping = try PairFlipping(steps: options.steps, baseline: options.baseline)
         let sides = (PairFlipping.Side(input: p.first.tensor, fill: try options.baseline.fill(for: p.first.tensor, patch: patch), grid: g1),
                      PairFlipping.Side(input: p.second.tensor, fill: try options.baseline.fill(for: p.second.tensor, patch: patch), grid: g2))
-        let embed: (Tensor) throws -> [Float] = { try model.embedding($0) }
+        // phi of the intact inputs and of the fully removed ones is the same for every curve: once.
+        let allRemoved = (try PairFlipping.perturbed(sides.0, removed: [Bool](repeating: true, count: g1.count)),
+                          try PairFlipping.perturbed(sides.1, removed: [Bool](repeating: true, count: g2.count)))
+        let ends = try [sides.0.input, sides.1.input, allRemoved.0, allRemoved.1].map { ($0.data, try model.embedding($0)) }
+        let embed: (Tensor) throws -> [Float] = { x in try ends.first { $0.0 == x.data }?.1 ?? model.embedding(x) }
         let truth = try p.truth.map { try PatchTruth($0, first: g1, second: g2, tolerance: options.tolerance ?? Double(patch) / 2) }
         func curves(_ r: PairRanking) throws -> (PerturbationCurve, PerturbationCurve) {
             let o = r.order()
