@@ -150,13 +150,16 @@ proto:
 	  --swift_opt=Visibility=Internal --swift_out=Sources/BiLRPIO/ONNX -Iproto proto/onnx.proto
 
 # Regenerates the PyTorch fixtures (needs PyPI; the results are committed).
-fixtures:
+fixtures: assets
 	python3 -m venv .venv-fixtures
 	.venv-fixtures/bin/pip install -q "torch==2.13.0+cpu" numpy safetensors onnx onnxruntime
 	# zennit (the reference LRP library) without torchvision, whose wheels pin a CUDA torch: the
 	# script stands in its ResNet block classes.
 	.venv-fixtures/bin/pip install -q --no-deps "zennit==0.5.1"
 	.venv-fixtures/bin/python scripts/make-fixtures.py
+	# The text side: Hugging Face's tokenizer and encoder on the fetched all-MiniLM-L6-v2.
+	.venv-fixtures/bin/pip install -q "tokenizers==0.23.3" "transformers==5.25.0"
+	.venv-fixtures/bin/python scripts/make-text-fixtures.py
 
 clean:
 	rm -rf .build .build-omp .build-bench

@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "BiLRP", targets: ["BiLRP"]),
         .library(name: "BiLRPIO", targets: ["BiLRPIO"]),
         .library(name: "BiLRPReference", targets: ["BiLRPReference"]),
+        .library(name: "BiLRPText", targets: ["BiLRPText"]),
         .library(name: "BiLRPServer", targets: ["BiLRPServer"]),
         .executable(name: "bilrp", targets: ["bilrp"]),
     ],
@@ -63,6 +64,9 @@ let package = Package(
             resources: [.copy("Resources/viewer")]
         ),
 
+        // Sentence-embedding models (BERT family): WordPiece tokenizer, encoder, token-pair explanations.
+        .target(name: "BiLRPText", dependencies: ["BiLRP", "BiLRPIO"]),
+
         // MARK: - Ways in
         .target(
             name: "BiLRPServer",
@@ -107,7 +111,7 @@ let package = Package(
         // MARK: - Tests
         .testTarget(
             name: "BiLRPTests",
-            dependencies: ["BiLRP", "BiLRPIO", "BiLRPReference", "CKernels"],
+            dependencies: ["BiLRP", "BiLRPIO", "BiLRPReference", "BiLRPText", "CKernels"],
             resources: [.copy("Fixtures")]
         ),
         .testTarget(
