@@ -7,6 +7,15 @@ characters, special-token strings), the ids and the character offsets that Huggi
 gives with the fetched all-MiniLM-L6-v2 tokenizer.json (no truncation), and a few cases truncated at a
 small maximum length. Offsets are code-point indices into the original string (Python's str indices).
 
+Writes Tests/BiLRPTests/Fixtures/text/minilm.json and minilm.safetensors: the sentence embeddings of
+Hugging Face `transformers` (BertModel, a padded batch with its attention mask, mean pooling over the
+mask as 1_Pooling/config.json says, before the Normalize module) for a few sentences, one of them
+truncated at the model's 256 tokens; and, for two sentences, the conservative-propagation relevance
+(Ali et al. 2022) computed independently: gradient x input at the input embeddings of c . phi(x) in a
+PyTorch BERT written here from the state dict, with the LayerNorm standard deviations, the attention
+weights and the ratio gelu(z) / z detached. That implementation's forward is first checked against
+transformers' own.
+
 Needs the fetched assets (scripts/fetch-assets.sh) and the fixtures venv (make fixtures).
 """
 import json
@@ -135,7 +144,118 @@ def generated(rng, count):
     return out
 
 
+EMBED_SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "How do I reset my password?",
+    "Forgot your password? Click 'reset' and follow the e-mail's instructions!",
+    "Café, naïve, résumé: 中文 and emoji 😀 in one sentence.",
+    "a",
+    " ".join(["Semantic search ranks documents by the cosine of their embeddings."] * 30),
+]
+RELEVANCE_SENTENCES = [
+    "A man is riding a white horse on an enclosed ground.",
+    "Which words of the query matched which words of the document?",
+]
+
+
+def text_fixtures():
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    tok = Tokenizer.from_file(os.path.join(MODEL, "tokenizer.json"))
+    with open(os.path.join(MODEL, "sentence_bert_config.json")) as f:
+        max_len = json.load(f)["max_seq_length"]
+    tok.enable_truncation(max_length=max_len)
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    model = BertModel.from_pretrained(MODEL, attn_implementation="eager").eval()
+    enc = tok.encode_batch(EMBED_SENTENCES)
+    ids = torch.tensor([e.ids for e in enc])
+    mask = torch.tensor([e.attention_mask for e in enc])
+    with torch.no_grad():
+        hidden = model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).last_hidden_state
+        m = mask.unsqueeze(-1).float()
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    tensors = {}
+    meta = {"transformers_version": __import__("transformers").__version__, "max_length": max_len,
+            "embeddings": [], "relevance": []}
+    for i, (s, e) in enumerate(zip(EMBED_SENTENCES, enc)):
+        n = int(sum(e.attention_mask))
+        meta["embeddings"].append({"text": s, "ids": e.ids[:n]})
+        tensors[f"embedding.{i}"] = pooled[i].contiguous()
+
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    cfg = model.config
+    d, heads = cfg.hidden_size, cfg.num_attention_heads
+    dh = d // heads
+
+    def ln(x, name, detach):
+        mu = x.mean(-1, keepdim=True)
+        sigma = ((x - mu) ** 2).mean(-1, keepdim=True).add(cfg.layer_norm_eps).sqrt()
+        if detach:
+            sigma = sigma.detach()
+        return (x - mu) / sigma * sd[name + ".weight"] + sd[name + ".bias"]
+
+    def lin(x, name):
+        return x @ sd[name + ".weight"].T + sd[name + ".bias"]
+
+    def forward(x, detach):
+        x = ln(x, "embeddings.LayerNorm", detach)
+        t = x.shape[0]
+        for i in range(cfg.num_hidden_layers):
+            p = f"encoder.layer.{i}"
+            q = lin(x, p + ".attention.self.query").view(t, heads, dh).transpose(0, 1)
+            k = lin(x, p + ".attention.self.key").view(t, heads, dh).transpose(0, 1)
+            v = lin(x, p + ".attention.self.value").view(t, heads, dh).transpose(0, 1)
+            a = torch.softmax(q @ k.transpose(1, 2) / dh ** 0.5, dim=-1)
+            if detach:
+                a = a.detach()
+            o = (a @ v).transpose(0, 1).reshape(t, d)
+            x = ln(lin(o, p + ".attention.output.dense") + x, p + ".attention.output.LayerNorm", detach)
+            z = lin(x, p + ".intermediate.dense")
+            g = torch.nn.functional.gelu(z)
+            if detach:
+                g = z * torch.where(z == 0, torch.full_like(z, 0.5), g / z).detach()
+            x = ln(lin(g, p + ".output.dense") + x, p + ".output.LayerNorm", detach)
+        return x.mean(0)
+
+    def embeddings_of(ids):
+        t = len(ids)
+        return (sd["embeddings.word_embeddings.weight"][ids] + sd["embeddings.position_embeddings.weight"][:t]
+                + sd["embeddings.token_type_embeddings.weight"][0]).clone()
+
+    for i in range(len(EMBED_SENTENCES)):
+        ids_i = meta["embeddings"][i]["ids"]
+        with torch.no_grad():
+            ours = forward(embeddings_of(ids_i), False)
+        err = (ours - pooled[i]).abs().max().item() / pooled[i].abs().max().item()
+        assert err < 1e-5, f"the fixture's BERT differs from transformers on sentence {i}: {err}"
+
+    gen = torch.Generator().manual_seed(7)
+    for j, s in enumerate(RELEVANCE_SENTENCES):
+        ids_j = tok.encode(s).ids
+        ids_j = [t for t in ids_j if t != 0]
+        x = embeddings_of(ids_j).requires_grad_(True)
+        phi = forward(x, True)
+        c = torch.randn(d, generator=gen)
+        (c * phi).sum().backward()
+        R = (x * x.grad).detach()
+        meta["relevance"].append({"text": s, "ids": ids_j})
+        tensors[f"relevance.{j}.input"] = x.detach().contiguous()
+        tensors[f"relevance.{j}.c"] = c
+        tensors[f"relevance.{j}.phi"] = phi.detach()
+        tensors[f"relevance.{j}.R"] = R.contiguous()
+    save_file(tensors, os.path.join(OUT, "minilm.safetensors"))
+    with open(os.path.join(OUT, "minilm.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, ensure_ascii=True, indent=1)
+    print(f"{OUT}/minilm.*: {len(EMBED_SENTENCES)} embeddings, {len(RELEVANCE_SENTENCES)} relevance maps")
+
+
 def main():
+    text_fixtures()
     tok = Tokenizer.from_file(os.path.join(MODEL, "tokenizer.json"))
     tok.no_padding()
     tok.no_truncation()

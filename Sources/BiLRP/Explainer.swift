@@ -154,6 +154,12 @@ public final class Explainer: @unchecked Sendable {
                                epsilon: Rule.defaultEpsilon)
             case let .reduce(axes, mean):
                 op = .reduce(axes, mean: mean, epsilon: rule.parameterFreeEpsilon)
+            case let .layerNorm(ln):
+                op = .layerNorm(ln, epsilon: rule.parameterFreeEpsilon)
+            case .gelu:
+                op = .gelu
+            case let .attention(heads):
+                op = .attention(heads: heads, epsilon: rule.parameterFreeEpsilon)
             }
             // Which values are known to be >= 0: a conv after them drops its negative-input terms.
             switch node.op {
@@ -520,6 +526,22 @@ public final class Explainer: @unchecked Sendable {
                 y = Buffer(count: next.count)
                 kernels.reduceForward(a.const, s, axes: axes, scale: mean ? 1 / Float(axes.count(s)) : 1, y.pointer)
                 dens.append(y)
+            case let .layerNorm(ln, _):
+                y = Buffer(count: s.count)
+                let inverseSigma = Buffer(count: s.height * s.width)
+                TransformerOps.layerNormForward(a.const, s, ln, y.pointer, inverseSigma: inverseSigma.pointer)
+                dens.append(y)
+                dens.append(inverseSigma)
+            case .gelu:
+                y = Buffer(count: s.count)
+                TransformerOps.geluForward(a.const, count: s.count, y.pointer)
+            case let .attention(heads, _):
+                y = Buffer(count: s.count)
+                let weights = Buffer(count: heads * s.width * s.width)
+                TransformerOps.attentionForward(q: a.const, k: ins[1].const, v: ins[2].const, s, heads: heads, y.pointer,
+                                                weights: weights.pointer)
+                dens.append(y)
+                dens.append(weights)
             }
             trace.denominators.append(dens)
             trace.modifiedInputs.append(mods)
@@ -806,6 +828,29 @@ public final class Explainer: @unchecked Sendable {
                                        scale: mean ? 1 / Float(axes.count(s)) : 1, Rin.pointer)
                 pool.give(sBuf)
                 deposit(node.inputs[0], .full(Rin))
+            case let .layerNorm(ln, eps):
+                let R = unpooled(Rout)
+                let sBuf = pool.take(n * s.count)
+                kernels.lrpDivide(n: n, count: s.count, R.const, trace.denominators[l][0].const, epsilon: eps, sBuf.pointer)
+                pool.give(R)
+                let Rin = pool.take(n * s.count)
+                TransformerOps.layerNormBackward(n: n, sBuf.const, a.const, s, gamma: ln.gamma,
+                                                 inverseSigma: trace.denominators[l][1].const, Rin.pointer)
+                pool.give(sBuf)
+                deposit(node.inputs[0], .full(Rin))
+            case .gelu:
+                deposit(node.inputs[0], Rout)
+            case let .attention(heads, eps):
+                // Queries and keys get none: their readers' relevance comes from other paths only.
+                let R = unpooled(Rout)
+                let sBuf = pool.take(n * s.count)
+                kernels.lrpDivide(n: n, count: s.count, R.const, trace.denominators[l][0].const, epsilon: eps, sBuf.pointer)
+                pool.give(R)
+                let Rv = pool.take(n * s.count)
+                TransformerOps.attentionValueBackward(n: n, sBuf.const, v: trace.values[node.inputs[2]]!.const, s,
+                                                      heads: heads, weights: trace.denominators[l][1].const, Rv.pointer)
+                pool.give(sBuf)
+                deposit(node.inputs[2], .full(Rv))
             }
         }
         let v = plan.nodes[last].inputs[0]

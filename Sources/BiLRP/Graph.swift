@@ -27,6 +27,13 @@ public struct Graph: Sendable, Equatable {
         case minimum
         /// The sum (or mean) over some axes, kept with extent 1 (ONNX ReduceSum / ReduceMean).
         case reduce(Axes3, mean: Bool)
+        /// Layer normalization over the channels (a sequence's features) at every position; LN rule.
+        case layerNorm(LayerNorm)
+        /// GELU (erf form); identity rule.
+        case gelu
+        /// Multi-head scaled dot-product attention of (query, key, value), three sequences (D, 1, T)
+        /// with D = heads x head size; AH rule (relevance to the values only). See `TransformerOps`.
+        case attention(heads: Int)
 
         public var name: String {
             switch self {
@@ -40,6 +47,9 @@ public struct Graph: Sendable, Equatable {
             case .maximum: return "Max"
             case .minimum: return "Min"
             case let .reduce(axes, mean): return "\(mean ? "ReduceMean" : "ReduceSum")(\(axes))"
+            case .layerNorm: return "LayerNorm"
+            case .gelu: return "Gelu"
+            case let .attention(heads): return "Attention(\(heads) heads)"
             }
         }
 
@@ -53,7 +63,8 @@ public struct Graph: Sendable, Equatable {
 
         var arity: ClosedRange<Int> {
             switch self {
-            case .layer, .scale, .pad, .slice, .reduce: return 1...1
+            case .layer, .scale, .pad, .slice, .reduce, .layerNorm, .gelu: return 1...1
+            case .attention: return 3...3
             case .add, .maximum, .minimum: return 2...Int.max
             case .concat: return 1...Int.max
             }
@@ -211,6 +222,25 @@ public struct Graph: Sendable, Equatable {
             return box
         case let .reduce(axes, _):
             return axes.reduce(ins[0])
+        case .gelu:
+            return ins[0]
+        case let .layerNorm(ln):
+            guard ins[0].channels == ln.features else {
+                throw BiLRPError.shapeMismatch(
+                    what: "input of node '\(n.name)' (LayerNorm)", expected: "\(ln.features) features", found: "\(ins[0])")
+            }
+            return ins[0]
+        case let .attention(heads):
+            for (k, s) in ins.enumerated() where s != ins[0] {
+                throw BiLRPError.shapeMismatch(
+                    what: "input \(k) of node '\(n.name)' (Attention)", expected: "\(ins[0]) like the query", found: "\(s)")
+            }
+            guard ins[0].height == 1, heads > 0, ins[0].channels % heads == 0 else {
+                throw BiLRPError.shapeMismatch(
+                    what: "input of node '\(n.name)' (Attention)",
+                    expected: "a sequence (D, 1, T) with D divisible by \(heads) heads", found: "\(ins[0])")
+            }
+            return ins[0]
         case .concat:
             for (k, s) in ins.enumerated() where s.height != ins[0].height || s.width != ins[0].width {
                 throw BiLRPError.shapeMismatch(

@@ -26,6 +26,12 @@ enum PreparedLayer: @unchecked Sendable {
     case extremum(maximum: Bool, proportional: Bool, epsilon: Float)
     /// Sum / mean over axes: R_in = a / stab(z) R (LRP-epsilon on a linear map of unit weights).
     case reduce(Axes3, mean: Bool, epsilon: Float)
+    /// LayerNorm, LN rule (sigma constant): LRP-epsilon on the linear map it then is.
+    case layerNorm(LayerNorm, epsilon: Float)
+    /// GELU, identity rule: relevance passes unchanged.
+    case gelu
+    /// Self-attention of (q, k, v), AH rule: LRP-epsilon on o = A v with A constant, to v only.
+    case attention(heads: Int, epsilon: Float)
 
     /// A label for profiles: the layer and its input shape.
     func name(_ s: Shape3) -> String {
@@ -47,6 +53,9 @@ enum PreparedLayer: @unchecked Sendable {
         case .slice: return "Slice @\(s.height)x\(s.width)"
         case let .extremum(maximum, _, _): return "\(maximum ? "Max" : "Min") @\(s.height)x\(s.width)"
         case let .reduce(axes, mean, _): return "\(mean ? "ReduceMean" : "ReduceSum")(\(axes)) @\(s.height)x\(s.width)"
+        case .layerNorm: return "LayerNorm @\(s.width) tokens"
+        case .gelu: return "Gelu"
+        case let .attention(heads, _): return "Attention(\(heads) heads) @\(s.width) tokens"
         }
     }
 
@@ -66,7 +75,7 @@ enum PreparedLayer: @unchecked Sendable {
         case let .avgPool(p, _, i): return try Layer.avgPool2d(p).outputShape(s, index: i)
         case let .adaptivePool(h, w, _, _): return Shape3(s.channels, h, w)
         case .flatten: return Shape3(s.count, 1, 1)
-        case .add, .concat, .scale, .affine, .extremum: return s
+        case .add, .concat, .scale, .affine, .extremum, .layerNorm, .gelu, .attention: return s
         case let .pad(p): return p.outputShape(s)
         case let .slice(sl):
             guard let (_, box) = sl.resolve(s) else {

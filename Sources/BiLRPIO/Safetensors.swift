@@ -45,7 +45,7 @@ public struct SafetensorsFile: TensorSource, Sendable {
                 let shape = e["shape"] as? [Int], let offs = e["data_offsets"] as? [Int], offs.count == 2
             else { throw fail("entry '\(key)' lacks dtype, shape or data_offsets") }
             guard let size = SafetensorsFile.byteSize(dtype) else {
-                throw fail("tensor '\(key)' has dtype \(dtype); supported: F32, F16, BF16, F64")
+                throw fail("tensor '\(key)' has dtype \(dtype); supported: F32, F16, BF16, F64, and as numbers I64, I32, I16, I8, U8, BOOL")
             }
             guard offs[0] >= 0, offs[0] <= offs[1], offs[1] <= payload,
                 offs[1] - offs[0] == shape.reduce(1, *) * size
@@ -62,7 +62,10 @@ public struct SafetensorsFile: TensorSource, Sendable {
         switch dtype {
         case "F32": return 4
         case "F16", "BF16": return 2
-        case "F64": return 8
+        case "F64", "I64": return 8
+        case "I32": return 4
+        case "I16": return 2
+        case "I8", "U8", "BOOL": return 1
         default: return nil
         }
     }
@@ -79,6 +82,11 @@ public struct SafetensorsFile: TensorSource, Sendable {
                 switch e.dtype {
                 case "F32": out[i] = Float(bitPattern: base.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self).littleEndian)
                 case "F64": out[i] = Float(Double(bitPattern: base.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self).littleEndian))
+                case "I64": out[i] = Float(Int64(littleEndian: base.loadUnaligned(fromByteOffset: 8 * i, as: Int64.self)))
+                case "I32": out[i] = Float(Int32(littleEndian: base.loadUnaligned(fromByteOffset: 4 * i, as: Int32.self)))
+                case "I16": out[i] = Float(Int16(littleEndian: base.loadUnaligned(fromByteOffset: 2 * i, as: Int16.self)))
+                case "I8": out[i] = Float(base.load(fromByteOffset: i, as: Int8.self))
+                case "U8", "BOOL": out[i] = Float(base.load(fromByteOffset: i, as: UInt8.self))
                 case "BF16":
                     let bits = base.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self).littleEndian
                     out[i] = Float(bitPattern: UInt32(bits) << 16)

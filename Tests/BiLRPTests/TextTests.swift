@@ -1,4 +1,5 @@
 import BiLRP
+import BiLRPIO
 import BiLRPText
 import Foundation
 import Testing
@@ -94,6 +95,145 @@ struct TokenizerTests {
             .write(to: dir.appendingPathComponent("tokenizer.json"), atomically: true, encoding: .utf8)
         #expect(throws: BiLRPError.unsupported("tokenizer.json: model type 'BPE'; supported: WordPiece (BERT)")) {
             try WordPieceTokenizer.load(directory: dir.path)
+        }
+    }
+}
+
+/// Written by scripts/make-text-fixtures.py with Hugging Face `transformers` and an independent
+/// PyTorch BERT (detached LayerNorm sigma, attention weights and gelu(z) / z).
+private struct MiniLMFixture: Decodable {
+    struct Sentence: Decodable { let text: String; let ids: [Int] }
+    let max_length: Int
+    let embeddings: [Sentence]
+    let relevance: [Sentence]
+    static func load() throws -> (MiniLMFixture, SafetensorsFile) {
+        let data = try Data(contentsOf: URL(fileURLWithPath: fixturePath("text/minilm.json")))
+        return (try JSONDecoder().decode(MiniLMFixture.self, from: data), try SafetensorsFile(path: fixturePath("text/minilm.safetensors")))
+    }
+}
+
+@Suite("BERT sentence encoder (all-MiniLM-L6-v2) against Hugging Face transformers and PyTorch", .enabled(if: haveMiniLM))
+struct SentenceEncoderTests {
+    /// Loaded once for the suite (the error, if any, reported by every test that uses it).
+    static let loaded = Result { try SentenceEncoder.load(directory: miniLMDirectory) }
+
+    func explainer(_ e: SentenceEncoder) throws -> Explainer {
+        try Explainer(graph: e.graph, head: .identity, similarity: .cosine, composite: try .named("*:zero"))
+    }
+
+    @Test("the folder's configuration: mean pooling, 256 tokens, normalized, 6 layers of 12 heads on 384 features")
+    func configuration() throws {
+        let e = try SentenceEncoder.load(directory: miniLMDirectory)
+        #expect(e.pooling == .mean && e.maxLength == 256 && e.normalizes)
+        #expect(e.config.layers == 6 && e.config.heads == 12 && e.config.hiddenSize == 384 && e.config.intermediateSize == 1536)
+    }
+
+    @Test("token ids and mean-pooled embeddings equal transformers' (padded batch with its mask) within 1e-4, a truncated text too")
+    func embeddings() throws {
+        let e = try Self.loaded.get()
+        let (fx, f) = try MiniLMFixture.load()
+        let ex = try explainer(e)
+        var cosines: [(Double, Double)] = []
+        var ours: [[Float]] = [], theirs: [[Float]] = []
+        for (i, s) in fx.embeddings.enumerated() {
+            let tokens = try e.tokenize(s.text)
+            #expect(tokens.ids == s.ids, "ids of sentence \(i)")
+            let phi = try ex.embedding(try e.inputEmbeddings(tokens))
+            let ref = try f.t("embedding.\(i)").data
+            expectClose(phi, ref, tol: 1e-4, "embedding of sentence \(i)")
+            ours.append(phi); theirs.append(ref)
+        }
+        #expect(try e.tokenize(fx.embeddings.last!.text).truncatedPieces > 0)
+        for i in 0..<ours.count { for j in (i + 1)..<ours.count {
+            cosines.append((Similarity.cosine.dotAndScale(ours[i], ours[j]).0 * Similarity.cosine.dotAndScale(ours[i], ours[j]).1,
+                            Similarity.cosine.dotAndScale(theirs[i], theirs[j]).0 * Similarity.cosine.dotAndScale(theirs[i], theirs[j]).1))
+        } }
+        for (a, b) in cosines { #expect(abs(a - b) <= 1e-5, "cosine \(a) vs \(b)") }
+    }
+
+    @Test("cp-lrp relevance at the input embeddings equals PyTorch's detached gradient x input within 1e-4 of max |R|")
+    func relevance() throws {
+        let e = try Self.loaded.get()
+        let (fx, f) = try MiniLMFixture.load()
+        let ex = try explainer(e)
+        for (j, s) in fx.relevance.enumerated() {
+            let x = try e.inputEmbeddings(try e.tokenize(s.text))
+            #expect(x.shape == [s.ids.count, 384])
+            expectClose(x.data, try f.t("relevance.\(j).input").data, tol: 1e-6, "input embeddings \(j)")
+            let phi = try ex.embedding(x)
+            expectClose(phi, try f.t("relevance.\(j).phi").data, tol: 1e-4, "phi \(j)")
+            let c = try f.t("relevance.\(j).c").data
+            let R = try ex.relevance(x, outputRelevance: zip(c, phi).map { $0 * $1 })
+            expectClose(R.data, try f.t("relevance.\(j).R").data, tol: 1e-4, "R \(j)")
+        }
+    }
+
+    @Test("conservation with every bias (and LayerNorm shift) zero: |sum R - y| <= 1e-4 |y| over token pairs")
+    func conservation() throws {
+        let dir = URL(fileURLWithPath: miniLMDirectory)
+        let w = try SafetensorsFile(path: dir.appendingPathComponent("model.safetensors").path)
+        var tensors: [String: Tensor] = [:]
+        for name in w.names {
+            var t = try w.tensor(named: name)!
+            if name.hasSuffix(".bias") { t.data = [Float](repeating: 0, count: t.count) }
+            tensors[name] = t
+        }
+        let e0 = try Self.loaded.get()
+        let e = try SentenceEncoder(config: e0.config, tokenizer: e0.tokenizer, pooling: .mean, maxLength: 256, normalizes: true,
+                                    weights: try SafetensorsFile(data: try SafetensorsFile.encode(tensors)))
+        let ex = try explainer(e)
+        let texts = ["A man is riding a white horse on an enclosed ground.", "Which words of the query matched?"]
+        let (x1, x2) = (try e.inputEmbeddings(try e.tokenize(texts[0])), try e.inputEmbeddings(try e.tokenize(texts[1])))
+        // Token pairs (patch 1): R = A(x) A(x')^T scaled for the cosine; its sum is the cosine.
+        let pair = try ex.explain(x1, x2, patch: 1)
+        #expect(pair.relevance.count == 14 * 9)
+        let total = pair.relevance.reduce(0.0) { $0 + Double($1) }
+        #expect(abs(total - Double(pair.similarity)) <= 1e-4 * abs(Double(pair.similarity)), "sum R \(total) vs cosine \(pair.similarity)")
+        // One first-order map: its sum is the output relevance's.
+        let phi = try ex.embedding(x1)
+        let R = try ex.relevance(x1, outputRelevance: phi)
+        let y = phi.reduce(0.0) { $0 + Double($1) }, sum = R.data.reduce(0.0) { $0 + Double($1) }
+        #expect(abs(sum - y) <= 1e-4 * abs(y), "sum R \(sum) vs sum phi \(y)")
+    }
+
+    @Test("empty and whitespace-only texts are errors that say so")
+    func badTexts() throws {
+        let e = try Self.loaded.get()
+        #expect(throws: BiLRPError.invalidArgument("the text is empty")) { try e.tokenize("") }
+        #expect(throws: BiLRPError.invalidArgument("the text has no tokens: it is only white space or control characters")) {
+            try e.tokenize(" \t\n\u{0007}\u{200B} ")
+        }
+    }
+
+    @Test("a model folder with a missing or mis-shaped tensor, or a config that is not BERT: errors naming it")
+    func badFolders() throws {
+        let src = URL(fileURLWithPath: miniLMDirectory)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("bilrp-bert-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for name in ["vocab.txt", "tokenizer.json", "config.json"] {
+            try FileManager.default.copyItem(at: src.appendingPathComponent(name), to: dir.appendingPathComponent(name))
+        }
+        let w = try SafetensorsFile(path: src.appendingPathComponent("model.safetensors").path)
+        var tensors: [String: Tensor] = [:]
+        for name in w.names { tensors[name] = try w.tensor(named: name)! }
+        let path = dir.appendingPathComponent("model.safetensors").path
+        var missing = tensors
+        missing["encoder.layer.3.attention.self.key.weight"] = nil
+        try SafetensorsFile.write(missing, to: path)
+        #expect(throws: BiLRPError.missingTensor("encoder.layer.3.attention.self.key.weight")) {
+            try SentenceEncoder.load(directory: dir.path)
+        }
+        var wrong = tensors
+        wrong["encoder.layer.0.intermediate.dense.bias"] = Tensor(zeros: [1535])
+        try SafetensorsFile.write(wrong, to: path)
+        #expect(throws: BiLRPError.shapeMismatch(what: "tensor 'encoder.layer.0.intermediate.dense.bias' in '\(path)'",
+                                                 expected: "[1536]", found: "[1535]")) {
+            try SentenceEncoder.load(directory: dir.path)
+        }
+        try #"{"model_type": "roberta", "hidden_size": 384}"#.write(to: dir.appendingPathComponent("config.json"), atomically: true, encoding: .utf8)
+        #expect(throws: BiLRPError.unsupported("\(dir.path)/config.json: model_type 'roberta'; supported: bert (BERT-family sentence encoders)")) {
+            try SentenceEncoder.load(directory: dir.path)
         }
     }
 }
