@@ -89,7 +89,7 @@ let package = Package(
         .executableTarget(
             name: "bilrp",
             dependencies: [
-                "BiLRP", "BiLRPIO", "BiLRPReference", "BiLRPServer",
+                "BiLRP", "BiLRPIO", "BiLRPReference", "BiLRPServer", "BiLRPText",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -153,6 +153,12 @@ EMBED_SENTENCES = [
     "a",
     " ".join(["Semantic search ranks documents by the cosine of their embeddings."] * 30),
 ]
+# Token-pair BiLRP (cosine): (first, second, max_length); the last pair truncated.
+PAIRS = [
+    ("A man is eating food.", "A man is eating a piece of bread.", 256),
+    ("How do I reset my password?", "Forgot your password? Click 'reset' and follow the e-mail's instructions!", 256),
+    (" ".join(["Semantic search ranks documents by the cosine of their embeddings."] * 3), "Which words matched?", 16),
+]
 RELEVANCE_SENTENCES = [
     "A man is riding a white horse on an enclosed ground.",
     "Which words of the query matched which words of the document?",
@@ -248,6 +254,30 @@ def text_fixtures():
         tensors[f"relevance.{j}.c"] = c
         tensors[f"relevance.{j}.phi"] = phi.detach()
         tensors[f"relevance.{j}.R"] = R.contiguous()
+    meta["pairs"] = []
+    for j, (s1, s2, n) in enumerate(PAIRS):
+        tok.no_padding()
+        tok.enable_truncation(max_length=n)
+        factors, phis, ids_pair = [], [], []
+        for s in (s1, s2):
+            ids_s = tok.encode(s).ids
+            x = embeddings_of(ids_s).requires_grad_(True)
+            phi = forward(x, True)
+            rows = []
+            for m in range(d):
+                (g,) = torch.autograd.grad(phi[m], x, retain_graph=True)
+                rows.append((x * g).sum(1).detach())
+            factors.append(torch.stack(rows, 1))  # (T, h): A[t, m], relevance of token t for phi_m
+            phis.append(phi.detach())
+            ids_pair.append(ids_s)
+        scale = 1 / (phis[0].norm() * phis[1].norm())
+        R = factors[0] @ factors[1].T * scale
+        meta["pairs"].append({"first": s1, "second": s2, "max_length": n, "ids": ids_pair})
+        tensors[f"pair.{j}.A1"] = factors[0].contiguous()
+        tensors[f"pair.{j}.A2"] = factors[1].contiguous()
+        tensors[f"pair.{j}.R"] = R.contiguous()
+        tensors[f"pair.{j}.cosine"] = (phis[0] @ phis[1] * scale).reshape(1)
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
     save_file(tensors, os.path.join(OUT, "minilm.safetensors"))
     with open(os.path.join(OUT, "minilm.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, ensure_ascii=True, indent=1)

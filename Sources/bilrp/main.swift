@@ -3,6 +3,7 @@ import BiLRP
 import BiLRPIO
 import BiLRPReference
 import BiLRPServer
+import BiLRPText
 import Foundation
 
 @main
@@ -11,7 +12,7 @@ struct BiLRPCommand: AsyncParsableCommand {
         commandName: "bilrp",
         abstract: "Explain deep similarity models with BiLRP: which parts of two images match, and by how much.",
         version: BiLRPVersion.string,
-        subcommands: [Explain.self, Heatmap.self, Eval.self, Inspect.self, Serve.self])
+        subcommands: [Explain.self, ExplainText.self, Heatmap.self, Eval.self, Inspect.self, Serve.self])
 
     /// A misspelt BILRP_* setting would silently run the default path: refuse to start instead.
     static func main() async {
@@ -245,6 +246,77 @@ struct Explain: ParsableCommand {
             for (i, p) in pair.topPositive(min(top, 5)).enumerated() {
                 say(String(format: "  #%d  %+.4g  (%d,%d)-(%d,%d)  <->  (%d,%d)-(%d,%d)", i + 1, p.value,
                              p.first.x0, p.first.y0, p.first.x1, p.first.y1, p.second.x0, p.second.y0, p.second.x1, p.second.y1))
+            }
+        }
+    }
+}
+
+/// `bilrp explain-text`: token-pair BiLRP of two texts under a sentence encoder.
+struct ExplainText: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "explain-text",
+        abstract: "Explain the similarity of two texts under a sentence-embedding model: R over token pairs, JSON and NPY.")
+
+    @Argument(help: "First text (with --file: a UTF-8 file holding it).") var first: String
+    @Argument(help: "Second text (with --file: a file).") var second: String
+    @Flag(help: "The two arguments are paths of UTF-8 text files.") var file = false
+    @Option(help: "A sentence-transformers BERT folder (config.json, model.safetensors, vocab.txt, tokenizer.json, 1_Pooling/).")
+    var model = "assets/models/all-MiniLM-L6-v2"
+    @Option(help: "Rules: cp-lrp (conservative propagation, Ali et al. 2022) or a composite string for the linear layers.")
+    var rules = "cp-lrp"
+    @Option(help: "How the embeddings are compared (default: cosine when the model normalizes, else dot).")
+    var similarity: Similarity?
+    @Option(help: "JSON report (- for standard output).") var json: String?
+    @Option(help: "R as a T1 x T2 float32 NPY, row-major (- for standard output).") var npy: String?
+    @Option(help: "Top pairs to report (each sign).") var top = 10
+    @Option(help: "Worker threads for the C kernels.") var threads: Int?
+    @Flag(help: "No progress on stderr.") var quiet = false
+
+    func validate() throws {
+        guard top >= 0 else { throw ValidationError("--top must be >= 0 (got \(top))") }
+        guard !(json == "-" && npy == "-") else { throw ValidationError("only one of --json and --npy can write to standard output (-)") }
+    }
+
+    func text(_ argument: String) throws -> String {
+        guard file else { return argument }
+        guard let data = FileManager.default.contents(atPath: argument) else { throw BiLRPError.io("cannot read '\(argument)'") }
+        guard let s = String(data: data, encoding: .utf8) else { throw BiLRPError.io("'\(argument)' is not valid UTF-8 text") }
+        return s
+    }
+
+    func run() throws {
+        try reportingErrors {
+            if let threads {
+                guard threads >= 1 else { throw BiLRPError.invalidArgument("--threads must be at least 1") }
+                CKernelsBackend.threads = threads
+            }
+            let progress = Progress(quiet: quiet)
+            let total = Date()
+            let (a, b) = (try text(first), try text(second))
+            let (ex, tLoad) = try progress.step("loading \(model)") {
+                try TextExplainer(encoder: try SentenceEncoder.load(directory: model), rules: rules, similarity: similarity)
+            }
+            let (fa, t1) = try progress.step("relevance factors of the first text") { try ex.factors(a) }
+            let (fb, t2) = try progress.step("relevance factors of the second text") { try ex.factors(b) }
+            let (e, t3) = try progress.step("pair explanation") { try ex.explain(fa, fb) }
+            let say: (String) -> Void = json == "-" || npy == "-"
+                ? { FileHandle.standardError.write(Data(($0 + "\n").utf8)) } : { print($0) }
+            for t in [e.first, e.second] where t.truncatedPieces > 0 {
+                say("note: a text was truncated at \(ex.encoder.maxLength) tokens (\(t.truncatedPieces) word pieces dropped)")
+            }
+            let matrix = try Tensor(shape: [e.first.tokens.count, e.second.tokens.count], data: e.pair.relevance)
+            if npy == "-" { FileHandle.standardOutput.write(NPY.encode(matrix)) } else if let npy { try NPY.write(matrix, to: npy) }
+            let timings = ["load_seconds": tLoad, "factors_first_seconds": t1, "factors_second_seconds": t2,
+                           "pair_seconds": t3, "total_seconds": Date().timeIntervalSince(total)]
+            let report = TextExplanationReport(e, explainer: ex, source: model, top: top, timings: timings)
+            if json == "-" { FileHandle.standardOutput.write(try report.json() + Data("\n".utf8)) } else if let json {
+                try AtomicFile.write(try report.json(), to: json)
+            }
+            let c = e.pair.conservation
+            say(String(format: "similarity %.6g   sum R %.6g   relative error %.3g   tokens %d x %d",
+                       e.pair.similarity, c.relevanceSum, c.relativeError, e.first.tokens.count, e.second.tokens.count))
+            for (i, p) in e.top(min(top, 5)).enumerated() {
+                say(String(format: "  #%d  %+.4g  ", i + 1, p.value) + "\(p.first.token) <-> \(p.second.token)")
             }
         }
     }

@@ -104,8 +104,10 @@ struct TokenizerTests {
 private struct MiniLMFixture: Decodable {
     struct Sentence: Decodable { let text: String; let ids: [Int] }
     let max_length: Int
+    struct Pair: Decodable { let first: String; let second: String; let max_length: Int; let ids: [[Int]] }
     let embeddings: [Sentence]
     let relevance: [Sentence]
+    let pairs: [Pair]
     static func load() throws -> (MiniLMFixture, SafetensorsFile) {
         let data = try Data(contentsOf: URL(fileURLWithPath: fixturePath("text/minilm.json")))
         return (try JSONDecoder().decode(MiniLMFixture.self, from: data), try SafetensorsFile(path: fixturePath("text/minilm.safetensors")))
@@ -166,6 +168,30 @@ struct SentenceEncoderTests {
             let R = try ex.relevance(x, outputRelevance: zip(c, phi).map { $0 * $1 })
             expectClose(R.data, try f.t("relevance.\(j).R").data, tol: 1e-4, "R \(j)")
         }
+    }
+
+    @Test("cp-lrp token-pair matrices (cosine) equal PyTorch's within 1e-4 of max |R|: A of both texts, R, y; one pair truncated at 16 tokens")
+    func tokenPairs() throws {
+        let e0 = try Self.loaded.get()
+        let (fx, f) = try MiniLMFixture.load()
+        for (j, p) in fx.pairs.enumerated() {
+            let e = try SentenceEncoder(config: e0.config, tokenizer: e0.tokenizer, pooling: e0.pooling, maxLength: p.max_length,
+                                        normalizes: e0.normalizes, weights: try SafetensorsFile(path: miniLMDirectory + "/model.safetensors"))
+            let ex = try TextExplainer(encoder: e)
+            let (a, b) = (try ex.factors(p.first), try ex.factors(p.second))
+            #expect(a.text.ids == p.ids[0] && b.text.ids == p.ids[1], "ids of pair \(j)")
+            #expect((j == 2) == (a.text.truncatedPieces > 0))
+            expectClose(a.factors.a, try f.t("pair.\(j).A1").data, tol: 1e-4, "A of the first text of pair \(j)")
+            expectClose(b.factors.a, try f.t("pair.\(j).A2").data, tol: 1e-4, "A of the second text of pair \(j)")
+            let pair = try ex.explain(a, b)
+            expectClose(pair.pair.relevance, try f.t("pair.\(j).R").data, tol: 1e-4, "R of pair \(j)")
+            #expect(abs(pair.pair.similarity - (try f.t("pair.\(j).cosine").data[0])) <= 1e-5)
+        }
+    }
+
+    @Test("hp on a transformer is refused with the reason (its true gradients are not implemented)")
+    func hpRefused() throws {
+        #expect(throws: BiLRPError.self) { try TextExplainer(encoder: try Self.loaded.get(), rules: "hp") }
     }
 
     @Test("conservation with every bias (and LayerNorm shift) zero: |sum R - y| <= 1e-4 |y| over token pairs")
@@ -234,6 +260,56 @@ struct SentenceEncoderTests {
         try #"{"model_type": "roberta", "hidden_size": 384}"#.write(to: dir.appendingPathComponent("config.json"), atomically: true, encoding: .utf8)
         #expect(throws: BiLRPError.unsupported("\(dir.path)/config.json: model_type 'roberta'; supported: bert (BERT-family sentence encoders)")) {
             try SentenceEncoder.load(directory: dir.path)
+        }
+    }
+}
+
+@Suite("bilrp explain-text", .enabled(if: haveMiniLM))
+struct ExplainTextCLITests {
+    @Test("JSON and NPY of a pair: the library's tokens, R and top pairs")
+    func jsonAndNPY() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let (t1, t2) = ("A man is eating food.", "A man is eating a piece of bread.")
+        let r = try runBilrp(["explain-text", t1, t2, "--model", miniLMDirectory, "--json", dir.path + "/r.json",
+                              "--npy", dir.path + "/r.npy", "--top", "3", "--quiet"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let ex = try TextExplainer(encoder: try SentenceEncoderTests.loaded.get())
+        let e = try ex.explain(t1, t2)
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent("r.json"))) as! [String: Any]
+        let inputs = json["inputs"] as! [[String: Any]]
+        #expect((inputs[0]["tokens"] as! [[String: Any]]).map { $0["token"] as! String } == e.first.tokens.map(\.text))
+        #expect((inputs[1]["text"] as! String) == t2)
+        let top = json["top_positive"] as! [[String: Any]]
+        #expect(top.count == 3)
+        let first = top[0]["first"] as! [String: Any], second = top[0]["second"] as! [String: Any]
+        let best = e.top(1)[0]
+        #expect(first["index"] as! Int == best.first.index && second["index"] as! Int == best.second.index)
+        #expect(first["text"] as! String == best.first.text && first["span"] as! [Int] == best.first.span)
+        let R = try NPY.read(path: dir.path + "/r.npy")
+        #expect(R.shape == [e.first.tokens.count, e.second.tokens.count])
+        expectClose(R.data, e.pair.relevance, tol: 1e-6, "R from the CLI")
+        #expect(r.stdout.hasPrefix("similarity 0.7553"), "\(r.stdout)")
+    }
+
+    @Test("an empty text, a file that is not UTF-8, and rules hp: exit 1 with the reason")
+    func errors() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let bad = dir.appendingPathComponent("latin1.txt")
+        try Data([0x63, 0x61, 0x66, 0xE9, 0x20, 0xFF]).write(to: bad)
+        let ok = dir.appendingPathComponent("ok.txt")
+        try "fine".write(to: ok, atomically: true, encoding: .utf8)
+        let cases: [([String], String)] = [
+            (["", "text"], "bilrp: error: the text is empty"),
+            ([" \t ", "text"], "bilrp: error: the text has no tokens: it is only white space or control characters"),
+            (["--file", ok.path, bad.path], "bilrp: error: '\(bad.path)' is not valid UTF-8 text"),
+            (["a", "b", "--rules", "hp"], "bilrp: error: unsupported: rules 'hp' on a transformer"),
+        ]
+        for (args, message) in cases {
+            let r = try runBilrp(["explain-text"] + args + ["--model", miniLMDirectory, "--quiet"])
+            #expect(r.status == 1, "\(args)")
+            #expect(r.stderr.hasPrefix(message), "\(r.stderr)")
         }
     }
 }
