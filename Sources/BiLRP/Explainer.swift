@@ -155,6 +155,7 @@ public final class Explainer: @unchecked Sendable {
             case let .reduce(axes, mean):
                 op = .reduce(axes, mean: mean, epsilon: rule.parameterFreeEpsilon)
             case let .layerNorm(ln):
+                if channels == nil, inputs == [0] { channels = ln.features; sequenceInput = true }
                 op = .layerNorm(ln, epsilon: rule.parameterFreeEpsilon)
             case .gelu:
                 op = .gelu
@@ -230,6 +231,11 @@ public final class Explainer: @unchecked Sendable {
         let shape = trace.inputShape
         let grid = PatchGrid(height: shape.height, width: shape.width, patch: patch)
         let P = grid.count
+        if useTokenSide(trace, patches: P, outputs: h) {
+            // A sequence with fewer token runs than outputs: the whole graph from the token side.
+            let A = try tokenSideFactors(trace, grid, cancellation: cancellation)
+            return RelevanceFactors(a: A, outputs: h, grid: grid, inputShape: shape, embedding: trace.output.array)
+        }
         var A = [Float](repeating: 0, count: P * h)
         // The first k layers from the patch side (PatchSide.swift), the rest by the backward.
         let k = patchSidePlan(trace, patch: patch, outputs: h)

@@ -129,4 +129,39 @@ enum TransformerOps {
             }
         }
     }
+
+    // MARK: Transposed steps (the token side, TokenSide.swift)
+
+    /// In place, per functional: w <- gamma (w - mean_c w) / sigma at every position.
+    static func layerNormTransposed(n: Int, _ w: UnsafeMutablePointer<Float>, _ s: Shape3, gamma: [Float],
+                                    inverseSigma: UnsafePointer<Float>) {
+        let d = s.channels, t = s.height * s.width, count = s.count
+        for m in 0..<n {
+            let wm = w + m * count
+            for p in 0..<t {
+                var mean: Float = 0
+                for c in 0..<d { mean += wm[c * t + p] }
+                mean /= Float(d)
+                let inv = inverseSigma[p]
+                for c in 0..<d { wm[c * t + p] = gamma[c] * (wm[c * t + p] - mean) * inv }
+            }
+        }
+    }
+
+    /// Per functional: o[c, i] = sum_j A_h[i, j] w[c, j], h the head of feature c.
+    static func attentionMix(n: Int, _ w: UnsafePointer<Float>, _ s: Shape3, heads: Int, weights A: UnsafePointer<Float>,
+                             _ o: UnsafeMutablePointer<Float>) {
+        let d = s.channels, t = s.width, dh = d / heads, count = s.count
+        for m in 0..<n {
+            let wm = w + m * count, om = o + m * count
+            for c in 0..<d {
+                let Ah = A + (c / dh) * t * t
+                for i in 0..<t {
+                    var acc: Float = 0
+                    for j in 0..<t { acc += Ah[i * t + j] * wm[c * t + j] }
+                    om[c * t + i] = acc
+                }
+            }
+        }
+    }
 }

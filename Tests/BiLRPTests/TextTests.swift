@@ -189,6 +189,19 @@ struct SentenceEncoderTests {
         }
     }
 
+    @Test("the token side (P functionals up) and the backward (h maps down) give the same factors, on single tokens and on runs of 3")
+    func tokenSideEqualsBackward() throws {
+        let e = try Self.loaded.get()
+        let up = try TextExplainer(encoder: e, kernels: CKernelsBackend(patchSideLayers: nil)).explainer
+        let down = try TextExplainer(encoder: e, kernels: CKernelsBackend(patchSideLayers: 0)).explainer
+        let x = try e.inputEmbeddings(try e.tokenize("Forgot your password? Click 'reset' and follow the e-mail's instructions!"))
+        for patch in [1, 3] {
+            let (a, b) = (try up.factors(x, patch: patch), try down.factors(x, patch: patch))
+            #expect(a.grid.count == (x.shape[0] + patch - 1) / patch)
+            expectClose(a.a, b.a, tol: 1e-5, "A at patch \(patch)")
+        }
+    }
+
     @Test("hp on a transformer is refused with the reason (its true gradients are not implemented)")
     func hpRefused() throws {
         #expect(throws: BiLRPError.self) { try TextExplainer(encoder: try Self.loaded.get(), rules: "hp") }

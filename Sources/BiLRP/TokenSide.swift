@@ -1,0 +1,139 @@
+import Foundation
+
+// MARK: - Sequences from the token side
+//
+// The factors are A^T = Q B_1 ... B_L R_L (P x h), as for images (PatchSide.swift): Q sums a
+// patch's (token run's) relevance over the features, B_l is node l's LRP backward, linear in the
+// relevance. The backward brackets from the right, h relevance maps through every node. For a
+// sentence, P (tokens) is far below h (384 for MiniLM), and every node of a transformer has a
+// cheap transposed step, so the whole product is bracketed from the left: P functionals, one per
+// token run, go up through the transposed steps in forward order,
+//     linear        u <- sum_passes scale / stab(z) * sum_terms W_t (a_t * u)
+//     add           u <- sum_k a_k * u_k / stab(z)
+//     LayerNorm     u <- gamma * (w - mean_c w) / (sigma stab(y)),  w = x * u
+//     attention     u <- A (v * u_v) / stab(o)                       (queries and keys: nothing)
+//     mean / sum    u <- reduce(a * u) / stab(z)
+//     ReLU, GELU, flatten, Mul(k): u unchanged
+// and meet the output: A[p, m] = phi_m U[p, m]. A value read by several nodes hands each the same
+// functional (the transpose of the backward's sum). Results equal the backward's up to rounding;
+// the cost is P forward passes instead of h backward ones.
+
+extension Explainer {
+    /// Whether every node of the plan has a transposed step above (a sequence model of linear
+    /// layers, attention, LayerNorm, GELU, residual adds and pooling over tokens).
+    func tokenSideEligible(_ plan: ExecutionPlan) -> Bool {
+        plan.nodes.allSatisfy { n in
+            switch n.op {
+            case let .conv(c): return c.isLinear
+            case .relu, .flatten, .scale, .add, .layerNorm, .gelu, .attention, .reduce: return true
+            default: return false
+            }
+        }
+    }
+
+    /// Whether the factors of this input run from the token side: a sequence, every node
+    /// eligible, fewer patches than outputs, not switched off (`BILRP_PATCH_SIDE=off`).
+    func useTokenSide(_ trace: Trace, patches: Int, outputs h: Int) -> Bool {
+        sequenceInput == true && kernels.patchSideLayers != 0 && patches < h && tokenSideEligible(trace.plan)
+    }
+
+    /// A (P x h, row-major) from the token side.
+    func tokenSideFactors(_ trace: Trace, _ grid: PatchGrid, cancellation: Cancellation?) throws -> [Float] {
+        let plan = trace.plan
+        let P = grid.count
+        var remaining = plan.readers
+        var u = [Buffer?](repeating: nil, count: plan.valueCount)
+        // The input's functionals: 1 on every feature of the patch's tokens.
+        let s0 = plan.shapes[0]
+        let u0 = Buffer(count: P * s0.count)
+        u0.pointer.initialize(repeating: 0, count: P * s0.count)
+        for p in 0..<P {
+            let r = grid.rectangle(p)
+            for c in 0..<s0.channels { for t in r.x0..<r.x1 { u0.pointer[p * s0.count + c * s0.width + t] = 1 } }
+        }
+        u[0] = u0
+        for (l, node) in plan.nodes.enumerated() {
+            try cancellation?.check()
+            let s = trace.shapes[l], out = plan.shapes[node.output]
+            let a = trace.inputs[l]
+            let uIn = u[node.inputs[0]]!
+            let y: Buffer
+            switch node.op {
+            case let .conv(c):
+                let g = c.geometry(s)
+                y = Buffer(count: P * out.count)
+                y.pointer.initialize(repeating: 0, count: P * out.count)
+                let tmp = Buffer(count: P * max(out.count, s.count))
+                let w = Buffer(count: P * s.count)
+                for (k, pass) in c.passes.enumerated() {
+                    let sum = Buffer(count: P * out.count)
+                    sum.pointer.initialize(repeating: 0, count: P * out.count)
+                    for term in pass.terms {
+                        if term.input == .ones {
+                            w.pointer.update(from: uIn.const, count: P * s.count)
+                        } else {
+                            let input = term.input == .identity ? a : trace.modifiedInputs[l][term.input]!
+                            kernels.lrpProduct(n: P, count: s.count, input.const, uIn.const, scale: 1, w.pointer, accumulate: false)
+                        }
+                        for p in 0..<P {
+                            try c.forward(w.const + p * s.count, g, term.weight, bias: nil, tmp.pointer + p * out.count, kernels)
+                        }
+                        kernels.lrpProduct(n: 1, count: P * out.count, nil, tmp.const, scale: 1, sum.pointer, accumulate: true)
+                    }
+                    kernels.lrpDivide(n: P, count: out.count, sum.const, trace.denominators[l][k].const, epsilon: pass.epsilon,
+                                      tmp.pointer)
+                    kernels.lrpProduct(n: 1, count: P * out.count, nil, tmp.const, scale: pass.scale, y.pointer, accumulate: true)
+                }
+            case .relu, .flatten, .scale, .gelu:
+                y = uIn
+            case let .add(eps):
+                let sum = Buffer(count: P * out.count)
+                sum.pointer.initialize(repeating: 0, count: P * out.count)
+                for v in node.inputs {
+                    kernels.lrpProduct(n: P, count: s.count, trace.values[v]!.const, u[v]!.const, scale: 1, sum.pointer,
+                                       accumulate: true)
+                }
+                y = Buffer(count: P * out.count)
+                kernels.lrpDivide(n: P, count: out.count, sum.const, trace.denominators[l][0].const, epsilon: eps, y.pointer)
+            case let .layerNorm(ln, eps):
+                let w = Buffer(count: P * s.count)
+                kernels.lrpProduct(n: P, count: s.count, a.const, uIn.const, scale: 1, w.pointer, accumulate: false)
+                TransformerOps.layerNormTransposed(n: P, w.pointer, s, gamma: ln.gamma,
+                                                   inverseSigma: trace.denominators[l][1].const)
+                y = Buffer(count: P * out.count)
+                kernels.lrpDivide(n: P, count: out.count, w.const, trace.denominators[l][0].const, epsilon: eps, y.pointer)
+            case let .attention(heads, eps):
+                let v = node.inputs[2]
+                let w = Buffer(count: P * s.count)
+                kernels.lrpProduct(n: P, count: s.count, trace.values[v]!.const, u[v]!.const, scale: 1, w.pointer,
+                                   accumulate: false)
+                let o = Buffer(count: P * s.count)
+                TransformerOps.attentionMix(n: P, w.const, s, heads: heads, weights: trace.denominators[l][1].const, o.pointer)
+                y = Buffer(count: P * out.count)
+                kernels.lrpDivide(n: P, count: out.count, o.const, trace.denominators[l][0].const, epsilon: eps, y.pointer)
+            case let .reduce(axes, mean, eps):
+                let w = Buffer(count: P * s.count)
+                kernels.lrpProduct(n: P, count: s.count, a.const, uIn.const, scale: 1, w.pointer, accumulate: false)
+                let r = Buffer(count: P * out.count)
+                for p in 0..<P {
+                    kernels.reduceForward(w.const + p * s.count, s, axes: axes, scale: mean ? 1 / Float(axes.count(s)) : 1,
+                                          r.pointer + p * out.count)
+                }
+                y = Buffer(count: P * out.count)
+                kernels.lrpDivide(n: P, count: out.count, r.const, trace.denominators[l][0].const, epsilon: eps, y.pointer)
+            default:
+                preconditionFailure("tokenSideEligible admits no other op")
+            }
+            for v in node.inputs {
+                remaining[v] -= 1
+                if remaining[v] == 0 { u[v] = nil }
+            }
+            u[node.output] = y
+        }
+        let h = trace.output.count
+        let U = u[plan.output]!
+        var A = [Float](repeating: 0, count: P * h)
+        for p in 0..<P { for m in 0..<h { A[p * h + m] = U.pointer[p * h + m] * trace.output.pointer[m] } }
+        return A
+    }
+}
