@@ -95,7 +95,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "bilrp-bench",
-            dependencies: ["BiLRP", "BiLRPIO", "CKernels", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["BiLRP", "BiLRPIO", "BiLRPText", "CKernels", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Benchmarks/bilrp-bench"
         ),
         .executableTarget(

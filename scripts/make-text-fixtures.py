@@ -12,7 +12,7 @@ Hugging Face `transformers` (BertModel, a padded batch with its attention mask, 
 mask as 1_Pooling/config.json says, before the Normalize module) for a few sentences, one of them
 truncated at the model's 256 tokens; and, for two sentences, the conservative-propagation relevance
 (Ali et al. 2022) computed independently: gradient x input at the input embeddings of c . phi(x) in a
-PyTorch BERT written here from the state dict, with the LayerNorm standard deviations, the attention
+PyTorch BERT written from the state dict (Benchmarks/peers/torch_text_bilrp.py), with the LayerNorm standard deviations, the attention
 weights and the ratio gelu(z) / z detached. That implementation's forward is first checked against
 transformers' own.
 
@@ -24,6 +24,9 @@ import random
 import sys
 
 from tokenizers import Tokenizer
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Benchmarks", "peers"))
+from torch_text_bilrp import TorchBert  # noqa: E402  the independent BERT (also the benchmark's peer)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASSETS = os.environ.get("BILRP_ASSETS", os.path.join(ROOT, "assets"))
@@ -193,45 +196,9 @@ def text_fixtures():
         meta["embeddings"].append({"text": s, "ids": e.ids[:n]})
         tensors[f"embedding.{i}"] = pooled[i].contiguous()
 
-    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    cfg = model.config
-    d, heads = cfg.hidden_size, cfg.num_attention_heads
-    dh = d // heads
-
-    def ln(x, name, detach):
-        mu = x.mean(-1, keepdim=True)
-        sigma = ((x - mu) ** 2).mean(-1, keepdim=True).add(cfg.layer_norm_eps).sqrt()
-        if detach:
-            sigma = sigma.detach()
-        return (x - mu) / sigma * sd[name + ".weight"] + sd[name + ".bias"]
-
-    def lin(x, name):
-        return x @ sd[name + ".weight"].T + sd[name + ".bias"]
-
-    def forward(x, detach):
-        x = ln(x, "embeddings.LayerNorm", detach)
-        t = x.shape[0]
-        for i in range(cfg.num_hidden_layers):
-            p = f"encoder.layer.{i}"
-            q = lin(x, p + ".attention.self.query").view(t, heads, dh).transpose(0, 1)
-            k = lin(x, p + ".attention.self.key").view(t, heads, dh).transpose(0, 1)
-            v = lin(x, p + ".attention.self.value").view(t, heads, dh).transpose(0, 1)
-            a = torch.softmax(q @ k.transpose(1, 2) / dh ** 0.5, dim=-1)
-            if detach:
-                a = a.detach()
-            o = (a @ v).transpose(0, 1).reshape(t, d)
-            x = ln(lin(o, p + ".attention.output.dense") + x, p + ".attention.output.LayerNorm", detach)
-            z = lin(x, p + ".intermediate.dense")
-            g = torch.nn.functional.gelu(z)
-            if detach:
-                g = z * torch.where(z == 0, torch.full_like(z, 0.5), g / z).detach()
-            x = ln(lin(g, p + ".output.dense") + x, p + ".output.LayerNorm", detach)
-        return x.mean(0)
-
-    def embeddings_of(ids):
-        t = len(ids)
-        return (sd["embeddings.word_embeddings.weight"][ids] + sd["embeddings.position_embeddings.weight"][:t]
-                + sd["embeddings.token_type_embeddings.weight"][0]).clone()
+    bert = TorchBert(MODEL)
+    d = bert.d
+    forward, embeddings_of = bert.forward, bert.embeddings
 
     for i in range(len(EMBED_SENTENCES)):
         ids_i = meta["embeddings"][i]["ids"]
@@ -261,14 +228,9 @@ def text_fixtures():
         factors, phis, ids_pair = [], [], []
         for s in (s1, s2):
             ids_s = tok.encode(s).ids
-            x = embeddings_of(ids_s).requires_grad_(True)
-            phi = forward(x, True)
-            rows = []
-            for m in range(d):
-                (g,) = torch.autograd.grad(phi[m], x, retain_graph=True)
-                rows.append((x * g).sum(1).detach())
-            factors.append(torch.stack(rows, 1))  # (T, h): A[t, m], relevance of token t for phi_m
-            phis.append(phi.detach())
+            A, phi = bert.factors(ids_s, "authors")  # one backward per output dimension
+            factors.append(A)  # (T, h): A[t, m], relevance of token t for phi_m
+            phis.append(phi)
             ids_pair.append(ids_s)
         scale = 1 / (phis[0].norm() * phis[1].norm())
         R = factors[0] @ factors[1].T * scale

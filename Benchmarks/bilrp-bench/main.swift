@@ -13,6 +13,7 @@
 import ArgumentParser
 import BiLRP
 import BiLRPIO
+import BiLRPText
 import CKernels
 import Foundation
 
@@ -48,6 +49,8 @@ struct BenchOptions: ParsableCommand {
     var kernelsOnly = false
     @Flag(name: .customLong("resnet-only"), help: "Only the ResNet-50 workload (and its peers with --peers).")
     var resnetOnly = false
+    @Flag(name: .customLong("text-only"), help: "Only the text workload (all-MiniLM-L6-v2; its peers with --peers).")
+    var textOnly = false
     @Option(help: .hidden)
     var child: String?
 
@@ -293,6 +296,112 @@ func f(_ v: Double, _ digits: Int = 2) -> String { String(format: "%.\(digits)f"
 
 let nt = threadCounts.max() ?? 2
 let peak = Dictionary(uniqueKeysWithValues: threadCounts.map { ($0, ck_fma_peak_gflops(Int32($0))) })
+// MARK: - Text (all-MiniLM-L6-v2)
+
+/// Seeded sentences of about 20-40 word pieces, for the documents of the query workload.
+func benchSentences(_ count: Int, seed: UInt64) -> [String] {
+    let words = ("the a of model search query document embedding similarity relevance token pair attention layer "
+        + "retrieval ranks explains which words matched their users cosine sentence transformer propagation "
+        + "semantic index answer question library server benchmark engine neural vector dense sparse").split(separator: " ")
+    var r = SplitMix64(seed: seed)
+    return (0..<count).map { _ in
+        (0..<(14 + Int(r.next() % 16))).map { _ in String(words[Int(r.next() % UInt64(words.count))]) }.joined(separator: " ") + "."
+    }
+}
+
+/// A pair of two 32-token texts (ours with the token side and with the h backward passes; PyTorch
+/// batched and one backward per dimension with --peers, alternating), and a query against 100
+/// documents from cached factors.
+func textSection(withPeers: Bool) throws {
+    let dir = URL(fileURLWithPath: options.assets).appendingPathComponent("models/all-MiniLM-L6-v2")
+    print("")
+    guard FileManager.default.fileExists(atPath: dir.appendingPathComponent("model.safetensors").path) else {
+        print("text workload skipped: \(dir.path) is missing (make assets fetches it)")
+        return
+    }
+    CKernelsBackend.threads = nt
+    let base = try SentenceEncoder.load(directory: dir.path)
+    let encoder = try SentenceEncoder(config: base.config, tokenizer: base.tokenizer, pooling: base.pooling, maxLength: 32,
+                                      normalizes: base.normalizes,
+                                      weights: try SafetensorsFile(path: dir.appendingPathComponent("model.safetensors").path))
+    // Both longer than 32 word pieces: truncated to exactly 32 tokens.
+    let t1 = "Semantic search and retrieval-augmented generation rank documents by the cosine of sentence embeddings, "
+        + "and their users keep asking which words of the query matched which words of the document they were shown."
+    let t2 = "Which words of the query matched which words of the document, and how much did each of those token pairs "
+        + "contribute to the similarity that the sentence encoder computed for the two texts in the end?"
+    let up = try TextExplainer(encoder: encoder)
+    let down = try TextExplainer(encoder: encoder, kernels: CKernelsBackend(patchSideLayers: 0))
+    let ours = try up.explain(t1, t2)
+    let (n1, n2) = (ours.first.tokens.count, ours.second.tokens.count)
+    print("text: all-MiniLM-L6-v2 (6 layers, h = 384, cosine, cp-lrp), a pair of \(n1) and \(n2) tokens, \(nt) threads, "
+          + "median of \(runs) runs after a warm-up")
+    let backward = try down.explain(t1, t2)
+    let scale = ours.pair.relevance.map(abs).max()!
+    let diff = zip(ours.pair.relevance, backward.pair.relevance).map { abs($0 - $1) }.max()! / scale
+    var tUp: [Double] = [], tDown: [Double] = []
+    for _ in 0..<runs {
+        tUp.append(try seconds { _ = try up.explain(t1, t2) })
+        tDown.append(try seconds { _ = try down.explain(t1, t2) })
+    }
+    print("  ours, token side (\(n1) + \(n2) functionals up)      \(f(median(tUp) * 1e3, 1)) ms/pair")
+    print("  ours, backward (384 maps down per text)          \(f(median(tDown) * 1e3, 1)) ms/pair   (R agrees to \(String(format: "%.1e", diff)) of max |R|)")
+    // A query against 100 documents whose factors are cached.
+    let docs = benchSentences(100, seed: 21)
+    var cached: [TextFactors] = []
+    let tCache = try seconds { cached = try docs.map { try up.factors($0) } }
+    var tQuery: [Double] = []
+    for _ in 0..<runs {
+        tQuery.append(try seconds {
+            let q = try up.factors(t2)
+            for d in cached { _ = try up.explain(q, d) }
+        })
+    }
+    let tokens = cached.map(\.text.tokens.count)
+    print("  query vs 100 documents (\(tokens.min()!)-\(tokens.max()!) tokens): documents' factors \(f(tCache, 2)) s once, "
+          + "then \(f(median(tQuery) * 1e3, 1)) ms per query (its factors and 100 pair products)")
+    guard withPeers else { return }
+    let work = FileManager.default.temporaryDirectory.appendingPathComponent("bilrp-bench-text-\(getpid())")
+    try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: work) }
+    for name in ["model.safetensors", "config.json"] {
+        try FileManager.default.createSymbolicLink(at: work.appendingPathComponent(name),
+                                                   withDestinationURL: dir.appendingPathComponent(name).absoluteURL)
+    }
+    let ids = try JSONSerialization.data(withJSONObject: ["ids": [ours.first.ids, ours.second.ids]])
+    try ids.write(to: work.appendingPathComponent("texts.json"))
+    try NPY.write(try Tensor(shape: [n1, n2], data: ours.pair.relevance), to: work.appendingPathComponent("R_ours.npy").path)
+    let kinds = ["batched", "authors"]
+    var peers = try kinds.map { _ in try Peer(dir: work.path, threads: nt, script: "torch_text_bilrp.py") }
+    var diffs: [String] = []
+    for (k, kind) in kinds.enumerated() {
+        diffs.append("\(kind) \(String(format: "%.2e", try peers[k].ask("check \(kind)")["diff"] as! Double))")
+    }
+    print("  beside PyTorch (max |R_torch - R_ours| / max |R_ours|: \(diffs.joined(separator: ", "))), runs alternating:")
+    var tOurs: [Double] = [], t: [String: [Double]] = [:]
+    for i in 0..<max(options.peerRuns, options.authorRuns) {
+        if i < options.peerRuns { tOurs.append(try seconds { _ = try up.explain(t1, t2) }) }
+        for (k, kind) in kinds.enumerated() where i < (kind == "authors" ? options.authorRuns : options.peerRuns) {
+            t[kind, default: []].append(try peers[k].ask("time \(kind)")["seconds"] as! Double)
+        }
+    }
+    let o = median(tOurs)
+    print("    ours" + String(repeating: " ", count: 46) + "\(f(o * 1e3, 1)) ms/pair (median of \(tOurs.count))")
+    let labels = ["batched": "PyTorch batched (384 dimensions, one backward)", "authors": "PyTorch, one backward per dimension"]
+    for (k, kind) in kinds.enumerated() {
+        let rss = try peers[k].ask("rss")["rss_kib"] as! Int
+        _ = try? peers[k].ask("quit")
+        let m = median(t[kind]!)
+        print("    " + labels[kind]!.padding(toLength: 50, withPad: " ", startingAt: 0)
+              + "\(f(m * 1e3, 1)) ms/pair (median of \(t[kind]!.count))   ratio \(f(m / o, 1))x   peak RSS \(f(Double(rss) / 1024, 0)) MB")
+    }
+}
+
+if options.textOnly {
+    print("bilrp-bench  \(Date())   machine: \(ProcessInfo.processInfo.activeProcessorCount) CPUs, ISA \(CKernelsBackend.activeISA)")
+    try textSection(withPeers: options.peers)
+    exit(0)
+}
+
 print("bilrp-bench  \(Date())")
 print("machine: \(ProcessInfo.processInfo.activeProcessorCount) CPUs, ISA \(CKernelsBackend.activeISA), OpenMP \(CKernelsBackend.usesOpenMP)")
 for t in threadCounts.sorted() { print("measured fp32 FMA peak, \(t) thread(s): \(f(peak[t]!, 0)) GFLOP/s") }
@@ -465,7 +574,10 @@ for h in memoryH {
 
 // MARK: - Peers
 
-guard peers else { exit(0) }
+guard peers else {
+    try textSection(withPeers: false)
+    exit(0)
+}
 
 struct Peer {
     let process = Process()
@@ -634,6 +746,7 @@ do {
     }
 }
 if resnetOnly { exit(0) }
+try textSection(withPeers: true)
 
 for size in sizes {
     CKernelsBackend.threads = nt

@@ -52,15 +52,29 @@ extension Explainer {
             for c in 0..<s0.channels { for t in r.x0..<r.x1 { u0.pointer[p * s0.count + c * s0.width + t] = 1 } }
         }
         u[0] = u0
+        // Nodes whose functionals reach the output: the queries' and keys' branches do not (the
+        // AH rule gives them no relevance), so their linear layers are skipped.
+        var carries = [Bool](repeating: false, count: plan.valueCount)
+        carries[plan.output] = true
+        for node in plan.nodes.reversed() where carries[node.output] {
+            if case .attention = node.op { carries[node.inputs[2]] = true } else { for v in node.inputs { carries[v] = true } }
+        }
         for (l, node) in plan.nodes.enumerated() {
             try cancellation?.check()
+            defer {
+                for v in node.inputs {
+                    remaining[v] -= 1
+                    if remaining[v] == 0 { u[v] = nil }
+                }
+            }
+            guard carries[node.output] else { continue }
             let s = trace.shapes[l], out = plan.shapes[node.output]
             let a = trace.inputs[l]
-            let uIn = u[node.inputs[0]]!
+            // The first input's functional (nil for an attention, whose query is not carried).
+            let uIn = u[node.inputs[0]]
             let y: Buffer
             switch node.op {
             case let .conv(c):
-                let g = c.geometry(s)
                 y = Buffer(count: P * out.count)
                 y.pointer.initialize(repeating: 0, count: P * out.count)
                 let tmp = Buffer(count: P * max(out.count, s.count))
@@ -70,14 +84,12 @@ extension Explainer {
                     sum.pointer.initialize(repeating: 0, count: P * out.count)
                     for term in pass.terms {
                         if term.input == .ones {
-                            w.pointer.update(from: uIn.const, count: P * s.count)
+                            w.pointer.update(from: uIn!.const, count: P * s.count)
                         } else {
                             let input = term.input == .identity ? a : trace.modifiedInputs[l][term.input]!
-                            kernels.lrpProduct(n: P, count: s.count, input.const, uIn.const, scale: 1, w.pointer, accumulate: false)
+                            kernels.lrpProduct(n: P, count: s.count, input.const, uIn!.const, scale: 1, w.pointer, accumulate: false)
                         }
-                        for p in 0..<P {
-                            try c.forward(w.const + p * s.count, g, term.weight, bias: nil, tmp.pointer + p * out.count, kernels)
-                        }
+                        try batchedLinear(c, term.weight, w.const, s, out, P, tmp.pointer)
                         kernels.lrpProduct(n: 1, count: P * out.count, nil, tmp.const, scale: 1, sum.pointer, accumulate: true)
                     }
                     kernels.lrpDivide(n: P, count: out.count, sum.const, trace.denominators[l][k].const, epsilon: pass.epsilon,
@@ -85,7 +97,7 @@ extension Explainer {
                     kernels.lrpProduct(n: 1, count: P * out.count, nil, tmp.const, scale: pass.scale, y.pointer, accumulate: true)
                 }
             case .relu, .flatten, .scale, .gelu:
-                y = uIn
+                y = uIn!
             case let .add(eps):
                 let sum = Buffer(count: P * out.count)
                 sum.pointer.initialize(repeating: 0, count: P * out.count)
@@ -97,7 +109,7 @@ extension Explainer {
                 kernels.lrpDivide(n: P, count: out.count, sum.const, trace.denominators[l][0].const, epsilon: eps, y.pointer)
             case let .layerNorm(ln, eps):
                 let w = Buffer(count: P * s.count)
-                kernels.lrpProduct(n: P, count: s.count, a.const, uIn.const, scale: 1, w.pointer, accumulate: false)
+                kernels.lrpProduct(n: P, count: s.count, a.const, uIn!.const, scale: 1, w.pointer, accumulate: false)
                 TransformerOps.layerNormTransposed(n: P, w.pointer, s, gamma: ln.gamma,
                                                    inverseSigma: trace.denominators[l][1].const)
                 y = Buffer(count: P * out.count)
@@ -108,12 +120,13 @@ extension Explainer {
                 kernels.lrpProduct(n: P, count: s.count, trace.values[v]!.const, u[v]!.const, scale: 1, w.pointer,
                                    accumulate: false)
                 let o = Buffer(count: P * s.count)
-                TransformerOps.attentionMix(n: P, w.const, s, heads: heads, weights: trace.denominators[l][1].const, o.pointer)
+                try TransformerOps.attentionMix(n: P, w.const, s, heads: heads, weights: trace.denominators[l][1].const, o.pointer,
+                                                kernels)
                 y = Buffer(count: P * out.count)
                 kernels.lrpDivide(n: P, count: out.count, o.const, trace.denominators[l][0].const, epsilon: eps, y.pointer)
             case let .reduce(axes, mean, eps):
                 let w = Buffer(count: P * s.count)
-                kernels.lrpProduct(n: P, count: s.count, a.const, uIn.const, scale: 1, w.pointer, accumulate: false)
+                kernels.lrpProduct(n: P, count: s.count, a.const, uIn!.const, scale: 1, w.pointer, accumulate: false)
                 let r = Buffer(count: P * out.count)
                 for p in 0..<P {
                     kernels.reduceForward(w.const + p * s.count, s, axes: axes, scale: mean ? 1 / Float(axes.count(s)) : 1,
@@ -124,10 +137,6 @@ extension Explainer {
             default:
                 preconditionFailure("tokenSideEligible admits no other op")
             }
-            for v in node.inputs {
-                remaining[v] -= 1
-                if remaining[v] == 0 { u[v] = nil }
-            }
             u[node.output] = y
         }
         let h = trace.output.count
@@ -135,5 +144,21 @@ extension Explainer {
         var A = [Float](repeating: 0, count: P * h)
         for p in 0..<P { for m in 0..<h { A[p * h + m] = U.pointer[p * h + m] * trace.output.pointer[m] } }
         return A
+    }
+
+    /// The linear layer (no bias) on all P functionals in one call: the functionals, stored
+    /// [p][feature][token], are laid side by side as one sequence of P x T tokens ([feature][p, token]),
+    /// so the GEMM is (out x in) by (in x P T) instead of P thin ones.
+    private func batchedLinear(_ c: PreparedConv, _ m: WeightModifier, _ w: UnsafePointer<Float>, _ s: Shape3, _ out: Shape3,
+                               _ P: Int, _ y: UnsafeMutablePointer<Float>) throws {
+        let t = s.width
+        let wide = Buffer(count: P * s.count), result = Buffer(count: P * out.count)
+        for p in 0..<P {
+            for f in 0..<s.channels { (wide.pointer + (f * P + p) * t).update(from: w + p * s.count + f * t, count: t) }
+        }
+        try c.forward(wide.const, c.geometry(Shape3(s.channels, 1, P * t)), m, bias: nil, result.pointer, kernels)
+        for p in 0..<P {
+            for f in 0..<out.channels { (y + p * out.count + f * t).update(from: result.const + (f * P + p) * t, count: t) }
+        }
     }
 }

@@ -148,19 +148,15 @@ enum TransformerOps {
         }
     }
 
-    /// Per functional: o[c, i] = sum_j A_h[i, j] w[c, j], h the head of feature c.
+    /// Per functional: o[c, i] = sum_j A_h[i, j] w[c, j], h the head of feature c: per head the
+    /// product W_h A_h^T of (dh x T) and (T x T), on the pair-product GEMM.
     static func attentionMix(n: Int, _ w: UnsafePointer<Float>, _ s: Shape3, heads: Int, weights A: UnsafePointer<Float>,
-                             _ o: UnsafeMutablePointer<Float>) {
-        let d = s.channels, t = s.width, dh = d / heads, count = s.count
+                             _ o: UnsafeMutablePointer<Float>, _ kernels: any Kernels) throws {
+        let t = s.width, dh = s.channels / heads, count = s.count
         for m in 0..<n {
-            let wm = w + m * count, om = o + m * count
-            for c in 0..<d {
-                let Ah = A + (c / dh) * t * t
-                for i in 0..<t {
-                    var acc: Float = 0
-                    for j in 0..<t { acc += Ah[i * t + j] * wm[c * t + j] }
-                    om[c * t + i] = acc
-                }
+            for h in 0..<heads {
+                let offset = m * count + h * dh * t
+                try kernels.pairProduct(p: dh, q: t, h: t, w + offset, A + h * t * t, o + offset)
             }
         }
     }
