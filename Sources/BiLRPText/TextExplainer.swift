@@ -169,3 +169,16 @@ public struct TextExplanationReport: Codable, Sendable {
         return try enc.encode(self)
     }
 }
+
+extension TextPairExplanation {
+    /// What the token pictures draw: each token as the original text it covers ([CLS] and [SEP] by
+    /// name), word pieces joined to the word they continue.
+    public func figure(setup: String) -> TokenPairFigure {
+        func line(_ e: EncodedText) -> TokenLine {
+            TokenLine(labels: e.tokens.map { $0.span.isEmpty ? $0.text : e.substring(of: $0) },
+                      continues: e.tokens.map { $0.text.hasPrefix("##") })
+        }
+        return TokenPairFigure(relevance: pair.relevance, first: line(first), second: line(second), similarity: pair.similarity,
+                               relevanceSum: Float(pair.conservation.relevanceSum), setup: setup)
+    }
+}

@@ -266,9 +266,12 @@ struct ExplainText: ParsableCommand {
     var rules = "cp-lrp"
     @Option(help: "How the embeddings are compared (default: cosine when the model normalizes, else dot).")
     var similarity: Similarity?
+    @Option(help: "Pair picture (PNG): the two texts as lines of tokens, curves between matched tokens.") var out: String?
+    @Option(help: "Token-pair matrix picture (PNG): R as a T1 x T2 heatmap with the tokens along the axes.") var matrix: String?
     @Option(help: "JSON report (- for standard output).") var json: String?
     @Option(help: "R as a T1 x T2 float32 NPY, row-major (- for standard output).") var npy: String?
     @Option(help: "Top pairs to report (each sign).") var top = 10
+    @Option(help: "TrueType font for the pictures (default: DejaVu Sans).") var font: String?
     @Option(help: "Worker threads for the C kernels.") var threads: Int?
     @Flag(help: "No progress on stderr.") var quiet = false
 
@@ -304,8 +307,15 @@ struct ExplainText: ParsableCommand {
             for t in [e.first, e.second] where t.truncatedPieces > 0 {
                 say("note: a text was truncated at \(ex.encoder.maxLength) tokens (\(t.truncatedPieces) word pieces dropped)")
             }
-            let matrix = try Tensor(shape: [e.first.tokens.count, e.second.tokens.count], data: e.pair.relevance)
-            if npy == "-" { FileHandle.standardOutput.write(NPY.encode(matrix)) } else if let npy { try NPY.write(matrix, to: npy) }
+            if out != nil || matrix != nil {
+                var style = PairPictureStyle()
+                style.font = try font.map { try Typeface(path: $0) } ?? (try? Typeface.standard())
+                let figure = e.figure(setup: "\(model) · \(ex.rules) · \(ex.explainer.similarity.rawValue) · h = \(e.pair.first.outputs)")
+                if let out { try AtomicFile.write(try Pictures.tokenPairPicture(figure, style: style), to: out) }
+                if let matrix { try AtomicFile.write(try Pictures.tokenMatrixPicture(figure, style: style), to: matrix) }
+            }
+            let R = try Tensor(shape: [e.first.tokens.count, e.second.tokens.count], data: e.pair.relevance)
+            if npy == "-" { FileHandle.standardOutput.write(NPY.encode(R)) } else if let npy { try NPY.write(R, to: npy) }
             let timings = ["load_seconds": tLoad, "factors_first_seconds": t1, "factors_second_seconds": t2,
                            "pair_seconds": t3, "total_seconds": Date().timeIntervalSince(total)]
             let report = TextExplanationReport(e, explainer: ex, source: model, top: top, timings: timings)

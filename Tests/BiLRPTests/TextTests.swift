@@ -305,6 +305,29 @@ struct ExplainTextCLITests {
         #expect(r.stdout.hasPrefix("similarity 0.7553"), "\(r.stdout)")
     }
 
+    @Test("the pictures: the pair picture draws the strongest pair's curve in full red, the matrix its cell the reddest")
+    func pictures() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let (t1, t2) = ("How do I reset my password?", "Forgot your password? Click 'reset' and follow the e-mail's instructions.")
+        let r = try runBilrp(["explain-text", t1, t2, "--model", miniLMDirectory, "--out", dir.path + "/pair.png",
+                              "--matrix", dir.path + "/matrix.png", "--quiet"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let pair = try RGBImage.load(path: dir.path + "/pair.png"), matrix = try RGBImage.load(path: dir.path + "/matrix.png")
+        func reds(_ img: RGBImage, rows: Range<Int>? = nil) -> [Float] {
+            let r = rows ?? 0..<img.height
+            return (r.lowerBound * img.width..<r.upperBound * img.width).map { i in
+                img.pixels[3 * i] - max(img.pixels[3 * i + 1], img.pixels[3 * i + 2])
+            }
+        }
+        #expect(pair.width == 960 && matrix.width >= 480)
+        // In the band between the two lines of tokens (one line each above it) only curves are
+        // drawn; the strongest pair's (opacity 1) is the picture's red (0.8, 0, 0).
+        #expect(reds(pair, rows: 70..<210).max()! >= 0.75)
+        // The matrix: the reddest cell is at full scale (the top pair is far above the others).
+        #expect(reds(matrix).max()! >= 0.95)
+    }
+
     @Test("an empty text, a file that is not UTF-8, and rules hp: exit 1 with the reason")
     func errors() throws {
         let dir = try temporaryDirectory()
