@@ -91,7 +91,8 @@ test-plain:
 	BILRP_SERVER_TIMING=1 BILRP_EXPECT_OPENMP=0 $(SWIFT) test -c release --skip-build --filter ConventionTests
 
 # The README's main command: explains the motorcycle stereo pair and an unrelated pair (chelsea vs
-# coffee) with the real ImageNet VGG-16 (pool5, paper-vgg rules, 128 x 128 as in the paper).
+# coffee) with the real ImageNet VGG-16 (pool5, paper-vgg rules, 128 x 128 as in the paper), and a
+# text pair with all-MiniLM-L6-v2.
 DEMO_OUT   := out/demo
 DEMO_MODEL := --model assets/models/vgg16_imagenet.onnx --layer 31 --rules paper-vgg --size 128 --patch 8 --head random:100:0
 demo: apt-deps assets build-cli
@@ -103,6 +104,9 @@ demo: apt-deps assets build-cli
 	$(BIN)/bilrp explain assets/images/chelsea.png assets/images/coffee.png $(DEMO_MODEL) \
 	  --out $(DEMO_OUT)/chelsea_coffee_pair.png --heatmap $(DEMO_OUT)/chelsea_coffee_heatmap.png \
 	  --matrix $(DEMO_OUT)/chelsea_coffee_matrix.png --json $(DEMO_OUT)/chelsea_coffee.json --npy $(DEMO_OUT)/chelsea_coffee_R.npy
+	$(BIN)/bilrp explain-text "How do I reset my password?" "Forgot your password? Click 'reset' and follow the e-mail's instructions." \
+	  --model assets/models/all-MiniLM-L6-v2 --out $(DEMO_OUT)/text_pair.png --matrix $(DEMO_OUT)/text_matrix.png \
+	  --json $(DEMO_OUT)/text.json --npy $(DEMO_OUT)/text_R.npy
 	@echo "demo: pictures, JSON and NPY written to $(DEMO_OUT)/"
 
 # Faithfulness (the README's table): pair perturbation and correspondence accuracy of BiLRP, HP,
