@@ -239,6 +239,16 @@ def text_fixtures():
         tensors[f"pair.{j}.A2"] = factors[1].contiguous()
         tensors[f"pair.{j}.R"] = R.contiguous()
         tensors[f"pair.{j}.cosine"] = (phis[0] @ phis[1] * scale).reshape(1)
+    # hp: the same maps with the true gradients (nothing detached). Summed over a token's features
+    # they vanish (the embedding LayerNorm is scale invariant per token: Euler), so the check is
+    # per feature; the token-pair Hessian x Product is checked to vanish too, by double backward.
+    for j in range(len(RELEVANCE_SENTENCES)):
+        x = tensors[f"relevance.{j}.input"].clone().requires_grad_(True)
+        phi = forward(x, False)
+        (tensors[f"relevance.{j}.c"] * phi).sum().backward()
+        tensors[f"hp.relevance.{j}.R"] = (x * x.grad).detach().contiguous()
+    ids1, ids2 = tok.encode(PAIRS[0][0]).ids, tok.encode(PAIRS[0][1]).ids
+    tensors["hp.pair.R"] = bert.hessian_product(ids1, ids2).contiguous()
     tok.enable_padding(pad_id=0, pad_token="[PAD]")
     save_file(tensors, os.path.join(OUT, "minilm.safetensors"))
     with open(os.path.join(OUT, "minilm.json"), "w", encoding="utf-8") as f:

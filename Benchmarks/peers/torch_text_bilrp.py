@@ -70,10 +70,10 @@ class TorchBert:
             x = self.ln(self.lin(g, p + ".output.dense") + x, p + ".output.LayerNorm", detach)
         return x.mean(0)
 
-    def factors(self, ids, kind="batched"):
-        """A (T, h) and phi of one text."""
+    def factors(self, ids, kind="batched", detach=True):
+        """A (T, h) and phi of one text (detach=False: the true gradients, the Hessian x Product's factors)."""
         x = self.embeddings(ids).requires_grad_(True)
-        phi = self.forward(x)
+        phi = self.forward(x, detach)
         h = phi.shape[0]
         if kind == "batched":
             (g,) = torch.autograd.grad(phi, x, grad_outputs=torch.eye(h), is_grads_batched=True)
@@ -85,6 +85,19 @@ class TorchBert:
                 cols.append((x.detach() * g).sum(-1))
             A = torch.stack(cols, 1)
         return A.detach(), phi.detach()
+
+    def hessian_product(self, ids1, ids2):
+        """HP[t, t'] = sum_{d, d'} x[t, d] x'[t', d'] d^2 <phi(x), phi(x')> / dx[t, d] dx'[t', d'], by double
+        backward through the true (undetached) network: one second backward per token of the first text."""
+        x1 = self.embeddings(ids1).requires_grad_(True)
+        x2 = self.embeddings(ids2).requires_grad_(True)
+        y = self.forward(x1, False) @ self.forward(x2, False)
+        (g,) = torch.autograd.grad(y, x1, create_graph=True)
+        rows = []
+        for t in range(len(ids1)):
+            (h,) = torch.autograd.grad((x1[t] * g[t]).sum(), x2, retain_graph=True)
+            rows.append((x2 * h).sum(-1).detach())
+        return torch.stack(rows, 0)
 
     def pair(self, ids1, ids2, kind="batched"):
         (A1, p1), (A2, p2) = self.factors(ids1, kind), self.factors(ids2, kind)

@@ -8,7 +8,8 @@
 /// `0:zb;1-10:gamma=0.5;11-17:gamma=0.25;18-24:gamma=0.1;25-:zero`. Selectors: `N`, `N-M`
 /// (inclusive), `N-` (N and above), `-M`, `first` / `last` (the first / last conv or linear layer),
 /// `conv`, `linear`, `add` (residual sums: their epsilon), `max` / `min` (element-wise Max / Min
-/// nodes: `proportional` splits their relevance, any other rule keeps winner-take-all), `*`, and a
+/// nodes: `proportional` splits their relevance, any other rule keeps winner-take-all), `layernorm`,
+/// `gelu`, `attention` (`gradient`: their true gradient; else the conservative rules), `*`, and a
 /// node-name pattern with `*` and
 /// `?` wildcards (`layer4.*`, `/layer1/*`). Indices are a chain's layer indices; for a general graph
 /// a node's index is its position in the graph's topological order, batch norms included (the `#`
@@ -24,6 +25,10 @@ public struct Composite: Sendable, Equatable, CustomStringConvertible {
         /// Element-wise Max / Min nodes.
         case maximum
         case minimum
+        /// LayerNorm, GELU and attention nodes (`gradient` gives them their true gradient).
+        case layerNorm
+        case gelu
+        case attention
         case last
         case all
         /// Node names matching a glob (`*` any run of characters, `?` one character).
@@ -56,6 +61,9 @@ public struct Composite: Sendable, Equatable, CustomStringConvertible {
             case .add: if case .add = op { return rule }
             case .maximum: if case .maximum = op { return rule }
             case .minimum: if case .minimum = op { return rule }
+            case .layerNorm: if case .layerNorm = op { return rule }
+            case .gelu: if case .gelu = op { return rule }
+            case .attention: if case .attention = op { return rule }
             case .all: return rule
             case let .pattern(p) where Composite.glob(p, matches: name): return rule
             default: continue
@@ -143,6 +151,9 @@ public struct Composite: Sendable, Equatable, CustomStringConvertible {
         case "add": return .add
         case "max": return .maximum
         case "min": return .minimum
+        case "layernorm": return .layerNorm
+        case "gelu": return .gelu
+        case "attention": return .attention
         case "*", "all": return .all
         default: break
         }
@@ -184,6 +195,9 @@ public struct Composite: Sendable, Equatable, CustomStringConvertible {
             case .add: s = "add"
             case .maximum: s = "max"
             case .minimum: s = "min"
+            case .layerNorm: s = "layernorm"
+            case .gelu: s = "gelu"
+            case .attention: s = "attention"
             case .last: s = "last"
             case .all: s = "*"
             case let .pattern(p): s = p

@@ -28,7 +28,8 @@ public final class Explainer: @unchecked Sendable {
     /// The rule chosen for each conv/linear node, by its index (the layer index of a chain, the
     /// node's position in the graph as given otherwise, before batch norms were folded).
     public let rules: [Int: Rule]
-    /// The rule chosen for each conv/linear node and each Max / Min node, by node name.
+    /// The rule chosen for each conv/linear node and each Max / Min, LayerNorm, GELU and attention
+    /// node, by node name.
     public let nodeRules: [String: Rule]
     /// The graph explained, canonized (batch norms folded, dropout and identities removed).
     public let graph: Graph
@@ -97,7 +98,8 @@ public final class Explainer: @unchecked Sendable {
             let nonNegativeInput = inputs.allSatisfy { nonNegative[$0] }
             let label = chain ? "layer \(index)" : "node '\(node.name)'"
             if node.op.isWeighted, !rule.appliesToWeightedLayers {
-                throw BiLRPError.invalidComposite("rule \(rule) at \(label) (\(node.op.name)) is for Max and Min nodes only")
+                throw BiLRPError.invalidComposite(
+                    "rule \(rule) at \(label) (\(node.op.name)) is for \(rule == .gradient ? "LayerNorm, GELU and attention" : "Max and Min") nodes only")
             }
             let op: PreparedLayer
             switch node.op {
@@ -156,11 +158,14 @@ public final class Explainer: @unchecked Sendable {
                 op = .reduce(axes, mean: mean, epsilon: rule.parameterFreeEpsilon)
             case let .layerNorm(ln):
                 if channels == nil, inputs == [0] { channels = ln.features; sequenceInput = true }
-                op = .layerNorm(ln, epsilon: rule.parameterFreeEpsilon)
+                nodeRules[node.name] = rule
+                op = .layerNorm(ln, epsilon: rule.parameterFreeEpsilon, exact: rule == .gradient)
             case .gelu:
-                op = .gelu
+                nodeRules[node.name] = rule
+                op = .gelu(epsilon: rule.parameterFreeEpsilon, exact: rule == .gradient)
             case let .attention(heads):
-                op = .attention(heads: heads, epsilon: rule.parameterFreeEpsilon)
+                nodeRules[node.name] = rule
+                op = .attention(heads: heads, epsilon: rule.parameterFreeEpsilon, exact: rule == .gradient)
             }
             // Which values are known to be >= 0: a conv after them drops its negative-input terms.
             switch node.op {
@@ -532,16 +537,22 @@ public final class Explainer: @unchecked Sendable {
                 y = Buffer(count: next.count)
                 kernels.reduceForward(a.const, s, axes: axes, scale: mean ? 1 / Float(axes.count(s)) : 1, y.pointer)
                 dens.append(y)
-            case let .layerNorm(ln, _):
+            case let .layerNorm(ln, _, _):
                 y = Buffer(count: s.count)
                 let inverseSigma = Buffer(count: s.height * s.width)
                 TransformerOps.layerNormForward(a.const, s, ln, y.pointer, inverseSigma: inverseSigma.pointer)
                 dens.append(y)
                 dens.append(inverseSigma)
-            case .gelu:
+            case let .gelu(_, exact):
                 y = Buffer(count: s.count)
                 TransformerOps.geluForward(a.const, count: s.count, y.pointer)
-            case let .attention(heads, _):
+                if exact {
+                    let slope = Buffer(count: s.count)  // x gelu'(x)
+                    TransformerOps.geluInputTimesSlope(a.const, count: s.count, slope.pointer)
+                    dens.append(y)
+                    dens.append(slope)
+                }
+            case let .attention(heads, _, _):
                 y = Buffer(count: s.count)
                 let weights = Buffer(count: heads * s.width * s.width)
                 TransformerOps.attentionForward(q: a.const, k: ins[1].const, v: ins[2].const, s, heads: heads, y.pointer,
@@ -834,27 +845,42 @@ public final class Explainer: @unchecked Sendable {
                                        scale: mean ? 1 / Float(axes.count(s)) : 1, Rin.pointer)
                 pool.give(sBuf)
                 deposit(node.inputs[0], .full(Rin))
-            case let .layerNorm(ln, eps):
+            case let .layerNorm(ln, eps, exact):
                 let R = unpooled(Rout)
                 let sBuf = pool.take(n * s.count)
                 kernels.lrpDivide(n: n, count: s.count, R.const, trace.denominators[l][0].const, epsilon: eps, sBuf.pointer)
                 pool.give(R)
                 let Rin = pool.take(n * s.count)
                 TransformerOps.layerNormBackward(n: n, sBuf.const, a.const, s, gamma: ln.gamma,
-                                                 inverseSigma: trace.denominators[l][1].const, Rin.pointer)
+                                                 inverseSigma: trace.denominators[l][1].const, exact: exact, Rin.pointer)
                 pool.give(sBuf)
                 deposit(node.inputs[0], .full(Rin))
-            case .gelu:
-                deposit(node.inputs[0], Rout)
-            case let .attention(heads, eps):
-                // Queries and keys get none: their readers' relevance comes from other paths only.
+            case let .gelu(eps, exact):
+                guard exact else { deposit(node.inputs[0], Rout); continue }
+                let R = unpooled(Rout)
+                let Rin = pool.take(n * s.count)
+                kernels.lrpDivide(n: n, count: s.count, R.const, trace.denominators[l][0].const, epsilon: eps, Rin.pointer)
+                pool.give(R)
+                kernels.lrpProduct(n: n, count: s.count, trace.denominators[l][1].const, Rin.const, scale: 1, Rin.pointer,
+                                   accumulate: false)
+                deposit(node.inputs[0], .full(Rin))
+            case let .attention(heads, eps, exact):
+                // AH: queries and keys get none (their readers' relevance comes from other paths).
                 let R = unpooled(Rout)
                 let sBuf = pool.take(n * s.count)
                 kernels.lrpDivide(n: n, count: s.count, R.const, trace.denominators[l][0].const, epsilon: eps, sBuf.pointer)
                 pool.give(R)
+                let (q, k, v) = (trace.values[node.inputs[0]]!, trace.values[node.inputs[1]]!, trace.values[node.inputs[2]]!)
                 let Rv = pool.take(n * s.count)
-                TransformerOps.attentionValueBackward(n: n, sBuf.const, v: trace.values[node.inputs[2]]!.const, s,
+                TransformerOps.attentionValueBackward(n: n, sBuf.const, v: v.const, s,
                                                       heads: heads, weights: trace.denominators[l][1].const, Rv.pointer)
+                if exact {
+                    let Rq = pool.take(n * s.count), Rk = pool.take(n * s.count)
+                    TransformerOps.attentionScoreBackward(n: n, sBuf.const, q: q.const, k: k.const, v: v.const, s, heads: heads,
+                                                          weights: trace.denominators[l][1].const, Rq.pointer, Rk.pointer)
+                    deposit(node.inputs[0], .full(Rq))
+                    deposit(node.inputs[1], .full(Rk))
+                }
                 pool.give(sBuf)
                 deposit(node.inputs[2], .full(Rv))
             }

@@ -26,12 +26,14 @@ enum PreparedLayer: @unchecked Sendable {
     case extremum(maximum: Bool, proportional: Bool, epsilon: Float)
     /// Sum / mean over axes: R_in = a / stab(z) R (LRP-epsilon on a linear map of unit weights).
     case reduce(Axes3, mean: Bool, epsilon: Float)
-    /// LayerNorm, LN rule (sigma constant): LRP-epsilon on the linear map it then is.
-    case layerNorm(LayerNorm, epsilon: Float)
-    /// GELU, identity rule: relevance passes unchanged.
-    case gelu
-    /// Self-attention of (q, k, v), AH rule: LRP-epsilon on o = A v with A constant, to v only.
-    case attention(heads: Int, epsilon: Float)
+    /// LayerNorm, LN rule (sigma constant): LRP-epsilon on the linear map it then is; `exact`:
+    /// x times the true gradient (the `gradient` rule).
+    case layerNorm(LayerNorm, epsilon: Float, exact: Bool)
+    /// GELU, identity rule: relevance passes unchanged; `exact`: x gelu'(x) / stab(gelu(x)) R.
+    case gelu(epsilon: Float, exact: Bool)
+    /// Self-attention of (q, k, v), AH rule: LRP-epsilon on o = A v with A constant, to v only;
+    /// `exact`: also through the softmax to the queries and keys.
+    case attention(heads: Int, epsilon: Float, exact: Bool)
 
     /// A label for profiles: the layer and its input shape.
     func name(_ s: Shape3) -> String {
@@ -55,7 +57,7 @@ enum PreparedLayer: @unchecked Sendable {
         case let .reduce(axes, mean, _): return "\(mean ? "ReduceMean" : "ReduceSum")(\(axes)) @\(s.height)x\(s.width)"
         case .layerNorm: return "LayerNorm @\(s.width) tokens"
         case .gelu: return "Gelu"
-        case let .attention(heads, _): return "Attention(\(heads) heads) @\(s.width) tokens"
+        case let .attention(heads, _, _): return "Attention(\(heads) heads) @\(s.width) tokens"
         }
     }
 

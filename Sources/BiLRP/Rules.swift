@@ -84,6 +84,11 @@ public enum Rule: Hashable, Sendable, CustomStringConvertible {
     /// For element-wise Min / Max nodes: relevance split in proportion to the inputs,
     /// a_k / stab(sum_j a_j), instead of winner-take-all. Not a rule for weighted layers.
     case proportional
+    /// For LayerNorm, GELU and attention nodes: the true gradient (their full Jacobian, with the
+    /// standard deviation, gelu'(z) and the softmax's dependence on queries and keys), so that with
+    /// LRP-0 elsewhere the factors are gradient x input and BiLRP is the Hessian x Product. Not a
+    /// rule for weighted layers.
+    case gradient
 
     /// The rule as passes of terms, for inputs of unknown sign or (when `nonNegativeInput`) for
     /// inputs known to be >= 0 (after a ReLU), where the negative-input terms vanish.
@@ -119,7 +124,7 @@ public enum Rule: Hashable, Sendable, CustomStringConvertible {
             return [RulePass(terms: [RuleTerm(input: .ones, weight: .square)], bias: nil, epsilon: e, scale: 1)]
         case .flat:
             return [RulePass(terms: [RuleTerm(input: .ones, weight: .one)], bias: nil, epsilon: e, scale: 1)]
-        case .proportional:
+        case .proportional, .gradient:
             // Refused on weighted layers by the explainer (`Rule.appliesToWeightedLayers`).
             return single(.identity, bias: .identity)
         }
@@ -134,7 +139,7 @@ public enum Rule: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Whether a convolution or linear layer can take this rule (`proportional` is for Min / Max).
-    var appliesToWeightedLayers: Bool { self != .proportional }
+    var appliesToWeightedLayers: Bool { self != .proportional && self != .gradient }
 
     /// The spelling used in composite strings.
     public var description: String {
@@ -148,11 +153,12 @@ public enum Rule: Hashable, Sendable, CustomStringConvertible {
         case .wSquare: return "wsquare"
         case .flat: return "flat"
         case .proportional: return "proportional"
+        case .gradient: return "gradient"
         }
     }
 
     /// Parses `zero`, `epsilon=E` (or `eps=E`), `gamma=G`, `zplus`, `alphabeta=A,B`, `zb`, `wsquare`, `flat`,
-    /// `proportional`.
+    /// `proportional`, `gradient`.
     public init(parsing text: String) throws {
         let t = text.trimmingCharacters(in: .whitespaces).lowercased()
         let parts = t.split(separator: "=", maxSplits: 1).map(String.init)
@@ -190,9 +196,10 @@ public enum Rule: Hashable, Sendable, CustomStringConvertible {
         case "wsquare", "w2": try noArgument(); self = .wSquare
         case "flat": try noArgument(); self = .flat
         case "proportional": try noArgument(); self = .proportional
+        case "gradient": try noArgument(); self = .gradient
         default:
             throw BiLRPError.invalidComposite(
-                "unknown rule '\(text)' (known: zero, epsilon=E, gamma=G, zplus, alphabeta=A,B, zb, wsquare, flat, proportional)")
+                "unknown rule '\(text)' (known: zero, epsilon=E, gamma=G, zplus, alphabeta=A,B, zb, wsquare, flat, proportional, gradient)")
         }
     }
 }

@@ -25,7 +25,8 @@ extension Explainer {
         plan.nodes.allSatisfy { n in
             switch n.op {
             case let .conv(c): return c.isLinear
-            case .relu, .flatten, .scale, .add, .layerNorm, .gelu, .attention, .reduce: return true
+            case let .layerNorm(_, _, exact), let .gelu(_, exact), let .attention(_, _, exact): return !exact
+            case .relu, .flatten, .scale, .add, .reduce: return true
             default: return false
             }
         }
@@ -107,14 +108,14 @@ extension Explainer {
                 }
                 y = Buffer(count: P * out.count)
                 kernels.lrpDivide(n: P, count: out.count, sum.const, trace.denominators[l][0].const, epsilon: eps, y.pointer)
-            case let .layerNorm(ln, eps):
+            case let .layerNorm(ln, eps, _):
                 let w = Buffer(count: P * s.count)
                 kernels.lrpProduct(n: P, count: s.count, a.const, uIn!.const, scale: 1, w.pointer, accumulate: false)
                 TransformerOps.layerNormTransposed(n: P, w.pointer, s, gamma: ln.gamma,
                                                    inverseSigma: trace.denominators[l][1].const)
                 y = Buffer(count: P * out.count)
                 kernels.lrpDivide(n: P, count: out.count, w.const, trace.denominators[l][0].const, epsilon: eps, y.pointer)
-            case let .attention(heads, eps):
+            case let .attention(heads, eps, _):
                 let v = node.inputs[2]
                 let w = Buffer(count: P * s.count)
                 kernels.lrpProduct(n: P, count: s.count, trace.values[v]!.const, u[v]!.const, scale: 1, w.pointer,

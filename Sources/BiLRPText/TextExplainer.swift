@@ -62,8 +62,9 @@ public struct TextPairExplanation: Sendable {
 public final class TextExplainer: Sendable {
     /// The rule presets for transformers: `cp-lrp`, the conservative propagation of Ali et al. (2022):
     /// LRP-0 on the linear layers, LayerNorm with sigma constant, GELU identity, attention weights
-    /// constant. A composite string selects other rules for the linear layers.
-    public static let presets = ["cp-lrp": "*:zero"]
+    /// constant; `hp`, the Hessian x Product: the true gradients through LayerNorm, GELU and
+    /// attention, LRP-0 (gradient x input) on the linear layers. A composite string selects others.
+    public static let presets = ["cp-lrp": "*:zero", "hp": "layernorm:gradient;gelu:gradient;attention:gradient;*:zero"]
 
     public let encoder: SentenceEncoder
     public let explainer: Explainer
@@ -72,10 +73,6 @@ public final class TextExplainer: Sendable {
     /// `similarity` nil: cosine when the model normalizes its embeddings, else dot.
     public init(encoder: SentenceEncoder, rules: String = "cp-lrp", similarity: Similarity? = nil,
                 kernels: any Kernels = CKernelsBackend(), limits: ResourceLimits = .default) throws {
-        if rules == "hp" {
-            throw BiLRPError.unsupported(
-                "rules 'hp' on a transformer: the Hessian x Product needs the true gradients through attention, LayerNorm and GELU, which are not implemented yet; use cp-lrp")
-        }
         let composite = try Composite.named(Self.presets[rules] ?? rules)
         self.encoder = encoder
         self.rules = rules

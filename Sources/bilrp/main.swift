@@ -262,7 +262,7 @@ struct ExplainText: ParsableCommand {
     @Flag(help: "The two arguments are paths of UTF-8 text files.") var file = false
     @Option(help: "A sentence-transformers BERT folder (config.json, model.safetensors, vocab.txt, tokenizer.json, 1_Pooling/).")
     var model = "assets/models/all-MiniLM-L6-v2"
-    @Option(help: "Rules: cp-lrp (conservative propagation, Ali et al. 2022) or a composite string for the linear layers.")
+    @Option(help: "Rules: cp-lrp (conservative propagation, Ali et al. 2022), hp (true gradients: Hessian x Product) or a composite string.")
     var rules = "cp-lrp"
     @Option(help: "How the embeddings are compared (default: cosine when the model normalizes, else dot).")
     var similarity: Similarity?
@@ -304,6 +304,9 @@ struct ExplainText: ParsableCommand {
             let (e, t3) = try progress.step("pair explanation") { try ex.explain(fa, fb) }
             let say: (String) -> Void = json == "-" || npy == "-"
                 ? { FileHandle.standardError.write(Data(($0 + "\n").utf8)) } : { print($0) }
+            if rules == "hp" {
+                say("note: under hp a BERT encoder's token relevance sums to about 0 per token (its embedding LayerNorm is scale invariant per token), so the token pairs carry no signal; cp-lrp is the rule set for token pairs")
+            }
             for t in [e.first, e.second] where t.truncatedPieces > 0 {
                 say("note: a text was truncated at \(ex.encoder.maxLength) tokens (\(t.truncatedPieces) word pieces dropped)")
             }

@@ -202,9 +202,40 @@ struct SentenceEncoderTests {
         }
     }
 
-    @Test("hp on a transformer is refused with the reason (its true gradients are not implemented)")
-    func hpRefused() throws {
-        #expect(throws: BiLRPError.self) { try TextExplainer(encoder: try Self.loaded.get(), rules: "hp") }
+    @Test("hp (true gradients through LayerNorm, GELU, attention) equals PyTorch's undetached gradient x input per feature within 1e-4")
+    func hpMaps() throws {
+        let e = try Self.loaded.get()
+        let (fx, f) = try MiniLMFixture.load()
+        let ex = try TextExplainer(encoder: e, rules: "hp").explainer
+        #expect(ex.nodeRules["encoder.layer.0.attention.self"] == .gradient && ex.nodeRules["encoder.layer.0.output.dense"] == .zero)
+        for (j, s) in fx.relevance.enumerated() {
+            let x = try e.inputEmbeddings(try e.tokenize(s.text))
+            let phi = try ex.embedding(x)
+            let c = try f.t("relevance.\(j).c").data
+            let R = try ex.relevance(x, outputRelevance: zip(c, phi).map { $0 * $1 })
+            expectClose(R.data, try f.t("hp.relevance.\(j).R").data, tol: 1e-4, "hp map \(j)")
+        }
+    }
+
+    @Test("hp's token pairs vanish, as PyTorch's double-backward Hessian x Product does: the embedding LayerNorm is scale invariant per token")
+    func hpTokenPairsVanish() throws {
+        let e = try Self.loaded.get()
+        let (fx, f) = try MiniLMFixture.load()
+        let p = fx.pairs[0]
+        let hp = try TextExplainer(encoder: e, rules: "hp", similarity: .dot).explain(p.first, p.second)
+        let cp = try TextExplainer(encoder: e, rules: "cp-lrp", similarity: .dot).explain(p.first, p.second)
+        let torch = try f.t("hp.pair.R").data
+        let scale = cp.pair.relevance.map(abs).max()!
+        #expect(torch.map(abs).max()! <= 1e-9 * scale)
+        #expect(hp.pair.relevance.map(abs).max()! <= 1e-4 * scale, "hp token pairs: \(hp.pair.relevance.map(abs).max()!) vs cp-lrp \(scale)")
+    }
+
+    @Test("the gradient rule on a linear layer is refused, naming the node")
+    func gradientOnLinear() throws {
+        #expect(throws: BiLRPError.invalidComposite(
+            "rule gradient at node 'encoder.layer.0.attention.self.query' (Linear(384, 384)) is for LayerNorm, GELU and attention nodes only")) {
+            try TextExplainer(encoder: try Self.loaded.get(), rules: "linear:gradient")
+        }
     }
 
     @Test("conservation with every bias (and LayerNorm shift) zero: |sum R - y| <= 1e-4 |y| over token pairs")
@@ -328,7 +359,7 @@ struct ExplainTextCLITests {
         #expect(reds(matrix).max()! >= 0.95)
     }
 
-    @Test("an empty text, a file that is not UTF-8, and rules hp: exit 1 with the reason")
+    @Test("an empty text, a file that is not UTF-8, and the gradient rule on linear layers: exit 1 with the reason")
     func errors() throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -340,7 +371,7 @@ struct ExplainTextCLITests {
             (["", "text"], "bilrp: error: the text is empty"),
             ([" \t ", "text"], "bilrp: error: the text has no tokens: it is only white space or control characters"),
             (["--file", ok.path, bad.path], "bilrp: error: '\(bad.path)' is not valid UTF-8 text"),
-            (["a", "b", "--rules", "hp"], "bilrp: error: unsupported: rules 'hp' on a transformer"),
+            (["a", "b", "--rules", "attention:gradient;linear:gradient"], "bilrp: error: invalid rule composite: rule gradient at node"),
         ]
         for (args, message) in cases {
             let r = try runBilrp(["explain-text"] + args + ["--model", miniLMDirectory, "--quiet"])
