@@ -320,10 +320,7 @@ func textSection(withPeers: Bool) throws {
         return
     }
     CKernelsBackend.threads = nt
-    let base = try SentenceEncoder.load(directory: dir.path)
-    let encoder = try SentenceEncoder(config: base.config, tokenizer: base.tokenizer, pooling: base.pooling, maxLength: 32,
-                                      normalizes: base.normalizes,
-                                      weights: try SafetensorsFile(path: dir.appendingPathComponent("model.safetensors").path))
+    let encoder = try SentenceEncoder.load(directory: dir.path).truncating(at: 32)
     // Both longer than 32 word pieces: truncated to exactly 32 tokens.
     let t1 = "Semantic search and retrieval-augmented generation rank documents by the cosine of sentence embeddings, "
         + "and their users keep asking which words of the query matched which words of the document they were shown."

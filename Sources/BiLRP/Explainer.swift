@@ -724,6 +724,14 @@ public final class Explainer: @unchecked Sendable {
             if !usedR { pool.give(R) }
             for (v, b) in target { rel[v] = .full(b) }
         }
+        /// S = R / stab(z) for a block (z shared by its n maps); R goes back to the pool.
+        func divided(_ Rout: BlockRelevance, by z: Buffer, count: Int, epsilon: Float) -> Buffer {
+            let R = unpooled(Rout)
+            let S = pool.take(n * count)
+            kernels.lrpDivide(n: n, count: count, R.const, z.const, epsilon: epsilon, S.pointer)
+            pool.give(R)
+            return S
+        }
         defer { for r in rel { if let r { release(r) } } }
         for l in stride(from: plan.nodes.count - 1, through: last, by: -1) {
             try cancellation?.check()
@@ -758,10 +766,7 @@ public final class Explainer: @unchecked Sendable {
                 deposit(node.inputs[0], .full(Rin))
             case let .avgPool(p, eps, _):
                 let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, pool: p)
-                let R = unpooled(Rout)
-                let sBuf = pool.take(n * g.outCount)
-                kernels.lrpDivide(n: n, count: g.outCount, R.const, trace.denominators[l][0].const, epsilon: eps, sBuf.pointer)
-                pool.give(R)
+                let sBuf = divided(Rout, by: trace.denominators[l][0], count: g.outCount, epsilon: eps)
                 let Rin = pool.take(n * g.inCount)
                 kernels.avgPoolBackward(n: n, sBuf.const, g, Rin.pointer)
                 pool.give(sBuf)
@@ -769,10 +774,7 @@ public final class Explainer: @unchecked Sendable {
                 deposit(node.inputs[0], .full(Rin))
             case let .adaptivePool(oh, ow, eps, sum):
                 let g = PoolGeometry(channels: s.channels, height: s.height, width: s.width, adaptiveTo: oh, ow)
-                let R = unpooled(Rout)
-                let sBuf = pool.take(n * g.outCount)
-                kernels.lrpDivide(n: n, count: g.outCount, R.const, trace.denominators[l][0].const, epsilon: eps, sBuf.pointer)
-                pool.give(R)
+                let sBuf = divided(Rout, by: trace.denominators[l][0], count: g.outCount, epsilon: eps)
                 let Rin = pool.take(n * g.inCount)
                 kernels.adaptiveAvgPoolBackward(n: n, sBuf.const, g, Rin.pointer)
                 pool.give(sBuf)
@@ -796,10 +798,7 @@ public final class Explainer: @unchecked Sendable {
                 pool.give(R)
             case let .affine(_, _, eps):
                 // LRP-epsilon on y = s x + t: R_in = s x / stab(y) R.
-                let R = unpooled(Rout)
-                let Rin = pool.take(n * s.count)
-                kernels.lrpDivide(n: n, count: s.count, R.const, trace.denominators[l][0].const, epsilon: eps, Rin.pointer)
-                pool.give(R)
+                let Rin = divided(Rout, by: trace.denominators[l][0], count: s.count, epsilon: eps)
                 kernels.lrpProduct(n: n, count: s.count, trace.denominators[l][1].const, Rin.const, scale: 1, Rin.pointer,
                                    accumulate: false)
                 deposit(node.inputs[0], .full(Rin))
@@ -835,21 +834,15 @@ public final class Explainer: @unchecked Sendable {
                     pool.give(R)
                 }
             case let .reduce(axes, mean, eps):
-                let R = unpooled(Rout)
                 let out = trace.valueShapes[node.output]
-                let sBuf = pool.take(n * out.count)
-                kernels.lrpDivide(n: n, count: out.count, R.const, trace.denominators[l][0].const, epsilon: eps, sBuf.pointer)
-                pool.give(R)
+                let sBuf = divided(Rout, by: trace.denominators[l][0], count: out.count, epsilon: eps)
                 let Rin = pool.take(n * s.count)
                 kernels.reduceBackward(n: n, sBuf.const, a.const, s, axes: axes,
                                        scale: mean ? 1 / Float(axes.count(s)) : 1, Rin.pointer)
                 pool.give(sBuf)
                 deposit(node.inputs[0], .full(Rin))
             case let .layerNorm(ln, eps, exact):
-                let R = unpooled(Rout)
-                let sBuf = pool.take(n * s.count)
-                kernels.lrpDivide(n: n, count: s.count, R.const, trace.denominators[l][0].const, epsilon: eps, sBuf.pointer)
-                pool.give(R)
+                let sBuf = divided(Rout, by: trace.denominators[l][0], count: s.count, epsilon: eps)
                 let Rin = pool.take(n * s.count)
                 TransformerOps.layerNormBackward(n: n, sBuf.const, a.const, s, gamma: ln.gamma,
                                                  inverseSigma: trace.denominators[l][1].const, exact: exact, Rin.pointer)
@@ -857,19 +850,13 @@ public final class Explainer: @unchecked Sendable {
                 deposit(node.inputs[0], .full(Rin))
             case let .gelu(eps, exact):
                 guard exact else { deposit(node.inputs[0], Rout); continue }
-                let R = unpooled(Rout)
-                let Rin = pool.take(n * s.count)
-                kernels.lrpDivide(n: n, count: s.count, R.const, trace.denominators[l][0].const, epsilon: eps, Rin.pointer)
-                pool.give(R)
+                let Rin = divided(Rout, by: trace.denominators[l][0], count: s.count, epsilon: eps)
                 kernels.lrpProduct(n: n, count: s.count, trace.denominators[l][1].const, Rin.const, scale: 1, Rin.pointer,
                                    accumulate: false)
                 deposit(node.inputs[0], .full(Rin))
             case let .attention(heads, eps, exact):
                 // AH: queries and keys get none (their readers' relevance comes from other paths).
-                let R = unpooled(Rout)
-                let sBuf = pool.take(n * s.count)
-                kernels.lrpDivide(n: n, count: s.count, R.const, trace.denominators[l][0].const, epsilon: eps, sBuf.pointer)
-                pool.give(R)
+                let sBuf = divided(Rout, by: trace.denominators[l][0], count: s.count, epsilon: eps)
                 let (q, k, v) = (trace.values[node.inputs[0]]!, trace.values[node.inputs[1]]!, trace.values[node.inputs[2]]!)
                 let Rv = pool.take(n * s.count)
                 TransformerOps.attentionValueBackward(n: n, sBuf.const, v: v.const, s,

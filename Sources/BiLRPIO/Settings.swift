@@ -277,10 +277,15 @@ public struct ExplanationReport: Codable, Sendable {
         self.timings = timings
     }
 
-    public func json() throws -> Data {
+    public func json() throws -> Data { try ReportJSON.encode(self) }
+}
+
+/// How the reports are written: pretty, keys sorted, non-finite floats as "inf", "-inf", "nan".
+public enum ReportJSON {
+    public static func encode<T: Encodable>(_ value: T) throws -> Data {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        return try enc.encode(self)
+        return try enc.encode(value)
     }
 }

@@ -61,7 +61,7 @@ public struct SentenceEncoder: Sendable {
     public let tokenizer: WordPieceTokenizer
     public let pooling: SentencePooling
     /// Texts longer than this (in tokens, [CLS] and [SEP] included) are truncated.
-    public let maxLength: Int
+    public private(set) var maxLength: Int
     /// Whether the model ends in an L2 normalization (sentence-transformers' Normalize module).
     public let normalizes: Bool
     public let graph: Graph
@@ -174,6 +174,17 @@ public struct SentenceEncoder: Sendable {
         self.pooling = pooling
         self.maxLength = maxLength
         self.normalizes = normalizes
+    }
+
+    /// The same encoder (weights shared, not reloaded) truncating at another length, at most the
+    /// model's positions.
+    public func truncating(at length: Int) throws -> SentenceEncoder {
+        guard (3...config.maxPositions).contains(length) else {
+            throw BiLRPError.invalidArgument("maximum length \(length): the model takes 3 to \(config.maxPositions) tokens")
+        }
+        var e = self
+        e.maxLength = length
+        return e
     }
 
     /// The text as the model's tokens (truncated to `maxLength`). Empty text, or text with nothing

@@ -159,12 +159,7 @@ public struct TextExplanationReport: Codable, Sendable {
         self.timings = timings
     }
 
-    public func json() throws -> Data {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        return try enc.encode(self)
-    }
+    public func json() throws -> Data { try ReportJSON.encode(self) }
 }
 
 extension TextPairExplanation {
