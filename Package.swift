@@ -71,7 +71,7 @@ let package = Package(
         .target(
             name: "BiLRPServer",
             dependencies: [
-                "BiLRP", "BiLRPIO",
+                "BiLRP", "BiLRPIO", "BiLRPText",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -117,7 +117,7 @@ let package = Package(
         .testTarget(
             name: "BiLRPServerTests",
             dependencies: [
-                "BiLRP", "BiLRPIO", "BiLRPServer",
+                "BiLRP", "BiLRPIO", "BiLRPServer", "BiLRPText",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The server against its OpenAPI document: the document validated (openapi-spec-validator), then
 # schemathesis against a live `bilrp serve` on loopback with the small fixture model (VGG-16
-# features[:10], 32 x 32 inputs), bounded examples per operation: no 5xx, every status, header,
+# features[:10], 32 x 32 inputs; texts with the fetched all-MiniLM-L6-v2, make assets), bounded examples per operation: no 5xx, every status, header,
 # content type and body as documented, invalid inputs refused. Needs .venv-test (make setup).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,7 @@ F=Tests/BiLRPTests/Fixtures
 
 log=$(mktemp)
 "$BIN" serve --weights "$F/vgg16_l10.safetensors" --arch vgg16 --layer 10 --size 32 --patch 4 \
-  --head random:8:3 --preprocess torchvision --port 0 --timeout 20 --token contract-token >"$log" 2>&1 &
+  --head random:8:3 --preprocess torchvision --text-model assets/models/all-MiniLM-L6-v2 --port 0 --timeout 20 --token contract-token >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
 port=""

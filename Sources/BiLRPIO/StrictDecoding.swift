@@ -21,14 +21,21 @@ struct AnyKey: CodingKey {
 }
 
 extension Decoder {
-    /// Throws `UnknownKeyError` for the first key of this object that `Keys` does not name.
-    public func rejectUnknownKeys<Keys: CodingKey & CaseIterable>(_: Keys.Type) throws {
+    /// Throws `UnknownKeyError` for the first key of this object that `Keys` does not name, and,
+    /// unless `nulls`, a `valueNotFound` for a key given as null (a request body says a value or
+    /// leaves the key out: `"rules": null` is not the loaded rules).
+    public func rejectUnknownKeys<Keys: CodingKey & CaseIterable>(_: Keys.Type, nulls: Bool = true) throws {
         let c = try container(keyedBy: AnyKey.self)
         let known = Keys.allCases.map(\.stringValue)
-        for key in c.allKeys.map(\.stringValue).sorted() where !known.contains(key) {
-            let path = (codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue } + [key])
-                .joined(separator: ".").replacingOccurrences(of: ".[", with: "[")
-            throw UnknownKeyError(path: path, known: known)
+        for key in c.allKeys.sorted(by: { $0.stringValue < $1.stringValue }) {
+            if !known.contains(key.stringValue) {
+                let path = (codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue } + [key.stringValue])
+                    .joined(separator: ".").replacingOccurrences(of: ".[", with: "[")
+                throw UnknownKeyError(path: path, known: known)
+            }
+            if !nulls, try c.decodeNil(forKey: key) {
+                throw DecodingError.valueNotFound(Any.self, .init(codingPath: codingPath + [key], debugDescription: "null"))
+            }
         }
     }
 }
@@ -52,7 +59,9 @@ public func describeDecodingError(_ error: any Error) -> String {
     }
     switch e {
     case let .typeMismatch(t, c): return "\(path(c.codingPath)) has the wrong type (expected \(kind(t)))"
-    case let .valueNotFound(t, c): return "\(path(c.codingPath)) is null (expected \(kind(t)))"
+    case let .valueNotFound(t, c):
+        if t == Any.self { return "\(path(c.codingPath)) is null (give a value or leave the field out)" }
+        return "\(path(c.codingPath)) is null (expected \(kind(t)))"
     case let .keyNotFound(k, c):
         return "missing field '\((c.codingPath + [k]).map(\.stringValue).joined(separator: "."))'"
     case let .dataCorrupted(c):

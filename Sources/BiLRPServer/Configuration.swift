@@ -1,5 +1,6 @@
 import BiLRP
 import BiLRPIO
+import BiLRPText
 import Foundation
 
 /// Limits and deployment settings of `bilrp serve`. Decoded from a `--config` JSON file: every key
@@ -43,6 +44,15 @@ public struct ServerConfiguration: Sendable, Codable {
     public var token: String?
     /// `text` or `json`: one line per request on standard error; `off` for none.
     public var logFormat = "text"
+    /// A sentence-transformers BERT folder: `POST /v1/explain/text` explains text pairs with it.
+    public var textModel: String?
+    /// The text model's rules (`cp-lrp`, `hp` or a composite string); requests may ask for the other preset.
+    public var textRules = "cp-lrp"
+    /// Serve texts only: no image model is loaded (the image routes answer 404).
+    public var textOnly = false
+    /// The longest text a request may send, in UTF-8 bytes (the encoder truncates at its maximum
+    /// length in tokens anyway; this bounds the tokenizer's work).
+    public var maxTextBytes = 100_000
 
     public init(settings: ExplanationSettings = .serverDefault) { self.settings = settings }
 
@@ -59,6 +69,7 @@ public struct ServerConfiguration: Sendable, Codable {
         case maxConnections = "max_connections"
         case idleTimeoutSeconds = "idle_timeout_seconds", headerTimeoutSeconds = "header_timeout_seconds"
         case bodyTimeoutSeconds = "body_timeout_seconds", logFormat = "log_format"
+        case textModel = "text_model", textRules = "text_rules", textOnly = "text_only", maxTextBytes = "max_text_bytes"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -84,6 +95,8 @@ public struct ServerConfiguration: Sendable, Codable {
         try read(.maxConnections, &maxConnections); try read(.idleTimeoutSeconds, &idleTimeoutSeconds)
         try read(.headerTimeoutSeconds, &headerTimeoutSeconds); try read(.bodyTimeoutSeconds, &bodyTimeoutSeconds)
         try read(.logFormat, &logFormat)
+        textModel = try c.decodeIfPresent(String.self, forKey: .textModel)
+        try read(.textRules, &textRules); try read(.textOnly, &textOnly); try read(.maxTextBytes, &maxTextBytes)
     }
 
     /// Every value in its range; the message names the configuration key.
@@ -111,7 +124,16 @@ public struct ServerConfiguration: Sendable, Codable {
             throw BiLRPError.invalidArgument("log_format must be text, json or off (got '\(logFormat)')")
         }
         if let token, token.isEmpty { throw BiLRPError.invalidArgument("token must not be empty") }
-        try settings.validate()
+        try positive(maxTextBytes, "max_text_bytes")
+        if textOnly, textModel == nil {
+            throw BiLRPError.invalidArgument("text_only needs a text_model (--text-model DIR): the server would have no model")
+        }
+        if textModel != nil {
+            do { _ = try Composite.named(TextExplainer.presets[textRules] ?? textRules) } catch {
+                throw BiLRPError.invalidArgument("text_rules: \(error)")
+            }
+        }
+        if !textOnly { try settings.validate() }
     }
 
     /// Reads a `--config` file: a partial file fills the rest from the defaults.

@@ -1,5 +1,6 @@
 import BiLRP
 import BiLRPIO
+import BiLRPText
 import Crypto
 import Foundation
 import Logging
@@ -69,10 +70,14 @@ actor ExplainerVariants {
     func shutdown() async throws { try await thread.shutdownGracefully() }
 }
 
-/// The explanation backend: the loaded model, explainers per request settings, the factor cache.
+/// The explanation backend: the loaded models (an image model, a text model, or both), explainers
+/// per request settings, the factor cache.
 public final class ExplanationService: @unchecked Sendable {
     public let configuration: ServerConfiguration
-    let base: LoadedExplainer
+    /// The image model (nil when the server serves texts only).
+    let image: LoadedExplainer?
+    /// The text model (nil without `text_model`).
+    let text: TextModel?
     let pool: ComputePool
     /// Images are decoded here, before a request takes a queue slot (an undecodable image is a 400 at once).
     let decoding: NIOThreadPool
@@ -86,7 +91,10 @@ public final class ExplanationService: @unchecked Sendable {
         self.configuration = configuration
         self.logger = logger ?? Logger.bilrp(format: configuration.logFormat)
         metrics = ServerMetrics(version: BiLRPVersion.string)
-        base = try LoadedExplainer.load(configuration.settings, limits: configuration.limits)
+        image = configuration.textOnly ? nil : try LoadedExplainer.load(configuration.settings, limits: configuration.limits)
+        text = try configuration.textModel.map {
+            try TextModel(directory: $0, rules: configuration.textRules, limits: configuration.limits)
+        }
         pool = ComputePool(slots: configuration.computeSlots, queueLimit: configuration.queueLimit)
         decoding = NIOThreadPool(numberOfThreads: 2)
         decoding.start()
@@ -100,6 +108,16 @@ public final class ExplanationService: @unchecked Sendable {
         try await pool.shutdown()
         try await decoding.shutdownGracefully()
         try await variants.shutdown()
+    }
+
+    /// The image model, or a 404 that says this server explains texts only.
+    var base: LoadedExplainer {
+        get throws {
+            guard let image else {
+                throw ServiceError(404, "this server has no image model (it was started with --text-only); texts are explained at POST /v1/explain/text")
+            }
+            return image
+        }
     }
 
     /// What makes an explainer different (patch and top_k do not).
@@ -116,6 +134,7 @@ public final class ExplanationService: @unchecked Sendable {
     }
 
     func overridden(_ r: RequestSettings?) throws -> ExplanationSettings {
+        let base = try self.base
         var s = base.settings
         guard let r else { return s }
         if let v = r.rules {
@@ -167,10 +186,11 @@ public final class ExplanationService: @unchecked Sendable {
     }
 
     /// The model's input channels (those of its first convolution; 3 for a model without one).
-    var inputChannels: Int { base.graph.inputChannels ?? 3 }
+    var inputChannels: Int { image?.graph.inputChannels ?? 3 }
 
     /// The loaded model cut as the settings ask (the loaded one when they ask for no cut).
     func model(_ s: ExplanationSettings) throws -> Graph {
+        let base = try self.base
         guard let cut = s.layer, cut != base.settings.layer else { return base.graph }
         return try base.graph.cut(cut)
     }
@@ -178,7 +198,7 @@ public final class ExplanationService: @unchecked Sendable {
     /// h and the estimated memory of explaining an input of `shape` with settings s, against the limits.
     func checkLimits(_ s: ExplanationSettings, input shape: Shape3) throws {
         do {
-            let head = s.projection != nil ? base.explainer.head : try SimilarityHead(parsing: s.head)
+            let head = s.projection != nil ? try base.explainer.head : try SimilarityHead(parsing: s.head)
             try configuration.limits.check(try model(s).requirements(head: head, input: shape, patch: s.patch))
         } catch let e as BiLRPError {
             throw ServiceError(400, "\(e) (settings: layer \(s.layer?.description ?? "as loaded"), head \(s.head), patch \(s.patch))")
@@ -188,10 +208,11 @@ public final class ExplanationService: @unchecked Sendable {
     /// The explainer for settings (model, head, rules; patch, top_k and similarity do not need a new one).
     func explainer(_ s: ExplanationSettings) async throws -> LoadedExplainer {
         var loaded: LoadedExplainer
+        let base = try self.base
         if Self.key(s) == Self.key(base.settings) {
             loaded = base
         } else {
-            let base = self.base, limits = configuration.limits
+            let limits = configuration.limits
             loaded = try await variants.get(Self.key(s)) {
                 do {
                     let model = try self.model(s)
@@ -211,7 +232,8 @@ public final class ExplanationService: @unchecked Sendable {
     }
 
     /// The content hash of an image and the settings that shape its factors: the factor id.
-    func factorID(_ image: Data, _ s: ExplanationSettings) -> String {
+    func factorID(_ image: Data, _ s: ExplanationSettings) throws -> String {
+        let base = try self.base
         var h = SHA256()
         h.update(data: image)
         h.update(data: Data("|\(s.layer?.description ?? "-1")|\(s.head)|\(s.projection ?? "")|\(s.rules)|\(s.patch)|\(s.size)|\(base.preprocessing.rawValue)".utf8))
@@ -232,14 +254,14 @@ public final class ExplanationService: @unchecked Sendable {
     /// decoded and the explanation's size checked before the request takes a queue slot.
     func factors(image: Data, field: String, settings s: ExplanationSettings) async throws
         -> (id: String, value: CachedFactors, cached: Bool) {
-        let id = factorID(image, s)
+        let id = try factorID(image, s)
         if let v = await cache.lookup(id, counting: true) {
             RequestStats.current?.cache(hit: true)
             return (id, v, true)
         }
         // Decoding depends on the size and preprocessing only, which no request changes: an
         // undecodable image is refused before any explainer variant is built for it.
-        let input = try await decode(image, field, base)
+        let input = try await decode(image, field, try base)
         if s.size == 0 { try checkLimits(s, input: try input.tensor.shape3()) }
         let loaded = try await explainer(s)
         let (pool, metrics) = (self.pool, self.metrics)
@@ -255,7 +277,7 @@ public final class ExplanationService: @unchecked Sendable {
             }
         }
         RequestStats.current?.cache(hit: hit)
-        if loaded.explainer !== base.explainer { await variants.refresh() }
+        if try loaded.explainer !== base.explainer { await variants.refresh() }
         return (id, v, hit)
     }
 

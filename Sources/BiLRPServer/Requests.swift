@@ -12,7 +12,7 @@ struct InputRef: Decodable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable { case image, factors }
 
     init(from decoder: any Decoder) throws {
-        try decoder.rejectUnknownKeys(CodingKeys.self)
+        try decoder.rejectUnknownKeys(CodingKeys.self, nulls: false)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         image = try c.decodeIfPresent(String.self, forKey: .image)
         factors = try c.decodeIfPresent(String.self, forKey: .factors)
@@ -33,7 +33,7 @@ struct RequestSettings: Decodable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable { case rules, patch, top_k, similarity, head, layer }
 
     init(from decoder: any Decoder) throws {
-        try decoder.rejectUnknownKeys(CodingKeys.self)
+        try decoder.rejectUnknownKeys(CodingKeys.self, nulls: false)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         rules = try c.decodeIfPresent(String.self, forKey: .rules)
         patch = try integer(c, .patch)
@@ -64,7 +64,7 @@ struct ExplainRequest: Decodable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable { case first, second, settings, pictures, matrix }
 
     init(from decoder: any Decoder) throws {
-        try decoder.rejectUnknownKeys(CodingKeys.self)
+        try decoder.rejectUnknownKeys(CodingKeys.self, nulls: false)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         first = try c.decode(InputRef.self, forKey: .first)
         second = try c.decode(InputRef.self, forKey: .second)
@@ -81,7 +81,7 @@ struct FactorsRequest: Decodable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable { case image, settings }
 
     init(from decoder: any Decoder) throws {
-        try decoder.rejectUnknownKeys(CodingKeys.self)
+        try decoder.rejectUnknownKeys(CodingKeys.self, nulls: false)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         image = try c.decode(String.self, forKey: .image)
         settings = try c.decodeIfPresent(RequestSettings.self, forKey: .settings)
@@ -96,7 +96,7 @@ struct BatchRequest: Decodable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable { case query, items, settings }
 
     init(from decoder: any Decoder) throws {
-        try decoder.rejectUnknownKeys(CodingKeys.self)
+        try decoder.rejectUnknownKeys(CodingKeys.self, nulls: false)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         query = try c.decode(InputRef.self, forKey: .query)
         items = try c.decode([InputRef].self, forKey: .items)

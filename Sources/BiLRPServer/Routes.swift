@@ -29,7 +29,7 @@ extension ExplanationService {
     static let routes: [String: [HTTPRequest.Method]] = [
         "/": [.get], "/viewer.js": [.get], "/viewer.css": [.get],
         "/health": [.get], "/ready": [.get], "/metrics": [.get], "/openapi.yaml": [.get], "/v1/model": [.get],
-        "/v1/factors": [.post], "/v1/explain": [.post], "/v1/explain/batch": [.post],
+        "/v1/factors": [.post], "/v1/explain": [.post], "/v1/explain/batch": [.post], "/v1/explain/text": [.post],
     ]
 
     // MARK: - Answers
@@ -327,27 +327,40 @@ extension ExplanationService {
                 return Self.json(try Self.encode(BatchAnswer(query_factors: qid, results: results)))
             }
         }
+        router.post("/v1/explain/text") { request, context in
+            await self.handle("/v1/explain/text", request, context) { body in
+                let req = try decodeRequest(TextExplainRequest.self, body)
+                return Self.json(try await self.explainText(req).json())
+            }
+        }
         return router
     }
 
     /// GET /v1/model: the loaded model, settings, limits and what a request may override (never the token).
+    /// The image model's keys are there when it has one, `text` when it has a text model.
     func modelDescription() throws -> Data {
-        let b = base, c = configuration
-        let info: [String: Any] = [
-            "source": b.source, "layers": b.graph.nodes.map(\.op.name), "nodes": b.graph.nodes.map(\.name), "head": b.explainer.head.description,
-            "rules": b.explainer.composite.description, "similarity": b.settings.similarity,
-            "patch": b.settings.patch, "size": b.settings.size, "preprocess": b.preprocessing.rawValue,
-            "notes": b.notes, "version": BiLRPVersion.string,
-            "limits": ["max_body_bytes": c.maxBodyBytes, "max_image_pixels": c.maxImagePixels,
+        let c = configuration
+        var info: [String: Any] = [
+            "version": BiLRPVersion.string,
+            "limits": ["max_text_bytes": c.maxTextBytes, "max_body_bytes": c.maxBodyBytes, "max_image_pixels": c.maxImagePixels,
                        "max_batch": c.maxBatch, "max_outputs": c.maxOutputs,
                        "max_explanation_bytes": c.maxExplanationBytes, "max_response_bytes": c.maxResponseBytes,
                        "timeout_seconds": c.timeoutSeconds, "queue_limit": c.queueLimit,
                        "compute_slots": c.computeSlots, "cache_bytes": c.cacheBytes, "max_variants": c.maxVariants,
                        "max_variant_bytes": c.maxVariantBytes,
                        "max_patch": RequestSettings.maxPatch, "max_top_k": RequestSettings.maxTopK],
-            "overridable": ["rules", "patch", "top_k", "similarity", "head", "layer"],
-            "max_layer": b.graph.chainLength,
         ]
+        if let b = image {
+            info.merge([
+                "source": b.source, "layers": b.graph.nodes.map(\.op.name), "nodes": b.graph.nodes.map(\.name),
+                "head": b.explainer.head.description, "rules": b.explainer.composite.description,
+                "similarity": b.settings.similarity, "patch": b.settings.patch, "size": b.settings.size,
+                "preprocess": b.preprocessing.rawValue, "notes": b.notes,
+                "overridable": ["rules", "patch", "top_k", "similarity", "head", "layer"],
+                "max_layer": b.graph.chainLength,
+            ]) { $1 }
+        }
+        if let text { info["text"] = text.description }
         return try JSONSerialization.data(withJSONObject: info, options: [.prettyPrinted, .sortedKeys])
     }
 }

@@ -13,10 +13,17 @@ public enum BiLRPServer {
                            onReady: @escaping @Sendable (Int) -> Void = { _ in }) async throws {
         let service = try ExplanationService(configuration: configuration, logger: logger)
         let app = application(service, onReady: onReady)
-        service.logger.info("loaded", metadata: [
-            "model": .string(service.base.source), "version": .string(BiLRPVersion.string),
-            "head": .string(service.base.explainer.head.description), "rules": .string(service.base.settings.rules),
-        ])
+        var loaded: Logger.Metadata = ["version": .string(BiLRPVersion.string)]
+        if let image = service.image {
+            loaded["model"] = .string(image.source)
+            loaded["head"] = .string(image.explainer.head.description)
+            loaded["rules"] = .string(image.settings.rules)
+        }
+        if let text = service.text {
+            loaded["text_model"] = .string(text.source)
+            loaded["text_rules"] = .string(text.rules)
+        }
+        service.logger.info("loaded", metadata: loaded)
         try await app.runService()
         try await service.shutdown()
     }

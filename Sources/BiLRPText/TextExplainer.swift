@@ -38,6 +38,11 @@ public struct TextPairExplanation: Sendable {
         }
     }
 
+    /// R as a T1 x T2 tensor (what `--npy` writes).
+    public func relevanceTensor() throws -> Tensor {
+        try Tensor(shape: [first.tokens.count, second.tokens.count], data: pair.relevance)
+    }
+
     /// Per token of each text, the sum of its row (column) of R: the first-order view.
     public var marginals: (first: [Float], second: [Float]) {
         let p = first.tokens.count, q = second.tokens.count
@@ -99,6 +104,23 @@ public final class TextExplainer: Sendable {
     public func explain(_ a: String, _ b: String) throws -> TextPairExplanation {
         try explain(try factors(a), try factors(b))
     }
+
+    /// What a reader of an explanation should know: hp's vanishing token pairs, truncated texts.
+    public func notes(_ e: TextPairExplanation) -> [String] {
+        var notes: [String] = []
+        if rules == "hp" {
+            notes.append("under hp a BERT encoder's token relevance sums to about 0 per token (its embedding LayerNorm is scale invariant per token), so the token pairs carry no signal; cp-lrp is the rule set for token pairs")
+        }
+        for (name, t) in [("first", e.first), ("second", e.second)] where t.truncatedPieces > 0 {
+            notes.append("the \(name) text was truncated at \(encoder.maxLength) tokens (\(t.truncatedPieces) word pieces dropped)")
+        }
+        return notes
+    }
+
+    /// What the token pictures of an explanation draw, captioned with the model, rules, similarity and h.
+    public func figure(_ e: TextPairExplanation, source: String) -> TokenPairFigure {
+        e.figure(setup: "\(source) · \(rules) · \(explainer.similarity.rawValue) · h = \(e.pair.first.outputs)")
+    }
 }
 
 /// The JSON document of a text pair explanation (`bilrp explain-text --json`): as the image report,
@@ -139,6 +161,12 @@ public struct TextExplanationReport: Codable, Sendable {
     public var top_positive: [Pair]
     public var top_negative: [Pair]
     public var timings: [String: Double]
+    /// What a reader should know (see `TextExplainer.notes`).
+    public var notes: [String]
+    /// Server answers only (when asked for): the two pictures and R as base64 PNG and NPY.
+    public var pair_png: String? = nil
+    public var matrix_png: String? = nil
+    public var matrix_npy: String? = nil
 
     public init(_ e: TextPairExplanation, explainer: TextExplainer, source: String, top: Int, timings: [String: Double]) {
         similarity = e.pair.similarity
@@ -157,6 +185,7 @@ public struct TextExplanationReport: Codable, Sendable {
         top_positive = e.top(top).map { Pair(value: $0.value, first: $0.first, second: $0.second) }
         top_negative = e.top(top, positive: false).map { Pair(value: $0.value, first: $0.first, second: $0.second) }
         self.timings = timings
+        notes = explainer.notes(e)
     }
 
     public func json() throws -> Data { try ReportJSON.encode(self) }

@@ -27,7 +27,7 @@ struct BiLRPCommand: AsyncParsableCommand {
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "The explanation server (HTTP, JSON). Default: the fetched ImageNet VGG-16 with the paper's settings.",
+        abstract: "The explanation server (HTTP, JSON). Default: the fetched ImageNet VGG-16 with the paper's settings; texts with --text-model.",
         discussion: "Options override the --config file, which overrides the defaults shown.")
 
     static let d = ServerConfiguration()
@@ -59,6 +59,10 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds before an idle connection is closed (default \(d.idleTimeoutSeconds)).") var idleTimeout: Double?
     @Option(help: "Log lines as text or json (default \(d.logFormat)).") var logFormat: LogFormat?
     @Option(help: "Worker threads for the C kernels (default: every core).") var threads: Int?
+    @Option(help: "A sentence-transformers BERT folder: POST /v1/explain/text explains text pairs with it (default none).")
+    var textModel: String?
+    @Option(help: "Rules of the text model: cp-lrp, hp or a composite string (default \(d.textRules)).") var textRules: String?
+    @Flag(help: "Serve texts only (needs --text-model): no image model is loaded.") var textOnly = false
 
     func run() async throws {
         do {
@@ -87,6 +91,9 @@ struct Serve: AsyncParsableCommand {
             if let maxConnections { c.maxConnections = maxConnections }
             if let idleTimeout { c.idleTimeoutSeconds = idleTimeout }
             if let logFormat { c.logFormat = logFormat.rawValue }
+            if let textModel { c.textModel = textModel }
+            if let textRules { c.textRules = textRules }
+            if textOnly { c.textOnly = true }
             if let threads {
                 guard threads >= 1 else { throw BiLRPError.invalidArgument("--threads must be at least 1") }
                 CKernelsBackend.threads = threads
@@ -304,20 +311,15 @@ struct ExplainText: ParsableCommand {
             let (e, t3) = try progress.step("pair explanation") { try ex.explain(fa, fb) }
             let say: (String) -> Void = json == "-" || npy == "-"
                 ? { FileHandle.standardError.write(Data(($0 + "\n").utf8)) } : { print($0) }
-            if rules == "hp" {
-                say("note: under hp a BERT encoder's token relevance sums to about 0 per token (its embedding LayerNorm is scale invariant per token), so the token pairs carry no signal; cp-lrp is the rule set for token pairs")
-            }
-            for t in [e.first, e.second] where t.truncatedPieces > 0 {
-                say("note: a text was truncated at \(ex.encoder.maxLength) tokens (\(t.truncatedPieces) word pieces dropped)")
-            }
+            for note in ex.notes(e) { say("note: " + note) }
             if out != nil || matrix != nil {
                 var style = PairPictureStyle()
-                style.font = try font.map { try Typeface(path: $0) } ?? (try? Typeface.standard())
-                let figure = e.figure(setup: "\(model) · \(ex.rules) · \(ex.explainer.similarity.rawValue) · h = \(e.pair.first.outputs)")
+                style.font = try font.map { try Typeface(path: $0) }
+                let figure = ex.figure(e, source: model)
                 if let out { try AtomicFile.write(try Pictures.tokenPairPicture(figure, style: style), to: out) }
                 if let matrix { try AtomicFile.write(try Pictures.tokenMatrixPicture(figure, style: style), to: matrix) }
             }
-            let R = try Tensor(shape: [e.first.tokens.count, e.second.tokens.count], data: e.pair.relevance)
+            let R = try e.relevanceTensor()
             if npy == "-" { FileHandle.standardOutput.write(NPY.encode(R)) } else if let npy { try NPY.write(R, to: npy) }
             let timings = ["load_seconds": tLoad, "factors_first_seconds": t1, "factors_second_seconds": t2,
                            "pair_seconds": t3, "total_seconds": Date().timeIntervalSince(total)]

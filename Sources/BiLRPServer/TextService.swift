@@ -1,0 +1,172 @@
+import BiLRP
+import BiLRPIO
+import BiLRPText
+import Foundation
+
+/// The server's text model: a sentence encoder loaded once, and its explainers for the rules and
+/// similarities requests ask for, built on first use (at most the presets times dot and cosine).
+final class TextModel: @unchecked Sendable {
+    let encoder: SentenceEncoder
+    let source: String
+    /// The rules and similarity of the loaded explainer (a request without settings gets them).
+    let rules: String
+    let similarity: Similarity
+    private let limits: ResourceLimits
+    private let lock = NSLock()
+    private var explainers: [String: TextExplainer] = [:]
+
+    init(directory: String, rules: String, limits: ResourceLimits) throws {
+        encoder = try SentenceEncoder.load(directory: directory)
+        source = directory
+        self.limits = limits
+        let ex = try TextExplainer(encoder: encoder, rules: rules, limits: limits)
+        self.rules = rules
+        similarity = ex.explainer.similarity
+        explainers[Self.key(rules, similarity)] = ex
+    }
+
+    /// The rules a request may ask for: the presets and the loaded rules.
+    var allowedRules: [String] { Array(Set(TextExplainer.presets.keys).union([rules])).sorted() }
+
+    static func key(_ rules: String, _ similarity: Similarity) -> String { "\(rules)|\(similarity.rawValue)" }
+
+    /// The explainer for rules and similarity (built here on first use: call it on a compute thread).
+    func explainer(rules: String, similarity: Similarity) throws -> TextExplainer {
+        let key = Self.key(rules, similarity)
+        if let ex = lock.withLock({ explainers[key] }) { return ex }
+        let ex = try TextExplainer(encoder: encoder, rules: rules, similarity: similarity, limits: limits)
+        return lock.withLock {
+            if let built = explainers[key] { return built }
+            explainers[key] = ex
+            return ex
+        }
+    }
+
+    /// The text model's part of GET /v1/model.
+    var description: [String: Any] {
+        let c = encoder.config
+        return ["source": source, "layers": c.layers, "hidden_size": c.hiddenSize, "heads": c.heads,
+                "max_length": encoder.maxLength, "pooling": encoder.pooling.rawValue, "normalizes": encoder.normalizes,
+                "rules": rules, "similarity": similarity.rawValue, "allowed_rules": allowedRules]
+    }
+}
+
+// MARK: - Request
+
+/// What a text request may override: the rules (a preset or the loaded rules), the similarity, top_k.
+struct TextRequestSettings: Decodable, Sendable {
+    var rules: String?
+    var similarity: String?
+    var top_k: Int?
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case rules, similarity, top_k }
+
+    init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self, nulls: false)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        rules = try c.decodeIfPresent(String.self, forKey: .rules)
+        similarity = try c.decodeIfPresent(String.self, forKey: .similarity)
+        top_k = try integer(c, .top_k)
+    }
+}
+
+/// `POST /v1/explain/text`: two texts (UTF-8 strings).
+struct TextExplainRequest: Decodable, Sendable {
+    var first: String
+    var second: String
+    var settings: TextRequestSettings?
+    /// Include the token pair picture and the token matrix picture (base64 PNG).
+    var pictures: Bool?
+    /// Include R as a base64 NPY file (the bytes `bilrp explain-text --npy` writes).
+    var matrix: Bool?
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case first, second, settings, pictures, matrix }
+
+    init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self, nulls: false)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        first = try c.decode(String.self, forKey: .first)
+        second = try c.decode(String.self, forKey: .second)
+        settings = try c.decodeIfPresent(TextRequestSettings.self, forKey: .settings)
+        pictures = try c.decodeIfPresent(Bool.self, forKey: .pictures)
+        matrix = try c.decodeIfPresent(Bool.self, forKey: .matrix)
+    }
+}
+
+// MARK: - Route
+
+extension ExplanationService {
+    /// The text model, or a 404 that says how to start a server with one.
+    var textModel: TextModel {
+        get throws {
+            guard let text else {
+                throw ServiceError(404, "this server has no text model (start it with --text-model DIR, a sentence-transformers BERT folder)")
+            }
+            return text
+        }
+    }
+
+    /// A request's rules, similarity and top_k on top of the loaded ones, each checked in its field's name.
+    func textSettings(_ r: TextRequestSettings?, _ model: TextModel) throws -> (String, Similarity, Int) {
+        var rules = model.rules, similarity = model.similarity, top = 10
+        guard let r else { return (rules, similarity, top) }
+        if let v = r.rules {
+            guard model.allowedRules.contains(v) else {
+                throw ServiceError(400, "settings.rules must be one of \(model.allowedRules.joined(separator: ", ")) (got '\(v)')")
+            }
+            rules = v
+        }
+        if let v = r.similarity {
+            guard let sim = Similarity(rawValue: v) else {
+                throw ServiceError(400, "settings.similarity must be dot or cosine (got '\(v)')")
+            }
+            similarity = sim
+        }
+        if let v = r.top_k {
+            guard (0...RequestSettings.maxTopK).contains(v) else {
+                throw ServiceError(400, "settings.top_k must be in 0...\(RequestSettings.maxTopK) (got \(v))")
+            }
+            top = v
+        }
+        return (rules, similarity, top)
+    }
+
+    /// The answer of `POST /v1/explain/text`: the JSON of `bilrp explain-text --json`, with the
+    /// pictures and R when asked for.
+    func explainText(_ req: TextExplainRequest) async throws -> TextExplanationReport {
+        let model = try textModel
+        let (rules, similarity, top) = try textSettings(req.settings, model)
+        let limit = configuration.maxTextBytes
+        for (field, text) in [("first", req.first), ("second", req.second)] where text.utf8.count > limit {
+            throw ServiceError(400, "\(field) has \(text.utf8.count) UTF-8 bytes, more than the limit of \(limit) (max_text_bytes)")
+        }
+        // Tokenizing is cheap and names a bad text before the request takes a compute slot.
+        for (field, text) in [("first", req.first), ("second", req.second)] {
+            do { _ = try model.encoder.tokenize(text) } catch let e as BiLRPError { throw ServiceError(400, "\(field): \(e)") }
+        }
+        let cancellation = Cancellation()
+        let (pictures, matrix) = (req.pictures ?? false, req.matrix ?? false)
+        return try await withTaskCancellationHandler {
+            try await pool.run(cancellation: cancellation) {
+                let start = Date()
+                let ex = try model.explainer(rules: rules, similarity: similarity)
+                let a = try ex.factors(req.first, cancellation: cancellation)
+                let b = try ex.factors(req.second, cancellation: cancellation)
+                let t = Date()
+                let e = try ex.explain(a, b)
+                let timings = ["pair_seconds": Date().timeIntervalSince(t), "total_seconds": Date().timeIntervalSince(start)]
+                var r = TextExplanationReport(e, explainer: ex, source: model.source, top: top, timings: timings)
+                if pictures {
+                    let style = PairPictureStyle()
+                    let figure = ex.figure(e, source: model.source)
+                    r.pair_png = try Pictures.tokenPairPicture(figure, style: style).base64EncodedString()
+                    r.matrix_png = try Pictures.tokenMatrixPicture(figure, style: style).base64EncodedString()
+                }
+                if matrix { r.matrix_npy = NPY.encode(try e.relevanceTensor()).base64EncodedString() }
+                return r
+            }
+        } onCancel: {
+            cancellation.cancel()
+        }
+    }
+}
