@@ -280,6 +280,31 @@ void ck_reduce_forward(const float *x, ck_shape3 s, int axes, float scale, float
 /// S (n, reduced shape) the relevance already divided by the stabilized outputs.
 void ck_reduce_backward(int n, const float *S, const float *a, ck_shape3 s, int axes, float scale, float *Rin);
 
+// MARK: - Transformer ops (features-major sequences: feature c of token t at c * T + t)
+
+/// LayerNorm over the D features of each of T tokens: y = gamma (x - mean) / sigma + beta, and 1 / sigma (T).
+void ck_layernorm_forward(const float *x, int D, int T, const float *gamma, const float *beta, float eps, float *y,
+                          float *inv_sigma);
+/// Its relevance step for n maps, S the relevance divided by the stabilized outputs: the LN rule
+/// (sigma constant) Rin = x (gamma S - mean_c gamma S) / sigma, or with `exact` the true gradient
+/// x input, which also subtracts xh mean_c(gamma S xh), xh = (x - mean x) / sigma.
+void ck_layernorm_backward(int n, const float *S, const float *x, int D, int T, const float *gamma,
+                           const float *inv_sigma, int exact, float *Rin);
+/// The transposed LN-rule map for n functionals, in place: w <- gamma (w - mean_c w) / sigma.
+void ck_layernorm_transposed(int n, float *w, int D, int T, const float *gamma, const float *inv_sigma);
+/// gelu(x) = x Phi(x) with the exact normal CDF, and x gelu'(x) (what the true gradient multiplies by).
+void ck_gelu_forward(long count, const float *x, float *y);
+void ck_gelu_input_slope(long count, const float *x, float *out);
+/// Multi-head self-attention: per head h (features h dh .. (h + 1) dh - 1, dh = D / heads) the
+/// weights A_h = softmax(q_h^T k_h / sqrt(dh)) (heads, T, T), row i over the keys, and o_h = v_h A_h^T.
+int ck_attention_forward(const float *q, const float *k, const float *v, int D, int T, int heads, float *o, float *A);
+/// The AH rule for n maps (weights constant): Rv[c, j] = v[c, j] sum_i A_h[i, j] S[c, i].
+void ck_attention_value_backward(int n, const float *S, const float *v, int D, int T, int heads, const float *A,
+                                 float *Rv);
+/// The true gradient x input through the softmax to the queries and keys, for n maps with G = R / stab(o).
+int ck_attention_score_backward(int n, const float *G, const float *q, const float *k, const float *v, int D, int T,
+                                int heads, const float *A, float *Rq, float *Rk);
+
 // MARK: - Pairs
 
 /// out (n, Ph, Pw) = sum over channels and over patch x patch windows of R (n, C, H, W);

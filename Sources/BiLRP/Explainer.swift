@@ -540,23 +540,23 @@ public final class Explainer: @unchecked Sendable {
             case let .layerNorm(ln, _, _):
                 y = Buffer(count: s.count)
                 let inverseSigma = Buffer(count: s.height * s.width)
-                TransformerOps.layerNormForward(a.const, s, ln, y.pointer, inverseSigma: inverseSigma.pointer)
+                kernels.layerNormForward(a.const, s, ln, y.pointer, inverseSigma: inverseSigma.pointer)
                 dens.append(y)
                 dens.append(inverseSigma)
             case let .gelu(_, exact):
                 y = Buffer(count: s.count)
-                TransformerOps.geluForward(a.const, count: s.count, y.pointer)
+                kernels.geluForward(a.const, count: s.count, y.pointer)
                 if exact {
                     let slope = Buffer(count: s.count)  // x gelu'(x)
-                    TransformerOps.geluInputTimesSlope(a.const, count: s.count, slope.pointer)
+                    kernels.geluInputTimesSlope(a.const, count: s.count, slope.pointer)
                     dens.append(y)
                     dens.append(slope)
                 }
             case let .attention(heads, _, _):
                 y = Buffer(count: s.count)
                 let weights = Buffer(count: heads * s.width * s.width)
-                TransformerOps.attentionForward(q: a.const, k: ins[1].const, v: ins[2].const, s, heads: heads, y.pointer,
-                                                weights: weights.pointer)
+                try kernels.attentionForward(q: a.const, k: ins[1].const, v: ins[2].const, s, heads: heads, y.pointer,
+                                             weights: weights.pointer)
                 dens.append(y)
                 dens.append(weights)
             }
@@ -844,8 +844,8 @@ public final class Explainer: @unchecked Sendable {
             case let .layerNorm(ln, eps, exact):
                 let sBuf = divided(Rout, by: trace.denominators[l][0], count: s.count, epsilon: eps)
                 let Rin = pool.take(n * s.count)
-                TransformerOps.layerNormBackward(n: n, sBuf.const, a.const, s, gamma: ln.gamma,
-                                                 inverseSigma: trace.denominators[l][1].const, exact: exact, Rin.pointer)
+                kernels.layerNormBackward(n: n, sBuf.const, a.const, s, gamma: ln.gamma,
+                                          inverseSigma: trace.denominators[l][1].const, exact: exact, Rin.pointer)
                 pool.give(sBuf)
                 deposit(node.inputs[0], .full(Rin))
             case let .gelu(eps, exact):
@@ -859,12 +859,12 @@ public final class Explainer: @unchecked Sendable {
                 let sBuf = divided(Rout, by: trace.denominators[l][0], count: s.count, epsilon: eps)
                 let (q, k, v) = (trace.values[node.inputs[0]]!, trace.values[node.inputs[1]]!, trace.values[node.inputs[2]]!)
                 let Rv = pool.take(n * s.count)
-                TransformerOps.attentionValueBackward(n: n, sBuf.const, v: v.const, s,
-                                                      heads: heads, weights: trace.denominators[l][1].const, Rv.pointer)
+                kernels.attentionValueBackward(n: n, sBuf.const, v: v.const, s,
+                                               heads: heads, weights: trace.denominators[l][1].const, Rv.pointer)
                 if exact {
                     let Rq = pool.take(n * s.count), Rk = pool.take(n * s.count)
-                    TransformerOps.attentionScoreBackward(n: n, sBuf.const, q: q.const, k: k.const, v: v.const, s, heads: heads,
-                                                          weights: trace.denominators[l][1].const, Rq.pointer, Rk.pointer)
+                    try kernels.attentionScoreBackward(n: n, sBuf.const, q: q.const, k: k.const, v: v.const, s, heads: heads,
+                                                       weights: trace.denominators[l][1].const, Rq.pointer, Rk.pointer)
                     deposit(node.inputs[0], .full(Rq))
                     deposit(node.inputs[1], .full(Rk))
                 }

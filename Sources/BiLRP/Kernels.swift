@@ -112,6 +112,32 @@ public protocol Kernels: Sendable {
     func pairProduct(p: Int, q: Int, h: Int, _ A: UnsafePointer<Float>, _ B: UnsafePointer<Float>,
                      _ R: UnsafeMutablePointer<Float>) throws
 
+    // Transformer ops on features-major sequences (D, 1, T); TransformerOps.swift says the rules.
+    /// LayerNorm of every token over its D features: y, and 1 / sigma per token.
+    func layerNormForward(_ x: UnsafePointer<Float>, _ s: Shape3, _ ln: LayerNorm, _ y: UnsafeMutablePointer<Float>,
+                          inverseSigma: UnsafeMutablePointer<Float>)
+    /// LN rule for n maps, S = R / stab(y): Rin = x (gamma S - mean_c gamma S) / sigma; `exact`: the
+    /// true gradient x input, which also subtracts xh mean_c(gamma S xh), xh = (x - mean x) / sigma.
+    func layerNormBackward(n: Int, _ S: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ s: Shape3, gamma: [Float],
+                           inverseSigma: UnsafePointer<Float>, exact: Bool, _ Rin: UnsafeMutablePointer<Float>)
+    /// The LN rule's transposed map for n functionals, in place: w <- gamma (w - mean_c w) / sigma.
+    func layerNormTransposed(n: Int, _ w: UnsafeMutablePointer<Float>, _ s: Shape3, gamma: [Float],
+                             inverseSigma: UnsafePointer<Float>)
+    /// gelu(x) = x Phi(x), the exact normal CDF (BERT's "gelu").
+    func geluForward(_ x: UnsafePointer<Float>, count: Int, _ y: UnsafeMutablePointer<Float>)
+    /// x gelu'(x): what the true gradient multiplies S = R / stab(gelu(x)) by.
+    func geluInputTimesSlope(_ x: UnsafePointer<Float>, count: Int, _ out: UnsafeMutablePointer<Float>)
+    /// o_h = softmax(q_h^T k_h / sqrt(dh)) applied to v_h per head; keeps the weights A (heads, T, T).
+    func attentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, _ s: Shape3,
+                          heads: Int, _ o: UnsafeMutablePointer<Float>, weights A: UnsafeMutablePointer<Float>) throws
+    /// AH rule for n maps, S = R / stab(o): Rv[c, j] = v[c, j] sum_i A_h[i, j] S[c, i].
+    func attentionValueBackward(n: Int, _ S: UnsafePointer<Float>, v: UnsafePointer<Float>, _ s: Shape3,
+                                heads: Int, weights A: UnsafePointer<Float>, _ Rv: UnsafeMutablePointer<Float>)
+    /// The true gradient x input through the softmax to the queries and keys, n maps, G = R / stab(o).
+    func attentionScoreBackward(n: Int, _ G: UnsafePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
+                                v: UnsafePointer<Float>, _ s: Shape3, heads: Int, weights A: UnsafePointer<Float>,
+                                _ Rq: UnsafeMutablePointer<Float>, _ Rk: UnsafeMutablePointer<Float>) throws
+
     /// Floats of a convolution weight prepared once per model and rule for a faster forward (packed
     /// for the micro-kernels), or nil when this backend has no such path (then `convForward(weight:)`
     /// is used). `prepareForward(weight:_:)` returns the form as an array.
@@ -690,6 +716,47 @@ public struct CKernelsBackend: Kernels {
     public func reduceBackward(n: Int, _ S: UnsafePointer<Float>, _ a: UnsafePointer<Float>, _ s: Shape3, axes: Axes3,
                                scale: Float, _ Rin: UnsafeMutablePointer<Float>) {
         ck_reduce_backward(c(n), S, a, ck(s), c(axes.rawValue), scale, Rin)
+    }
+
+    public func layerNormForward(_ x: UnsafePointer<Float>, _ s: Shape3, _ ln: LayerNorm,
+                                 _ y: UnsafeMutablePointer<Float>, inverseSigma: UnsafeMutablePointer<Float>) {
+        ck_layernorm_forward(x, c(s.channels), c(s.height * s.width), ln.gamma, ln.beta, ln.epsilon, y, inverseSigma)
+    }
+
+    public func layerNormBackward(n: Int, _ S: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ s: Shape3,
+                                  gamma: [Float], inverseSigma: UnsafePointer<Float>, exact: Bool,
+                                  _ Rin: UnsafeMutablePointer<Float>) {
+        ck_layernorm_backward(c(n), S, x, c(s.channels), c(s.height * s.width), gamma, inverseSigma, exact ? 1 : 0, Rin)
+    }
+
+    public func layerNormTransposed(n: Int, _ w: UnsafeMutablePointer<Float>, _ s: Shape3, gamma: [Float],
+                                    inverseSigma: UnsafePointer<Float>) {
+        ck_layernorm_transposed(c(n), w, c(s.channels), c(s.height * s.width), gamma, inverseSigma)
+    }
+
+    public func geluForward(_ x: UnsafePointer<Float>, count: Int, _ y: UnsafeMutablePointer<Float>) {
+        ck_gelu_forward(count, x, y)
+    }
+
+    public func geluInputTimesSlope(_ x: UnsafePointer<Float>, count: Int, _ out: UnsafeMutablePointer<Float>) {
+        ck_gelu_input_slope(count, x, out)
+    }
+
+    public func attentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, _ s: Shape3,
+                                 heads: Int, _ o: UnsafeMutablePointer<Float>, weights A: UnsafeMutablePointer<Float>) throws {
+        try check(ck_attention_forward(q, k, v, c(s.channels), c(s.width), c(heads), o, A), "attention forward")
+    }
+
+    public func attentionValueBackward(n: Int, _ S: UnsafePointer<Float>, v: UnsafePointer<Float>, _ s: Shape3,
+                                       heads: Int, weights A: UnsafePointer<Float>, _ Rv: UnsafeMutablePointer<Float>) {
+        ck_attention_value_backward(c(n), S, v, c(s.channels), c(s.width), c(heads), A, Rv)
+    }
+
+    public func attentionScoreBackward(n: Int, _ G: UnsafePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
+                                       v: UnsafePointer<Float>, _ s: Shape3, heads: Int, weights A: UnsafePointer<Float>,
+                                       _ Rq: UnsafeMutablePointer<Float>, _ Rk: UnsafeMutablePointer<Float>) throws {
+        try check(ck_attention_score_backward(c(n), G, q, k, v, c(s.channels), c(s.width), c(heads), A, Rq, Rk),
+                  "attention score backward")
     }
 
     private func ck(_ g: ConvGeometry) -> ck_conv_geometry {

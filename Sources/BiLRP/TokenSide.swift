@@ -111,8 +111,7 @@ extension Explainer {
             case let .layerNorm(ln, eps, _):
                 let w = Buffer(count: P * s.count)
                 kernels.lrpProduct(n: P, count: s.count, a.const, uIn!.const, scale: 1, w.pointer, accumulate: false)
-                TransformerOps.layerNormTransposed(n: P, w.pointer, s, gamma: ln.gamma,
-                                                   inverseSigma: trace.denominators[l][1].const)
+                kernels.layerNormTransposed(n: P, w.pointer, s, gamma: ln.gamma, inverseSigma: trace.denominators[l][1].const)
                 y = Buffer(count: P * out.count)
                 kernels.lrpDivide(n: P, count: out.count, w.const, trace.denominators[l][0].const, epsilon: eps, y.pointer)
             case let .attention(heads, eps, _):
