@@ -124,7 +124,7 @@ public final class Explainer: @unchecked Sendable {
                 if rule == .zBox { throw BiLRPError.unsupported("rule zb on linear \(label)") }
                 rules[index] = rule; nodeRules[node.name] = rule
                 op = .conv(try PreparedConv(index: index, linear: lin, rule: rule, nonNegativeInput: nonNegativeInput,
-                                            kernels: kernels))
+                                            packForward: sequenceInput == true, kernels: kernels))
             case .layer(.relu):
                 op = .relu
             case let .layer(.maxPool2d(p)):

@@ -153,26 +153,29 @@ final class PreparedConv: @unchecked Sendable {
                       nonNegativeInput: nonNegativeInput, kernels: kernels)
     }
 
-    convenience init(index: Int, linear: Linear, rule: Rule, nonNegativeInput: Bool, kernels: any Kernels) throws {
+    /// `packForward`: keep the forward's packed weight too (for a linear layer on the tokens of a
+    /// sequence, which runs a GEMM per call; a layer on a vector runs one GEMV and needs none).
+    convenience init(index: Int, linear: Linear, rule: Rule, nonNegativeInput: Bool, packForward: Bool = false,
+                     kernels: any Kernels) throws {
         try self.init(linear: Buffer(linear.weight), bias: linear.bias, inFeatures: linear.inFeatures,
                   outFeatures: linear.outFeatures, index: index, rule: rule, nonNegativeInput: nonNegativeInput,
-                  kernels: kernels)
+                  packForward: packForward, kernels: kernels)
     }
 
     /// A linear layer whose (out, in) weight is already in a buffer, which it keeps (a similarity
     /// head of 1000 x 524288 is 2 GB: copying it would take seconds).
     convenience init(linear weight: Buffer, bias: [Float]?, inFeatures: Int, outFeatures: Int, index: Int, rule: Rule,
-                     nonNegativeInput: Bool, kernels: any Kernels) throws {
+                     nonNegativeInput: Bool, packForward: Bool = false, kernels: any Kernels) throws {
         precondition(weight.count == inFeatures * outFeatures)
         try self.init(index: index, rule: rule, isLinear: true, conv: nil, weight: weight, bias: bias,
                       geometry: ConvGeometry(inChannels: inFeatures, height: 1, width: 1, outChannels: outFeatures,
                                              kernelH: 1, kernelW: 1),
-                      nonNegativeInput: nonNegativeInput, kernels: kernels)
+                      nonNegativeInput: nonNegativeInput, packForward: packForward, kernels: kernels)
     }
 
     private init(
         index: Int, rule: Rule, isLinear: Bool, conv: Conv2d?, weight: Buffer, bias: [Float]?, geometry geo: ConvGeometry,
-        nonNegativeInput: Bool, kernels: any Kernels
+        nonNegativeInput: Bool, packForward: Bool = false, kernels: any Kernels
     ) throws {
         self.index = index; self.rule = rule; self.isLinear = isLinear; self.conv = conv
         weightGeometry = geo
@@ -191,10 +194,12 @@ final class PreparedConv: @unchecked Sendable {
         }
         self.bias = bias.map(Buffer.init)
         var backward: [WeightModifier: Buffer] = [:], forward: [WeightModifier: Buffer] = [:]
-        if !isLinear {
+        if !isLinear || packForward {
             for (m, w) in weights {
                 forward[m] = Self.preparedForward(w, geo, kernels)
             }
+        }
+        if !isLinear {
             for pass in rulePasses {
                 for term in pass.terms where backward[term.weight] == nil {
                     backward[term.weight] = try Self.preparedBackward(weights[term.weight]!, geo, kernels)

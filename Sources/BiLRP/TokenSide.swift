@@ -60,12 +60,19 @@ extension Explainer {
         for node in plan.nodes.reversed() where carries[node.output] {
             if case .attention = node.op { carries[node.inputs[2]] = true } else { for v in node.inputs { carries[v] = true } }
         }
+        // Every functional and temporary comes from one pool: the same sizes come back at every layer.
+        let pool = BufferPool()
+        func release(_ v: Int) {
+            guard let b = u[v] else { return }
+            u[v] = nil
+            if !u.contains(where: { $0 === b }) { pool.give(b) }  // ReLU, GELU, ... pass theirs on
+        }
         for (l, node) in plan.nodes.enumerated() {
             try cancellation?.check()
             defer {
                 for v in node.inputs {
                     remaining[v] -= 1
-                    if remaining[v] == 0 { u[v] = nil }
+                    if remaining[v] == 0 { release(v) }
                 }
             }
             guard carries[node.output] else { continue }
@@ -76,64 +83,69 @@ extension Explainer {
             let y: Buffer
             switch node.op {
             case let .conv(c):
-                y = Buffer(count: P * out.count)
-                y.pointer.initialize(repeating: 0, count: P * out.count)
-                let tmp = Buffer(count: P * max(out.count, s.count))
-                let w = Buffer(count: P * s.count)
+                y = pool.take(P * out.count)
+                let w = pool.take(P * s.count), sum = pool.take(P * out.count), tmp = pool.take(P * out.count)
                 for (k, pass) in c.passes.enumerated() {
-                    let sum = Buffer(count: P * out.count)
-                    sum.pointer.initialize(repeating: 0, count: P * out.count)
-                    for term in pass.terms {
-                        if term.input == .ones {
-                            w.pointer.update(from: uIn!.const, count: P * s.count)
-                        } else {
+                    for (i, term) in pass.terms.enumerated() {
+                        var source = uIn!.const
+                        if term.input != .ones {
                             let input = term.input == .identity ? a : trace.modifiedInputs[l][term.input]!
                             kernels.lrpProduct(n: P, count: s.count, input.const, uIn!.const, scale: 1, w.pointer, accumulate: false)
+                            source = w.const
                         }
-                        try batchedLinear(c, term.weight, w.const, s, out, P, tmp.pointer)
-                        kernels.lrpProduct(n: 1, count: P * out.count, nil, tmp.const, scale: 1, sum.pointer, accumulate: true)
+                        // The first term writes the sum, the others add to it.
+                        try batchedLinear(c, term.weight, source, s, out, P, i == 0 ? sum.pointer : tmp.pointer, pool)
+                        if i > 0 {
+                            kernels.lrpProduct(n: 1, count: P * out.count, nil, tmp.const, scale: 1, sum.pointer, accumulate: true)
+                        }
                     }
+                    let single = k == 0 && pass.scale == 1
                     kernels.lrpDivide(n: P, count: out.count, sum.const, trace.denominators[l][k].const, epsilon: pass.epsilon,
-                                      tmp.pointer)
-                    kernels.lrpProduct(n: 1, count: P * out.count, nil, tmp.const, scale: pass.scale, y.pointer, accumulate: true)
+                                      single ? y.pointer : tmp.pointer)
+                    if !single {
+                        kernels.lrpProduct(n: 1, count: P * out.count, nil, tmp.const, scale: pass.scale, y.pointer,
+                                           accumulate: k > 0)
+                    }
                 }
+                for b in [w, sum, tmp] { pool.give(b) }
             case .relu, .flatten, .scale, .gelu:
                 y = uIn!
             case let .add(eps):
-                let sum = Buffer(count: P * out.count)
-                sum.pointer.initialize(repeating: 0, count: P * out.count)
-                for v in node.inputs {
+                let sum = pool.take(P * out.count)
+                for (i, v) in node.inputs.enumerated() {
                     kernels.lrpProduct(n: P, count: s.count, trace.values[v]!.const, u[v]!.const, scale: 1, sum.pointer,
-                                       accumulate: true)
+                                       accumulate: i > 0)
                 }
-                y = Buffer(count: P * out.count)
+                y = pool.take(P * out.count)
                 kernels.lrpDivide(n: P, count: out.count, sum.const, trace.denominators[l][0].const, epsilon: eps, y.pointer)
+                pool.give(sum)
             case let .layerNorm(ln, eps, _):
-                let w = Buffer(count: P * s.count)
+                let w = pool.take(P * s.count)
                 kernels.lrpProduct(n: P, count: s.count, a.const, uIn!.const, scale: 1, w.pointer, accumulate: false)
                 kernels.layerNormTransposed(n: P, w.pointer, s, gamma: ln.gamma, inverseSigma: trace.denominators[l][1].const)
-                y = Buffer(count: P * out.count)
+                y = pool.take(P * out.count)
                 kernels.lrpDivide(n: P, count: out.count, w.const, trace.denominators[l][0].const, epsilon: eps, y.pointer)
+                pool.give(w)
             case let .attention(heads, eps, _):
                 let v = node.inputs[2]
-                let w = Buffer(count: P * s.count)
+                let w = pool.take(P * s.count), o = pool.take(P * s.count)
                 kernels.lrpProduct(n: P, count: s.count, trace.values[v]!.const, u[v]!.const, scale: 1, w.pointer,
                                    accumulate: false)
-                let o = Buffer(count: P * s.count)
                 try TransformerOps.attentionMix(n: P, w.const, s, heads: heads, weights: trace.denominators[l][1].const, o.pointer,
                                                 kernels)
-                y = Buffer(count: P * out.count)
+                y = pool.take(P * out.count)
                 kernels.lrpDivide(n: P, count: out.count, o.const, trace.denominators[l][0].const, epsilon: eps, y.pointer)
+                pool.give(w); pool.give(o)
             case let .reduce(axes, mean, eps):
-                let w = Buffer(count: P * s.count)
+                let w = pool.take(P * s.count), r = pool.take(P * out.count)
                 kernels.lrpProduct(n: P, count: s.count, a.const, uIn!.const, scale: 1, w.pointer, accumulate: false)
-                let r = Buffer(count: P * out.count)
                 for p in 0..<P {
                     kernels.reduceForward(w.const + p * s.count, s, axes: axes, scale: mean ? 1 / Float(axes.count(s)) : 1,
                                           r.pointer + p * out.count)
                 }
-                y = Buffer(count: P * out.count)
+                y = pool.take(P * out.count)
                 kernels.lrpDivide(n: P, count: out.count, r.const, trace.denominators[l][0].const, epsilon: eps, y.pointer)
+                pool.give(w); pool.give(r)
             default:
                 preconditionFailure("tokenSideEligible admits no other op")
             }
@@ -150,9 +162,11 @@ extension Explainer {
     /// [p][feature][token], are laid side by side as one sequence of P x T tokens ([feature][p, token]),
     /// so the GEMM is (out x in) by (in x P T) instead of P thin ones.
     private func batchedLinear(_ c: PreparedConv, _ m: WeightModifier, _ w: UnsafePointer<Float>, _ s: Shape3, _ out: Shape3,
-                               _ P: Int, _ y: UnsafeMutablePointer<Float>) throws {
+                               _ P: Int, _ y: UnsafeMutablePointer<Float>, _ pool: BufferPool) throws {
         let t = s.width
-        let wide = Buffer(count: P * s.count), result = Buffer(count: P * out.count)
+        if P == 1 { return try c.forward(w, c.geometry(s), m, bias: nil, y, kernels) }
+        let wide = pool.take(P * s.count), result = pool.take(P * out.count)
+        defer { pool.give(wide); pool.give(result) }
         for p in 0..<P {
             for f in 0..<s.channels { (wide.pointer + (f * P + p) * t).update(from: w + p * s.count + f * t, count: t) }
         }

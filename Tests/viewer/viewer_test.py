@@ -6,6 +6,7 @@ Debian's chromedriver, the same version):
    top pairs must equal those of the same request sent straight to the JSON API; hovering a patch
    of the first image must show that patch's row of R over the second image (the status line names
    the patch, and the second image is red where that row's largest value is). Screenshot saved.
+   Then the same pair by factor ids (POST /v1/factors first): the same numbers, no image behind.
 2. The page `bilrp explain --html` writes opens from disk with the network off and shows the
    numbers of the JSON written by the same command. Screenshot saved.
 
@@ -112,6 +113,43 @@ def api_explain(url):
     return json.load(urllib.request.urlopen(req, timeout=120))
 
 
+def api_factors(url, path):
+    body = json.dumps({"image": base64.b64encode(open(path, "rb").read()).decode()}).encode()
+    req = urllib.request.Request(url + "/v1/factors", data=body, method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": "Bearer " + TOKEN})
+    return json.load(urllib.request.urlopen(req, timeout=120))["id"]
+
+
+def factor_ids(d, url, expected):
+    """The page given factor ids instead of images: the same numbers, the pair drawn on a plain grey
+    backdrop (the page has no image to show)."""
+    first, second = api_factors(url, LEFT), api_factors(url, RIGHT)
+    d.get(url + "/")
+    d.find_element("id", "first-id").send_keys(first)
+    d.find_element("id", "second-id").send_keys(second)
+    d.find_element("id", "token").clear()
+    d.find_element("id", "token").send_keys(TOKEN)
+    d.find_element("id", "explain").click()
+    y = float(wait(d, "return document.getElementById('similarity').dataset.value", "the explanation from factor ids"))
+    check(close(y, expected["similarity"]), f"page y {y} from factor ids != API y {expected['similarity']}")
+    rows = d.execute_script("return document.querySelectorAll('#top-pairs tbody tr').length")
+    check(rows == len(expected["top_positive"]), f"{rows} table rows from factor ids")
+    # Away from the curves the backdrop is the plain grey of no image: sample every pixel of the
+    # second view that no drawn curve reaches and find them all one grey.
+    grey = d.execute_script("""
+        const c = document.getElementById('view-second'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const seen = new Map();
+        for (let i = 0; i < d.length; i += 4) {
+          if (d[i] !== d[i + 1] || d[i + 1] !== d[i + 2]) continue;
+          seen.set(d[i], (seen.get(d[i]) || 0) + 1);
+        }
+        let best = 0, count = 0;
+        for (const [v, n] of seen) if (n > count) { best = v; count = n; }
+        return [best, count / (d.length / 4)];""")
+    check(grey[1] > 0.5, f"the backdrop without images is mostly one grey (most common grey {grey[0]} on {grey[1]:.0%})")
+    d.save_screenshot(os.path.join(OUT, "viewer_factor_ids.png"))
+
+
 def served_page(chromium, driver):
     server, url, log = start_server()
     d = None
@@ -154,6 +192,7 @@ def served_page(chromium, driver):
         check(color[0] > color[1] + 80 and color[0] > color[2] + 80, f"the row's strongest patch is {color}, not red")
         os.makedirs(OUT, exist_ok=True)
         d.save_screenshot(os.path.join(OUT, "viewer_served.png"))
+        factor_ids(d, url, expected)
         # The server keeps serving.
         urllib.request.urlopen(url + "/health", timeout=10).read()
     finally:
@@ -192,7 +231,7 @@ def html_file(chromium, driver):
 def main():
     chromium, driver = find_browser()
     served_page(chromium, driver)
-    print("viewer test: served page ok (similarity and top pairs equal the API's, hover shows the row of R)")
+    print("viewer test: served page ok (similarity and top pairs equal the API's, hover shows the row of R, factor ids)")
     html_file(chromium, driver)
     print(f"viewer test: --html file ok (numbers equal the JSON, offline); screenshots in {OUT}")
 
