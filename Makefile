@@ -15,9 +15,11 @@ OMP_BUILD  := --scratch-path .build-omp $(OMP_FLAGS)
 APT_DEPS   := libomp-19-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev libfreetype-dev pkgconf fonts-dejavu-core \
               python3-venv python3-pip jq curl
 APT_TEST_DEPS := gcc-aarch64-linux-gnu qemu-user chromium chromium-driver
+# The typefaces the tables model's pages are rendered in (make tables-model, make fixtures only).
+APT_TABLES_DEPS := fonts-ebgaramond fonts-junicode fonts-linuxlibertine fonts-cardo
 BIN        := .build-omp/release
 
-.PHONY: apt-deps apt-test-deps all setup assets build build-cli build-plain test test-omp test-plain test-contract test-viewer test-arm demo eval serve bench bench-peers bench-server fixtures proto clean
+.PHONY: apt-deps apt-test-deps apt-tables-deps tables-model all setup assets build build-cli build-plain test test-omp test-plain test-contract test-viewer test-arm demo eval serve bench bench-peers bench-server fixtures proto clean
 
 all: build
 
@@ -29,8 +31,8 @@ setup: apt-deps apt-test-deps .venv-test/ok
 	.venv-test/bin/pip install -q "schemathesis==4.32.5" "openapi-spec-validator==0.9.0" "selenium==4.50.0"
 	touch $@
 
-apt-deps apt-test-deps:
-	@missing=""; for p in $(if $(filter apt-deps,$@),$(APT_DEPS),$(APT_TEST_DEPS)); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+apt-deps apt-test-deps apt-tables-deps:
+	@missing=""; for p in $(if $(filter apt-deps,$@),$(APT_DEPS),$(if $(filter apt-test-deps,$@),$(APT_TEST_DEPS),$(APT_TABLES_DEPS))); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -153,8 +155,16 @@ proto:
 	protoc --plugin=protoc-gen-swift=.build/checkouts/swift-protobuf/.build/release/protoc-gen-swift \
 	  --swift_opt=Visibility=Internal --swift_out=Sources/BiLRPIO/ONNX -Iproto proto/onnx.proto
 
+# The tables model (the paper's second system): renders table pages in period typefaces and trains
+# the digit detector (scripts/train-tables.py: seeded, CPU, about 12 minutes on 2 cores), then
+# writes models/tables/tables.safetensors and tables.onnx (committed).
+tables-model: apt-tables-deps
+	python3 -m venv .venv-fixtures
+	.venv-fixtures/bin/pip install -q "torch==2.13.0+cpu" numpy safetensors onnx onnxruntime "pillow==13.0.0"
+	.venv-fixtures/bin/python scripts/train-tables.py --out models/tables
+
 # Regenerates the PyTorch fixtures (needs PyPI; the results are committed).
-fixtures: assets
+fixtures: assets apt-tables-deps
 	python3 -m venv .venv-fixtures
 	.venv-fixtures/bin/pip install -q "torch==2.13.0+cpu" numpy safetensors onnx onnxruntime
 	# zennit (the reference LRP library) without torchvision, whose wheels pin a CUDA torch: the
@@ -164,6 +174,9 @@ fixtures: assets
 	# The text side: Hugging Face's tokenizer and encoder on the fetched all-MiniLM-L6-v2.
 	.venv-fixtures/bin/pip install -q "tokenizers==0.23.3" "transformers==5.25.0"
 	.venv-fixtures/bin/python scripts/make-text-fixtures.py
+	# The tables model on two rendered pages, by its PyTorch module.
+	.venv-fixtures/bin/pip install -q "pillow==13.0.0"
+	.venv-fixtures/bin/python scripts/make-tables-fixtures.py
 
 clean:
 	rm -rf .build .build-omp .build-bench

@@ -99,8 +99,14 @@ public struct Composite: Sendable, Equatable, CustomStringConvertible {
     ///   epsilon = 1e-6 on linear layers.
     /// - `epsilon-plus-flat`: zennit's EpsilonPlusFlat: flat first, z+ on convolutions, epsilon = 1e-6
     ///   on linear layers.
+    /// - `tables`: the tables model (`TablesModel`): z^B on the page's ink (bounds 0 and 1), gamma =
+    ///   0.25 in the detector's convolutions (`*features*`: its nodes from safetensors and from the
+    ///   ONNX export), z+ on the detector head (`*head*`: its bias is minus the threshold, which
+    ///   LRP-0 would turn into created relevance, 12x y on a demo pair; z+ lets it gate and
+    ///   conserves), LRP-0 on the bigram gathers and the sum; min and max winner-take-all.
     public static let presets: [String: String] = [
         "paper-vgg": "0:zb;1-10:gamma=0.5;11-17:gamma=0.25;18-24:gamma=0.1;25-:zero",
+        "tables": "first:zb;*head*:zplus;*features*:gamma=0.25;*:zero",
         "hp": "*:zero",
         "epsilon-gamma-box": "first:zb;conv:gamma=0.25;linear:epsilon=1e-6",
         "epsilon-plus-flat": "first:flat;conv:zplus;linear:epsilon=1e-6",

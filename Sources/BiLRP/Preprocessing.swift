@@ -16,6 +16,9 @@ public enum Preprocessing: String, Sendable, CaseIterable {
     case torchvision
     /// BGR in 0...255 minus the mean (103.939, 116.779, 123.68), no std: original Caffe/Keras VGG.
     case caffe
+    /// One channel, the ink of a printed page: 1 - luminance (Rec. 601) in [0, 1], so blank paper is
+    /// 0 (the tables model).
+    case ink
 
     /// Channel order of the model input.
     public var isBGR: Bool { self == .caffe }
@@ -24,12 +27,14 @@ public enum Preprocessing: String, Sendable, CaseIterable {
         switch self {
         case .torchvision: return [0.485, 0.456, 0.406]
         case .caffe: return [103.939, 116.779, 123.68]
+        case .ink: return [0]
         }
     }
     public var std: [Float] {
         switch self {
         case .torchvision: return [0.229, 0.224, 0.225]
         case .caffe: return [1, 1, 1]
+        case .ink: return [1]
         }
     }
     /// Pixel value 255 maps to this before normalization.
@@ -49,6 +54,12 @@ public enum Preprocessing: String, Sendable, CaseIterable {
             throw BiLRPError.shapeMismatch(what: "image", expected: "3 channels (RGB)", found: "\(s.channels)")
         }
         let plane = s.height * s.width
+        if self == .ink {
+            let ink = (0..<plane).map { i in
+                1 - (0.299 * rgb.data[i] + 0.587 * rgb.data[plane + i] + 0.114 * rgb.data[2 * plane + i])
+            }
+            return try Tensor(shape: [1, s.height, s.width], data: ink.map { max(0, min(1, $0)) })
+        }
         var out = [Float](repeating: 0, count: rgb.count)
         for c in 0..<3 {
             let src = isBGR ? 2 - c : c

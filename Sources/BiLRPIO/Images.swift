@@ -158,6 +158,10 @@ extension Preprocessing {
     /// The inverse of `normalize`, for showing a model input: (3, H, W) normalized -> RGB in [0, 1].
     public func denormalize(_ t: Tensor) throws -> RGBImage {
         let s = try t.shape3("input")
+        if self == .ink, s.channels == 1 {
+            let grey = t.data.map { 1 - max(0, min(1, $0)) }
+            return try RGBImage(planar: try Tensor(shape: [3, s.height, s.width], data: grey + grey + grey))
+        }
         guard s.channels == 3 else { throw BiLRPError.shapeMismatch(what: "input", expected: "3 channels", found: "\(s.channels)") }
         let plane = s.height * s.width
         var rgb = [Float](repeating: 0, count: t.count)
@@ -184,7 +188,7 @@ public struct PreparedInput: Sendable {
         if path.lowercased().hasSuffix(".npy") {
             let t = try NPY.read(path: path)
             let s = try t.shape3("NPY input '\(path)'")
-            let display = s.channels == 3 ? try preprocessing.denormalize(t)
+            let display = s.channels == 3 || preprocessing == .ink ? try preprocessing.denormalize(t)
                 : try RGBImage(width: s.width, height: s.height, pixels: [Float](repeating: 0.5, count: s.width * s.height * 3))
             return PreparedInput(tensor: t, display: display, source: path)
         }

@@ -67,8 +67,8 @@ public struct ExplanationSettings: Sendable, Codable, Equatable {
         guard Similarity(rawValue: similarity) != nil else {
             throw BiLRPError.invalidArgument("unknown similarity '\(similarity)' (expected dot or cosine)")
         }
-        guard ["auto", "torchvision", "caffe"].contains(preprocess) else {
-            throw BiLRPError.invalidArgument("unknown preprocessing '\(preprocess)' (expected torchvision, caffe or auto)")
+        guard ["auto", "torchvision", "caffe", "ink"].contains(preprocess) else {
+            throw BiLRPError.invalidArgument("unknown preprocessing '\(preprocess)' (expected torchvision, caffe, ink or auto)")
         }
         if model != nil && weights != nil {
             throw BiLRPError.invalidArgument("give either --model (ONNX) or --weights (safetensors), not both")
@@ -95,7 +95,7 @@ public struct LoadedExplainer: Sendable {
 
     /// The architectures `--arch` knows.
     public static let architectures = VGG.allCases.flatMap { [$0.rawValue, "\($0.rawValue)-bn"] }
-        + ResNet.allCases.map(\.rawValue)
+        + ResNet.allCases.map(\.rawValue) + ["tables"]
 
     /// Builds the model, head and rules from settings. `kernels` selects the C or the reference path.
     public static func load(_ s: ExplanationSettings, kernels: any Kernels = CKernelsBackend(),
@@ -143,6 +143,14 @@ public struct LoadedExplainer: Sendable {
     /// A built-in architecture with weights by torchvision's names, cut as asked (default: all of a
     /// VGG's `features`, a ResNet's `layer4`).
     public static func architecture(_ arch: String, cut: LayerCut?, weights: any TensorSource) throws -> Graph {
+        if arch.lowercased() == "tables" {
+            switch cut {
+            case nil: return try TablesModel.graph(weights: weights)
+            case let .name(n): return try TablesModel.graph(weights: weights, cut: n)
+            case let .index(i):
+                throw BiLRPError.invalidArgument("tables is a graph: cut it at a node name (H, bigrams, phi), not at index \(i)")
+            }
+        }
         if let r = ResNet(rawValue: arch.lowercased()) {
             switch cut {
             case nil: return try r.graph(cut: "layer4", weights: weights)
@@ -188,6 +196,14 @@ public struct LoadedExplainer: Sendable {
         return t
     }
 
+    /// Where a built-in architecture ends when no cut is given (`architecture(_:cut:weights:)`).
+    var defaultCut: String {
+        guard settings.weights != nil else { return "the end of features" }
+        if ResNet(rawValue: settings.arch.lowercased()) != nil { return "layer4" }
+        if settings.arch.lowercased() == "tables" { return "phi (the bigram histogram)" }
+        return "the end of features"
+    }
+
     /// What the pictures' legend says about this setup, for a pair of inputs (their file names).
     public func caption(inputs: (String, String)) -> PictureCaption {
         let s = settings
@@ -196,7 +212,7 @@ public struct LoadedExplainer: Sendable {
         let layer = s.layer.map { l -> String in
             if case .index = l { return "layer \(l)" }
             return "\(l)"
-        } ?? (s.weights != nil && ResNet(rawValue: s.arch.lowercased()) != nil ? "layer4" : "the end of features")
+        } ?? defaultCut
         let head = s.projection.map { "projection \(($0 as NSString).lastPathComponent)" } ?? s.head
         return PictureCaption(model: model, layer: layer, head: head, rules: s.rules, similarity: s.similarity,
                               inputs: ((inputs.0 as NSString).lastPathComponent, (inputs.1 as NSString).lastPathComponent))

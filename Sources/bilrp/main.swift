@@ -118,7 +118,7 @@ func fail(_ message: String) -> Never {
     Foundation.exit(1)
 }
 
-enum PreprocessChoice: String, ExpressibleByArgument, CaseIterable { case auto, torchvision, caffe }
+enum PreprocessChoice: String, ExpressibleByArgument, CaseIterable { case auto, torchvision, caffe, ink }
 enum LogFormat: String, ExpressibleByArgument, CaseIterable { case text, json, off }
 extension Similarity: ExpressibleByArgument {}
 
@@ -127,7 +127,7 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "ONNX model file (any DAG of the supported ops).") var model: String?
     @Option(help: "Safetensors weights with torchvision names (features.0.weight, layer1.0.conv1.weight, ...).")
     var weights: String?
-    @Option(help: "Architecture for --weights: vgg11, vgg13, vgg16, vgg19 (optionally -bn), resnet18, resnet34, resnet50, resnet101, resnet152.")
+    @Option(help: "Architecture for --weights: vgg11, vgg13, vgg16, vgg19 (optionally -bn), resnet18, resnet34, resnet50, resnet101, resnet152, tables (scripts/train-tables.py).")
     var arch = "vgg16"
     @Option(help: "Cut: an integer keeps a chain's layers [0, L) (31 ends after pool5 of VGG-16); a name cuts at that node or stage (layer4, avgpool, layer3.1). Required with --model.")
     var layer: String?

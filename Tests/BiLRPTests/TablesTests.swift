@@ -1,0 +1,90 @@
+import BiLRP
+import BiLRPIO
+import Foundation
+import Testing
+
+/// The committed tables model (scripts/train-tables.py), by source path.
+let tablesWeights: String = {
+    var dir = URL(fileURLWithPath: #filePath)
+    for _ in 0..<3 { dir.deleteLastPathComponent() }
+    return dir.appendingPathComponent("models/tables").path
+}()
+
+@Suite("The tables model (bigram network) against its PyTorch module (scripts/make-tables-fixtures.py)")
+struct TablesTests {
+    let fixture: SafetensorsFile
+    let weights: SafetensorsFile
+
+    init() throws {
+        fixture = try SafetensorsFile(path: fixturePath("tables/tables.safetensors"))
+        weights = try SafetensorsFile(path: tablesWeights + "/tables.safetensors")
+    }
+
+    func page(_ name: String) throws -> Tensor {
+        let img = try RGBImage.load(path: fixturePath("tables/page_\(name).png"))
+        return try Preprocessing.ink.normalize(rgb: img.planar)
+    }
+
+    func reference(_ name: String) throws -> [Float] {
+        guard let t = try fixture.tensor(named: name) else { throw BiLRPError.missingTensor(name) }
+        return t.data
+    }
+
+    /// An LRP-0 explainer of the graph's whole output (the maps H and the bigram maps are long: the
+    /// output limit is raised for them).
+    func explainer(_ graph: Graph, rules: String = "*:zero") throws -> Explainer {
+        try Explainer(graph: graph, head: .identity, similarity: .dot, composite: try Composite.named(rules),
+                      bounds: Preprocessing.ink.bounds, limits: ResourceLimits(maxOutputs: 1 << 20, maxBytes: 8 << 30))
+    }
+
+    @Test("the digit maps H, the bigram layer on its own and phi equal PyTorch's (relative 1e-4)")
+    func forward() throws {
+        for name in ["a", "b"] {
+            let x = try page(name)
+            let H = try explainer(try TablesModel.graph(weights: weights, cut: "H")).embedding(x)
+            expectClose(H, try reference("\(name).H"), tol: 1e-4, "H of page \(name)")
+            let phi = try explainer(try TablesModel.graph(weights: weights)).embedding(x)
+            let expected = try reference("\(name).phi")
+            try #require(expected.reduce(0, +) > 1, "the fixture's page \(name) has bigrams (a trained detector)")
+            expectClose(phi, expected, tol: 1e-4, "phi of page \(name)")
+        }
+        let window = try #require(try fixture.tensor(named: "a.H_window"))
+        let layer = try Graph(input: "H", nodes: try TablesModel.bigramNodes(from: "H"), output: "bigrams")
+        let maps = try explainer(layer).embedding(window)
+        let expected = try reference("a.bigrams_window")
+        #expect(expected.contains { $0 > 0 }, "the window holds bigrams")
+        expectClose(maps, expected, tol: 1e-5, "bigram maps of a window of H")
+    }
+
+    @Test("BiLRP with LRP-0 (gradient x input here): both pages' A and R equal PyTorch's within 1e-4 of their max")
+    func factors() throws {
+        let ex = try explainer(try TablesModel.graph(weights: weights))
+        let fa = try ex.factors(try page("a"), patch: 8), fb = try ex.factors(try page("b"), patch: 8)
+        let (Aa, Ab) = (try reference("a.A"), try reference("b.A"))
+        expectClose(fa.a, Aa, tol: 1e-4, "A of page a")
+        expectClose(fb.a, Ab, tol: 1e-4, "A of page b")
+        let pair = try ex.explain(fa, fb)
+        var R = [Float](repeating: 0, count: fa.grid.count * fb.grid.count)
+        for i in 0..<fa.grid.count {
+            for j in 0..<fb.grid.count {
+                var s = 0.0
+                for m in 0..<100 { s += Double(Aa[i * 100 + m]) * Double(Ab[j * 100 + m]) }
+                R[i * fb.grid.count + j] = Float(s)
+            }
+        }
+        expectClose(pair.relevance, R, tol: 1e-4, "R")
+        // Conservation: the bias-free bigram layer and sum pooling pass relevance on whole; only the
+        // detector head's thresholds absorb some.
+        #expect(pair.conservation.relevanceSum > 0 && pair.similarity > 0)
+    }
+
+    @Test("the ONNX export (models/tables/tables.onnx) is the same model: the same phi and A as the safetensors graph")
+    func onnx() throws {
+        let onnx = try ONNXImporter.load(path: tablesWeights + "/tables.onnx")
+        let fromONNX = try explainer(onnx.graph), fromWeights = try explainer(try TablesModel.graph(weights: weights))
+        let x = try page("b")
+        let (a, b) = (try fromONNX.factors(x, patch: 8), try fromWeights.factors(x, patch: 8))
+        expectClose(a.embedding, b.embedding, tol: 1e-5, "phi")
+        expectClose(a.a, b.a, tol: 1e-5, "A")
+    }
+}
