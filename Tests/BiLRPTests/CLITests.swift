@@ -128,7 +128,7 @@ struct CLITests {
 
     @Test("usage errors keep ArgumentParser's exit code 64; options with fixed values list them", arguments: [
         (["explain", "A", "B", "--similarity", "euclid"], "The value 'euclid' is invalid for '--similarity <similarity>'. Please provide one of 'dot' and 'cosine'"),
-        (["explain", "A", "B", "--preprocess", "bgr"], "Please provide one of 'auto', 'torchvision' or 'caffe'"),
+        (["explain", "A", "B", "--preprocess", "bgr"], "Please provide one of 'auto', 'torchvision', 'caffe' or 'ink'"),
         (["explain", "A", "B", "--clip", "0"], "--clip must be > 0"),
         (["explain", "A", "B", "--patch", "0"], "--patch must be at least 1"),
         (["explain", "A", "B", "--background", "purple"], "Please provide one of 'grey' and 'color'"),
