@@ -94,7 +94,7 @@ test-plain:
 
 # The README's main command: explains the motorcycle stereo pair and an unrelated pair (chelsea vs
 # coffee) with the real ImageNet VGG-16 (pool5, paper-vgg rules, 128 x 128 as in the paper), and a
-# text pair with all-MiniLM-L6-v2.
+# text pair with all-MiniLM-L6-v2, and two renderings of one table with the tables model.
 DEMO_OUT   := out/demo
 DEMO_MODEL := --model assets/models/vgg16_imagenet.onnx --layer 31 --rules paper-vgg --size 128 --patch 8 --head random:100:0
 demo: apt-deps assets build-cli
@@ -109,6 +109,8 @@ demo: apt-deps assets build-cli
 	$(BIN)/bilrp explain-text "How do I reset my password?" "Forgot your password? Click 'reset' and follow the e-mail's instructions." \
 	  --model assets/models/all-MiniLM-L6-v2 --out $(DEMO_OUT)/text_pair.png --matrix $(DEMO_OUT)/text_matrix.png \
 	  --json $(DEMO_OUT)/text.json --npy $(DEMO_OUT)/text_R.npy
+	$(BIN)/bilrp explain models/tables/demo_a.png models/tables/demo_b.png --model tables --pairs 300 \
+	  --out $(DEMO_OUT)/tables_pair.png --heatmap $(DEMO_OUT)/tables_heatmap.png --json $(DEMO_OUT)/tables.json
 	@echo "demo: pictures, JSON and NPY written to $(DEMO_OUT)/"
 
 # Faithfulness (the README's table): pair perturbation and correspondence accuracy of BiLRP, HP,

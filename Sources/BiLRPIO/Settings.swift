@@ -22,11 +22,22 @@ public struct ExplanationSettings: Sendable, Codable, Equatable {
     public var patch: Int = 8
     /// Images are resized (shorter side) and center-cropped to size x size; 0 keeps them as they are.
     public var size: Int = 224
-    /// torchvision, caffe, or auto (caffe for channels-last ONNX models exported from Keras, else torchvision).
+    /// torchvision, caffe, ink (one channel, 1 - luminance: the tables model), or auto (caffe for
+    /// channels-last ONNX models exported from Keras, else torchvision).
     public var preprocess: String = "auto"
     public var topK: Int = 10
 
     public init() {}
+
+    /// `--model tables`: the committed tables model (`models/tables/`, from the working directory)
+    /// with its own defaults: ink preprocessing, pages as they are, the bigram histogram as phi
+    /// (head identity), rules `tables`.
+    public static var tables: ExplanationSettings {
+        var s = ExplanationSettings()
+        s.weights = "models/tables/tables.safetensors"
+        s.arch = "tables"; s.preprocess = "ink"; s.size = 0; s.head = "identity"; s.rules = "tables"
+        return s
+    }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case model, weights, arch, layer, head, projection, similarity, rules, patch, size, preprocess

@@ -124,32 +124,42 @@ extension Similarity: ExpressibleByArgument {}
 
 /// Options shared by the commands that build an explainer.
 struct ModelOptions: ParsableArguments {
-    @Option(help: "ONNX model file (any DAG of the supported ops).") var model: String?
+    @Option(help: "ONNX model file (any DAG of the supported ops), or 'tables': the committed tables model (models/tables/) with its defaults (--preprocess ink --size 0 --head identity --rules tables).")
+    var model: String?
     @Option(help: "Safetensors weights with torchvision names (features.0.weight, layer1.0.conv1.weight, ...).")
     var weights: String?
     @Option(help: "Architecture for --weights: vgg11, vgg13, vgg16, vgg19 (optionally -bn), resnet18, resnet34, resnet50, resnet101, resnet152, tables (scripts/train-tables.py).")
-    var arch = "vgg16"
+    var arch: String?
     @Option(help: "Cut: an integer keeps a chain's layers [0, L) (31 ends after pool5 of VGG-16); a name cuts at that node or stage (layer4, avgpool, layer3.1). Required with --model.")
     var layer: String?
-    @Option(help: "Head: random:H[:SEED], identity, sumpool or avgpool.") var head = "random:100:0"
+    @Option(help: "Head: random:H[:SEED], identity, sumpool or avgpool (default random:100:0).") var head: String?
     @Option(help: "Projection matrix file (NPY or safetensors), (h, D) or (D, h); replaces --head.")
     var projection: String?
     @Option(help: "How the embeddings are compared.") var similarity: Similarity = .dot
-    @Option(help: "Rule preset (paper-vgg, hp, epsilon-gamma-box, epsilon-plus-flat) or composite string, e.g. '0:zb;1-10:gamma=0.5;11-:zero'.")
-    var rules = "paper-vgg"
+    @Option(help: "Rule preset (paper-vgg, hp, epsilon-gamma-box, epsilon-plus-flat, tables) or composite string, e.g. '0:zb;1-10:gamma=0.5;11-:zero' (default paper-vgg).")
+    var rules: String?
     @Option(help: "Patch size for pooling relevance (1: pixels).") var patch = 8
-    @Option(help: "Resize (shorter side) and center-crop images to N x N; 0 keeps them.") var size = 224
+    @Option(help: "Resize (shorter side) and center-crop images to N x N; 0 keeps them (default 224).") var size: Int?
     @Option(help: "Preprocessing; auto: caffe for channels-last ONNX models, else torchvision.")
     var preprocess: PreprocessChoice = .auto
     @Option(help: "Worker threads for the C kernels.") var threads: Int?
     @Flag(help: "Compute with the slow pure-Swift reference kernels (for checking).") var reference = false
     @Flag(help: "No progress on stderr.") var quiet = false
 
+    /// The settings: a named model's defaults (`--model tables`) or the general ones, then every
+    /// option given.
     func settings(topK: Int = 10) -> ExplanationSettings {
-        var s = ExplanationSettings()
-        s.model = model; s.weights = weights; s.arch = arch; s.layer = layer.map(LayerCut.init(parsing:)); s.head = head
-        s.projection = projection; s.similarity = similarity.rawValue; s.rules = rules; s.patch = patch
-        s.size = size; s.preprocess = preprocess.rawValue; s.topK = topK
+        let named = model?.lowercased() == "tables"
+        var s = named ? ExplanationSettings.tables : ExplanationSettings()
+        if !named { s.model = model }
+        if let weights { s.weights = weights }
+        if let arch { s.arch = arch }
+        s.layer = layer.map(LayerCut.init(parsing:))
+        if let head { s.head = head }
+        if let rules { s.rules = rules }
+        if let size { s.size = size }
+        if preprocess != .auto || !named { s.preprocess = preprocess.rawValue }
+        s.projection = projection; s.similarity = similarity.rawValue; s.patch = patch; s.topK = topK
         return s
     }
 
@@ -621,7 +631,7 @@ struct Eval: ParsableCommand {
             } ?? [options.settings().layer]
             let quiet = options.quiet
             let report = try Evaluation.run(
-                pairs: list, settings: options.settings(), layers: cuts, rules: [options.rules] + alsoRules, options: o,
+                pairs: list, settings: options.settings(), layers: cuts, rules: [options.settings().rules] + alsoRules, options: o,
                 kernels: options.reference ? ReferenceKernels() : CKernelsBackend(),
                 progress: { line in if !quiet { FileHandle.standardError.write(Data("bilrp: \(line)\n".utf8)) } })
             if let json { try AtomicFile.write(try report.json(), to: json) }

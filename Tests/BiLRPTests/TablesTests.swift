@@ -78,6 +78,32 @@ struct TablesTests {
         #expect(pair.conservation.relevanceSum > 0 && pair.similarity > 0)
     }
 
+    @Test("bilrp explain --model tables: the committed model with its defaults (ink, pages as they are, identity head, rules tables); conservation within 1e-4")
+    func cli() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let json = dir.appendingPathComponent("pair.json").path
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: bilrpBinary)
+        p.currentDirectoryURL = URL(fileURLWithPath: tablesWeights).deletingLastPathComponent().deletingLastPathComponent()
+        p.arguments = ["explain", fixturePath("tables/page_a.png"), fixturePath("tables/page_b.png"), "--model", "tables",
+                       "--json", json, "--quiet"]
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: json))) as? [String: Any])
+        let ex = try Explainer(graph: try TablesModel.graph(weights: weights), head: .identity, similarity: .dot,
+                               composite: try Composite.named("tables"), bounds: Preprocessing.ink.bounds)
+        let y = try ex.explain(try ex.factors(try page("a"), patch: 8), try ex.factors(try page("b"), patch: 8)).similarity
+        #expect(abs((report["similarity"] as! Double) - Double(y)) <= 1e-5 * Double(y))
+        let c = try #require(report["conservation"] as? [String: Any])
+        #expect((c["relative_error"] as! Double) <= 1e-4, "the tables preset conserves (z+ on the thresholded head)")
+        let model = try #require(report["model"] as? [String: Any])
+        #expect(model["rules"] as? String == Composite.presets["tables"] && model["head"] as? String == "identity")
+        #expect(model["preprocess"] as? String == "ink" && model["outputs"] as? Int == 100)
+    }
+
     @Test("the ONNX export (models/tables/tables.onnx) is the same model: the same phi and A as the safetensors graph")
     func onnx() throws {
         let onnx = try ONNXImporter.load(path: tablesWeights + "/tables.onnx")
