@@ -118,6 +118,20 @@ public struct PairExplanation: Sendable {
             maxMapErrorFirst: mapError(first), maxMapErrorSecond: mapError(second))
     }
 
+    /// The output dimension m that carries most of R[p, q] = scale sum_m A[p, m] A'[q, m]: the term
+    /// of R's sign with the largest magnitude, and its share of R[p, q] (for the tables model, the
+    /// bigram that joins the two patches).
+    public func dominantOutput(_ p: Int, _ q: Int) -> (output: Int, share: Float) {
+        let h = first.outputs
+        let r = relevance[p * columns + q]
+        var best = 0, bestTerm: Float = 0
+        for m in 0..<h {
+            let term = scale * first.a[p * h + m] * second.a[q * h + m]
+            if (r >= 0 ? term : -term) > (r >= 0 ? bestTerm : -bestTerm) { best = m; bestTerm = term }
+        }
+        return (best, r != 0 ? bestTerm / r : 0)
+    }
+
     /// The k largest entries of R (most positive first).
     public func topPositive(_ k: Int) -> [PatchPair] { top(k, positive: true) }
     /// The k most negative entries of R (most negative first).

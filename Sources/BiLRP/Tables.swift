@@ -18,6 +18,9 @@ public enum TablesModel {
     /// 7-12 px apart at 14-24 px type.
     public static let shifts = [3, 4, 5, 6]
 
+    /// The smallest page side in pixels: the detector pools by 2 and the widest shift needs 7 cells.
+    public static let minimumPageSide = 16
+
     /// The detector's convolutions: name, dilation, whether a 2 x 2 max-pool follows its ReLU.
     static let convolutions: [(name: String, dilation: Int, pool: Bool)] = [
         ("detector.features.0", 1, true), ("detector.features.3", 1, false), ("detector.features.5", 1, false),

@@ -231,15 +231,27 @@ public struct LoadedExplainer: Sendable {
 
     /// Loads an input image (or .npy tensor) with these settings.
     public func input(_ path: String, maxPixels: Int = RGBImage.defaultMaxPixels) throws -> PreparedInput {
-        try PreparedInput.load(path: path, size: settings.size == 0 ? nil : settings.size, preprocessing: preprocessing,
-                               maxPixels: maxPixels)
+        try checked(try PreparedInput.load(path: path, size: settings.size == 0 ? nil : settings.size,
+                                           preprocessing: preprocessing, maxPixels: maxPixels))
     }
 
     /// An input from image bytes (server).
     public func input(data: Data, name: String, maxPixels: Int) throws -> PreparedInput {
         var img = try RGBImage.decode(data, name: name, maxPixels: maxPixels)
         if settings.size > 0 { img = img.resizedAndCropped(to: settings.size) }
-        return PreparedInput(tensor: try preprocessing.normalize(rgb: img.planar), display: img, source: name)
+        return try checked(PreparedInput(tensor: try preprocessing.normalize(rgb: img.planar), display: img, source: name))
+    }
+
+    /// A page for the tables model must hold a line of digits: at least `TablesModel.minimumPageSide`
+    /// pixels each way (smaller pages would fail inside the detector's pooling or the bigram shifts).
+    func checked(_ input: PreparedInput) throws -> PreparedInput {
+        guard settings.weights != nil, settings.arch.lowercased() == "tables" else { return input }
+        let s = try input.tensor.shape3("page")
+        let m = TablesModel.minimumPageSide
+        guard s.height >= m, s.width >= m else {
+            throw BiLRPError.invalidArgument("'\(input.source)' is a page of \(s.width) x \(s.height) pixels; the tables model needs at least \(m) x \(m) (a line of digits)")
+        }
+        return input
     }
 }
 
@@ -265,6 +277,10 @@ public struct ExplanationReport: Codable, Sendable {
         public var value: Float
         public var first: PatchRectangle
         public var second: PatchRectangle
+        /// The tables model only: the bigram (histogram dimension d1 * 10 + d2, as "d1d2") with the
+        /// largest share of this pair's R, and that share.
+        public var bigram: String? = nil
+        public var bigram_share: Float? = nil
     }
 
     public var similarity: Float
@@ -299,8 +315,18 @@ public struct ExplanationReport: Codable, Sendable {
         }
         inputs = [input(e.first, sources.0), input(e.second, sources.1)]
         matrix_layout = "R is P x Q row-major (float32): R[p, q] at p * Q + q; patch p = row * patch_columns + column of the first input, q likewise of the second"
-        top_positive = e.topPositive(s.topK).map { Pair(value: $0.value, first: $0.first, second: $0.second) }
-        top_negative = e.topNegative(s.topK).map { Pair(value: $0.value, first: $0.first, second: $0.second) }
+        let bigrams = s.weights != nil && s.arch.lowercased() == "tables" && e.first.outputs == 100
+        func pair(_ t: PatchPair) -> Pair {
+            var r = Pair(value: t.value, first: t.first, second: t.second)
+            if bigrams {
+                let d = e.dominantOutput(t.first.index, t.second.index)
+                r.bigram = "\(d.output / 10)\(d.output % 10)"
+                r.bigram_share = d.share
+            }
+            return r
+        }
+        top_positive = e.topPositive(s.topK).map(pair)
+        top_negative = e.topNegative(s.topK).map(pair)
         self.timings = timings
     }
 

@@ -104,6 +104,34 @@ struct TablesTests {
         #expect(model["preprocess"] as? String == "ink" && model["outputs"] as? Int == 100)
     }
 
+    @Test("the JSON names the bigram that carries each top pair; a page smaller than 16 x 16 pixels is an error naming its size")
+    func bigramsAndBadPages() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let args = ["--weights", tablesWeights + "/tables.safetensors", "--arch", "tables", "--preprocess", "ink", "--size", "0",
+                    "--head", "identity", "--rules", "tables", "--quiet"]
+        let r = try runBilrp(["explain", fixturePath("tables/page_a.png"), fixturePath("tables/page_b.png"), "--json", "-", "--top", "5"] + args)
+        #expect(r.status == 0, "\(r.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: r.stdoutData) as? [String: Any])
+        let top = try #require(report["top_positive"] as? [[String: Any]])
+        #expect(top.count == 5)
+        // Recompute the carrying bigram of the top pair from the library's factors.
+        let ex = try explainer(try TablesModel.graph(weights: weights), rules: "tables")
+        let pair = try ex.explain(try ex.factors(try page("a"), patch: 8), try ex.factors(try page("b"), patch: 8))
+        let first = try #require(top[0]["first"] as? [String: Any]), second = try #require(top[0]["second"] as? [String: Any])
+        let d = pair.dominantOutput(first["index"] as! Int, second["index"] as! Int)
+        #expect(top[0]["bigram"] as? String == "\(d.output / 10)\(d.output % 10)")
+        let share = try #require(top[0]["bigram_share"] as? Double)
+        #expect(share > 0 && share <= 1.0001, "a positive pair's largest term is a share in (0, 1]")
+        for (w, h) in [(1, 1), (40, 12)] {
+            let path = dir.appendingPathComponent("page_\(w)x\(h).png").path
+            try AtomicFile.write(try RGBImage(width: w, height: h, pixels: [Float](repeating: 1, count: w * h * 3)).pngData(), to: path)
+            let bad = try runBilrp(["explain", path, fixturePath("tables/page_b.png")] + args)
+            #expect(bad.status == 1)
+            #expect(bad.stderr.contains("is a page of \(w) x \(h) pixels; the tables model needs at least 16 x 16"), "\(bad.stderr)")
+        }
+    }
+
     @Test("the ONNX export (models/tables/tables.onnx) is the same model: the same phi and A as the safetensors graph")
     func onnx() throws {
         let onnx = try ONNXImporter.load(path: tablesWeights + "/tables.onnx")
