@@ -52,13 +52,15 @@ struct RequestSettings: Decodable, Sendable {
     static let maxTopK = 1000
 }
 
-struct ExplainRequest: Decodable, Sendable {
-    var first: InputRef
-    var second: InputRef
-    var settings: RequestSettings?
-    /// Include the pair picture and the heatmap picture (base64 PNG).
+/// A pair to explain: two inputs (images or factor ids for /v1/explain, texts for /v1/explain/text),
+/// the settings a request may override, and what to add to the answer.
+struct PairRequest<Input: Decodable & Sendable, Settings: Decodable & Sendable>: Decodable, Sendable {
+    var first: Input
+    var second: Input
+    var settings: Settings?
+    /// Include the two pictures (base64 PNG).
     var pictures: Bool?
-    /// Include R as a base64 NPY file (the bytes `bilrp explain --npy` writes).
+    /// Include R as a base64 NPY file (the bytes `--npy` writes).
     var matrix: Bool?
 
     enum CodingKeys: String, CodingKey, CaseIterable { case first, second, settings, pictures, matrix }
@@ -66,13 +68,15 @@ struct ExplainRequest: Decodable, Sendable {
     init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self, nulls: false)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        first = try c.decode(InputRef.self, forKey: .first)
-        second = try c.decode(InputRef.self, forKey: .second)
-        settings = try c.decodeIfPresent(RequestSettings.self, forKey: .settings)
+        first = try c.decode(Input.self, forKey: .first)
+        second = try c.decode(Input.self, forKey: .second)
+        settings = try c.decodeIfPresent(Settings.self, forKey: .settings)
         pictures = try c.decodeIfPresent(Bool.self, forKey: .pictures)
         matrix = try c.decodeIfPresent(Bool.self, forKey: .matrix)
     }
 }
+
+typealias ExplainRequest = PairRequest<InputRef, RequestSettings>
 
 struct FactorsRequest: Decodable, Sendable {
     var image: String

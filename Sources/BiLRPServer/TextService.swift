@@ -71,27 +71,7 @@ struct TextRequestSettings: Decodable, Sendable {
 }
 
 /// `POST /v1/explain/text`: two texts (UTF-8 strings).
-struct TextExplainRequest: Decodable, Sendable {
-    var first: String
-    var second: String
-    var settings: TextRequestSettings?
-    /// Include the token pair picture and the token matrix picture (base64 PNG).
-    var pictures: Bool?
-    /// Include R as a base64 NPY file (the bytes `bilrp explain-text --npy` writes).
-    var matrix: Bool?
-
-    enum CodingKeys: String, CodingKey, CaseIterable { case first, second, settings, pictures, matrix }
-
-    init(from decoder: any Decoder) throws {
-        try decoder.rejectUnknownKeys(CodingKeys.self, nulls: false)
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        first = try c.decode(String.self, forKey: .first)
-        second = try c.decode(String.self, forKey: .second)
-        settings = try c.decodeIfPresent(TextRequestSettings.self, forKey: .settings)
-        pictures = try c.decodeIfPresent(Bool.self, forKey: .pictures)
-        matrix = try c.decodeIfPresent(Bool.self, forKey: .matrix)
-    }
-}
+typealias TextExplainRequest = PairRequest<String, TextRequestSettings>
 
 // MARK: - Route
 
