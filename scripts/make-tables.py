@@ -19,6 +19,8 @@ a set of pairs for the tests and the demo:
 
 OUT_DIR/pair_XXX_{a,b}.png (grey 8-bit) and OUT_DIR/pairs.json: for each pair whether it shares a
 table, and each page's digits (digit, centre, box) and numbers (their digits in reading order).
+OUT_DIR/pairs.csv is the pair list of `bilrp eval --pairs` (related: shares a table), with the
+digit-pair boxes of the shared pairs' pages (pair_XXX_{a,b}.bigrams.json) as their labels.
 """
 import argparse
 import json
@@ -72,9 +74,9 @@ def random_column(rng, rows):
     return out
 
 
-def random_table(rng):
+def random_table(rng, small=False):
     """Columns of numbers (strings), their headers and a title."""
-    cols, rows = rng.randint(3, 6), rng.randint(6, 14)
+    cols, rows = (3, 6) if small else (rng.randint(3, 6), rng.randint(6, 14))
     return {"title": rng.choice(TITLES), "headers": rng.sample(HEADERS, cols),
             "columns": [random_column(rng, rows) for _ in range(cols)]}
 
@@ -177,9 +179,11 @@ def _degrade(a, digits, rng):
     t = math.radians(-angle)  # PIL rotates counter-clockwise about the centre
     cx0, cy0 = W / 2, H / 2
     moved = []
-    for d, x, y, *box in digits:
+    for d, x, y, x0, y0, x1, y1 in digits:
         dx, dy = x - cx0, y - cy0
-        moved.append([d, cx0 + dx * math.cos(t) - dy * math.sin(t), cy0 + dx * math.sin(t) + dy * math.cos(t), *box])
+        nx, ny = cx0 + dx * math.cos(t) - dy * math.sin(t), cy0 + dx * math.sin(t) + dy * math.cos(t)
+        # The box moves with its centre (a 1.5 degree turn leaves its size as it was).
+        moved.append([d, nx, ny, x0 + nx - x, y0 + ny - y, x1 + nx - x, y1 + ny - y])
     ink = np.asarray(img, dtype=np.float32) / 255
     # Paper: a tone with a slow gradient and blotches; ink darker than it.
     yy, xx = np.mgrid[0:H, 0:W] / max(H, W)
@@ -193,16 +197,36 @@ def _degrade(a, digits, rng):
     return np.clip(page, 0, 1), moved
 
 
-def render_pair(rng, same):
-    """Two pages: one table in two renderings (same) or two tables (different)."""
+def render_pair(rng, same, small=False):
+    """Two pages: one table in two renderings (same) or two tables (different); small: 3 columns
+    of 6 rows in one block at 14-16 px."""
     faces = rng.sample(sorted(FACES), 2)
-    t1 = random_table(rng)
-    t2 = t1 if same else random_table(rng)
+    t1 = random_table(rng, small)
+    t2 = t1 if same else random_table(rng, small)
     pages = []
     for table, face in zip((t1, t2), faces):
-        size = rng.randint(14, 24)
-        pages.append((table, face, size) + render_page(table, face, size, rng))
+        size = rng.randint(14, 16) if small else rng.randint(14, 24)
+        pages.append((table, face, size) + render_page(table, face, size, rng, {"blocks": 1} if small else None))
     return pages
+
+
+def bigram_boxes(digits, numbers):
+    """The page's digit pairs as labelled boxes: each two adjacent digits of a number, in reading
+    order ("45" in 145 and in 457), boxed by the union of their two boxes."""
+    boxes = []
+    for idx in numbers:
+        for i, j in zip(idx, idx[1:]):
+            a, b = digits[i], digits[j]
+            boxes.append({"label": f"{a[0]}{b[0]}",
+                          "box": [round(min(a[3], b[3]), 2), round(min(a[4], b[4]), 2),
+                                  round(max(a[5], b[5]), 2), round(max(a[6], b[6]), 2)]})
+    return boxes
+
+
+def write_atomic(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def save_png(a, path):
@@ -216,21 +240,34 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--pairs", type=int, default=60, help="pairs, half sharing a table")
     ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--small", action="store_true", help="small tables (3 columns, 6 rows, one block, 14-16 px): quick test pairs")
     args = ap.parse_args()
     check_faces()
     os.makedirs(args.out, exist_ok=True)
     rng = random.Random(args.seed)
     meta = []
+    csv = ["name,first,second,related,first_labels,second_labels"]
     for i in range(args.pairs):
         same = i % 2 == 0
         entry = {"same": same, "pages": []}
-        for side, (table, face, size, page, digits, numbers, lay) in zip("ab", render_pair(rng, same)):
+        files = []
+        for side, (table, face, size, page, digits, numbers, lay) in zip("ab", render_pair(rng, same, args.small)):
             name = f"pair_{i:03d}_{side}.png"
             save_png(page, os.path.join(args.out, name))
             entry["pages"].append({"file": name, "face": face, "size": size, "layout": lay, "title": table["title"],
                                    "digits": [[d[0]] + [round(v, 2) for v in d[1:]] for d in digits],
                                    "numbers": numbers})
+            files.append(name)
+            if same:
+                labels = name.replace(".png", ".bigrams.json")
+                write_atomic(os.path.join(args.out, labels), json.dumps({"boxes": bigram_boxes(digits, numbers)}))
+                files.append(labels)
+        # Bigram labels on the pairs that share a table (their top pairs should join equal digit
+        # pairs); the unrelated pairs count for the similarity's separation.
+        a, al, b, bl = files if same else (files[0], "", files[1], "")
+        csv.append(f"pair_{i:03d},{a},{b},{'true' if same else 'false'},{al},{bl}")
         meta.append(entry)
+    write_atomic(os.path.join(args.out, "pairs.csv"), "\n".join(csv) + "\n")
     with open(os.path.join(args.out, "pairs.json.tmp"), "w") as f:
         json.dump({"seed": args.seed, "faces": FACES, "pairs": meta}, f)
     os.replace(os.path.join(args.out, "pairs.json.tmp"), os.path.join(args.out, "pairs.json"))

@@ -332,8 +332,9 @@ public struct Correspondence: Sendable {
 
 /// How well a ranking's pairs agree with the true correspondence.
 public struct CorrespondenceScores: Sendable, Codable, Equatable {
-    /// Of the k highest positive pairs whose first patch has a known match, the fraction whose
-    /// second patch is the match (within the tolerance).
+    /// Of the k highest positive pairs whose first patch has a known match (every pair under
+    /// labels), the fraction whose second patch is the match (within the tolerance; under labels:
+    /// holds a label of the first).
     public var precisionAtK: Double
     /// k asked, and the pairs counted (fewer when fewer positive pairs exist).
     public var k: Int, counted: Int
@@ -341,8 +342,9 @@ public struct CorrespondenceScores: Sendable, Codable, Equatable {
     /// ranking's row sums), the fraction whose highest-scoring second patch is the match.
     public var bestMatchAccuracy: Double
     public var firstPatches: Int
-    /// What a uniformly random second patch scores: the mean over first patches with a known
-    /// match of the share of second patches that count as the match.
+    /// What a uniformly random pair scores: the mean over the first patches precision at k ranks
+    /// (with a known match; every patch under labels) of the share of second patches that count
+    /// as the match.
     public var chance: Double
 
     enum CodingKeys: String, CodingKey {
@@ -351,32 +353,122 @@ public struct CorrespondenceScores: Sendable, Codable, Equatable {
     }
 }
 
+/// Labelled boxes on one input: which parts of it hold what (the digit pairs of a table page, the
+/// objects of a photo). Two patches match when they hold a label in common.
+public struct PatchLabels: Sendable, Equatable {
+    public struct Box: Sendable, Equatable {
+        public var label: String
+        /// Model-input pixels: x in [x0, x1), y in [y0, y1).
+        public var x0: Double, y0: Double, x1: Double, y1: Double
+        public init(label: String, x0: Double, y0: Double, x1: Double, y1: Double) {
+            self.label = label; self.x0 = x0; self.y0 = y0; self.x1 = x1; self.y1 = y1
+        }
+    }
+    public let boxes: [Box]
+
+    /// Every box non-empty, finite and overlapping the `width` x `height` input (a box outside it
+    /// is almost always in other coordinates: an error, not a silently empty label).
+    public init(boxes: [Box], width: Int, height: Int, source: String = "labels") throws {
+        for (i, b) in boxes.enumerated() {
+            guard [b.x0, b.y0, b.x1, b.y1].allSatisfy(\.isFinite), b.x0 < b.x1, b.y0 < b.y1 else {
+                throw BiLRPError.invalidArgument("\(source): box \(i + 1) ('\(b.label)') is empty or not finite: [\(b.x0), \(b.y0), \(b.x1), \(b.y1)]")
+            }
+            guard b.x1 > 0, b.y1 > 0, b.x0 < Double(width), b.y0 < Double(height) else {
+                throw BiLRPError.invalidArgument("\(source): box \(i + 1) ('\(b.label)') at [\(b.x0), \(b.y0), \(b.x1), \(b.y1)] lies outside the \(width) x \(height) input (boxes are in the pixels the model sees)")
+            }
+            guard !b.label.isEmpty else { throw BiLRPError.invalidArgument("\(source): box \(i + 1) has an empty label") }
+        }
+        self.boxes = boxes
+    }
+
+    /// Per patch of `grid`, the sorted ids (into `ids`) of the labels whose boxes it overlaps.
+    func perPatch(_ grid: PatchGrid, ids: [String: Int]) -> [[Int]] {
+        var out = [[Int]](repeating: [], count: grid.count)
+        for b in boxes {
+            guard let id = ids[b.label] else { continue }
+            let c0 = max(0, Int((b.x0 / Double(grid.patch)).rounded(.down)))
+            let c1 = min(grid.columns - 1, Int((b.x1 / Double(grid.patch)).rounded(.up)) - 1)
+            let r0 = max(0, Int((b.y0 / Double(grid.patch)).rounded(.down)))
+            let r1 = min(grid.rows - 1, Int((b.y1 / Double(grid.patch)).rounded(.up)) - 1)
+            guard c0 <= c1, r0 <= r1 else { continue }
+            for r in r0...r1 { for c in c0...c1 { out[r * grid.columns + c].append(id) } }
+        }
+        return out.map { Array(Set($0)).sorted() }
+    }
+}
+
 /// The truth as patch pairs, and the scores of a ranking against it.
 public struct PatchTruth: Sendable {
     public let first: PatchGrid, second: PatchGrid
-    /// Per first patch, its true match point in the second input (nil: unknown).
-    public let matches: [(x: Double, y: Double)?]
-    /// Pixels by which a second patch is grown when it is checked against a match point.
-    public let tolerance: Double
+    enum Kind: Sendable {
+        /// Per first patch, its true match point in the second input (nil: unknown), and the
+        /// pixels by which a second patch is grown when checked against it.
+        case points([(x: Double, y: Double)?], tolerance: Double)
+        /// Per patch of each input, the ids of the labels it holds.
+        case labels(first: [[Int]], second: [[Int]])
+    }
+    let kind: Kind
 
+    /// From a correspondence: second patch q matches first patch p when p's true match point
+    /// lies in q grown by `tolerance` pixels.
     public init(_ c: Correspondence, first: PatchGrid, second: PatchGrid, tolerance: Double) throws {
         guard c.width == first.width, c.height == first.height else {
             throw BiLRPError.shapeMismatch(what: "correspondence", expected: "the first input's \(first.width) x \(first.height) pixels",
                                            found: "\(c.width) x \(c.height)")
         }
-        self.first = first; self.second = second; self.tolerance = tolerance
-        matches = (0..<first.count).map { c.match(of: first.rectangle($0), secondSize: (second.width, second.height)) }
+        self.first = first; self.second = second
+        kind = .points((0..<first.count).map { c.match(of: first.rectangle($0), secondSize: (second.width, second.height)) },
+                       tolerance: tolerance)
     }
 
-    /// Whether second patch q is the true match of first patch p.
+    /// From labelled boxes: patches p and q match when each overlaps a box of one label (the
+    /// same digit pair on two table pages). A patch that holds no label matches nothing.
+    public init(labels a: PatchLabels, _ b: PatchLabels, first: PatchGrid, second: PatchGrid) {
+        var ids: [String: Int] = [:]
+        for box in a.boxes + b.boxes where ids[box.label] == nil { ids[box.label] = ids.count }
+        self.first = first; self.second = second
+        kind = .labels(first: a.perPatch(first, ids: ids), second: b.perPatch(second, ids: ids))
+    }
+
+    /// Whether second patch q is a true match of first patch p.
     public func isMatch(_ p: Int, _ q: Int) -> Bool {
-        guard let m = matches[p] else { return false }
-        let r = second.rectangle(q)
-        return m.x >= Double(r.x0) - tolerance && m.x < Double(r.x1) + tolerance
-            && m.y >= Double(r.y0) - tolerance && m.y < Double(r.y1) + tolerance
+        switch kind {
+        case let .points(matches, tolerance):
+            guard let m = matches[p] else { return false }
+            let r = second.rectangle(q)
+            return m.x >= Double(r.x0) - tolerance && m.x < Double(r.x1) + tolerance
+                && m.y >= Double(r.y0) - tolerance && m.y < Double(r.y1) + tolerance
+        case let .labels(a, b):
+            // Both sorted: a merge walk.
+            var i = 0, j = 0
+            let la = a[p], lb = b[q]
+            while i < la.count && j < lb.count {
+                if la[i] == lb[j] { return true }
+                if la[i] < lb[j] { i += 1 } else { j += 1 }
+            }
+            return false
+        }
     }
 
-    public var knownFirstPatches: Int { matches.lazy.filter { $0 != nil }.count }
+    /// First patches whose truth is known: with a match point, or holding a label.
+    public var knownFirst: [Int] {
+        switch kind {
+        case let .points(matches, _): return matches.indices.filter { matches[$0] != nil }
+        case let .labels(a, _): return a.indices.filter { !a[$0].isEmpty }
+        }
+    }
+
+    public var knownFirstPatches: Int { knownFirst.count }
+
+    /// The first patches whose pairs precision at k ranks: those with a known match point (where
+    /// the match is unknown nothing can be said), or every patch under labels (a top pair on a
+    /// patch without a label is a miss).
+    var rankedFirst: [Int] {
+        switch kind {
+        case .points: return knownFirst
+        case .labels: return Array(0..<first.count)
+        }
+    }
 
     public func scores(_ ranking: PairRanking, k: Int, fraction: Double) throws -> CorrespondenceScores {
         guard ranking.rows == first.count, ranking.columns == second.count else {
@@ -384,10 +476,10 @@ public struct PatchTruth: Sendable {
                                            found: "\(ranking.rows) x \(ranking.columns)")
         }
         let Q = second.count, s = ranking.scores
-        let known = (0..<first.count).filter { matches[$0] != nil }
-        // Precision at k over positive pairs with a known first patch.
+        let known = knownFirst
+        // Precision at k over the positive pairs of the ranked first patches.
         var candidates: [Int] = []
-        for p in known { for q in 0..<Q where s[p * Q + q] > 0 { candidates.append(p * Q + q) } }
+        for p in rankedFirst { for q in 0..<Q where s[p * Q + q] > 0 { candidates.append(p * Q + q) } }
         candidates.sort { s[$0] != s[$1] ? s[$0] > s[$1] : $0 < $1 }
         let top = candidates.prefix(k)
         let hits = top.filter { isMatch($0 / Q, $0 % Q) }.count
@@ -401,11 +493,40 @@ public struct PatchTruth: Sendable {
             for q in 1..<Q where s[p * Q + q] > s[p * Q + bq] { bq = q }
             return isMatch(p, bq)
         }.count
-        let chance = known.isEmpty ? 0
-            : known.reduce(0.0) { acc, p in acc + Double((0..<Q).filter { isMatch(p, $0) }.count) / Double(Q) } / Double(known.count)
+        let ranked = rankedFirst
+        let chance = ranked.isEmpty ? 0
+            : ranked.reduce(0.0) { acc, p in acc + Double((0..<Q).filter { isMatch(p, $0) }.count) / Double(Q) } / Double(ranked.count)
         return CorrespondenceScores(
             precisionAtK: top.isEmpty ? 0 : Double(hits) / Double(top.count), k: k, counted: top.count,
             bestMatchAccuracy: chosen.isEmpty ? 0 : Double(best) / Double(chosen.count), firstPatches: chosen.count,
             chance: chance)
+    }
+}
+
+/// How well a similarity tells related pairs from unrelated ones: the area under the ROC curve
+/// (the chance that a random related pair scores above a random unrelated one, ties counting
+/// half).
+public struct Separation: Sendable, Codable, Equatable {
+    public var rocAUC: Double
+    public var related: Int, unrelated: Int
+
+    enum CodingKeys: String, CodingKey { case rocAUC = "roc_auc", related, unrelated }
+
+    /// nil when either group is empty.
+    public init?(related: [Double], unrelated: [Double]) {
+        guard !related.isEmpty, !unrelated.isEmpty else { return nil }
+        // Mann-Whitney: ranks over both groups (ties share their mean rank).
+        let all = (related.map { ($0, true) } + unrelated.map { ($0, false) }).sorted { $0.0 < $1.0 }
+        var rankSum = 0.0, i = 0
+        while i < all.count {
+            var j = i
+            while j + 1 < all.count && all[j + 1].0 == all[i].0 { j += 1 }
+            let rank = Double(i + j) / 2 + 1
+            for k in i...j where all[k].1 { rankSum += rank }
+            i = j + 1
+        }
+        let n1 = Double(related.count), n0 = Double(unrelated.count)
+        rocAUC = (rankSum - n1 * (n1 + 1) / 2) / (n1 * n0)
+        self.related = related.count; self.unrelated = unrelated.count
     }
 }

@@ -39,6 +39,20 @@ public struct ExplanationSettings: Sendable, Codable, Equatable {
         return s
     }
 
+    /// `model` as the model source: `tables` (any case) is the committed tables model with its
+    /// defaults (`tables`; the patch size, similarity, projection and top k stay), anything else
+    /// an ONNX file.
+    public func choosingModel(_ model: String) -> ExplanationSettings {
+        guard model.lowercased() == "tables" else {
+            var s = self
+            s.model = model; s.weights = nil
+            return s
+        }
+        var s = ExplanationSettings.tables
+        s.patch = patch; s.similarity = similarity; s.projection = projection; s.topK = topK
+        return s
+    }
+
     enum CodingKeys: String, CodingKey, CaseIterable {
         case model, weights, arch, layer, head, projection, similarity, rules, patch, size, preprocess
         case topK = "top_k"
@@ -56,8 +70,10 @@ public struct ExplanationSettings: Sendable, Codable, Equatable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         // The model source is one choice: a file that names either replaces the base's.
         if c.contains(.model) || c.contains(.weights) {
-            model = try c.decodeIfPresent(String.self, forKey: .model)
-            weights = try c.decodeIfPresent(String.self, forKey: .weights)
+            let m = try c.decodeIfPresent(String.self, forKey: .model), w = try c.decodeIfPresent(String.self, forKey: .weights)
+            // "model": "tables" brings the tables model's defaults; the keys below override them.
+            if let m { self = choosingModel(m) } else { model = nil; weights = nil }
+            if let w { weights = w }
         }
         arch = try c.decodeIfPresent(String.self, forKey: .arch) ?? arch
         if c.contains(.layer) { layer = try c.decodeIfPresent(LayerCut.self, forKey: .layer) }

@@ -172,3 +172,47 @@ extension Correspondence {
         return try Correspondence(width: width, height: height, points: points)
     }
 }
+
+extension PatchLabels {
+    /// The file's JSON: `{"boxes": [{"label": "45", "box": [x0, y0, x1, y1]}, ...]}`, boxes in
+    /// the pixels of the input as the model sees it (`width` x `height`).
+    private struct File: Decodable {
+        struct Entry: Decodable {
+            var label: String
+            var box: [Double]
+            enum CodingKeys: String, CodingKey, CaseIterable { case label, box }
+            init(from decoder: Decoder) throws {
+                try decoder.rejectUnknownKeys(CodingKeys.self)
+                let c = try decoder.container(keyedBy: CodingKeys.self)
+                label = try c.decode(String.self, forKey: .label); box = try c.decode([Double].self, forKey: .box)
+            }
+        }
+        var boxes: [Entry]
+        enum CodingKeys: String, CodingKey, CaseIterable { case boxes }
+        init(from decoder: Decoder) throws {
+            try decoder.rejectUnknownKeys(CodingKeys.self)
+            boxes = try decoder.container(keyedBy: CodingKeys.self).decode([Entry].self, forKey: .boxes)
+        }
+    }
+
+    public static func read(path: String, width: Int, height: Int) throws -> PatchLabels {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw BiLRPError.io(FileManager.default.fileExists(atPath: path) ? "cannot read '\(path)'" : "no such file: '\(path)'")
+        }
+        let file: File
+        do {
+            file = try JSONDecoder().decode(File.self, from: data)
+        } catch let e as UnknownKeyError {
+            throw BiLRPError.invalidArgument("labels '\(path)': \(e)")
+        } catch {
+            throw BiLRPError.invalidArgument("labels '\(path)': expected {\"boxes\": [{\"label\": ..., \"box\": [x0, y0, x1, y1]}, ...]} (\(error))")
+        }
+        let boxes = try file.boxes.enumerated().map { i, e in
+            guard e.box.count == 4 else {
+                throw BiLRPError.invalidArgument("labels '\(path)': box \(i + 1) ('\(e.label)') has \(e.box.count) numbers, expected x0, y0, x1, y1")
+            }
+            return Box(label: e.label, x0: e.box[0], y0: e.box[1], x1: e.box[2], y1: e.box[3])
+        }
+        return try PatchLabels(boxes: boxes, width: width, height: height, source: "labels '\(path)'")
+    }
+}

@@ -35,7 +35,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "JSON configuration file (limits and settings; options below override it).") var config: String?
     @Option(help: "Address to listen on (default \(d.host)).") var host: String?
     @Option(help: "Port, 0 for any free port (default \(d.port)).") var port: Int?
-    @Option(help: "ONNX model (default \(d.settings.model ?? "-")).") var model: String?
+    @Option(help: "ONNX model, or 'tables': the committed tables model with its defaults (default \(d.settings.model ?? "-")).")
+    var model: String?
     @Option(help: "Safetensors weights with torchvision names (with --arch).") var weights: String?
     @Option(help: "Architecture for --weights (default \(d.settings.arch)).") var arch: String?
     @Option(help: "Cut: an integer keeps layers [0, L), a name cuts at that node or stage (default \(d.settings.layer?.description ?? "-")).")
@@ -69,7 +70,7 @@ struct Serve: AsyncParsableCommand {
             var c = try config.map(ServerConfiguration.read(path:)) ?? ServerConfiguration()
             if let host { c.host = host }
             if let port { c.port = port }
-            if let model { c.settings.model = model; c.settings.weights = nil }
+            if let model { c.settings = c.settings.choosingModel(model) }
             if let weights { c.settings.weights = weights; c.settings.model = nil }
             if let arch { c.settings.arch = arch }
             if let layer { c.settings.layer = LayerCut(parsing: layer) }
@@ -150,8 +151,7 @@ struct ModelOptions: ParsableArguments {
     /// option given.
     func settings(topK: Int = 10) -> ExplanationSettings {
         let named = model?.lowercased() == "tables"
-        var s = named ? ExplanationSettings.tables : ExplanationSettings()
-        if !named { s.model = model }
+        var s = model.map { ExplanationSettings().choosingModel($0) } ?? ExplanationSettings()
         if let weights { s.weights = weights }
         if let arch { s.arch = arch }
         s.layer = layer.map(LayerCut.init(parsing:))
@@ -540,13 +540,17 @@ struct Eval: ParsableCommand {
         discussion: """
             Pairs: two images (FIRST SECOND), an image and --transform (a known correspondence), --images DIR with \
             --transform (every image of the folder against its transformed copy), or --pairs CSV (header: first, second or \
-            transform, optional correspondence and name; paths relative to the CSV). Orderings on each pair: BiLRP with \
+            transform, optional correspondence, first_labels and second_labels, related, name; paths relative to the CSV). \
+            Labels files (JSON: {"boxes": [{"label": "45", "box": [x0, y0, x1, y1]}]}) mark what each image holds: a pair of \
+            patches is right when both hold one label. With a related column (true, false), the report gives how well y \
+            separates the two groups (ROC AUC). Orderings on each pair: BiLRP with \
             --rules (and each --also-rules), the product of its two first-order marginals, HP (the hp preset) and random \
             orderings; with ground truth also precision at k and best-match accuracy.
             """)
 
     @Argument(help: "FIRST SECOND, or one image with --transform.") var inputs: [String] = []
-    @Option(help: "A CSV of pairs (header: first, second | transform, optional correspondence, name).") var pairs: String?
+    @Option(help: "A CSV of pairs (header: first, second | transform, optional correspondence | first_labels and second_labels, related, name).")
+    var pairs: String?
     @Option(help: "A folder of images, each evaluated against its --transform copies.") var images: String?
     @Option(help: "shift:DX,DY, scale:S, crop:X,Y,W,H or hflip (repeatable): pairs with a known correspondence.")
     var transform: [String] = []
@@ -556,7 +560,7 @@ struct Eval: ParsableCommand {
     @Option(help: "Cuts to evaluate, comma-separated (e.g. 17,24,31); replaces --layer.") var layers: String?
     @Option(name: .customLong("also-rules"), help: "Further rule settings to compare with --rules (repeatable).")
     var alsoRules: [String] = []
-    @Option(help: "Perturbation steps per curve.") var steps = 12
+    @Option(help: "Perturbation steps per curve (0: no curves, only the ground truth's scores and the similarity).") var steps = 12
     @Option(help: "What a removed patch becomes: mean (each channel's mean), blur (the patch blurred), zero.")
     var baseline: PerturbationBaseline = .mean
     @Option(help: "Random orderings per pair.") var seeds = 3
@@ -612,6 +616,7 @@ struct Eval: ParsableCommand {
             o.bestMatchFraction = bestFraction
             try o.validate()
             let list = try evaluationPairs()
+            guard plot == nil || o.steps > 0 else { throw BiLRPError.invalidArgument("--plot draws the perturbation curves: it needs --steps of at least 1") }
             for path in [json, plot].compactMap({ $0 }) {
                 let dir = (path as NSString).deletingLastPathComponent
                 var isDir: ObjCBool = false

@@ -81,6 +81,36 @@ struct ServerTests {
         }
     }
 
+    @Test("the tables model by name (\"model\": \"tables\"): its defaults, pages as they are, y as the library's, top pairs naming their bigram")
+    func tables() async throws {
+        let weights = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("models/tables/tables.safetensors").path
+        let json = try JSONSerialization.data(withJSONObject: ["settings": ["model": "tables", "weights": weights, "top_k": 4]])
+        var c = try JSONDecoder().decode(ServerConfiguration.self, from: json)
+        #expect(c.settings.arch == "tables" && c.settings.preprocess == "ink" && c.settings.size == 0 && c.settings.head == "identity")
+        #expect(c.settings.rules == "tables" && c.settings.layer == nil && c.settings.model == nil && c.settings.topK == 4)
+        c.port = 0; c.logFormat = "off"
+        let service = try ExplanationService(configuration: c)
+        let a = try Data(contentsOf: fixtures.appendingPathComponent("tables/page_a.png"))
+        let b = try Data(contentsOf: fixtures.appendingPathComponent("tables/page_b.png"))
+        let loaded = try LoadedExplainer.load(c.settings)
+        let pair = try loaded.explainer.explain(try loaded.input(data: a, name: "a", maxPixels: 1 << 22).tensor,
+                                                try loaded.input(data: b, name: "b", maxPixels: 1 << 22).tensor, patch: 8)
+        try await makeApp(service).test(.router) { client in
+            let req = try body(["first": ["image": a.base64EncodedString()], "second": ["image": b.base64EncodedString()]])
+            try await client.execute(uri: "/v1/explain", method: .post, headers: jsonType, body: req) { r in
+                #expect(r.status == .ok)
+                let o = try object(r.body)
+                #expect(abs((o["similarity"] as! Double) - Double(pair.similarity)) <= 1e-6 * abs(Double(pair.similarity)))
+                let top = try #require(o["top_positive"] as? [[String: Any]])
+                #expect(top.count == 4)
+                let first = try #require(top[0]["first"] as? [String: Any]), second = try #require(top[0]["second"] as? [String: Any])
+                let d = pair.dominantOutput(first["index"] as! Int, second["index"] as! Int)
+                #expect(top[0]["bigram"] as? String == "\(d.output / 10)\(d.output % 10)")
+            }
+        }
+    }
+
     @Test("factor ids: explain from cached factors, cache hits and computations counted")
     func factorsAndCache() async throws {
         let service = try ExplanationService(configuration: configuration())

@@ -323,7 +323,7 @@ struct EvaluationTests {
         let pair = doc.layers[0].pairs[0]
         #expect(pair.orderings.map(\.name) == ["bilrp:paper-vgg", "marginals:paper-vgg", "hp", "random"])
         for o in pair.orderings {
-            #expect(o.mostRelevantFirst.fractions == [0, 0.25, 0.5, 0.75, 1] && o.mostRelevantFirst.similarity[0] == pair.similarity)
+            #expect(o.mostRelevantFirst?.fractions == [0, 0.25, 0.5, 0.75, 1] && o.mostRelevantFirst?.similarity[0] == pair.similarity)
             #expect(o.correspondence != nil)
         }
         #expect(pair.orderings[3].seedAUCs?.count == 2)
@@ -352,5 +352,87 @@ struct EvaluationTests {
             #expect(bad.status == 1 && bad.stderr == message, "\(bad.stderr)")
             #expect(!FileManager.default.fileExists(atPath: out))
         }
+    }
+
+    @Test("labels: patches overlapping boxes of one label match; precision at k ranks every first patch; chance counts every pair")
+    func labelTruth() throws {
+        // 32 x 32 inputs, 8-pixel patches: 4 x 4 grids.
+        let g = PatchGrid(height: 32, width: 32, patch: 8)
+        // First: "45" over patches 0 and 1 (x 2..14 spans columns 0 and 1 of row 0); "12" on patch 15.
+        let a = try PatchLabels(boxes: [.init(label: "45", x0: 2, y0: 1, x1: 14, y1: 7), .init(label: "12", x0: 24, y0: 24, x1: 32, y1: 32)],
+                                width: 32, height: 32)
+        // Second: "45" on patch 10 only (x in [16, 24), y in [16, 24)); "12" on patch 0; "99" on patch 5.
+        let b = try PatchLabels(boxes: [.init(label: "45", x0: 16, y0: 16, x1: 24, y1: 24), .init(label: "12", x0: 0, y0: 0, x1: 8, y1: 8),
+                                        .init(label: "99", x0: 8, y0: 8, x1: 16, y1: 16)],
+                                width: 32, height: 32)
+        let truth = PatchTruth(labels: a, b, first: g, second: g)
+        let matches = (0..<16).flatMap { p in (0..<16).filter { truth.isMatch(p, $0) }.map { [p, $0] } }
+        #expect(matches == [[0, 10], [1, 10], [15, 0]])
+        #expect(truth.knownFirstPatches == 3)
+        // Top pairs: (0, 10) right, (4, 10) wrong (patch 4 holds nothing), (1, 10) right; one negative pair.
+        var scores = [Float](repeating: 0, count: 256)
+        scores[0 * 16 + 10] = 3; scores[4 * 16 + 10] = 2; scores[1 * 16 + 10] = 1; scores[15 * 16 + 0] = -1
+        let s = try truth.scores(try PairRanking(name: "r", rows: 16, columns: 16, scores: scores), k: 20, fraction: 1)
+        #expect(s.counted == 3 && abs(s.precisionAtK - 2.0 / 3) < 1e-12, "a top pair on an unlabelled patch is a miss")
+        // Best match of the labelled first patches: 0 -> 10 right, 1 -> 10 right, 15 -> 0 (all its scores are 0 but
+        // the negative one: the first maximum, q = 1) wrong.
+        #expect(s.firstPatches == 3 && abs(s.bestMatchAccuracy - 2.0 / 3) < 1e-12)
+        #expect(abs(s.chance - 3.0 / 256) < 1e-12, "3 matching pairs of 256")
+        // Boxes the model cannot see, and empty ones, are errors naming them.
+        #expect(throws: BiLRPError.invalidArgument("labels: box 1 ('7') at [40.0, 0.0, 50.0, 5.0] lies outside the 32 x 32 input (boxes are in the pixels the model sees)")) {
+            try PatchLabels(boxes: [.init(label: "7", x0: 40, y0: 0, x1: 50, y1: 5)], width: 32, height: 32)
+        }
+        #expect(throws: BiLRPError.invalidArgument("labels: box 1 ('7') is empty or not finite: [4.0, 0.0, 4.0, 5.0]")) {
+            try PatchLabels(boxes: [.init(label: "7", x0: 4, y0: 0, x1: 4, y1: 5)], width: 32, height: 32)
+        }
+    }
+
+    @Test("separation: the ROC AUC is the Mann-Whitney statistic, ties counting half; nil without both groups")
+    func separation() throws {
+        // Related 3, 2, 1 against unrelated 0.5, 2: of six comparisons, 4 wins, one tie (2 = 2), one loss.
+        let s = try #require(Separation(related: [3, 2, 1], unrelated: [0.5, 2]))
+        #expect(s.rocAUC == 4.5 / 6 && s.related == 3 && s.unrelated == 2)
+        #expect(Separation(related: [1, 2], unrelated: [3, 4])?.rocAUC == 0)
+        #expect(Separation(related: [5], unrelated: [1, 2, 3])?.rocAUC == 1)
+        #expect(Separation(related: [1, 2], unrelated: []) == nil)
+    }
+
+    @Test("label files and pair lists with labels: each mistake is named")
+    func labelFileErrors() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        func write(_ name: String, _ text: String) throws -> String {
+            let path = dir.appendingPathComponent(name).path
+            try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+            return path
+        }
+        let good = try write("good.json", #"{"boxes": [{"label": "45", "box": [1, 2, 9, 10]}]}"#)
+        #expect(try PatchLabels.read(path: good, width: 16, height: 16).boxes == [.init(label: "45", x0: 1, y0: 2, x1: 9, y1: 10)])
+        let three = try write("three.json", #"{"boxes": [{"label": "45", "box": [1, 2, 9]}]}"#)
+        #expect(throws: BiLRPError.invalidArgument("labels '\(three)': box 1 ('45') has 3 numbers, expected x0, y0, x1, y1")) {
+            try PatchLabels.read(path: three, width: 16, height: 16)
+        }
+        let misspelt = try write("misspelt.json", #"{"boxes": [{"lable": "45", "box": [1, 2, 9, 10]}]}"#)
+        #expect(throws: BiLRPError.invalidArgument("labels '\(misspelt)': unknown field 'boxes[0].lable' (expected one of: label, box)")) {
+            try PatchLabels.read(path: misspelt, width: 16, height: 16)
+        }
+        #expect(throws: BiLRPError.io("no such file: '\(dir.path)/none.json'")) {
+            try PatchLabels.read(path: dir.path + "/none.json", width: 16, height: 16)
+        }
+        let maybe = try write("maybe.csv", "first,second,related\na.png,b.png,maybe\n")
+        #expect(throws: BiLRPError.invalidArgument("the pair list '\(maybe)' line 2: related is 'maybe' (expected true or false)")) {
+            try EvaluationPair.list(csv: maybe)
+        }
+        let half = try write("half.csv", "first,second,first_labels\na.png,b.png,a.json\n")
+        #expect(throws: BiLRPError.invalidArgument("the pair list '\(half)' line 2: give first_labels and second_labels together")) {
+            try EvaluationPair.list(csv: half)
+        }
+        let both = try write("both.csv", "first,second,correspondence,first_labels,second_labels\na.png,b.png,c.csv,a.json,b.json\n")
+        #expect(throws: BiLRPError.invalidArgument("the pair list '\(both)' line 2: pair '\(dir.path)/a.png': give one ground truth, a correspondence or labels, not both")) {
+            try EvaluationPair.list(csv: both)
+        }
+        let list = try EvaluationPair.list(csv: try write("ok.csv", "first,second,related,first_labels,second_labels\na.png,b.png,yes,a.json,b.json\nc.png,d.png,false,,\n"))
+        #expect(list.map(\.related) == [true, false])
+        #expect(list[0].labels == .init(first: dir.path + "/a.json", second: dir.path + "/b.json") && list[1].labels == nil)
     }
 }

@@ -141,4 +141,57 @@ struct TablesTests {
         expectClose(a.embedding, b.embedding, tol: 1e-5, "phi")
         expectClose(a.a, b.a, tol: 1e-5, "A")
     }
+
+    /// The committed eval set (`make-tables.py --pairs 6 --small`, seed 2026): three pairs that
+    /// share a table, with their digit-pair boxes, and three that do not.
+    @Test("bilrp eval on rendered pairs: BiLRP's top-20 pairs join the same bigram (>= 0.8), as recounted from the boxes; y separates shared tables")
+    func bigramPrecision() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let set = fixturePath("tables-eval")
+        let json = dir.appendingPathComponent("eval.json").path
+        let r = try runBilrp(["eval", "--pairs", set + "/pairs.csv", "--steps", "0", "--json", json, "--weights", tablesWeights + "/tables.safetensors",
+                              "--arch", "tables", "--preprocess", "ink", "--size", "0", "--head", "identity", "--rules", "tables", "--quiet"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: json))) as? [String: Any])
+        let layer = try #require((report["layers"] as? [[String: Any]])?.first)
+        let pairs = try #require(layer["pairs"] as? [[String: Any]])
+        #expect(pairs.map { $0["related"] as? Bool } == [true, false, true, false, true, false])
+        func precision(_ pair: [String: Any], _ ordering: String) -> Double? {
+            let o = (pair["orderings"] as? [[String: Any]])?.first { $0["name"] as? String == ordering }
+            return (o?["correspondence"] as? [String: Any])?["precision_at_k"] as? Double
+        }
+        let shared = pairs.filter { $0["related"] as? Bool == true }
+        let bilrp = shared.compactMap { precision($0, "bilrp:tables") }
+        #expect(bilrp.count == 3)
+        #expect(bilrp.reduce(0, +) / 3 >= 0.8, "top-20 same-bigram precision \(bilrp)")
+        #expect(shared.allSatisfy { (precision($0, "random") ?? 1) < 0.1 }, "random pairs rarely hold one bigram")
+        #expect(pairs.filter { $0["related"] as? Bool == false }.allSatisfy { ($0["orderings"] as? [Any])?.isEmpty == true },
+                "without curves or labels a pair is only embedded")
+        let separation = try #require(layer["separation"] as? [String: Any])
+        #expect(separation["related"] as? Int == 3 && separation["unrelated"] as? Int == 3)
+        let y = pairs.map { $0["similarity"] as! Double }
+        let wins = [0, 2, 4].flatMap { i in [1, 3, 5].map { j in y[i] > y[j] ? 1.0 : y[i] == y[j] ? 0.5 : 0 } }.reduce(0, +)
+        #expect(abs((separation["roc_auc"] as? Double ?? -1) - wins / 9) < 1e-12)
+        // The first pair's precision recounted here: the library's R, its 20 highest positive pairs,
+        // each checked against the boxes of the JSON files by rectangle overlap.
+        let ex = try explainer(try TablesModel.graph(weights: weights), rules: "tables")
+        func load(_ name: String) throws -> Tensor {
+            try Preprocessing.ink.normalize(rgb: try RGBImage.load(path: set + "/" + name).planar)
+        }
+        let e = try ex.explain(try load("pair_000_a.png"), try load("pair_000_b.png"), patch: 8)
+        func boxes(_ name: String) throws -> [(String, [Double])] {
+            let doc = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: set + "/" + name))) as! [String: Any]
+            return (doc["boxes"] as! [[String: Any]]).map { ($0["label"] as! String, ($0["box"] as! [NSNumber]).map(\.doubleValue)) }
+        }
+        let (la, lb) = (try boxes("pair_000_a.bigrams.json"), try boxes("pair_000_b.bigrams.json"))
+        func labels(_ r: PatchRectangle, _ list: [(String, [Double])]) -> Set<String> {
+            Set(list.filter { Double(r.x0) < $0.1[2] && $0.1[0] < Double(r.x1) && Double(r.y0) < $0.1[3] && $0.1[1] < Double(r.y1) }.map(\.0))
+        }
+        let top = e.relevance.indices.filter { e.relevance[$0] > 0 }.sorted { e.relevance[$0] > e.relevance[$1] }.prefix(20)
+        let hits = top.filter { i in
+            !labels(e.first.grid.rectangle(i / e.columns), la).isDisjoint(with: labels(e.second.grid.rectangle(i % e.columns), lb))
+        }.count
+        #expect(abs(Double(hits) / Double(top.count) - bilrp[0]) < 1e-12, "\(hits) of \(top.count) against \(bilrp[0])")
+    }
 }
