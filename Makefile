@@ -109,7 +109,7 @@ demo: apt-deps assets build-cli
 	$(BIN)/bilrp explain-text "How do I reset my password?" "Forgot your password? Click 'reset' and follow the e-mail's instructions." \
 	  --model assets/models/all-MiniLM-L6-v2 --out $(DEMO_OUT)/text_pair.png --matrix $(DEMO_OUT)/text_matrix.png \
 	  --json $(DEMO_OUT)/text.json --npy $(DEMO_OUT)/text_R.npy
-	$(BIN)/bilrp explain models/tables/demo_a.png models/tables/demo_b.png --model tables --pairs 300 \
+	$(BIN)/bilrp explain models/tables/demo_a.png models/tables/demo_b.png --model tables \
 	  --out $(DEMO_OUT)/tables_pair.png --heatmap $(DEMO_OUT)/tables_heatmap.png --json $(DEMO_OUT)/tables.json
 	@echo "demo: pictures, JSON and NPY written to $(DEMO_OUT)/"
 

@@ -156,6 +156,17 @@ public struct PairPictureStyle: Sendable {
     /// Outline the patches of this many top positive pairs, numbered.
     public var boxes: Int = 5
     public var background: Background = .grey
+    /// What the pair picture draws a curve for.
+    public enum Grouping: String, Sendable, CaseIterable {
+        /// Every patch pair above the threshold (the paper's figures).
+        case patches
+        /// Matched regions: the pairs above the threshold grouped where both patches touch a group's
+        /// patches, one curve per group between its two boxes (pages with thousands of patches).
+        case regions
+    }
+    public var grouping: Grouping = .patches
+    /// Regions drawn at most (the strongest).
+    public var maxRegions: Int = 40
     /// The legend strip under the picture (needs a font).
     public var legend: Bool = true
     /// A TrueType font for the text; nil: `Typeface.standard()`.
@@ -257,6 +268,7 @@ public enum Pictures {
 
     public static func pairCanvas(_ e: PairExplanation, _ first: RGBImage, _ second: RGBImage,
                                   style: PairPictureStyle = PairPictureStyle(), caption: PictureCaption? = nil) throws -> RenderedPicture {
+        if style.grouping == .regions { return try regionCanvas(e, first, second, style: style, caption: caption) }
         let s = displayScale(style, [first.width, second.width])
         let secondX = first.width * s + style.gap
         let imagesHeight = max(first.height, second.height) * s
@@ -314,6 +326,136 @@ public enum Pictures {
                     let w = measure(font, label, size: size) + 4, ly = y0 - size - 2 >= 0 ? y0 - size - 2 : y0
                     canvas.fill(x0: x0, y0: ly, x1: x0 + w, y1: ly + size + 2, color: (0.55, 0, 0), alpha: 0.9)
                     canvas.text(label, x: x0 + 2, baseline: ly + size - 2, size: size, color: (1, 1, 1), font: font)
+                }
+            }
+        }
+        if !legend.isEmpty { drawLegend(&canvas, legend, top: legendTop, font: font) }
+        return RenderedPicture(canvas: canvas, layout: layout)
+    }
+
+    // MARK: Matched regions
+
+    /// A group of patch pairs: a box of patches on each input and the sum of their R.
+    public struct RegionPair: Sendable, Equatable {
+        /// Patch rows and columns, inclusive: (row0, column0, row1, column1).
+        public var first: (Int, Int, Int, Int), second: (Int, Int, Int, Int)
+        public var relevance: Double
+        public var pairs: Int
+        public static func == (a: RegionPair, b: RegionPair) -> Bool {
+            a.first == b.first && a.second == b.second && a.relevance == b.relevance && a.pairs == b.pairs
+        }
+    }
+
+    /// The pairs whose opacity is above zero (`pairOpacities`), strongest first, grouped: a pair
+    /// joins the first group of its sign (groups in the order they were opened, so the strongest
+    /// first) whose box on each input it touches (within one patch, diagonals included), growing
+    /// the boxes, else it opens a group; then groups whose boxes touch on both inputs merge, until
+    /// none do. The `maxRegions` groups of largest |R| summed, strongest first, and the share of
+    /// the R > 0 above the threshold that the positive ones hold.
+    public static func matchedRegions(_ R: [Float], first: PatchGrid, second: PatchGrid,
+                                      style: PairPictureStyle) -> (regions: [RegionPair], positiveShare: Double) {
+        typealias Box = (Int, Int, Int, Int)
+        let q = second.count
+        var pairs = pairOpacities(R, style: style)
+        pairs.sort { abs(R[$0.0]) != abs(R[$1.0]) ? abs(R[$0.0]) > abs(R[$1.0]) : $0.0 < $1.0 }
+        func touches(_ a: Box, _ b: Box) -> Bool {
+            a.0 <= b.2 + 1 && b.0 <= a.2 + 1 && a.1 <= b.3 + 1 && b.1 <= a.3 + 1
+        }
+        func union(_ a: Box, _ b: Box) -> Box { (min(a.0, b.0), min(a.1, b.1), max(a.2, b.2), max(a.3, b.3)) }
+        var groups: [RegionPair] = []
+        var positive = 0.0
+        for (i, _) in pairs {
+            let v = Double(R[i])
+            let (p1, p2) = (i / q, i % q)
+            let a = (p1 / first.columns, p1 % first.columns, p1 / first.columns, p1 % first.columns)
+            let b = (p2 / second.columns, p2 % second.columns, p2 / second.columns, p2 % second.columns)
+            if v > 0 { positive += v }
+            if let g = groups.firstIndex(where: { ($0.relevance > 0) == (v > 0) && touches($0.first, a) && touches($0.second, b) }) {
+                groups[g].first = union(groups[g].first, a); groups[g].second = union(groups[g].second, b)
+                groups[g].relevance += v; groups[g].pairs += 1
+            } else {
+                groups.append(RegionPair(first: a, second: b, relevance: v, pairs: 1))
+            }
+        }
+        // Grown boxes can come to touch: merge such groups until none do.
+        var merged = true
+        while merged {
+            merged = false
+            outer: for i in groups.indices {
+                for j in (i + 1)..<groups.count
+                where (groups[i].relevance > 0) == (groups[j].relevance > 0)
+                    && touches(groups[i].first, groups[j].first) && touches(groups[i].second, groups[j].second) {
+                    groups[i].first = union(groups[i].first, groups[j].first)
+                    groups[i].second = union(groups[i].second, groups[j].second)
+                    groups[i].relevance += groups[j].relevance; groups[i].pairs += groups[j].pairs
+                    groups.remove(at: j)
+                    merged = true
+                    break outer
+                }
+            }
+        }
+        groups.sort { abs($0.relevance) > abs($1.relevance) }
+        let drawn = Array(groups.prefix(style.maxRegions))
+        let held = drawn.filter { $0.relevance > 0 }.reduce(0.0) { $0 + $1.relevance }
+        return (drawn, positive > 0 ? held / positive : 0)
+    }
+
+    /// The pair picture by matched regions: both inputs side by side, each group's two boxes
+    /// outlined and joined by one curve whose width and opacity grow with the group's |R| (red
+    /// R > 0, blue R < 0); the five strongest positive groups numbered.
+    static func regionCanvas(_ e: PairExplanation, _ first: RGBImage, _ second: RGBImage,
+                             style: PairPictureStyle, caption: PictureCaption?) throws -> RenderedPicture {
+        let s = displayScale(style, [first.width, second.width])
+        let secondX = first.width * s + style.gap
+        let imagesHeight = max(first.height, second.height) * s
+        let width = secondX + second.width * s
+        let (regions, share) = matchedRegions(e.relevance, first: e.first.grid, second: e.second.grid, style: style)
+        let font = Self.font(style)
+        var legend: [LegendLine] = []
+        if style.legend, font != nil {
+            let c = e.conservation
+            if let caption { legend.append(.text(caption.setup)) }
+            legend.append(.text([
+                String(format: "y = %.4g", e.similarity) + (caption.map { " (\($0.similarity))" } ?? ""),
+                String(format: "sum of R = %.4g (relative error %.2g)", c.relevanceSum, c.relativeError),
+                "patches \(e.first.grid.rows) x \(e.first.grid.columns) and \(e.second.grid.rows) x \(e.second.grid.columns) of \(e.first.grid.patch) px",
+            ]))
+            legend.append(.keys([(red, "R > 0: the regions make the inputs similar"), (blue, "R < 0: dissimilar")],
+                                String(format: "the %d strongest matched regions (pairs above t1 = %g grouped where both patches touch; %.0f%% of their R > 0), numbered: the top 5",
+                                       regions.count, Double(style.softThreshold), 100 * share)))
+        }
+        let legendHeight = legend.isEmpty ? 0 : legendStripHeight(legend, width: width, font: font)
+        let legendTop = legendHeight > 0 ? imagesHeight + style.gap / 2 : imagesHeight
+        var canvas = Canvas(width: width, height: legendTop + legendHeight)
+        canvas.draw(backdrop(first, style.background).resized(width: first.width * s, height: first.height * s), x: 0, y: 0, scale: 1)
+        canvas.draw(backdrop(second, style.background).resized(width: second.width * s, height: second.height * s), x: secondX, y: 0, scale: 1)
+        let layout = PictureLayout(scale: s, secondX: secondX, imagesHeight: imagesHeight, legendTop: legendTop)
+        let strongest = regions.map { abs($0.relevance) }.max() ?? 1
+        let patch = e.first.grid.patch
+        func rect(_ b: (Int, Int, Int, Int), _ grid: PatchGrid, second: Bool) -> (Int, Int, Int, Int) {
+            let ox = second ? secondX : 0
+            return (b.1 * patch * s + ox, b.0 * patch * s, min((b.3 + 1) * patch, grid.width) * s + ox, min((b.2 + 1) * patch, grid.height) * s)
+        }
+        // Weakest first, so the strongest are on top.
+        for g in regions.reversed() {
+            let strength = Float((abs(g.relevance) / strongest).squareRoot())
+            let color = g.relevance > 0 ? red : blue
+            let a = rect(g.first, e.first.grid, second: false), b = rect(g.second, e.second.grid, second: true)
+            let p0 = (Double(a.0 + a.2) / 2, Double(a.1 + a.3) / 2), p2 = (Double(b.0 + b.2) / 2, Double(b.1 + b.3) / 2)
+            let mid = ((p0.0 + p2.0) / 2, (p0.1 + p2.1) / 2 - 0.1 * hypot(p2.0 - p0.0, p2.1 - p0.1))
+            for r in [a, b] {
+                canvas.outline(x0: r.0, y0: r.1, x1: r.2, y1: r.3, color: color, alpha: 0.35 + 0.65 * strength, thickness: max(1, s / 2 + 1))
+            }
+            canvas.strokeCurve(p0, mid, p2, color: color, alpha: 0.25 + 0.75 * strength,
+                               lineWidth: style.lineWidth * Double(0.35 + 0.65 * strength))
+        }
+        if font != nil {
+            let size = max(10, textSize(canvasWidth: width) - 3)
+            for (rank, g) in regions.filter({ $0.relevance > 0 }).prefix(5).enumerated().reversed() {
+                for r in [rect(g.first, e.first.grid, second: false), rect(g.second, e.second.grid, second: true)] {
+                    let label = "\(rank + 1)", w = measure(font, label, size: size) + 4, ly = r.1 - size - 2 >= 0 ? r.1 - size - 2 : r.1
+                    canvas.fill(x0: r.0, y0: ly, x1: r.0 + w, y1: ly + size + 2, color: (0.55, 0, 0), alpha: 0.9)
+                    canvas.text(label, x: r.0 + 2, baseline: ly + size - 2, size: size, color: (1, 1, 1), font: font)
                 }
             }
         }

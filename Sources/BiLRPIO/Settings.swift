@@ -39,6 +39,10 @@ public struct ExplanationSettings: Sendable, Codable, Equatable {
         return s
     }
 
+    /// How the pair picture groups pairs: by matched regions for the tables model (pages of
+    /// thousands of patches, where digits match digits), else a curve per patch pair.
+    public var pairGrouping: PairPictureStyle.Grouping { arch.lowercased() == "tables" && weights != nil ? .regions : .patches }
+
     /// `model` as the model source: `tables` (any case) is the committed tables model with its
     /// defaults (`tables`; the patch size, similarity, projection and top k stay), anything else
     /// an ONNX file.

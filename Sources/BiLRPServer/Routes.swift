@@ -215,7 +215,9 @@ extension ExplanationService {
         if pictures {
             let (pairPNG, heatPNG) = try await pool.run {
                 let caption = loaded.caption(inputs: sources)
-                return (try Pictures.pairPicture(pair, a.display, b.display, caption: caption),
+                var style = PairPictureStyle()
+                style.grouping = loaded.settings.pairGrouping
+                return (try Pictures.pairPicture(pair, a.display, b.display, style: style, caption: caption),
                         try Pictures.heatmapPicture(pair, a.display, b.display, caption: caption))
             }
             r.pair_png = pairPNG.base64EncodedString()

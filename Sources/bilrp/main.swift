@@ -225,7 +225,8 @@ struct Explain: ParsableCommand {
             let total = Date()
             // The pictures' style first: a font that does not load stops the command before any work.
             let pictures = out != nil || heatmap != nil || matrix != nil
-            let style = pictures || picture.font != nil ? try picture.style() : PairPictureStyle()
+            var style = pictures || picture.font != nil ? try picture.style() : PairPictureStyle()
+            style.grouping = picture.group ?? options.settings().pairGrouping
             let (loaded, tLoad) = try progress.step("loading model") { try options.load(topK: top) }
             let a = try loaded.input(first), b = try loaded.input(second)
             let ex = loaded.explainer
@@ -353,6 +354,8 @@ struct PictureOptions: ParsableArguments {
     @Option(help: "Pair picture and matrix: clip t2 (same units).") var clip: Float = 12.75
     @Option(help: "Pair picture: draw at most this many pairs (the strongest).") var pairs = 4000
     @Option(help: "Pair picture: outline and number the patches of this many top pairs.") var boxes = 5
+    @Option(help: "Pair picture: a curve per patch pair, or per matched region (pairs grouped where both patches touch; default for the tables model).")
+    var group: PairPictureStyle.Grouping?
     @Option(help: "Background of the pictures: grey (the curves are the only colour) or color.")
     var background: PairPictureStyle.Background = .grey
     @Option(name: .customLong("heatmap-layout"), help: "Heatmaps as an overlay on the images (with a colour bar) or as squares below them.")
@@ -386,6 +389,7 @@ struct PictureOptions: ParsableArguments {
 }
 
 extension PairPictureStyle.Background: ExpressibleByArgument {}
+extension PairPictureStyle.Grouping: ExpressibleByArgument {}
 extension Pictures.HeatmapLayout: ExpressibleByArgument {}
 
 struct Heatmap: ParsableCommand {

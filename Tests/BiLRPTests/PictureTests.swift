@@ -73,6 +73,39 @@ struct PictureTests {
         #expect(spread(picture.canvas.pixel(gapX, picture.layout.imagesHeight - 2)) <= 1e-6)
     }
 
+    @Test("matched regions: pairs touching a group on both inputs join it, grown groups merge, signs stay apart, the cap keeps the strongest")
+    func matchedRegions() throws {
+        let g = PatchGrid(height: 32, width: 32, patch: 8)  // 4 x 4 patches
+        var R = [Float](repeating: 0, count: 256)
+        func set(_ p: (Int, Int), _ q: (Int, Int), _ v: Float) { R[(p.0 * 4 + p.1) * 16 + q.0 * 4 + q.1] = v }
+        set((0, 0), (0, 0), 10)   // opens A
+        set((0, 2), (0, 2), 9)    // two columns from A on both sides: opens B
+        set((0, 1), (0, 1), 8)    // touches A: A grows to columns 0-1 and now touches B; they merge
+        set((0, 1), (0, 0), -7)   // touches A but negative: its own group
+        set((3, 3), (3, 0), 6)    // far from everything
+        let style = PairPictureStyle()
+        let (regions, share) = Pictures.matchedRegions(R, first: g, second: g, style: style)
+        #expect(regions.map(\.relevance) == [27, -7, 6] && regions.map(\.pairs) == [3, 1, 1])
+        #expect(regions[0].first == (0, 0, 0, 2) && regions[0].second == (0, 0, 0, 2))
+        #expect(regions[2].first == (3, 3, 3, 3) && regions[2].second == (3, 0, 3, 0))
+        #expect(share == 1)
+        var capped = style
+        capped.maxRegions = 2
+        let (two, part) = Pictures.matchedRegions(R, first: g, second: g, style: capped)
+        #expect(two.map(\.relevance) == [27, -7] && part == 27.0 / 33)
+        // Drawn: each region's boxes outlined in its colour on the canvas.
+        let (pair, a, b) = try pictureFixture()
+        var drawn = PairPictureStyle()
+        drawn.grouping = .regions; drawn.legend = false
+        let picture = try Pictures.pairCanvas(pair, a, b, style: drawn)
+        let top = try #require(Pictures.matchedRegions(pair.relevance, first: pair.first.grid, second: pair.second.grid, style: drawn)
+            .regions.first { $0.relevance > 0 })
+        let s = picture.layout.scale, patch = pair.first.grid.patch
+        // The top-left corner pixel of the strongest positive region's first box is red.
+        #expect(isRed(picture.canvas.pixel(top.first.1 * patch * s, top.first.0 * patch * s + 1)))
+        #expect(isRed(picture.canvas.pixel(picture.layout.secondX + top.second.1 * patch * s, top.second.0 * patch * s + 1)))
+    }
+
     @Test("the top pairs' patches are outlined on both images, in dark red")
     func boxes() throws {
         let (pair, a, b) = try pictureFixture()
