@@ -121,8 +121,8 @@ extension ExplanationService {
             throw ServiceError(400, "\(field) has \(text.utf8.count) UTF-8 bytes, more than the limit of \(limit) (max_text_bytes)")
         }
         // Tokenizing is cheap and names a bad text before the request takes a compute slot.
-        for (field, text) in [("first", req.first), ("second", req.second)] {
-            do { _ = try model.encoder.tokenize(text) } catch let e as BiLRPError { throw ServiceError(400, "\(field): \(e)") }
+        let tokens = try [("first", req.first), ("second", req.second)].map { field, text in
+            do { return try model.encoder.tokenize(text) } catch let e as BiLRPError { throw ServiceError(400, "\(field): \(e)") }
         }
         let cancellation = Cancellation()
         let (pictures, matrix) = (req.pictures ?? false, req.matrix ?? false)
@@ -130,8 +130,8 @@ extension ExplanationService {
             try await pool.run(cancellation: cancellation) {
                 let start = Date()
                 let ex = try model.explainer(rules: rules, similarity: similarity)
-                let a = try ex.factors(req.first, cancellation: cancellation)
-                let b = try ex.factors(req.second, cancellation: cancellation)
+                let a = try ex.factors(tokens[0], cancellation: cancellation)
+                let b = try ex.factors(tokens[1], cancellation: cancellation)
                 let t = Date()
                 let e = try ex.explain(a, b)
                 let timings = ["pair_seconds": Date().timeIntervalSince(t), "total_seconds": Date().timeIntervalSince(start)]

@@ -92,9 +92,12 @@ public final class TextExplainer: Sendable {
     }
 
     public func factors(_ text: String, cancellation: Cancellation? = nil) throws -> TextFactors {
-        let e = try encoder.tokenize(text)
-        return TextFactors(text: e, factors: try explainer.factors(try encoder.inputEmbeddings(e), patch: 1,
-                                                                   cancellation: cancellation))
+        try factors(try encoder.tokenize(text), cancellation: cancellation)
+    }
+
+    /// The factors of a text already tokenized (`encoder.tokenize`).
+    public func factors(_ e: EncodedText, cancellation: Cancellation? = nil) throws -> TextFactors {
+        TextFactors(text: e, factors: try explainer.factors(try encoder.inputEmbeddings(e), patch: 1, cancellation: cancellation))
     }
 
     public func explain(_ a: TextFactors, _ b: TextFactors) throws -> TextPairExplanation {
