@@ -130,6 +130,15 @@ struct TablesTests {
             #expect(bad.status == 1)
             #expect(bad.stderr.contains("is a page of \(w) x \(h) pixels; the tables model needs at least 16 x 16"), "\(bad.stderr)")
         }
+        // A page too large for the memory limit (three quarters of the machine's; about 7.7 GiB per
+        // megapixel at h = 100): refused before any allocation, naming the estimate and the input.
+        let megapixels = Int(ProcessInfo.processInfo.physicalMemory >> 30) / 5 + 2
+        let (w, h) = (1000, megapixels * 1000)
+        let huge = dir.appendingPathComponent("huge.png").path
+        try AtomicFile.write(try RGBImage(width: w, height: h, pixels: [Float](repeating: 1, count: w * h * 3)).pngData(), to: huge)
+        let bad = try runBilrp(["explain", huge, fixturePath("tables/page_b.png")] + args)
+        #expect(bad.status == 1)
+        #expect(bad.stderr.contains("the explanation would need about") && bad.stderr.contains("input [1, \(h), \(w)]"), "\(bad.stderr)")
     }
 
     @Test("the ONNX export (models/tables/tables.onnx) is the same model: the same phi and A as the safetensors graph")
