@@ -269,40 +269,17 @@ public enum Pictures {
     public static func pairCanvas(_ e: PairExplanation, _ first: RGBImage, _ second: RGBImage,
                                   style: PairPictureStyle = PairPictureStyle(), caption: PictureCaption? = nil) throws -> RenderedPicture {
         if style.grouping == .regions { return try regionCanvas(e, first, second, style: style, caption: caption) }
-        let s = displayScale(style, [first.width, second.width])
-        let secondX = first.width * s + style.gap
-        let imagesHeight = max(first.height, second.height) * s
-        let width = secondX + second.width * s
         var pairs = pairOpacities(e.relevance, style: style)
         // Strongest drawn last, on top; by |R|, so that pairs clipped to the same opacity keep their order.
         pairs.sort { abs(e.relevance[$0.0]) < abs(e.relevance[$1.0]) }
         let total = pairs.count
         if pairs.count > style.maxPairs { pairs = Array(pairs.suffix(style.maxPairs)) }
         let top = e.topPositive(style.boxes)
-
-        var legend: [LegendLine] = []
-        let font = Self.font(style)
-        if style.legend, font != nil {
-            let c = e.conservation
-            var lines: [LegendLine] = []
-            if let caption { lines.append(.text(caption.setup)) }
-            lines.append(.text([
-                String(format: "y = %.4g", e.similarity) + (caption.map { " (\($0.similarity))" } ?? ""),
-                String(format: "sum of R = %.4g (relative error %.2g)", c.relevanceSum, c.relativeError),
-                "patches \(e.first.grid.rows) x \(e.first.grid.columns) and \(e.second.grid.rows) x \(e.second.grid.columns) of \(e.first.grid.patch) px",
-            ]))
-            lines.append(.keys([
-                (red, "R > 0: the pair makes the inputs similar"), (blue, "R < 0: dissimilar"),
-            ], String(format: "%d of %d pairs drawn (t1 = %g, t2 = %g)", pairs.count, total, Double(style.softThreshold), Double(style.clip))
-                + (top.isEmpty ? "" : ", boxes: the top \(top.count)")))
-            legend = lines
-        }
-        let legendHeight = legend.isEmpty ? 0 : legendStripHeight(legend, width: width, font: font)
-        let legendTop = legendHeight > 0 ? imagesHeight + style.gap / 2 : imagesHeight
-        var canvas = Canvas(width: width, height: legendTop + legendHeight)
-        canvas.draw(backdrop(first, style.background).resized(width: first.width * s, height: first.height * s), x: 0, y: 0, scale: 1)
-        canvas.draw(backdrop(second, style.background).resized(width: second.width * s, height: second.height * s), x: secondX, y: 0, scale: 1)
-        let layout = PictureLayout(scale: s, secondX: secondX, imagesHeight: imagesHeight, legendTop: legendTop)
+        let key = String(format: "%d of %d pairs drawn (t1 = %g, t2 = %g)", pairs.count, total, Double(style.softThreshold), Double(style.clip))
+            + (top.isEmpty ? "" : ", boxes: the top \(top.count)")
+        var (canvas, layout, legend, font) = pairFrame(e, first, second, style: style, caption: caption,
+                                                       keys: ("R > 0: the pair makes the inputs similar", key))
+        let (s, secondX) = (layout.scale, layout.secondX)
 
         let q = e.columns
         for (i, o) in pairs {
@@ -320,17 +297,51 @@ public enum Pictures {
                 let x0 = r.x0 * s + (second ? secondX : 0), y0 = r.y0 * s
                 let x1 = r.x1 * s + (second ? secondX : 0), y1 = r.y1 * s
                 canvas.outline(x0: x0, y0: y0, x1: x1, y1: y1, color: (0.55, 0, 0), thickness: max(2, s / 2 + 1))
-                if font != nil {
-                    let size = max(10, textSize(canvasWidth: width) - 3), label = "\(rank + 1)"
-                    // Above the box's top-left corner, or inside it where the box touches the top.
-                    let w = measure(font, label, size: size) + 4, ly = y0 - size - 2 >= 0 ? y0 - size - 2 : y0
-                    canvas.fill(x0: x0, y0: ly, x1: x0 + w, y1: ly + size + 2, color: (0.55, 0, 0), alpha: 0.9)
-                    canvas.text(label, x: x0 + 2, baseline: ly + size - 2, size: size, color: (1, 1, 1), font: font)
-                }
+                numberLabel(&canvas, rank + 1, x: x0, y: y0, font: font)
             }
         }
-        if !legend.isEmpty { drawLegend(&canvas, legend, top: legendTop, font: font) }
+        if !legend.isEmpty { drawLegend(&canvas, legend, top: layout.legendTop, font: font) }
         return RenderedPicture(canvas: canvas, layout: layout)
+    }
+
+    /// The pair pictures' frame: both inputs side by side over their backdrops, room for the
+    /// legend (the caption, y and conservation, the grids, then the colour keys: `keys.0` for red,
+    /// `keys.1` after them) and where things are.
+    static func pairFrame(_ e: PairExplanation, _ first: RGBImage, _ second: RGBImage, style: PairPictureStyle,
+                          caption: PictureCaption?, keys: (String, String))
+        -> (canvas: Canvas, layout: PictureLayout, legend: [LegendLine], font: Typeface?) {
+        let s = displayScale(style, [first.width, second.width])
+        let secondX = first.width * s + style.gap
+        let imagesHeight = max(first.height, second.height) * s
+        let width = secondX + second.width * s
+        var legend: [LegendLine] = []
+        let font = Self.font(style)
+        if style.legend, font != nil {
+            let c = e.conservation
+            if let caption { legend.append(.text(caption.setup)) }
+            legend.append(.text([
+                String(format: "y = %.4g", e.similarity) + (caption.map { " (\($0.similarity))" } ?? ""),
+                String(format: "sum of R = %.4g (relative error %.2g)", c.relevanceSum, c.relativeError),
+                "patches \(e.first.grid.rows) x \(e.first.grid.columns) and \(e.second.grid.rows) x \(e.second.grid.columns) of \(e.first.grid.patch) px",
+            ]))
+            legend.append(.keys([(red, keys.0), (blue, "R < 0: dissimilar")], keys.1))
+        }
+        let legendHeight = legend.isEmpty ? 0 : legendStripHeight(legend, width: width, font: font)
+        let legendTop = legendHeight > 0 ? imagesHeight + style.gap / 2 : imagesHeight
+        var canvas = Canvas(width: width, height: legendTop + legendHeight)
+        canvas.draw(backdrop(first, style.background).resized(width: first.width * s, height: first.height * s), x: 0, y: 0, scale: 1)
+        canvas.draw(backdrop(second, style.background).resized(width: second.width * s, height: second.height * s), x: secondX, y: 0, scale: 1)
+        return (canvas, PictureLayout(scale: s, secondX: secondX, imagesHeight: imagesHeight, legendTop: legendTop), legend, font)
+    }
+
+    /// A rank number in white on dark red above a box's top-left corner (inside it where the box
+    /// touches the top); nothing without a font.
+    static func numberLabel(_ canvas: inout Canvas, _ number: Int, x: Int, y: Int, font: Typeface?) {
+        guard font != nil else { return }
+        let size = max(10, textSize(canvasWidth: canvas.width) - 3), label = "\(number)"
+        let w = measure(font, label, size: size) + 4, ly = y - size - 2 >= 0 ? y - size - 2 : y
+        canvas.fill(x0: x, y0: ly, x1: x + w, y1: ly + size + 2, color: (0.55, 0, 0), alpha: 0.9)
+        canvas.text(label, x: x + 2, baseline: ly + size - 2, size: size, color: (1, 1, 1), font: font)
     }
 
     // MARK: Matched regions
@@ -405,31 +416,12 @@ public enum Pictures {
     /// R > 0, blue R < 0); the five strongest positive groups numbered.
     static func regionCanvas(_ e: PairExplanation, _ first: RGBImage, _ second: RGBImage,
                              style: PairPictureStyle, caption: PictureCaption?) throws -> RenderedPicture {
-        let s = displayScale(style, [first.width, second.width])
-        let secondX = first.width * s + style.gap
-        let imagesHeight = max(first.height, second.height) * s
-        let width = secondX + second.width * s
         let (regions, share) = matchedRegions(e.relevance, first: e.first.grid, second: e.second.grid, style: style)
-        let font = Self.font(style)
-        var legend: [LegendLine] = []
-        if style.legend, font != nil {
-            let c = e.conservation
-            if let caption { legend.append(.text(caption.setup)) }
-            legend.append(.text([
-                String(format: "y = %.4g", e.similarity) + (caption.map { " (\($0.similarity))" } ?? ""),
-                String(format: "sum of R = %.4g (relative error %.2g)", c.relevanceSum, c.relativeError),
-                "patches \(e.first.grid.rows) x \(e.first.grid.columns) and \(e.second.grid.rows) x \(e.second.grid.columns) of \(e.first.grid.patch) px",
-            ]))
-            legend.append(.keys([(red, "R > 0: the regions make the inputs similar"), (blue, "R < 0: dissimilar")],
-                                String(format: "the %d strongest matched regions (pairs above t1 = %g grouped where both patches touch; %.0f%% of their R > 0), numbered: the top 5",
-                                       regions.count, Double(style.softThreshold), 100 * share)))
-        }
-        let legendHeight = legend.isEmpty ? 0 : legendStripHeight(legend, width: width, font: font)
-        let legendTop = legendHeight > 0 ? imagesHeight + style.gap / 2 : imagesHeight
-        var canvas = Canvas(width: width, height: legendTop + legendHeight)
-        canvas.draw(backdrop(first, style.background).resized(width: first.width * s, height: first.height * s), x: 0, y: 0, scale: 1)
-        canvas.draw(backdrop(second, style.background).resized(width: second.width * s, height: second.height * s), x: secondX, y: 0, scale: 1)
-        let layout = PictureLayout(scale: s, secondX: secondX, imagesHeight: imagesHeight, legendTop: legendTop)
+        let key = String(format: "the %d strongest matched regions (pairs above t1 = %g grouped where both patches touch; %.0f%% of their R > 0), numbered: the top 5",
+                         regions.count, Double(style.softThreshold), 100 * share)
+        var (canvas, layout, legend, font) = pairFrame(e, first, second, style: style, caption: caption,
+                                                       keys: ("R > 0: the regions make the inputs similar", key))
+        let (s, secondX) = (layout.scale, layout.secondX)
         let strongest = regions.map { abs($0.relevance) }.max() ?? 1
         let patch = e.first.grid.patch
         func rect(_ b: (Int, Int, Int, Int), _ grid: PatchGrid, second: Bool) -> (Int, Int, Int, Int) {
@@ -449,17 +441,12 @@ public enum Pictures {
             canvas.strokeCurve(p0, mid, p2, color: color, alpha: 0.25 + 0.75 * strength,
                                lineWidth: style.lineWidth * Double(0.35 + 0.65 * strength))
         }
-        if font != nil {
-            let size = max(10, textSize(canvasWidth: width) - 3)
-            for (rank, g) in regions.filter({ $0.relevance > 0 }).prefix(5).enumerated().reversed() {
-                for r in [rect(g.first, e.first.grid, second: false), rect(g.second, e.second.grid, second: true)] {
-                    let label = "\(rank + 1)", w = measure(font, label, size: size) + 4, ly = r.1 - size - 2 >= 0 ? r.1 - size - 2 : r.1
-                    canvas.fill(x0: r.0, y0: ly, x1: r.0 + w, y1: ly + size + 2, color: (0.55, 0, 0), alpha: 0.9)
-                    canvas.text(label, x: r.0 + 2, baseline: ly + size - 2, size: size, color: (1, 1, 1), font: font)
-                }
+        for (rank, g) in regions.filter({ $0.relevance > 0 }).prefix(5).enumerated().reversed() {
+            for r in [rect(g.first, e.first.grid, second: false), rect(g.second, e.second.grid, second: true)] {
+                numberLabel(&canvas, rank + 1, x: r.0, y: r.1, font: font)
             }
         }
-        if !legend.isEmpty { drawLegend(&canvas, legend, top: legendTop, font: font) }
+        if !legend.isEmpty { drawLegend(&canvas, legend, top: layout.legendTop, font: font) }
         return RenderedPicture(canvas: canvas, layout: layout)
     }
 
