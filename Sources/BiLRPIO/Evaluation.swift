@@ -213,9 +213,13 @@ public struct EvaluationReport: Sendable, Codable {
         public var leastRelevantFirstAUC: Statistic
         /// Least-relevant-first area minus most-relevant-first area, per pair.
         public var gap: Statistic
+        /// Over the pairs with ground truth where every ordering has a positive pair (precision at
+        /// k of no pairs is undefined: a pair whose y is 0 has none).
         public var precisionAtK: Statistic?
         public var bestMatchAccuracy: Statistic?
         public var chance: Statistic?
+        /// Pairs with ground truth left out of the three above: some ordering has no positive pair.
+        public var unscored: Int = 0
         /// The normalized curves over the pairs, per step: mean and standard deviation, median and
         /// quartiles.
         public var mostRelevantFirst: [Statistic]
@@ -223,7 +227,7 @@ public struct EvaluationReport: Sendable, Codable {
 
         enum CodingKeys: String, CodingKey {
             case name, mostRelevantFirstAUC = "most_relevant_first_auc", leastRelevantFirstAUC = "least_relevant_first_auc", gap
-            case precisionAtK = "precision_at_k", bestMatchAccuracy = "best_match_accuracy", chance
+            case precisionAtK = "precision_at_k", bestMatchAccuracy = "best_match_accuracy", chance, unscored
             case mostRelevantFirst = "most_relevant_first", leastRelevantFirst = "least_relevant_first"
         }
     }
@@ -284,6 +288,9 @@ public struct EvaluationReport: Sendable, Codable {
             out.append(known > 0
                 ? "  precision@\(options.topK) and best match: over the \(known) pairs with ground truth (a correspondence or labels); chance is a random pair's"
                 : "  no pair has ground truth (a correspondence or labels): no precision or best-match scores")
+            if let unscored = l.summary.first?.unscored, unscored > 0 {
+                out.append("  \(unscored) pair(s) with ground truth left out of precision and best match: some ordering has no positive pair there (precision of no pairs is undefined)")
+            }
             if options.steps == 0 { out.append("  --steps 0: no perturbation curves") }
             if let sep = l.separation {
                 out.append(String(format: "  similarity separates the %d related pairs from the %d unrelated ones with ROC AUC %.3f",
@@ -486,11 +493,14 @@ public enum Evaluation {
     }
 
     /// Means and spreads over the pairs, per ordering (in the order of the first pair).
-    static func summarize(_ pairs: [EvaluationReport.Pair]) -> [EvaluationReport.Summary] {
+    public static func summarize(_ pairs: [EvaluationReport.Pair]) -> [EvaluationReport.Summary] {
         guard let first = pairs.first(where: { !$0.orderings.isEmpty }) else { return [] }
+        // Ground-truth scores compare the orderings on the same pairs: those where each has a positive pair.
+        let withTruth = pairs.filter { $0.orderings.contains { $0.correspondence != nil } }
+        let scored = withTruth.filter { $0.orderings.allSatisfy { ($0.correspondence?.counted ?? 1) > 0 } }
         return first.orderings.map(\.name).map { name in
             let o = pairs.compactMap { $0.orderings.first { $0.name == name } }
-            let c = o.compactMap(\.correspondence)
+            let c = scored.compactMap { $0.orderings.first { $0.name == name }?.correspondence }
             // Curves come in pairs (both or neither).
             let curves = o.compactMap { o in o.mostRelevantFirst.flatMap { m in o.leastRelevantFirst.map { (m, $0) } } }
             let most = curves.map(\.0), least = curves.map(\.1)
@@ -504,7 +514,7 @@ public enum Evaluation {
                 gap: .init(zip(least, most).map { $0.auc - $1.auc }),
                 precisionAtK: c.isEmpty ? nil : .init(c.map(\.precisionAtK)),
                 bestMatchAccuracy: c.isEmpty ? nil : .init(c.map(\.bestMatchAccuracy)),
-                chance: c.isEmpty ? nil : .init(c.map(\.chance)),
+                chance: c.isEmpty ? nil : .init(c.map(\.chance)), unscored: withTruth.count - scored.count,
                 mostRelevantFirst: curveStats(most.map(\.normalized)),
                 leastRelevantFirst: curveStats(least.map(\.normalized)))
         }

@@ -435,4 +435,23 @@ struct EvaluationTests {
         #expect(list.map(\.related) == [true, false])
         #expect(list[0].labels == .init(first: dir.path + "/a.json", second: dir.path + "/b.json") && list[1].labels == nil)
     }
+
+    @Test("summaries: precision and best match over the pairs where every ordering has a positive pair; the others counted as unscored")
+    func unscoredPairs() throws {
+        func pair(_ name: String, _ scores: [(String, Double, Int)]?) -> String {
+            let orderings = (scores ?? [("bilrp:tables", 0, 0), ("random", 0, 0)]).map { o in
+                let truth = scores == nil ? "" : #", "correspondence": {"precision_at_k": \#(o.1), "k": 20, "counted": \#(o.2), "best_match_accuracy": \#(o.1), "first_patches": 4, "chance": 0.01}"#
+                return #"{"name": "\#(o.0)"\#(truth)}"#
+            }
+            return #"{"name": "\#(name)", "first": "a", "second": "b", "similarity": 1, "conservation": {}, "seconds": 0, "orderings": [\#(orderings.joined(separator: ","))]}"#
+        }
+        let json = "[" + [pair("scored", [("bilrp:tables", 0.9, 20), ("random", 0.05, 20)]),
+                          pair("y = 0", [("bilrp:tables", 0, 0), ("random", 0.1, 20)]),
+                          pair("no truth", nil)].joined(separator: ",") + "]"
+        let pairs = try JSONDecoder().decode([EvaluationReport.Pair].self, from: Data(json.utf8))
+        let summary = Evaluation.summarize(pairs)
+        #expect(summary.map(\.name) == ["bilrp:tables", "random"])
+        #expect(summary[0].precisionAtK?.pairs == 1 && summary[0].precisionAtK?.mean == 0.9 && summary[0].unscored == 1)
+        #expect(summary[1].precisionAtK?.pairs == 1 && summary[1].precisionAtK?.mean == 0.05, "the same pairs for every ordering")
+    }
 }
