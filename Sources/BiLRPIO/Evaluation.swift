@@ -279,11 +279,14 @@ public struct EvaluationReport: Sendable, Codable {
                              f(s.bestMatchAccuracy), s.chance.map { String(format: "%.3f", $0.mean) } ?? "-"])
             }
             let widths = (0..<header.count).map { c in rows.map { $0[c].count }.max()! }
-            for r in rows {
+            // No orderings (no curves, no ground truth): only the similarity below.
+            for r in rows where !l.summary.isEmpty {
                 out.append("  " + r.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }
                     .joined(separator: "  "))
             }
-            out.append("  AUC: median over the pairs (mean ± standard deviation); a pair whose y(x, x') is near zero moves the mean, not the median")
+            if options.steps > 0 {
+                out.append("  AUC: median over the pairs (mean ± standard deviation); a pair whose y(x, x') is near zero moves the mean, not the median")
+            }
             let known = l.summary.first?.precisionAtK?.pairs ?? 0
             out.append(known > 0
                 ? "  precision@\(options.topK) and best match: over the \(known) pairs with ground truth (a correspondence or labels); chance is a random pair's"
