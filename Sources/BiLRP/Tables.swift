@@ -48,11 +48,13 @@ public enum TablesModel {
         var last = "x"
         for c in convolutions {
             _ = try conv(c.name, bias: false, dilation: c.dilation, from: last)
-            let relu = "detector.features.\(Int(c.name.split(separator: ".").last!)! + 1)"
+            // torch's Sequential numbering: the ReLU after convolution i is i + 1, a pool i + 2.
+            let index = Int(c.name.split(separator: ".").last!)!
+            let relu = "detector.features.\(index + 1)"
             add(relu, .layer(.relu), [c.name])
             last = relu
             if c.pool {
-                let pool = "detector.features.\(Int(c.name.split(separator: ".").last!)! + 2)"
+                let pool = "detector.features.\(index + 2)"
                 add(pool, .layer(.maxPool2d(Pool2d(kernel: (2, 2)))), [last])
                 last = pool
             }

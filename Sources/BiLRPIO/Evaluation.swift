@@ -426,7 +426,7 @@ public enum Evaluation {
             let e = try loaded[r]!.explainer.explain(p.first.tensor, p.second.tensor, patch: patch)
             conservation[r] = e.conservation.relativeError
             grids = (e.first.grid, e.second.grid)
-            if r == rules[0] { y = e.conservation.similarity }
+            if r == rules[0] { y = Double(e.similarity) }
             if r == "hp" { hp.append(PairRanking(name: "hp", e)) } else { bilrp.append(PairRanking(name: "bilrp:\(r)", e)) }
             if rules.contains(r) { marginals.append(PairRanking.marginalProduct(name: "marginals:\(r)", e)) }
         }

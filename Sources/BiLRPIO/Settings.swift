@@ -39,9 +39,13 @@ public struct ExplanationSettings: Sendable, Codable, Equatable {
         return s
     }
 
+    /// Whether these settings build the tables model (`--arch tables` from safetensors): its pages'
+    /// minimum size, its outputs named as bigrams, its default cut and pair picture hang on this.
+    public var isTablesModel: Bool { weights != nil && arch.lowercased() == "tables" }
+
     /// How the pair picture groups pairs: by matched regions for the tables model (pages of
     /// thousands of patches, where digits match digits), else a curve per patch pair.
-    public var pairGrouping: PairPictureStyle.Grouping { arch.lowercased() == "tables" && weights != nil ? .regions : .patches }
+    public var pairGrouping: PairPictureStyle.Grouping { isTablesModel ? .regions : .patches }
 
     /// `model` as the model source: `tables` (any case) is the committed tables model with its
     /// defaults (`tables`; the patch size, similarity, projection and top k stay), anything else
@@ -229,10 +233,9 @@ public struct LoadedExplainer: Sendable {
 
     /// Where a built-in architecture ends when no cut is given (`architecture(_:cut:weights:)`).
     var defaultCut: String {
-        guard settings.weights != nil else { return "the end of features" }
-        if ResNet(rawValue: settings.arch.lowercased()) != nil { return "layer4" }
-        if settings.arch.lowercased() == "tables" { return "phi (the bigram histogram)" }
-        return "the end of features"
+        if settings.isTablesModel { return "phi (the bigram histogram)" }
+        guard settings.weights != nil, ResNet(rawValue: settings.arch.lowercased()) != nil else { return "the end of features" }
+        return "layer4"
     }
 
     /// What the pictures' legend says about this setup, for a pair of inputs (their file names).
@@ -265,7 +268,7 @@ public struct LoadedExplainer: Sendable {
     /// A page for the tables model must hold a line of digits: at least `TablesModel.minimumPageSide`
     /// pixels each way (smaller pages would fail inside the detector's pooling or the bigram shifts).
     func checked(_ input: PreparedInput) throws -> PreparedInput {
-        guard settings.weights != nil, settings.arch.lowercased() == "tables" else { return input }
+        guard settings.isTablesModel else { return input }
         let s = try input.tensor.shape3("page")
         let m = TablesModel.minimumPageSide
         guard s.height >= m, s.width >= m else {
@@ -335,7 +338,7 @@ public struct ExplanationReport: Codable, Sendable {
         }
         inputs = [input(e.first, sources.0), input(e.second, sources.1)]
         matrix_layout = "R is P x Q row-major (float32): R[p, q] at p * Q + q; patch p = row * patch_columns + column of the first input, q likewise of the second"
-        let bigrams = s.weights != nil && s.arch.lowercased() == "tables" && e.first.outputs == 100
+        let bigrams = s.isTablesModel && e.first.outputs == 100
         func pair(_ t: PatchPair) -> Pair {
             var r = Pair(value: t.value, first: t.first, second: t.second)
             if bigrams {

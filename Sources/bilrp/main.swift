@@ -150,7 +150,6 @@ struct ModelOptions: ParsableArguments {
     /// The settings: a named model's defaults (`--model tables`) or the general ones, then every
     /// option given.
     func settings(topK: Int = 10) -> ExplanationSettings {
-        let named = model?.lowercased() == "tables"
         var s = model.map { ExplanationSettings().choosingModel($0) } ?? ExplanationSettings()
         if let weights { s.weights = weights }
         if let arch { s.arch = arch }
@@ -158,7 +157,8 @@ struct ModelOptions: ParsableArguments {
         if let head { s.head = head }
         if let rules { s.rules = rules }
         if let size { s.size = size }
-        if preprocess != .auto || !named { s.preprocess = preprocess.rawValue }
+        // auto is the general default; a named model's own preprocessing stays unless one is given.
+        if preprocess != .auto { s.preprocess = preprocess.rawValue }
         s.projection = projection; s.similarity = similarity.rawValue; s.patch = patch; s.topK = topK
         return s
     }
@@ -226,8 +226,8 @@ struct Explain: ParsableCommand {
             // The pictures' style first: a font that does not load stops the command before any work.
             let pictures = out != nil || heatmap != nil || matrix != nil
             var style = pictures || picture.font != nil ? try picture.style() : PairPictureStyle()
-            style.grouping = picture.group ?? options.settings().pairGrouping
             let (loaded, tLoad) = try progress.step("loading model") { try options.load(topK: top) }
+            style.grouping = picture.group ?? loaded.settings.pairGrouping
             let a = try loaded.input(first), b = try loaded.input(second)
             let ex = loaded.explainer
             let (fa, t1) = try progress.step("relevance factors of \(first)") { try ex.factors(a.tensor, patch: options.patch) }
@@ -633,14 +633,15 @@ struct Eval: ParsableCommand {
                 guard threads >= 1 else { throw BiLRPError.invalidArgument("--threads must be at least 1") }
                 CKernelsBackend.threads = threads
             }
+            let settings = options.settings()
             let cuts: [LayerCut?] = try layers.map { text in
                 let parts = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
                 guard !parts.isEmpty else { throw BiLRPError.invalidArgument("--layers is empty") }
                 return parts.map { LayerCut(parsing: $0) }
-            } ?? [options.settings().layer]
+            } ?? [settings.layer]
             let quiet = options.quiet
             let report = try Evaluation.run(
-                pairs: list, settings: options.settings(), layers: cuts, rules: [options.settings().rules] + alsoRules, options: o,
+                pairs: list, settings: settings, layers: cuts, rules: [settings.rules] + alsoRules, options: o,
                 kernels: options.reference ? ReferenceKernels() : CKernelsBackend(),
                 progress: { line in if !quiet { FileHandle.standardError.write(Data("bilrp: \(line)\n".utf8)) } })
             if let json { try AtomicFile.write(try report.json(), to: json) }
