@@ -1,5 +1,6 @@
 import BiLRP
 import BiLRPIO
+import BiLRPText
 import Foundation
 import NIOPosix
 
@@ -73,16 +74,31 @@ struct CachedFactors: Sendable {
     var bytes: Int { factors.a.count * 4 + factors.embedding.count * 4 + display.pixels.count * 4 + 256 }
 }
 
+/// What the factor cache holds: an image's factors, or a text's (one memory bound for both).
+enum CacheEntry: Sendable {
+    case image(CachedFactors)
+    case text(TextFactors)
+
+    var bytes: Int {
+        switch self {
+        case .image(let v): v.bytes
+        case .text(let v):
+            v.factors.a.count * 4 + v.factors.embedding.count * 4 + v.text.text.utf8.count
+                + v.text.tokens.reduce(0) { $0 + $1.text.utf8.count + 48 } + 256
+        }
+    }
+}
+
 /// A memory-bounded LRU of relevance factors keyed by content hash and settings. Concurrent
 /// requests for the same uncached key share one computation; a waiter that is cancelled (its
 /// request timed out) leaves at once, and the computation is cancelled when no waiter is left.
 actor FactorCache {
     private final class Flight: @unchecked Sendable {  // touched only on the actor (the flag locks itself)
         let cancellation = Cancellation()
-        var waiters: [Int: CheckedContinuation<CachedFactors, any Error>] = [:]
+        var waiters: [Int: CheckedContinuation<CacheEntry, any Error>] = [:]
     }
 
-    private var entries: [String: (value: CachedFactors, tick: Int)] = [:]
+    private var entries: [String: (value: CacheEntry, tick: Int)] = [:]
     private var flights: [String: Flight] = [:]
     private var tick = 0, nextWaiter = 0
     private(set) var bytes = 0
@@ -97,7 +113,7 @@ actor FactorCache {
 
     func countHit() { hits += 1; metrics?.cacheHits.increment() }
 
-    func lookup(_ key: String) -> CachedFactors? {
+    func lookup(_ key: String) -> CacheEntry? {
         guard let e = entries[key] else { return nil }
         tick += 1
         entries[key] = (e.value, tick)
@@ -105,8 +121,8 @@ actor FactorCache {
     }
 
     /// The cached value, or the result of `compute` (run once for concurrent callers of one key).
-    func get(_ key: String, compute: @escaping @Sendable (Cancellation) async throws -> CachedFactors)
-        async throws -> (CachedFactors, Bool) {
+    func get(_ key: String, compute: @escaping @Sendable (Cancellation) async throws -> CacheEntry)
+        async throws -> (CacheEntry, Bool) {
         if let v = lookup(key) { countHit(); return (v, true) }
         let flight: Flight
         if let f = flights[key] {
@@ -118,7 +134,7 @@ actor FactorCache {
             flight = Flight()
             flights[key] = flight
             Task {
-                let result: Result<CachedFactors, any Error>
+                let result: Result<CacheEntry, any Error>
                 do { result = .success(try await compute(flight.cancellation)) } catch { result = .failure(error) }
                 self.finish(key, flight, result)
             }
@@ -127,7 +143,7 @@ actor FactorCache {
         let id = nextWaiter
         let shared = flight.waiters.isEmpty == false
         let v = try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (c: CheckedContinuation<CachedFactors, any Error>) in
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<CacheEntry, any Error>) in
                 flight.waiters[id] = c
             }
         } onCancel: {
@@ -145,7 +161,7 @@ actor FactorCache {
         }
     }
 
-    private func finish(_ key: String, _ flight: Flight, _ result: Result<CachedFactors, any Error>) {
+    private func finish(_ key: String, _ flight: Flight, _ result: Result<CacheEntry, any Error>) {
         if flights[key] === flight { flights[key] = nil }
         if case let .success(v) = result, !flight.cancellation.isCancelled { insert(key, v) }
         let waiters = flight.waiters
@@ -153,7 +169,7 @@ actor FactorCache {
         for c in waiters.values { c.resume(with: result) }
     }
 
-    private func insert(_ key: String, _ v: CachedFactors) {
+    private func insert(_ key: String, _ v: CacheEntry) {
         guard v.bytes <= capacity else { return }
         tick += 1
         if let old = entries[key] { bytes -= old.value.bytes }

@@ -255,7 +255,7 @@ public final class ExplanationService: @unchecked Sendable {
     func factors(image: Data, field: String, settings s: ExplanationSettings) async throws
         -> (id: String, value: CachedFactors, cached: Bool) {
         let id = try factorID(image, s)
-        if let v = await cache.lookup(id, counting: true) {
+        if let v = await cache.image(id) {
             RequestStats.current?.cache(hit: true)
             return (id, v, true)
         }
@@ -270,7 +270,7 @@ public final class ExplanationService: @unchecked Sendable {
                 metrics.factorComputations.increment()
                 do {
                     let f = try loaded.explainer.factors(input.tensor, patch: s.patch, cancellation: cancellation)
-                    return CachedFactors(factors: f, display: input.display, settings: s)
+                    return .image(CachedFactors(factors: f, display: input.display, settings: s))
                 } catch let e as BiLRPError where e != .cancelled {
                     throw ServiceError(400, "\(field): \(e)")
                 }
@@ -278,12 +278,13 @@ public final class ExplanationService: @unchecked Sendable {
         }
         RequestStats.current?.cache(hit: hit)
         if try loaded.explainer !== base.explainer { await variants.refresh() }
-        return (id, v, hit)
+        guard case .image(let value) = v else { throw ServiceError(500, "the cache holds no image factors under \(id)") }
+        return (id, value, hit)
     }
 
     /// Factors by id (only for ids the cache still holds), computed with the settings s asks for.
     func factors(id: String, field: String, settings s: ExplanationSettings) async throws -> CachedFactors {
-        guard let v = await cache.lookup(id, counting: true) else {
+        guard let v = await cache.image(id) else {
             throw ServiceError(404, "\(field): unknown factor id '\(id)' (not computed here, or evicted from the cache)")
         }
         RequestStats.current?.cache(hit: true)
@@ -301,10 +302,11 @@ public final class ExplanationService: @unchecked Sendable {
 }
 
 extension FactorCache {
-    /// A lookup that counts a hit when found (a miss is counted by `get`).
-    func lookup(_ key: String, counting: Bool) -> CachedFactors? {
-        guard let v = lookup(key) else { return nil }
-        if counting { countHit() }
+    /// An image's factors under a factor id, counted as a hit when found (a miss is counted by
+    /// `get`). Text entries live under keys no image id takes (`text:` and a hash).
+    func image(_ key: String) -> CachedFactors? {
+        guard case .image(let v)? = lookup(key) else { return nil }
+        countHit()
         return v
     }
 }

@@ -1,6 +1,7 @@
 import BiLRP
 import BiLRPIO
 import BiLRPText
+import Crypto
 import Foundation
 
 /// The server's text model: a sentence encoder loaded once, and its explainers for the rules and
@@ -124,29 +125,59 @@ extension ExplanationService {
         let tokens = try [("first", req.first), ("second", req.second)].map { field, text in
             do { return try model.encoder.tokenize(text) } catch let e as BiLRPError { throw ServiceError(400, "\(field): \(e)") }
         }
-        let cancellation = Cancellation()
+        let start = Date()
+        let a = try await textFactors(tokens[0], rules: rules, similarity: similarity, model: model)
+        let b = try await textFactors(tokens[1], rules: rules, similarity: similarity, model: model)
+        let factorSeconds = Date().timeIntervalSince(start)
         let (pictures, matrix) = (req.pictures ?? false, req.matrix ?? false)
-        return try await withTaskCancellationHandler {
-            try await pool.run(cancellation: cancellation) {
-                let start = Date()
-                let ex = try model.explainer(rules: rules, similarity: similarity)
-                let a = try ex.factors(tokens[0], cancellation: cancellation)
-                let b = try ex.factors(tokens[1], cancellation: cancellation)
-                let t = Date()
-                let e = try ex.explain(a, b)
-                let timings = ["pair_seconds": Date().timeIntervalSince(t), "total_seconds": Date().timeIntervalSince(start)]
-                var r = TextExplanationReport(e, explainer: ex, source: model.source, top: top, timings: timings)
-                if pictures {
-                    let style = PairPictureStyle()
-                    let figure = ex.figure(e, source: model.source)
-                    r.pair_png = try Pictures.tokenPairPicture(figure, style: style).base64EncodedString()
-                    r.matrix_png = try Pictures.tokenMatrixPicture(figure, style: style).base64EncodedString()
-                }
-                if matrix { r.matrix_npy = NPY.encode(try e.relevanceTensor()).base64EncodedString() }
-                return r
+        return try await pool.run {
+            let ex = try model.explainer(rules: rules, similarity: similarity)
+            let t = Date()
+            let e = try ex.explain(a, b)
+            let timings = ["factors_seconds": factorSeconds, "pair_seconds": Date().timeIntervalSince(t),
+                           "total_seconds": Date().timeIntervalSince(start)]
+            var r = TextExplanationReport(e, explainer: ex, source: model.source, top: top, timings: timings)
+            if pictures {
+                let style = PairPictureStyle()
+                let figure = ex.figure(e, source: model.source)
+                r.pair_png = try Pictures.tokenPairPicture(figure, style: style).base64EncodedString()
+                r.matrix_png = try Pictures.tokenMatrixPicture(figure, style: style).base64EncodedString()
             }
-        } onCancel: {
-            cancellation.cancel()
+            if matrix { r.matrix_npy = NPY.encode(try e.relevanceTensor()).base64EncodedString() }
+            return r
         }
+    }
+
+    /// The factor cache's key of a text under rules: the text and the rules decide its factors (the
+    /// similarity does not: it only scales the pair product). The text, not its token ids: the
+    /// cached factors carry the text's spans, which the report quotes.
+    func textKey(_ tokens: EncodedText, rules: String) -> String {
+        var h = SHA256()
+        h.update(data: Data("\(rules.utf8.count):\(rules)|".utf8))
+        h.update(data: Data(tokens.text.utf8))
+        return "text:" + h.finalize().map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// A text's factors under rules: from the factor cache, or computed in a compute slot (once
+    /// for concurrent requests with the same text). Repeated documents cost their pair product only.
+    func textFactors(_ tokens: EncodedText, rules: String, similarity: Similarity, model: TextModel) async throws
+        -> TextFactors {
+        let key = textKey(tokens, rules: rules)
+        if case .text(let v)? = await cache.lookup(key) {
+            await cache.countHit()
+            RequestStats.current?.cache(hit: true)
+            return v
+        }
+        let (pool, metrics) = (self.pool, self.metrics)
+        let (v, hit) = try await cache.get(key) { cancellation in
+            try await pool.run(cancellation: cancellation) {
+                metrics.factorComputations.increment()
+                let ex = try model.explainer(rules: rules, similarity: similarity)
+                return .text(try ex.factors(tokens, cancellation: cancellation))
+            }
+        }
+        RequestStats.current?.cache(hit: hit)
+        guard case .text(let f) = v else { throw ServiceError(500, "the cache holds no text factors under \(key)") }
+        return f
     }
 }

@@ -74,6 +74,40 @@ struct TextServerTests {
         }
     }
 
+    @Test("a text seen before is explained from cached factors: one computation per text and rules, R byte-identical to the library's under any similarity",
+          .enabled(if: haveMiniLM))
+    func cachedTexts() async throws {
+        let service = try ExplanationService(configuration: textConfiguration())
+        let encoder = try SentenceEncoder.load(directory: miniLM)
+        let third = "Where can I change my login details?"
+        // (first, second, rules, similarity, factor computations and cache hits after the request)
+        let steps: [(String, String, String, String, Int, Int)] = [
+            (Self.first, Self.second, "cp-lrp", "cosine", 2, 0),
+            (Self.first, third, "cp-lrp", "cosine", 3, 1),  // the first text's factors are reused
+            (Self.second, Self.first, "cp-lrp", "cosine", 3, 3),
+            (Self.first, Self.second, "cp-lrp", "dot", 3, 5),  // the similarity only scales the pair
+            (Self.first, Self.second, "hp", "cosine", 5, 5),  // other rules, other factors
+        ]
+        try await makeApp(service).test(.router) { client in
+            for (a, b, rules, similarity, computations, hits) in steps {
+                let ex = try TextExplainer(encoder: encoder, rules: rules, similarity: Similarity(rawValue: similarity))
+                let expected = NPY.encode(try ex.explain(a, b).relevanceTensor())
+                let req = try textRequest(a, b, ["matrix": true, "settings": ["rules": rules, "similarity": similarity]])
+                try await client.execute(uri: "/v1/explain/text", method: .post, headers: jsonType, body: req) { r in
+                    #expect(r.status == .ok)
+                    let o = try object(r.body)
+                    #expect(Data(base64Encoded: o["matrix_npy"] as! String) == expected, "byte-identical R: \(rules), \(similarity), '\(b)'")
+                }
+                try await client.execute(uri: "/metrics", method: .get) { r in
+                    let text = String(buffer: r.body)
+                    #expect(text.contains("bilrp_factor_computations_total \(computations)\n"), "after \(rules) \(similarity) '\(b)': \(text)")
+                    #expect(hits == 0 ? !text.contains("bilrp_cache_hits_total") || text.contains("bilrp_cache_hits_total 0\n")
+                                      : text.contains("bilrp_cache_hits_total \(hits)\n"), "\(text)")
+                }
+            }
+        }
+    }
+
     @Test("bad texts and settings: 400 naming the field and the limit; the server keeps serving", .enabled(if: haveMiniLM))
     func badInput() async throws {
         let service = try ExplanationService(configuration: textConfiguration())
