@@ -38,6 +38,29 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 
+def serve(d, pair, ready=None):
+    """Answers bilrp-bench's commands on stdin (the protocol above), one JSON line each; pair(kind)
+    computes R (a tensor or an array), compared with the R_ours.npy bilrp wrote into d."""
+    print(json.dumps({"ready": True, **(ready or {})}), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd:
+            continue
+        if cmd[0] == "check":
+            R, ours = pair(cmd[1]), np.load(os.path.join(d, "R_ours.npy"))
+            R = R.detach().numpy() if isinstance(R, torch.Tensor) else R
+            print(json.dumps({"diff": float(np.abs(R - ours).max() / np.abs(ours).max())}), flush=True)
+        elif cmd[0] == "time":
+            t = time.perf_counter()
+            pair(cmd[1])
+            print(json.dumps({"seconds": time.perf_counter() - t}), flush=True)
+        elif cmd[0] == "rss":
+            print(json.dumps({"rss_kib": peak_rss_kib()}), flush=True)
+        elif cmd[0] == "quit":
+            print(json.dumps({"bye": True}), flush=True)
+            return
+
+
 def peak_rss_kib():
     """Peak resident memory of this process: VmHWM, not ru_maxrss (which Linux carries across
     execve, so a child of a large parent would report the parent's peak)."""
@@ -201,22 +224,7 @@ def main():
              "authors": model.factors_authors}[kind]
         return f(x1) @ f(x2).T
 
-    print(json.dumps({"ready": True, "torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
-    for line in sys.stdin:
-        cmd = line.split()
-        if not cmd or cmd[0] == "quit":
-            break
-        if cmd[0] == "check":
-            ours = torch.from_numpy(np.load(os.path.join(d, "R_ours.npy")))
-            R = pair(cmd[1])
-            print(json.dumps({"diff": float((R - ours).abs().max()) / float(ours.abs().max())}), flush=True)
-        elif cmd[0] == "time":
-            t = time.perf_counter()
-            pair(cmd[1])
-            print(json.dumps({"seconds": time.perf_counter() - t}), flush=True)
-        elif cmd[0] == "rss":
-            print(json.dumps({"rss_kib": peak_rss_kib()}), flush=True)
-
+    serve(d, pair, {"torch": torch.__version__, "threads": torch.get_num_threads()})
 
 if __name__ == "__main__":
     main()

@@ -17,17 +17,15 @@ conv1 and gamma = 0.25 elsewhere; the sum's relevance split in proportion to its
 Driven by bilrp-bench over stdin with the protocol of torch_bilrp.py:
   check KIND / time KIND / rss / quit
 """
-import json
 import os
 import sys
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from torch_bilrp import peak_rss_kib
+from torch_bilrp import serve
 
 EPS = 1e-9
 GAMMA = 0.25
@@ -124,7 +122,6 @@ class ResNetLRP:
         phi = self.head @ feat
         h = phi.numel()
         block = block or h
-        P = None
         cols = []
         for m0 in range(0, h, block):
             m = torch.arange(m0, min(h, m0 + block))
@@ -175,25 +172,7 @@ def main():
     x1 = torch.from_numpy(np.load(os.path.join(d, "x1.npy")))[None]
     x2 = torch.from_numpy(np.load(os.path.join(d, "x2.npy")))[None]
     blocks = {"batched": None, "blocked": 16}
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        cmd = line.split()
-        if not cmd:
-            continue
-        if cmd[0] == "check":
-            R = model.pair(x1, x2, blocks[cmd[1]]).numpy()
-            ours = np.load(os.path.join(d, "R_ours.npy"))
-            print(json.dumps({"diff": float(np.abs(R - ours).max() / np.abs(ours).max())}), flush=True)
-        elif cmd[0] == "time":
-            t = time.perf_counter()
-            model.pair(x1, x2, blocks[cmd[1]])
-            print(json.dumps({"seconds": time.perf_counter() - t}), flush=True)
-        elif cmd[0] == "rss":
-            print(json.dumps({"rss_kib": peak_rss_kib()}), flush=True)
-        elif cmd[0] == "quit":
-            print(json.dumps({"bye": True}), flush=True)
-            return
-
+    serve(d, lambda kind: model.pair(x1, x2, blocks[kind]).numpy())
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,6 @@ The directory holds model.safetensors, config.json and texts.json ({"ids": [[...
 import json
 import os
 import sys
-import time
 
 import torch
 from safetensors.torch import load_file
@@ -105,34 +104,14 @@ class TorchBert:
 
 
 def main():
-    import numpy as np
-
-    from torch_bilrp import peak_rss_kib
+    from torch_bilrp import serve
 
     d, threads = sys.argv[1], int(sys.argv[3])
     torch.set_num_threads(threads)
     model = TorchBert(d)
     with open(os.path.join(d, "texts.json")) as f:
         ids1, ids2 = json.load(f)["ids"]
-    print(json.dumps({"ready": True}), flush=True)
-    for line in sys.stdin:
-        cmd = line.split()
-        if not cmd:
-            continue
-        if cmd[0] == "check":
-            R = model.pair(ids1, ids2, cmd[1]).numpy()
-            ours = np.load(os.path.join(d, "R_ours.npy"))
-            print(json.dumps({"diff": float(np.abs(R - ours).max() / np.abs(ours).max())}), flush=True)
-        elif cmd[0] == "time":
-            t = time.perf_counter()
-            model.pair(ids1, ids2, cmd[1])
-            print(json.dumps({"seconds": time.perf_counter() - t}), flush=True)
-        elif cmd[0] == "rss":
-            print(json.dumps({"rss_kib": peak_rss_kib()}), flush=True)
-        elif cmd[0] == "quit":
-            print(json.dumps({"bye": True}), flush=True)
-            return
-
+    serve(d, lambda kind: model.pair(ids1, ids2, kind).numpy())
 
 if __name__ == "__main__":
     main()
