@@ -337,11 +337,32 @@ public enum Pictures {
     /// A rank number in white on dark red above a box's top-left corner (inside it where the box
     /// touches the top); nothing without a font.
     static func numberLabel(_ canvas: inout Canvas, _ number: Int, x: Int, y: Int, font: Typeface?) {
+        var placed: [(Int, Int, Int, Int)] = []
+        numberLabel(&canvas, number, x: x, y: y, font: font, avoiding: &placed)
+    }
+
+    /// Where a label (x0, y0, x1, y1) goes: moved right, past each placed label it would overlap,
+    /// until it overlaps none.
+    public static func labelSlot(_ r: (Int, Int, Int, Int), avoiding placed: [(Int, Int, Int, Int)]) -> (Int, Int, Int, Int) {
+        var r = r
+        while let o = placed.first(where: { r.0 < $0.2 && $0.0 < r.2 && r.1 < $0.3 && $0.1 < r.3 }) {
+            r = (o.2 + 1, r.1, o.2 + 1 + (r.2 - r.0), r.3)
+        }
+        return r
+    }
+
+    /// A number label that moves right past the labels already placed that it would cover (two
+    /// matched regions can share a box corner), and joins them.
+    static func numberLabel(_ canvas: inout Canvas, _ number: Int, x: Int, y: Int, font: Typeface?,
+                            avoiding placed: inout [(Int, Int, Int, Int)]) {
         guard font != nil else { return }
         let size = max(10, textSize(canvasWidth: canvas.width) - 3), label = "\(number)"
         let w = measure(font, label, size: size) + 4, ly = y - size - 2 >= 0 ? y - size - 2 : y
-        canvas.fill(x0: x, y0: ly, x1: x + w, y1: ly + size + 2, color: (0.55, 0, 0), alpha: 0.9)
-        canvas.text(label, x: x + 2, baseline: ly + size - 2, size: size, color: (1, 1, 1), font: font)
+        let slot = labelSlot((x, ly, x + w, ly + size + 2), avoiding: placed)
+        placed.append(slot)
+        let x0 = slot.0
+        canvas.fill(x0: x0, y0: ly, x1: x0 + w, y1: ly + size + 2, color: (0.55, 0, 0), alpha: 0.9)
+        canvas.text(label, x: x0 + 2, baseline: ly + size - 2, size: size, color: (1, 1, 1), font: font)
     }
 
     // MARK: Matched regions
@@ -441,9 +462,10 @@ public enum Pictures {
             canvas.strokeCurve(p0, mid, p2, color: color, alpha: 0.25 + 0.75 * strength,
                                lineWidth: style.lineWidth * Double(0.35 + 0.65 * strength))
         }
-        for (rank, g) in regions.filter({ $0.relevance > 0 }).prefix(5).enumerated().reversed() {
+        var placed: [(Int, Int, Int, Int)] = []
+        for (rank, g) in regions.filter({ $0.relevance > 0 }).prefix(5).enumerated() {
             for r in [rect(g.first, e.first.grid, second: false), rect(g.second, e.second.grid, second: true)] {
-                numberLabel(&canvas, rank + 1, x: r.0, y: r.1, font: font)
+                numberLabel(&canvas, rank + 1, x: r.0, y: r.1, font: font, avoiding: &placed)
             }
         }
         if !legend.isEmpty { drawLegend(&canvas, legend, top: layout.legendTop, font: font) }

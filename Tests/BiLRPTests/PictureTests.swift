@@ -239,4 +239,16 @@ struct PictureTests {
         }
         #expect(worst <= 0.5 / 255 + 1e-6)
     }
+
+    @Test("number labels of regions sharing a box corner go side by side, never on top of each other")
+    func labelSlots() {
+        var placed: [(Int, Int, Int, Int)] = []
+        for _ in 0..<3 { placed.append(Pictures.labelSlot((10, 5, 24, 20), avoiding: placed)) }
+        #expect(placed.map(\.0) == [10, 25, 40] && placed.allSatisfy { $0.1 == 5 && $0.2 - $0.0 == 14 && $0.3 == 20 })
+        // A label that overlaps none stays where it is, also when it only touches one.
+        #expect(Pictures.labelSlot((54, 5, 60, 20), avoiding: placed) == (54, 5, 60, 20))
+        #expect(Pictures.labelSlot((0, 21, 30, 30), avoiding: placed) == (0, 21, 30, 30))
+        // One that overlaps the middle label moves past it and then past the third.
+        #expect(Pictures.labelSlot((30, 10, 36, 18), avoiding: placed) == (55, 10, 61, 18))
+    }
 }
