@@ -309,4 +309,11 @@ extension FactorCache {
         countHit()
         return v
     }
+
+    /// A text's factors under its key (`textKey`), counted as a hit when found.
+    func text(_ key: String) -> TextFactors? {
+        guard case .text(let v)? = lookup(key) else { return nil }
+        countHit()
+        return v
+    }
 }

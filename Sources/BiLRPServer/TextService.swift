@@ -163,8 +163,7 @@ extension ExplanationService {
     func textFactors(_ tokens: EncodedText, rules: String, similarity: Similarity, model: TextModel) async throws
         -> TextFactors {
         let key = textKey(tokens, rules: rules)
-        if case .text(let v)? = await cache.lookup(key) {
-            await cache.countHit()
+        if let v = await cache.text(key) {
             RequestStats.current?.cache(hit: true)
             return v
         }
