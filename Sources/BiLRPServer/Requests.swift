@@ -92,21 +92,24 @@ struct FactorsRequest: Decodable, Sendable {
     }
 }
 
-struct BatchRequest: Decodable, Sendable {
-    var query: InputRef
-    var items: [InputRef]
-    var settings: RequestSettings?
+/// A batch request: one query against items (images or factor ids, or texts), with settings.
+struct QueryItemsRequest<Input: Decodable & Sendable, Settings: Decodable & Sendable>: Decodable, Sendable {
+    var query: Input
+    var items: [Input]
+    var settings: Settings?
 
     enum CodingKeys: String, CodingKey, CaseIterable { case query, items, settings }
 
     init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self, nulls: false)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        query = try c.decode(InputRef.self, forKey: .query)
-        items = try c.decode([InputRef].self, forKey: .items)
-        settings = try c.decodeIfPresent(RequestSettings.self, forKey: .settings)
+        query = try c.decode(Input.self, forKey: .query)
+        items = try c.decode([Input].self, forKey: .items)
+        settings = try c.decodeIfPresent(Settings.self, forKey: .settings)
     }
 }
+
+typealias BatchRequest = QueryItemsRequest<InputRef, RequestSettings>
 
 // MARK: - Answers
 

@@ -29,7 +29,7 @@ extension ExplanationService {
     static let routes: [String: [HTTPRequest.Method]] = [
         "/": [.get], "/viewer.js": [.get], "/viewer.css": [.get],
         "/health": [.get], "/ready": [.get], "/metrics": [.get], "/openapi.yaml": [.get], "/v1/model": [.get],
-        "/v1/factors": [.post], "/v1/explain": [.post], "/v1/explain/batch": [.post], "/v1/explain/text": [.post],
+        "/v1/factors": [.post], "/v1/explain": [.post], "/v1/explain/batch": [.post], "/v1/explain/text": [.post], "/v1/explain/text/batch": [.post],
     ]
 
     // MARK: - Answers
@@ -333,6 +333,12 @@ extension ExplanationService {
             await self.handle("/v1/explain/text", request, context) { body in
                 let req = try decodeRequest(TextExplainRequest.self, body)
                 return Self.json(try await self.explainText(req).json())
+            }
+        }
+        router.post("/v1/explain/text/batch") { request, context in
+            await self.handle("/v1/explain/text/batch", request, context) { body in
+                let req = try decodeRequest(TextBatchRequest.self, body)
+                return Self.json(try Self.encode(try await self.explainTextBatch(req)))
             }
         }
         return router

@@ -74,6 +74,13 @@ struct TextRequestSettings: Decodable, Sendable {
 /// `POST /v1/explain/text`: two texts (UTF-8 strings).
 typealias TextExplainRequest = PairRequest<String, TextRequestSettings>
 
+/// `POST /v1/explain/text/batch`: one query text against up to `max_batch` item texts.
+typealias TextBatchRequest = QueryItemsRequest<String, TextRequestSettings>
+
+struct TextBatchAnswer: Encodable {
+    var results: [TextExplanationReport]
+}
+
 // MARK: - Route
 
 extension ExplanationService {
@@ -117,19 +124,59 @@ extension ExplanationService {
     func explainText(_ req: TextExplainRequest) async throws -> TextExplanationReport {
         let model = try textModel
         let (rules, similarity, top) = try textSettings(req.settings, model)
-        let limit = configuration.maxTextBytes
-        for (field, text) in [("first", req.first), ("second", req.second)] where text.utf8.count > limit {
-            throw ServiceError(400, "\(field) has \(text.utf8.count) UTF-8 bytes, more than the limit of \(limit) (max_text_bytes)")
-        }
-        // Tokenizing is cheap and names a bad text before the request takes a compute slot.
-        let tokens = try [("first", req.first), ("second", req.second)].map { field, text in
-            do { return try model.encoder.tokenize(text) } catch let e as BiLRPError { throw ServiceError(400, "\(field): \(e)") }
-        }
+        let tokens = try tokenize([("first", req.first), ("second", req.second)], model)
         let start = Date()
         let a = try await textFactors(tokens[0], rules: rules, similarity: similarity, model: model)
         let b = try await textFactors(tokens[1], rules: rules, similarity: similarity, model: model)
+        return try await textReport(a, b, rules: rules, similarity: similarity, top: top, model: model, start: start,
+                                    pictures: req.pictures ?? false, matrix: req.matrix ?? false)
+    }
+
+    /// The answer of `POST /v1/explain/text/batch`: the query against each item, in order; the
+    /// query's factors computed once, each item's taken from the cache when it was seen before.
+    func explainTextBatch(_ req: TextBatchRequest) async throws -> TextBatchAnswer {
+        let model = try textModel
+        guard !req.items.isEmpty else { throw ServiceError(400, "items is empty") }
+        guard req.items.count <= configuration.maxBatch else {
+            throw ServiceError(400, "items has \(req.items.count) entries, more than the limit of \(configuration.maxBatch) (max_batch)")
+        }
+        let (rules, similarity, top) = try textSettings(req.settings, model)
+        let tokens = try tokenize([("query", req.query)] + req.items.enumerated().map { ("items[\($0.offset)]", $0.element) }, model)
+        // Each report quotes both texts (escaped in the worst case to 6 bytes a byte) and lists their tokens.
+        let q = tokens[0]
+        let bytes = tokens.dropFirst().reduce(0) { sum, t in
+            sum + 6 * (q.text.utf8.count + t.text.utf8.count) + 150 * (q.tokens.count + t.tokens.count) + 600 * top + 4096
+        }
+        guard bytes <= configuration.maxResponseBytes else {
+            throw ServiceError(400, "\(req.items.count) items with these texts and top_k \(top) would make an answer of up to \(bytes) bytes, more than the limit of \(configuration.maxResponseBytes) (max_response_bytes); send fewer or shorter items or a smaller top_k")
+        }
+        let query = try await textFactors(q, rules: rules, similarity: similarity, model: model)
+        var results: [TextExplanationReport] = []
+        for t in tokens.dropFirst() {
+            let start = Date()
+            let item = try await textFactors(t, rules: rules, similarity: similarity, model: model)
+            results.append(try await textReport(query, item, rules: rules, similarity: similarity, top: top, model: model,
+                                                start: start, pictures: false, matrix: false))
+        }
+        return TextBatchAnswer(results: results)
+    }
+
+    /// Texts tokenized, each within max_text_bytes: cheap, and names a bad text (by its field)
+    /// before the request takes a compute slot.
+    func tokenize(_ texts: [(field: String, text: String)], _ model: TextModel) throws -> [EncodedText] {
+        let limit = configuration.maxTextBytes
+        return try texts.map { field, text in
+            guard text.utf8.count <= limit else {
+                throw ServiceError(400, "\(field) has \(text.utf8.count) UTF-8 bytes, more than the limit of \(limit) (max_text_bytes)")
+            }
+            do { return try model.encoder.tokenize(text) } catch let e as BiLRPError { throw ServiceError(400, "\(field): \(e)") }
+        }
+    }
+
+    /// The report of a text pair from both texts' factors (the pair product, in a compute slot).
+    func textReport(_ a: TextFactors, _ b: TextFactors, rules: String, similarity: Similarity, top: Int, model: TextModel,
+                    start: Date, pictures: Bool, matrix: Bool) async throws -> TextExplanationReport {
         let factorSeconds = Date().timeIntervalSince(start)
-        let (pictures, matrix) = (req.pictures ?? false, req.matrix ?? false)
         return try await pool.run {
             let ex = try model.explainer(rules: rules, similarity: similarity)
             let t = Date()

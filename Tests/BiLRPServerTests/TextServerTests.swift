@@ -108,6 +108,58 @@ struct TextServerTests {
         }
     }
 
+    @Test("batch: one query against items, each result the library's explanation of the pair; each distinct text computed once; bad items named",
+          .enabled(if: haveMiniLM))
+    func batch() async throws {
+        var c = textConfiguration()
+        c.maxBatch = 4
+        let service = try ExplanationService(configuration: c)
+        let ex = try TextExplainer(encoder: try SentenceEncoder.load(directory: miniLM))
+        let items = [Self.second, "Where can I change my login details?", Self.second, Self.first]
+        try await makeApp(service).test(.router) { client in
+            try await client.execute(uri: "/v1/explain/text/batch", method: .post, headers: jsonType,
+                                     body: try body(["query": Self.first, "items": items, "settings": ["top_k": 2]])) { r in
+                #expect(r.status == .ok)
+                let results = try #require(try object(r.body)["results"] as? [[String: Any]])
+                #expect(results.count == items.count)
+                for (item, o) in zip(items, results) {
+                    let e = try ex.explain(Self.first, item)
+                    #expect(abs((o["similarity"] as! Double) - Double(e.pair.similarity)) <= 1e-6, "'\(item)'")
+                    let inputs = try #require(o["inputs"] as? [[String: Any]])
+                    #expect(inputs.map { $0["text"] as? String } == [Self.first, item])
+                    let top = try #require(o["top_positive"] as? [[String: Any]])
+                    let library = e.top(2)
+                    #expect(top.count == library.count)
+                    for (t, l) in zip(top, library) {
+                        #expect(abs((t["value"] as! Double) - Double(l.value)) <= 1e-6 * max(1, abs(Double(l.value))))
+                        #expect((t["first"] as? [String: Any])?["index"] as? Int == l.first.index)
+                        #expect((t["second"] as? [String: Any])?["index"] as? Int == l.second.index)
+                    }
+                }
+            }
+            try await client.execute(uri: "/metrics", method: .get) { r in
+                let text = String(buffer: r.body)
+                #expect(text.contains("bilrp_factor_computations_total 3\n"), "three distinct texts: \(text)")
+            }
+            let cases: [([String: Any], String)] = [
+                (["query": "a", "items": [String]()], "items is empty"),
+                (["query": "a", "items": ["b", "c", "d", "e", "f"]], "items has 5 entries, more than the limit of 4 (max_batch)"),
+                (["query": "a", "items": ["b", " "]], "items[1]: the text has no tokens"),
+                (["query": "", "items": ["b"]], "query: the text is empty"),
+                (["query": "a", "items": [String(repeating: "word ", count: 401)]], "items[0] has 2005 UTF-8 bytes, more than the limit of 2000 (max_text_bytes)"),
+                (["query": "a", "items": ["b"], "settings": ["rules": "x"]], "settings.rules must be one of"),
+                (["query": "a", "items": [["image": "AAAA"]]], "items[0] has the wrong type"),
+            ]
+            for (req, message) in cases {
+                try await client.execute(uri: "/v1/explain/text/batch", method: .post, headers: jsonType, body: try body(req)) { r in
+                    #expect(r.status == .badRequest, "\(message)")
+                    let error = try object(r.body)["error"] as? String ?? ""
+                    #expect(error.contains(message), "\(error)")
+                }
+            }
+        }
+    }
+
     @Test("bad texts and settings: 400 naming the field and the limit; the server keeps serving", .enabled(if: haveMiniLM))
     func badInput() async throws {
         let service = try ExplanationService(configuration: textConfiguration())
