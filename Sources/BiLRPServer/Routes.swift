@@ -229,6 +229,14 @@ extension ExplanationService {
         return r
     }
 
+    /// A batch's items: at least one, at most max_batch (the image and the text batch routes).
+    func checkBatchSize(_ count: Int) throws {
+        guard count > 0 else { throw ServiceError(400, "items is empty") }
+        guard count <= configuration.maxBatch else {
+            throw ServiceError(400, "items has \(count) entries, more than the limit of \(configuration.maxBatch) (max_batch)")
+        }
+    }
+
     /// An upper bound of a batch answer's size (each report: about 300 bytes per top pair, 4 KiB more).
     func checkBatchAnswer(items: Int, topK: Int) throws {
         let bytes = items * (2 * topK * 300 + 4096)
@@ -313,10 +321,7 @@ extension ExplanationService {
         router.post("/v1/explain/batch") { request, context in
             await self.handle("/v1/explain/batch", request, context) { body in
                 let req = try decodeRequest(BatchRequest.self, body)
-                guard !req.items.isEmpty else { throw ServiceError(400, "items is empty") }
-                guard req.items.count <= self.configuration.maxBatch else {
-                    throw ServiceError(400, "items has \(req.items.count) entries, more than the limit of \(self.configuration.maxBatch) (max_batch)")
-                }
+                try self.checkBatchSize(req.items.count)
                 let s = try self.settings(req.settings)
                 try self.checkBatchAnswer(items: req.items.count, topK: s.topK)
                 let (q, qid) = try await self.resolve(req.query, "query", s)

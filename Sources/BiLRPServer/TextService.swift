@@ -136,10 +136,7 @@ extension ExplanationService {
     /// query's factors computed once, each item's taken from the cache when it was seen before.
     func explainTextBatch(_ req: TextBatchRequest) async throws -> TextBatchAnswer {
         let model = try textModel
-        guard !req.items.isEmpty else { throw ServiceError(400, "items is empty") }
-        guard req.items.count <= configuration.maxBatch else {
-            throw ServiceError(400, "items has \(req.items.count) entries, more than the limit of \(configuration.maxBatch) (max_batch)")
-        }
+        try checkBatchSize(req.items.count)
         let (rules, similarity, top) = try textSettings(req.settings, model)
         let tokens = try tokenize([("query", req.query)] + req.items.enumerated().map { ("items[\($0.offset)]", $0.element) }, model)
         // Each report quotes both texts (escaped in the worst case to 6 bytes a byte) and lists their tokens.
